@@ -1,0 +1,5 @@
+"""Allows `python -m mailer`."""
+
+from mailer.cli import main
+
+main()

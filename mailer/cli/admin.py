@@ -1,0 +1,85 @@
+"""`mailer init` and `mailer db upgrade`: create the config and bring the database to head."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import click
+
+from mailer.cli import main
+from mailer.cli.context import AppContext, pass_app
+from mailer.config import DEFAULT_CONFIG_NAME
+from mailer.db import Database, sqlite_path
+
+INITIAL_CONFIG = """\
+# harmony-mailer configuration; every key is documented in config.example.toml.
+[database]
+url = "sqlite:///mailer.db"
+
+[unsubscribe]
+# signs unsubscribe links; the first key signs, every key verifies (add new keys in front)
+secret_keys = ["{key}"]
+"""
+
+
+@main.command()
+@pass_app
+def init(app: AppContext) -> None:
+    """Create mailer.toml (if absent) with a fresh signing key, and the database.
+
+    \b
+    Example:
+      $ mailer init
+      wrote mailer.toml
+      database sqlite:///mailer.db is at revision 0001
+    """
+    target = Path(app.config_path) if app.config_path else Path(DEFAULT_CONFIG_NAME)
+    if not target.exists():
+        target.write_text(INITIAL_CONFIG.format(key=secrets.token_urlsafe(32)), encoding="utf-8")
+        target.chmod(0o600)  # it holds the signing key
+        click.echo(f"wrote {target}")
+        app.config_path = str(target)
+    else:
+        click.echo(f"kept existing {target}")
+        app.config_path = str(target)
+    _upgrade(app)
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance.
+
+    \b
+    Example:
+      $ mailer db upgrade
+    """
+
+
+@db.command("upgrade")
+@pass_app
+def db_upgrade(app: AppContext) -> None:
+    """Run the migrations up to the newest revision.
+
+    \b
+    Example:
+      $ mailer db upgrade
+      database sqlite:///mailer.db is at revision 0001
+    """
+    _upgrade(app)
+
+
+def _upgrade(app: AppContext) -> None:
+    database: Database = app.open_db_for_upgrade()
+    path = sqlite_path(database.url)
+    if path is not None and path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    database.upgrade()
+    click.echo(f"database {_public(database.url)} is at revision {database.current_revision()}")
+    database.dispose()
+
+
+def _public(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,59 @@
+"""What every command shares: the loaded config, the database, and how output is printed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any, TypeVar
+
+import click
+
+from mailer.config import Config, load_config
+from mailer.db import Database
+from mailer.errors import MailerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AppContext:
+    """Loads the config and opens the database only when a command first needs them."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @cached_property
+    def db(self) -> Database:
+        database = Database.from_config(self.config)
+        if database.current_revision() is None:
+            raise MailerError(
+                f"the database at {_safe_url(self.config.database.url)} is not initialized; "
+                "run `mailer init` (or `mailer db upgrade`)"
+            )
+        return database
+
+    def open_db_for_upgrade(self) -> Database:
+        return Database.from_config(self.config)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def json_option(func: F) -> F:
+    """Adds --json: print data as JSON for scripts instead of text for people."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))

@@ -1,0 +1,67 @@
+"""`mailer list create|ls`."""
+
+from __future__ import annotations
+
+import click
+
+from mailer.cli import main
+from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.lists import create_list, summarize_lists
+
+
+@main.group("list")
+def list_group() -> None:
+    """Mailing lists.
+
+    \b
+    Example:
+      $ mailer list create news --title "Harmony News"
+      $ mailer list ls
+    """
+
+
+@list_group.command("create")
+@click.argument("name")
+@click.option("--title", default="", help="Human-readable title shown to recipients.")
+@click.option("--double-opt-in", is_flag=True, help="New subscribers must confirm by email.")
+@pass_app
+def list_create(app: AppContext, name: str, title: str, double_opt_in: bool) -> None:
+    """Create a mailing list called NAME.
+
+    \b
+    Example:
+      $ mailer list create news --title "Harmony News"
+      created list news
+    """
+    with app.db.session() as session:
+        create_list(session, name, title, double_opt_in)
+    click.echo(f"created list {name}")
+
+
+@list_group.command("ls")
+@json_option
+@pass_app
+def list_ls(app: AppContext, as_json: bool) -> None:
+    """Show every list with its subscriber counts.
+
+    \b
+    Example:
+      $ mailer list ls
+      NAME  ACTIVE  UNCONFIRMED  UNSUBSCRIBED  TITLE
+      news       2            0             0  Harmony News
+    """
+    with app.db.session() as session:
+        summaries = summarize_lists(session)
+    if as_json:
+        echo_json([s.__dict__ for s in summaries])
+        return
+    if not summaries:
+        click.echo("no lists yet; create one with `mailer list create NAME`")
+        return
+    width = max(4, *(len(s.name) for s in summaries))
+    click.echo(f"{'NAME':<{width}}  ACTIVE  UNCONFIRMED  UNSUBSCRIBED  TITLE")
+    for s in summaries:
+        doi = " (double opt-in)" if s.double_opt_in else ""
+        click.echo(
+            f"{s.name:<{width}}  {s.active:>6}  {s.unconfirmed:>11}  {s.unsubscribed:>12}  {s.title}{doi}"
+        )

@@ -1,0 +1,168 @@
+"""`mailer subscriber add|import|ls|show`."""
+
+from __future__ import annotations
+
+import click
+
+from mailer.cli import main
+from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.errors import SuppressedError
+from mailer.importer import ImportReport, import_csv
+from mailer.subscribers import (
+    AddOutcome,
+    Consent,
+    add_subscriber,
+    describe_subscriber,
+    iter_list_members,
+    parse_attribute_options,
+)
+
+
+@main.group("subscriber")
+def subscriber_group() -> None:
+    """Subscribers and their lists.
+
+    \b
+    Example:
+      $ mailer subscriber add ana@example.com --list news --name "Ana Lima"
+      $ mailer subscriber import people.csv --list news
+    """
+
+
+@subscriber_group.command("add")
+@click.argument("email")
+@click.option("--list", "list_name", required=True, help="The list to subscribe to.")
+@click.option("--name", default=None, help="Display name.")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="An attribute; repeatable.")
+@pass_app
+def subscriber_add(
+    app: AppContext, email: str, list_name: str, name: str | None, attrs: tuple[str, ...]
+) -> None:
+    """Subscribe EMAIL to a list (an opted-out address is refused).
+
+    \b
+    Example:
+      $ mailer subscriber add ana@example.com --list news --name "Ana Lima" --attr city=Lisbon
+      added ana@example.com to news
+    """
+    attributes = parse_attribute_options(attrs)
+    with app.db.session() as session:
+        subscriber, outcome = add_subscriber(
+            session, email, list_name, Consent(source="cli"), name=name, attributes=attributes
+        )
+        address = subscriber.email if subscriber else email
+    if outcome is AddOutcome.UNSUBSCRIBED:
+        raise SuppressedError(f"{address} unsubscribed from {list_name} and is not re-subscribed")
+    messages = {
+        AddOutcome.ADDED: f"added {address} to {list_name}",
+        AddOutcome.UPDATED: f"updated {address} (already on {list_name})",
+        AddOutcome.UNCHANGED: f"{address} is already subscribed to {list_name}",
+    }
+    click.echo(messages[outcome])
+
+
+@subscriber_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--list", "list_name", required=True, help="The list to import into.")
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@json_option
+@pass_app
+def subscriber_import(app: AppContext, file: str, list_name: str, dry_run: bool, as_json: bool) -> None:
+    """Import subscribers from a CSV file with a header row.
+
+    The header needs an `email` column; `name` is the display name, `consent_at`,
+    `consent_ip` and `consent_source` record consent, and any other column is kept as
+    an attribute. The import is one transaction: all valid rows, or nothing.
+
+    \b
+    Example:
+      $ mailer subscriber import people.csv --list news
+      people.csv -> news: 3 rows
+        added               2
+        updated             0
+        already subscribed  0
+        skipped: suppressed 0
+        skipped: unsubscribed 0
+        invalid             1
+          line 4: invalid email address 'not-an-address': ...
+    """
+    report = import_csv(app.db, file, list_name, dry_run=dry_run)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        _print_report(report)
+
+
+def _print_report(report: ImportReport) -> None:
+    heading = f"{report.file} -> {report.list_name}: {report.rows} rows"
+    if report.dry_run:
+        heading += " (dry run: nothing was written)"
+    click.echo(heading)
+    for label, value in (
+        ("added", report.added),
+        ("updated", report.updated),
+        ("already subscribed", report.unchanged),
+        ("skipped: suppressed", report.suppressed),
+        ("skipped: unsubscribed", report.unsubscribed),
+        ("invalid", report.invalid),
+    ):
+        click.echo(f"  {label:<22}{value}")
+    for problem in report.problems:
+        click.echo(f"    line {problem.line}: {problem.reason}")
+    if report.invalid > len(report.problems):
+        click.echo(f"    ... and {report.invalid - len(report.problems)} more invalid rows")
+
+
+@subscriber_group.command("ls")
+@click.option("--list", "list_name", required=True, help="The list to show.")
+@json_option
+@pass_app
+def subscriber_ls(app: AppContext, list_name: str, as_json: bool) -> None:
+    """List a list's subscribers with their status.
+
+    \b
+    Example:
+      $ mailer subscriber ls --list news
+      ana@example.com  active  Ana Lima
+    """
+    with app.db.session() as session:
+        if as_json:
+            echo_json([
+                {"email": s.email, "name": s.name, "status": sub.status.value,
+                 "attributes": s.attributes, "consent_at": sub.consent_at.isoformat()}
+                for s, sub in iter_list_members(session, list_name)
+            ])
+            return
+        count = 0
+        for subscriber, subscription in iter_list_members(session, list_name):
+            count += 1
+            click.echo(f"{subscriber.email}  {subscription.status.value}  {subscriber.name}".rstrip())
+        if count == 0:
+            click.echo(f"{list_name} has no subscribers yet", err=True)
+
+
+@subscriber_group.command("show")
+@click.argument("email")
+@json_option
+@pass_app
+def subscriber_show(app: AppContext, email: str, as_json: bool) -> None:
+    """Show one subscriber: profile, lists with consent, suppression.
+
+    \b
+    Example:
+      $ mailer subscriber show ana@example.com
+    """
+    with app.db.session() as session:
+        data = describe_subscriber(session, email)
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"{data['email']}  {data['name']}".rstrip())
+    for key, value in sorted(data["attributes"].items()):
+        click.echo(f"  {key}: {value}")
+    for sub in data["subscriptions"]:
+        consent = sub["consent"]
+        click.echo(f"  list {sub['list']}: {sub['status']} (consent {consent['at'][:19]} via {consent['source']})")
+    if data["suppression"]:
+        s = data["suppression"]
+        click.echo(f"  suppressed: {s['reason']} ({s['source']}, {s['at'][:19]})")

@@ -1,0 +1,74 @@
+"""`mailer suppress add|ls`: the addresses never to be mailed."""
+
+from __future__ import annotations
+
+import click
+
+from mailer.cli import main
+from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.models import SuppressionReason
+from mailer.subscribers import check_email
+from mailer.suppression import list_suppressions, suppress_address
+
+
+@main.group("suppress")
+def suppress_group() -> None:
+    """The suppression list: addresses that are never mailed.
+
+    \b
+    Example:
+      $ mailer suppress add someone@example.com --reason "asked by phone"
+      $ mailer suppress ls
+    """
+
+
+@suppress_group.command("add")
+@click.argument("email")
+@click.option("--reason", default="", help="Why, for the record.")
+@pass_app
+def suppress_add(app: AppContext, email: str, reason: str) -> None:
+    """Never mail EMAIL again (any list, any campaign).
+
+    \b
+    Example:
+      $ mailer suppress add someone@example.com --reason "asked by phone"
+      suppressed someone@example.com
+    """
+    address = check_email(email)
+    with app.db.session() as session:
+        _entry, created = suppress_address(
+            session, address, SuppressionReason.MANUAL, source=f"cli: {reason}".strip().rstrip(":")
+        )
+    click.echo(f"suppressed {address}" if created else f"{address} was already suppressed")
+
+
+@suppress_group.command("ls")
+@json_option
+@pass_app
+def suppress_ls(app: AppContext, as_json: bool) -> None:
+    """List suppressed addresses, newest first (erased ones show only their hash).
+
+    \b
+    Example:
+      $ mailer suppress ls
+      2026-11-25 10:00  manual        someone@example.com  cli: asked by phone
+    """
+    with app.db.session() as session:
+        entries: list[dict[str, str]] = [
+            {
+                "email": e.email or "",
+                "address_hash": e.address_hash,
+                "reason": e.reason.value,
+                "source": e.source,
+                "at": e.created_at.isoformat(),
+            }
+            for e in list_suppressions(session)
+        ]
+    if as_json:
+        echo_json(entries)
+        return
+    if not entries:
+        click.echo("no suppressed addresses")
+    for e in entries:
+        shown = e["email"] or f"(erased) {e['address_hash'][:16]}…"
+        click.echo(f"{e['at'][:16].replace('T', ' ')}  {e['reason']:<12}  {shown}  {e['source']}")

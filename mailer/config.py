@@ -1,0 +1,353 @@
+"""Loads and validates mailer.toml: defaults, then the file, then secrets from the environment."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+from mailer.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "mailer.toml"
+DEFAULT_POSTAL_ADDRESS = (
+    "1968 S Coast HWY #2045, Laguna Beach, California 92651, United States"
+)
+# an address made of these words is a template left unfilled, not a real place
+PLACEHOLDER_WORDS = ("todo", "tbd", "changeme", "change me", "your address", "example", "xxx",
+                     "123 main st", "address here", "placeholder")
+
+
+class StartTLS(enum.StrEnum):
+    """How the SMTP connection is protected."""
+
+    REQUIRED = "required"  # refuse to send unless STARTTLS succeeds (loopback excepted)
+    OPPORTUNISTIC = "opportunistic"  # use STARTTLS when the server offers it
+    OFF = "off"  # never; only for relays on loopback or a trusted network
+
+
+class UnsubscribeScope(enum.StrEnum):
+    """What one unsubscribe removes the recipient from."""
+
+    ALL = "all"  # every list and every campaign: the privacy policy's promise
+    LIST = "list"  # only the list the message was sent to
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///mailer.db"
+
+
+@dataclass(frozen=True)
+class CompanyConfig:
+    name: str = "Harmony Mails"
+    postal_address: str = DEFAULT_POSTAL_ADDRESS
+    privacy_url: str = "https://harmonymails.com/privacy"
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    from_address: str = "Harmony Mails <news@harmonymails.com>"
+    reply_to: str = ""
+    bounce_domain: str = "bounces.harmonymails.com"
+    domain: str = ""  # the sending domain; empty means the domain of from_address
+
+    @property
+    def sending_domain(self) -> str:
+        if self.domain:
+            return self.domain.lower()
+        return parseaddr(self.from_address)[1].rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "127.0.0.1"
+    port: int = 25
+    username: str = ""
+    password: str = field(default="", repr=False)
+    starttls: StartTLS = StartTLS.REQUIRED
+    timeout: float = 30.0
+    connections: int = 4
+    messages_per_second: float = 0.0  # 0 means no limit
+    retry_for: float = 24 * 3600.0  # seconds a deferred message keeps being retried
+    max_consecutive_errors: int = 10  # connection failures in a row before a campaign pauses
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class SendingConfig:
+    batch_size: int = 100  # deliveries claimed at once; bounds memory and what a crash leaves in doubt
+    max_lateness: float = 24 * 3600.0  # seconds past its time a scheduled campaign may still start
+    soft_bounce_limit: int = 3  # transient bounces from different campaigns before suppression
+
+
+@dataclass(frozen=True)
+class UnsubscribeConfig:
+    base_url: str = "https://harmonymails.com"
+    mailto: str = "unsubscribe@harmonymails.com"
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    scope: UnsubscribeScope = UnsubscribeScope.ALL
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    domain: str = ""
+    selector: str = ""
+    private_key: str = field(default="", repr=False)  # path to a PEM file
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.domain and self.selector and self.private_key)
+
+
+@dataclass(frozen=True)
+class ComplianceConfig:
+    ad_label: str = "Advertisement"
+
+
+@dataclass(frozen=True)
+class ConsentConfig:
+    confirm_expiry: float = 7 * 24 * 3600.0  # seconds a double opt-in link stays valid
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = DatabaseConfig()
+    company: CompanyConfig = CompanyConfig()
+    sender: SenderConfig = SenderConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    sending: SendingConfig = SendingConfig()
+    unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
+    dkim: DkimConfig = DkimConfig()
+    compliance: ComplianceConfig = ComplianceConfig()
+    consent: ConsentConfig = ConsentConfig()
+    source: str = "<defaults>"  # the file the values came from, for error messages
+
+    def require_secret_keys(self) -> tuple[str, ...]:
+        """Return the signing keys, newest first; raises ConfigError when there are none."""
+        if not self.unsubscribe.secret_keys:
+            raise ConfigError(
+                self.source,
+                "unsubscribe.secret_keys",
+                "no signing key set; add one to the file or set MAILER_SECRET_KEYS",
+            )
+        return self.unsubscribe.secret_keys
+
+
+# key in the file -> attribute name where they differ (`from` is a Python keyword)
+_RENAMED = {("sender", "from"): "from_address"}
+_RENAMED_ATTRS = set(_RENAMED.values())
+
+_SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseConfig,
+    "company": CompanyConfig,
+    "sender": SenderConfig,
+    "smtp": SmtpConfig,
+    "sending": SendingConfig,
+    "unsubscribe": UnsubscribeConfig,
+    "dkim": DkimConfig,
+    "compliance": ComplianceConfig,
+    "consent": ConsentConfig,
+}
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """Return the config file to use: --config, then $MAILER_CONFIG, then ./mailer.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MAILER_CONFIG")
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.exists() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Load and validate the configuration; raises ConfigError naming file, key and reason."""
+    environ = os.environ if environ is None else environ
+    found = find_config_path(path)
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if found is not None:
+        source = str(found)
+        try:
+            with open(found, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(source, "-", "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(source, "-", exc.strerror or str(exc)) from None
+    return config_from_dict(data, source=source, environ=environ)
+
+
+def config_from_dict(
+    data: Mapping[str, Any], source: str = "<dict>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build a validated Config from parsed TOML data and the environment's secrets."""
+    environ = {} if environ is None else environ
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(source, name, f"unknown section; expected one of {', '.join(_SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(source, name, "must be a table ([section])")
+        sections[name] = _build_section(name, _SECTIONS[name], value, source)
+    config = Config(source=source, **sections)
+    config = _apply_environment(config, environ)
+    validate_config(config)
+    return config
+
+
+def _build_section(name: str, cls: type[Any], values: dict[str, Any], source: str) -> Any:
+    defaults = cls()
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        attr = _RENAMED.get((name, key), key)
+        renamed_away = (name, key) not in _RENAMED and attr in _RENAMED_ATTRS
+        if attr not in cls.__dataclass_fields__ or renamed_away:
+            raise ConfigError(source, f"{name}.{key}", "unknown key")
+        kwargs[attr] = _coerce(f"{name}.{key}", getattr(defaults, attr), raw, source)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, default: Any, raw: Any, source: str) -> Any:
+    if isinstance(default, enum.Enum):
+        choices = [m.value for m in type(default)]
+        if raw not in choices:
+            raise ConfigError(source, key, f"must be one of {', '.join(choices)}; got {raw!r}")
+        return type(default)(raw)
+    if isinstance(default, bool):
+        if not isinstance(raw, bool):
+            raise ConfigError(source, key, "must be true or false")
+        return raw
+    if isinstance(default, int):
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(source, key, f"must be a whole number; got {raw!r}")
+        return raw
+    if isinstance(default, float):
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ConfigError(source, key, f"must be a number; got {raw!r}")
+        return float(raw)
+    if isinstance(default, tuple):
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+            raise ConfigError(source, key, "must be a list of strings")
+        return tuple(raw)
+    if not isinstance(raw, str):
+        raise ConfigError(source, key, f"must be a string; got {raw!r}")
+    return raw
+
+
+def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
+    """Secrets may live in the environment rather than the file; the environment wins."""
+    if environ.get("MAILER_DATABASE_URL"):
+        config = replace(config, database=replace(config.database, url=environ["MAILER_DATABASE_URL"]))
+    if environ.get("MAILER_SECRET_KEYS"):
+        keys = tuple(k.strip() for k in environ["MAILER_SECRET_KEYS"].split(",") if k.strip())
+        config = replace(config, unsubscribe=replace(config.unsubscribe, secret_keys=keys))
+    if environ.get("MAILER_SMTP_PASSWORD"):
+        config = replace(config, smtp=replace(config.smtp, password=environ["MAILER_SMTP_PASSWORD"]))
+    if environ.get("MAILER_DKIM_PRIVATE_KEY"):
+        config = replace(config, dkim=replace(config.dkim, private_key=environ["MAILER_DKIM_PRIVATE_KEY"]))
+    return config
+
+
+def is_placeholder_address(text: str) -> bool:
+    """True when a postal address is empty or an unfilled template."""
+    folded = " ".join(text.lower().split())
+    if len(folded) < 10 or not any(ch.isdigit() for ch in folded):
+        return True
+    return any(word in folded for word in PLACEHOLDER_WORDS) or "<" in folded
+
+
+def validate_config(config: Config) -> None:
+    """Refuse values that would make a message non-compliant or a send unsafe."""
+    src = config.source
+    if not config.database.url.strip():
+        raise ConfigError(src, "database.url", "must not be empty")
+    if not config.company.name.strip():
+        raise ConfigError(src, "company.name", "must not be empty")
+    if is_placeholder_address(config.company.postal_address):
+        raise ConfigError(
+            src, "company.postal_address",
+            "must be the company's real postal address (CAN-SPAM requires it in every message)",
+        )
+    if not config.company.privacy_url.startswith(("https://", "http://")):
+        raise ConfigError(src, "company.privacy_url", "must be an http(s) URL")
+    _check_mailbox(src, "sender.from", config.sender.from_address)
+    if config.sender.reply_to:
+        _check_mailbox(src, "sender.reply_to", config.sender.reply_to)
+    from_domain = parseaddr(config.sender.from_address)[1].rpartition("@")[2].lower()
+    if from_domain != config.sender.sending_domain:
+        raise ConfigError(
+            src, "sender.from", f"must be on the sending domain {config.sender.sending_domain}"
+        )
+    if not config.sender.bounce_domain or "@" in config.sender.bounce_domain:
+        raise ConfigError(src, "sender.bounce_domain", "must be a domain name such as bounces.example.com")
+    if not 1 <= config.smtp.port <= 65535:
+        raise ConfigError(src, "smtp.port", "must be from 1 to 65535")
+    if config.smtp.timeout <= 0:
+        raise ConfigError(src, "smtp.timeout", "must be more than 0 seconds")
+    if not 1 <= config.smtp.connections <= 100:
+        raise ConfigError(src, "smtp.connections", "must be from 1 to 100")
+    if config.smtp.messages_per_second < 0:
+        raise ConfigError(src, "smtp.messages_per_second", "must be 0 (no limit) or more")
+    if config.smtp.retry_for < 0:
+        raise ConfigError(src, "smtp.retry_for", "must be 0 or more seconds")
+    if config.smtp.max_consecutive_errors < 1:
+        raise ConfigError(src, "smtp.max_consecutive_errors", "must be at least 1")
+    if not 1 <= config.sending.batch_size <= 10_000:
+        raise ConfigError(src, "sending.batch_size", "must be from 1 to 10000")
+    if config.sending.max_lateness < 0:
+        raise ConfigError(src, "sending.max_lateness", "must be 0 or more seconds")
+    if config.sending.soft_bounce_limit < 1:
+        raise ConfigError(src, "sending.soft_bounce_limit", "must be at least 1")
+    if not config.unsubscribe.base_url.startswith(("https://", "http://")):
+        raise ConfigError(src, "unsubscribe.base_url", "must be an http(s) URL")
+    if config.unsubscribe.mailto and "@" not in config.unsubscribe.mailto:
+        raise ConfigError(src, "unsubscribe.mailto", "must be an email address")
+    for key in config.unsubscribe.secret_keys:
+        if len(key) < 16:
+            raise ConfigError(src, "unsubscribe.secret_keys", "each key must be at least 16 characters")
+    dkim = config.dkim
+    if any((dkim.domain, dkim.selector, dkim.private_key)) and not dkim.enabled:
+        raise ConfigError(src, "dkim", "set domain, selector and private_key together, or none")
+    if dkim.enabled and dkim.domain.lower() != config.sender.sending_domain and not (
+        config.sender.sending_domain.endswith("." + dkim.domain.lower())
+    ):
+        raise ConfigError(src, "dkim.domain", f"must align with the sending domain {config.sender.sending_domain}")
+    if not config.compliance.ad_label.strip():
+        raise ConfigError(src, "compliance.ad_label", "must not be empty")
+    if config.consent.confirm_expiry <= 0:
+        raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
+
+
+def _check_mailbox(source: str, key: str, value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ConfigError(source, key, "must not contain a line break")
+    name, addr = parseaddr(value)
+    if not addr or addr.count("@") != 1 or "," in value:
+        raise ConfigError(source, key, f"must be one mailbox such as 'Name <user@example.com>'; got {value!r}")
+    try:
+        Address(display_name=name, addr_spec=addr)
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(source, key, f"not a valid address: {exc}") from None

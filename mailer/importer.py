@@ -1,0 +1,312 @@
+"""Streams a CSV of subscribers into a list in one transaction, in set-based chunks."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.db import Database, address_hash, normalize_email
+from mailer.errors import ImportFileError, InvalidInputError
+from mailer.lists import get_list
+from mailer.models import Subscriber, Subscription, SubscriptionStatus, Suppression, utcnow
+from mailer.subscribers import check_attributes, check_email, check_name
+
+CHUNK_ROWS = 2000  # rows resolved per round of queries; bounds memory, not the file size
+MAX_REPORTED_PROBLEMS = 1000  # per-row problems kept for the report; the rest are counted
+CONSENT_COLUMNS = ("consent_at", "consent_ip", "consent_source")
+
+
+@dataclass
+class RowProblem:
+    line: int
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    """What an import did, or would do with --dry-run."""
+
+    file: str
+    list_name: str
+    dry_run: bool = False
+    rows: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    suppressed: int = 0
+    unsubscribed: int = 0
+    invalid: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def reject(self, line: int, reason: str) -> None:
+        self.invalid += 1
+        if len(self.problems) < MAX_REPORTED_PROBLEMS:
+            self.problems.append(RowProblem(line, reason))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "list": self.list_name,
+            "dry_run": self.dry_run,
+            "rows": self.rows,
+            "added": self.added,
+            "updated": self.updated,
+            "already_subscribed": self.unchanged,
+            "skipped_suppressed": self.suppressed,
+            "skipped_unsubscribed": self.unsubscribed,
+            "invalid": self.invalid,
+            "problems": [{"line": p.line, "reason": p.reason} for p in self.problems],
+        }
+
+
+@dataclass
+class _Row:
+    line: int
+    email: str
+    key: str
+    digest: str
+    name: str | None
+    attributes: dict[str, str]
+    consent_at: dt.datetime | None
+    consent_ip: str | None
+    consent_source: str | None
+
+
+def import_csv(
+    database: Database, path: str | os.PathLike[str], list_name: str, dry_run: bool = False
+) -> ImportReport:
+    """Import a CSV file into a list; all of it or, on any file-level error, nothing.
+
+    Raises ImportFileError for a missing, unreadable or non-UTF-8 file or one without an
+    email column, NotFoundError for an unknown list. Bad rows are reported, not raised.
+    """
+    file = Path(path)
+    report = ImportReport(file=str(file), list_name=list_name, dry_run=dry_run)
+    try:
+        handle = open(file, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise ImportFileError(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise ImportFileError(f"{file}: is a directory, not a CSV file") from None
+    except OSError as exc:
+        raise ImportFileError(f"{file}: {exc.strerror or exc}") from None
+    source = f"import:{file.name}"
+    with handle, database.sessionmaker() as session:
+        transaction = session.begin()
+        try:
+            mailing_list = get_list(session, list_name)
+            reader = csv.reader(handle)
+            columns = _read_header(reader, file)
+            for chunk in _chunks(_parse_rows(reader, columns, report, file)):
+                _apply_chunk(session, chunk, mailing_list.id, mailing_list.double_opt_in, source, report)
+        except BaseException:
+            transaction.rollback()
+            raise
+        if dry_run:
+            transaction.rollback()
+        else:
+            transaction.commit()
+    return report
+
+
+def _read_header(reader: Any, file: Path) -> list[str]:
+    try:
+        header = next(reader, None)
+    except UnicodeDecodeError:
+        raise ImportFileError(f"{file}: line 1: not UTF-8 text; save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise ImportFileError(f"{file}: line 1: {exc}") from None
+    if not header:
+        raise ImportFileError(f"{file}: the file is empty; it needs a header row with an 'email' column")
+    columns = [c.strip().lower() for c in header]
+    if "email" not in columns:
+        raise ImportFileError(
+            f"{file}: the header row has no 'email' column (found: {', '.join(columns) or 'nothing'})"
+        )
+    seen: set[str] = set()
+    for column in columns:
+        if column in seen and column:
+            raise ImportFileError(f"{file}: the header row names the column {column!r} twice")
+        seen.add(column)
+    return columns
+
+
+def _parse_rows(reader: Any, columns: list[str], report: ImportReport, file: Path) -> Iterator[_Row]:
+    width = len(columns)
+    email_at = columns.index("email")
+    attribute_columns = [
+        (i, c) for i, c in enumerate(columns) if c and c not in ("email", "name", *CONSENT_COLUMNS)
+    ]
+    name_at = columns.index("name") if "name" in columns else None
+    consent_at = {c: columns.index(c) for c in CONSENT_COLUMNS if c in columns}
+    try:
+        for record in reader:
+            line = reader.line_num
+            if not record or all(not cell.strip() for cell in record):
+                continue  # blank lines are not rows
+            report.rows += 1
+            if len(record) != width:
+                report.reject(line, f"has {len(record)} fields; the header has {width}")
+                continue
+            try:
+                email = check_email(record[email_at])
+                name = check_name(record[name_at]) if name_at is not None else None
+                attributes = check_attributes(
+                    {c: record[i].strip() for i, c in attribute_columns if record[i].strip()}
+                )
+                consent = _parse_consent(record, consent_at)
+            except InvalidInputError as exc:
+                report.reject(line, str(exc))
+                continue
+            key = normalize_email(email)
+            yield _Row(line, email, key, address_hash(key), name or None, attributes, *consent)
+    except UnicodeDecodeError:
+        raise ImportFileError(
+            f"{file}: line {reader.line_num + 1}: not UTF-8 text; save the file as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ImportFileError(f"{file}: line {reader.line_num}: {exc}") from None
+
+
+def _parse_consent(
+    record: list[str], at: dict[str, int]
+) -> tuple[dt.datetime | None, str | None, str | None]:
+    when: dt.datetime | None = None
+    if "consent_at" in at and record[at["consent_at"]].strip():
+        raw = record[at["consent_at"]].strip()
+        try:
+            when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInputError(f"consent_at {raw!r} is not an ISO-8601 date and time") from None
+        when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+        if when > utcnow() + dt.timedelta(days=1):
+            raise InvalidInputError(f"consent_at {raw!r} is in the future")
+    ip: str | None = None
+    if "consent_ip" in at and record[at["consent_ip"]].strip():
+        raw = record[at["consent_ip"]].strip()
+        try:
+            ip = str(ipaddress.ip_address(raw))
+        except ValueError:
+            raise InvalidInputError(f"consent_ip {raw!r} is not an IP address") from None
+    source: str | None = None
+    if "consent_source" in at and record[at["consent_source"]].strip():
+        source = check_name(record[at["consent_source"]])
+    return when, ip, source
+
+
+def _chunks(rows: Iterator[_Row]) -> Iterator[list[_Row]]:
+    # an address appearing twice goes into a later chunk, so it is resolved against the first
+    chunk: list[_Row] = []
+    keys: set[str] = set()
+    for row in rows:
+        if row.key in keys or len(chunk) >= CHUNK_ROWS:
+            yield chunk
+            chunk, keys = [], set()
+        chunk.append(row)
+        keys.add(row.key)
+    if chunk:
+        yield chunk
+
+
+def _apply_chunk(
+    session: Session,
+    chunk: list[_Row],
+    list_id: int,
+    double_opt_in: bool,
+    source: str,
+    report: ImportReport,
+) -> None:
+    """Resolve a chunk with three lookups, then write it with bulk statements."""
+    suppressed = set(
+        session.scalars(
+            sa.select(Suppression.address_hash).where(Suppression.address_hash.in_([r.digest for r in chunk]))
+        )
+    )
+    existing: dict[str, tuple[int, str, dict[str, Any]]] = {
+        key: (sid, name, attrs)
+        for sid, key, name, attrs in session.execute(
+            sa.select(Subscriber.id, Subscriber.email_normalized, Subscriber.name, Subscriber.attributes)
+            .where(Subscriber.email_normalized.in_([r.key for r in chunk]))
+        )
+    }
+    statuses: dict[int, SubscriptionStatus] = {
+        sid: status
+        for sid, status in session.execute(
+            sa.select(Subscription.subscriber_id, Subscription.status).where(
+                Subscription.list_id == list_id,
+                Subscription.subscriber_id.in_([sid for sid, _n, _a in existing.values()]),
+            )
+        )
+    }
+    now = utcnow()
+    new_people: list[_Row] = []
+    profile_updates: list[dict[str, Any]] = []
+    to_subscribe: list[tuple[int | None, _Row]] = []
+    for row in chunk:
+        if row.digest in suppressed:
+            report.suppressed += 1
+            continue
+        known = existing.get(row.key)
+        if known is None:
+            new_people.append(row)
+            continue
+        sid, name, attrs = known
+        merged = {**attrs, **row.attributes}
+        changed = (row.name is not None and row.name != name) or merged != attrs
+        if changed:
+            profile_updates.append(
+                {"b_id": sid, "name": row.name if row.name is not None else name,
+                 "attributes": merged, "updated_at": now}
+            )
+        status = statuses.get(sid)
+        if status is None:
+            to_subscribe.append((sid, row))
+        elif status is SubscriptionStatus.UNSUBSCRIBED:
+            report.unsubscribed += 1
+        elif changed:
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    if new_people:
+        # one multi-row INSERT ... RETURNING for the whole chunk
+        inserted = session.execute(
+            sa.insert(Subscriber).returning(Subscriber.id, Subscriber.email_normalized),
+            [
+                {"email": r.email, "email_normalized": r.key, "name": r.name or "",
+                 "attributes": r.attributes, "created_at": now, "updated_at": now}
+                for r in new_people
+            ],
+        )
+        ids = dict((key, sid) for sid, key in inserted)
+        to_subscribe.extend((ids[r.key], r) for r in new_people)
+    if profile_updates:
+        table = sa.table("subscribers", sa.column("id"), sa.column("name"),
+                         sa.column("attributes", sa.JSON()), sa.column("updated_at", Subscriber.updated_at.type))
+        session.execute(
+            sa.update(table).where(table.c.id == sa.bindparam("b_id")),
+            profile_updates,
+            execution_options={"synchronize_session": False},
+        )
+    if to_subscribe:
+        status = SubscriptionStatus.UNCONFIRMED if double_opt_in else SubscriptionStatus.ACTIVE
+        session.execute(
+            sa.insert(Subscription),
+            [
+                {"subscriber_id": sid, "list_id": list_id, "status": status,
+                 "consent_at": row.consent_at or now,
+                 "consent_source": row.consent_source or source,
+                 "consent_ip": row.consent_ip, "consent_user_agent": None,
+                 "confirmed_at": None if double_opt_in else now, "created_at": now}
+                for sid, row in to_subscribe
+            ],
+        )
+        report.added += len(to_subscribe)

@@ -1,0 +1,230 @@
+"""The database schema: lists, subscribers, consent, suppressions, campaigns, deliveries, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# alembic and the models agree on constraint names through this convention
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores naive UTC, hands back aware UTC, on SQLite and PostgreSQL alike."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
+    # stored as the member's value in a VARCHAR: readable, and new members need no ALTER TYPE
+    return sa.Enum(cls, name=name, native_enum=False, create_constraint=False, length=20,
+                   values_callable=lambda members: [m.value for m in members])
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}  # noqa: RUF012
+
+
+class SubscriptionStatus(enum.StrEnum):
+    """Where one subscriber stands on one list."""
+
+    UNCONFIRMED = "unconfirmed"  # double opt-in list, confirmation link not yet used
+    ACTIVE = "active"  # receives the list's campaigns
+    UNSUBSCRIBED = "unsubscribed"  # opted out of this list
+
+
+class SuppressionReason(enum.StrEnum):
+    """Why an address must never be mailed again."""
+
+    UNSUBSCRIBED = "unsubscribed"  # the recipient opted out (link, one-click, mailto)
+    HARD_BOUNCE = "hard_bounce"  # the receiving server said the mailbox does not exist
+    SOFT_BOUNCES = "soft_bounces"  # too many transient bounces from different campaigns
+    COMPLAINT = "complaint"  # the recipient reported a message as spam (ARF)
+    MANUAL = "manual"  # a marketer added it with `mailer suppress add`
+    ERASED = "erased"  # GDPR erasure: only the hash of the address is kept
+
+
+class CampaignKind(enum.StrEnum):
+    """What a message is, in law."""
+
+    CAMPAIGN = "campaign"  # commercial: ad label, unsubscribe, suppression applies
+    NOTICE = "notice"  # transactional legal notice (breach, terms): reaches opted-out people too
+
+
+class CampaignStatus(enum.StrEnum):
+    """The life of a campaign."""
+
+    DRAFT = "draft"  # created, not yet sent or scheduled
+    SCHEDULED = "scheduled"  # waits for send-due at scheduled_at
+    SENDING = "sending"  # deliveries are being worked
+    PAUSED = "paused"  # stopped by the marketer or by relay failures; resume goes on
+    SENT = "sent"  # every delivery reached a final state
+    CANCELLED = "cancelled"  # stopped for good; pending deliveries will not go out
+    MISSED = "missed"  # its time passed by more than sending.max_lateness; not sent
+
+
+class DeliveryState(enum.StrEnum):
+    """The life of one message to one subscriber."""
+
+    PENDING = "pending"  # waiting to be claimed
+    SENDING = "sending"  # claimed by a sender, in flight
+    SENT = "sent"  # the relay accepted it
+    DEFERRED = "deferred"  # 4xx or timeout; retried at next_attempt_at
+    FAILED = "failed"  # 5xx, or retries ran out
+    SUPPRESSED = "suppressed"  # the address opted out before its turn
+    IN_DOUBT = "in_doubt"  # the sender died while it was in flight; retry only on request
+    CANCELLED = "cancelled"  # the campaign was cancelled before its turn
+
+
+class MailingList(Base):
+    __tablename__ = "mailing_lists"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    title: Mapped[str] = mapped_column(sa.String(200), default="")
+    double_opt_in: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # the address as first given, and its normalized form that makes it one person
+    email: Mapped[str] = mapped_column(sa.String(320))
+    email_normalized: Mapped[str] = mapped_column(sa.String(320), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    subscriptions: Mapped[list[Subscription]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan"
+    )
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (sa.UniqueConstraint("subscriber_id", "list_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(sa.ForeignKey("subscribers.id", ondelete="CASCADE"))
+    list_id: Mapped[int] = mapped_column(sa.ForeignKey("mailing_lists.id", ondelete="CASCADE"), index=True)
+    status: Mapped[SubscriptionStatus] = mapped_column(_enum(SubscriptionStatus, "subscription_status"))
+    # the consent record (GDPR art. 7): when, how, and from where it was given
+    consent_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    consent_source: Mapped[str] = mapped_column(sa.String(200), default="")
+    consent_ip: Mapped[str | None] = mapped_column(sa.String(45))
+    consent_user_agent: Mapped[str | None] = mapped_column(sa.String(500))
+    confirmed_at: Mapped[dt.datetime | None]
+    unsubscribed_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions")
+    mailing_list: Mapped[MailingList] = relationship()
+
+
+class Suppression(Base):
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # sha256 of the normalized address: survives erasure, so an erased address stays unmailable
+    address_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(sa.String(320))  # NULL once erased
+    reason: Mapped[SuppressionReason] = mapped_column(_enum(SuppressionReason, "suppression_reason"))
+    source: Mapped[str] = mapped_column(sa.String(100), default="")
+    ip: Mapped[str | None] = mapped_column(sa.String(45))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[CampaignKind] = mapped_column(_enum(CampaignKind, "campaign_kind"),
+                                               default=CampaignKind.CAMPAIGN)
+    list_id: Mapped[int | None] = mapped_column(sa.ForeignKey("mailing_lists.id"), index=True)
+    subject: Mapped[str] = mapped_column(sa.String(998))
+    from_address: Mapped[str] = mapped_column(sa.String(320))
+    template_name: Mapped[str] = mapped_column(sa.String(500), default="")
+    # the template text itself, so a running campaign never changes under the marketer's feet
+    html_template: Mapped[str] = mapped_column(sa.Text)
+    text_template: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus, "campaign_status"),
+                                                   default=CampaignStatus.DRAFT)
+    status_reason: Mapped[str] = mapped_column(sa.String(1000), default="")
+    notice_reason: Mapped[str] = mapped_column(sa.String(1000), default="")
+    scheduled_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    mailing_list: Mapped[MailingList | None] = relationship()
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("campaign_id", "subscriber_id"),
+        # the claim query scans by (campaign, state, due time)
+        sa.Index("ix_deliveries_claim", "campaign_id", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    # NULL once the subscriber is erased; the row stays for the campaign's counts
+    subscriber_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState, "delivery_state"),
+                                                 default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_code: Mapped[int | None]
+    last_response: Mapped[str] = mapped_column(sa.String(1000), default="")
+    next_attempt_at: Mapped[dt.datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(200))
+    claimed_at: Mapped[dt.datetime | None]
+    sent_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(sa.String(50))  # e.g. unsubscribe, erase, export, notice
+    actor: Mapped[str] = mapped_column(sa.String(200))  # "cli:<user>" or "web"
+    # the address while it may be kept, else its hash; never both after erasure
+    subject: Mapped[str] = mapped_column(sa.String(320), default="")
+    reason: Mapped[str] = mapped_column(sa.String(1000), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,242 @@
+"""Subscribers: validate addresses and names, subscribe people to lists, look them up."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.orm import Session
+
+from mailer.db import address_hash, normalize_email
+from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
+from mailer.lists import get_list
+from mailer.models import (
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    utcnow,
+)
+from mailer.suppression import is_suppressed
+
+MAX_NAME_LENGTH = 200
+MAX_ATTRIBUTE_KEY = 64
+MAX_ATTRIBUTE_VALUE = 1000
+
+
+class AddOutcome(enum.StrEnum):
+    """What subscribing one address to one list did."""
+
+    ADDED = "added"  # newly on the list (new person, or a known person new to the list)
+    UPDATED = "updated"  # already on the list; name or attributes changed
+    UNCHANGED = "already subscribed"  # already on the list; nothing changed
+    SUPPRESSED = "suppressed"  # opted out or erased: never re-subscribed
+    UNSUBSCRIBED = "unsubscribed"  # left this list earlier: not re-subscribed by the marketer
+
+
+def check_email(raw: str) -> str:
+    """Validate an address's syntax (no network); return it normalized. Raises InvalidInputError."""
+    candidate = raw.strip()
+    if not candidate:
+        raise InvalidInputError("the email address is empty")
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in candidate):
+        raise InvalidInputError(f"invalid email address {candidate!r}: it contains a control character")
+    try:
+        result = validate_email(candidate, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInputError(f"invalid email address {candidate!r}: {exc}") from None
+    return str(result.normalized)
+
+
+def check_name(raw: str) -> str:
+    """A display name: one line, no control characters, at most 200 characters."""
+    name = raw.strip()
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
+        raise InvalidInputError("a name must not contain line breaks or control characters")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"a name must be at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def check_attributes(raw: Mapping[str, str]) -> dict[str, str]:
+    """Attribute keys are identifiers templates can use; values are one line of text."""
+    cleaned: dict[str, str] = {}
+    for key, value in raw.items():
+        key = key.strip()
+        if not key or not key.replace("_", "a").isalnum() or not key.isascii() or key[0].isdigit():
+            raise InvalidInputError(
+                f"invalid attribute name {key!r}: use letters, digits and '_', not starting with a digit"
+            )
+        if len(key) > MAX_ATTRIBUTE_KEY:
+            raise InvalidInputError(f"attribute name {key!r} is longer than {MAX_ATTRIBUTE_KEY} characters")
+        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+            raise InvalidInputError(f"attribute {key!r} must not contain line breaks or control characters")
+        if len(value) > MAX_ATTRIBUTE_VALUE:
+            raise InvalidInputError(f"attribute {key!r} is longer than {MAX_ATTRIBUTE_VALUE} characters")
+        cleaned[key] = value
+    return cleaned
+
+
+def parse_attribute_options(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Turn repeated --attr KEY=VALUE options into a dict; raises InvalidInputError."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInputError(f"--attr takes KEY=VALUE; got {pair!r}")
+        result[key.strip()] = value
+    return check_attributes(result)
+
+
+@dataclass(frozen=True)
+class Consent:
+    """How a subscription was given (GDPR art. 7)."""
+
+    source: str
+    at: dt.datetime | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+def find_subscriber(session: Session, email: str) -> Subscriber | None:
+    return session.scalar(sa.select(Subscriber).where(Subscriber.email_normalized == normalize_email(email)))
+
+
+def get_subscriber(session: Session, email: str) -> Subscriber:
+    """The subscriber with this address (any case); raises NotFoundError."""
+    found = find_subscriber(session, email)
+    if found is None:
+        raise NotFoundError(f"no subscriber with address {email.strip()!r}")
+    return found
+
+
+def add_subscriber(
+    session: Session,
+    email: str,
+    list_name: str,
+    consent: Consent,
+    name: str | None = None,
+    attributes: Mapping[str, str] | None = None,
+) -> tuple[Subscriber | None, AddOutcome]:
+    """Subscribe an address to a list, creating or updating the person.
+
+    Raises InvalidInputError for a bad address, name or attribute, NotFoundError for an
+    unknown list and SuppressedError for an address that opted out or was erased.
+    """
+    address = check_email(email)
+    clean_name = check_name(name) if name is not None else None
+    clean_attrs = check_attributes(attributes or {})
+    mailing_list = get_list(session, list_name)
+    if is_suppressed(session, address):
+        raise SuppressedError(f"{address} is on the suppression list and cannot be subscribed")
+    subscriber = find_subscriber(session, address)
+    created = subscriber is None
+    if subscriber is None:
+        subscriber = Subscriber(
+            email=address, email_normalized=normalize_email(address),
+            name=clean_name or "", attributes=clean_attrs,
+        )
+        session.add(subscriber)
+        session.flush()
+    changed = not created and _merge_profile(subscriber, clean_name, clean_attrs)
+    outcome = _subscribe(session, subscriber, mailing_list, consent)
+    if outcome is AddOutcome.UNCHANGED and changed:
+        outcome = AddOutcome.UPDATED
+    session.flush()
+    return subscriber, outcome
+
+
+def _merge_profile(subscriber: Subscriber, name: str | None, attributes: Mapping[str, str]) -> bool:
+    changed = False
+    if name and name != subscriber.name:
+        subscriber.name = name
+        changed = True
+    if attributes:
+        merged = {**subscriber.attributes, **attributes}
+        if merged != subscriber.attributes:
+            subscriber.attributes = merged
+            changed = True
+    return changed
+
+
+def _subscribe(
+    session: Session, subscriber: Subscriber, mailing_list: MailingList, consent: Consent
+) -> AddOutcome:
+    existing = session.scalar(
+        sa.select(Subscription).where(
+            Subscription.subscriber_id == subscriber.id, Subscription.list_id == mailing_list.id
+        )
+    )
+    if existing is not None:
+        if existing.status is SubscriptionStatus.UNSUBSCRIBED:
+            return AddOutcome.UNSUBSCRIBED
+        return AddOutcome.UNCHANGED
+    status = SubscriptionStatus.UNCONFIRMED if mailing_list.double_opt_in else SubscriptionStatus.ACTIVE
+    now = utcnow()
+    session.add(
+        Subscription(
+            subscriber_id=subscriber.id,
+            list_id=mailing_list.id,
+            status=status,
+            consent_at=consent.at or now,
+            consent_source=consent.source,
+            consent_ip=consent.ip,
+            consent_user_agent=consent.user_agent,
+            confirmed_at=None if mailing_list.double_opt_in else now,
+        )
+    )
+    return AddOutcome.ADDED
+
+
+def iter_list_members(session: Session, list_name: str) -> Iterator[tuple[Subscriber, Subscription]]:
+    """Every subscriber of a list with their subscription, by address, streamed."""
+    mailing_list = get_list(session, list_name)
+    query = (
+        sa.select(Subscriber, Subscription)
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .where(Subscription.list_id == mailing_list.id)
+        .order_by(Subscriber.email_normalized)
+        .execution_options(yield_per=1000)
+    )
+    yield from session.execute(query).tuples()
+
+
+def describe_subscriber(session: Session, email: str) -> dict[str, Any]:
+    """A subscriber's profile, subscriptions with consent, and suppression, as plain data."""
+    subscriber = get_subscriber(session, email)
+    suppression = session.scalar(
+        sa.select(Suppression).where(Suppression.address_hash == address_hash(subscriber.email))
+    )
+    return {
+        "email": subscriber.email,
+        "name": subscriber.name,
+        "attributes": subscriber.attributes,
+        "created_at": subscriber.created_at.isoformat(),
+        "subscriptions": [
+            {
+                "list": sub.mailing_list.name,
+                "status": sub.status.value,
+                "consent": {
+                    "at": sub.consent_at.isoformat(),
+                    "source": sub.consent_source,
+                    "ip": sub.consent_ip,
+                    "user_agent": sub.consent_user_agent,
+                },
+                "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None,
+                "unsubscribed_at": sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else None,
+            }
+            for sub in sorted(subscriber.subscriptions, key=lambda s: s.mailing_list.name)
+        ],
+        "suppression": None if suppression is None else {
+            "reason": suppression.reason.value,
+            "source": suppression.source,
+            "at": suppression.created_at.isoformat(),
+        },
+    }

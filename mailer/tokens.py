@@ -1,0 +1,91 @@
+"""Signed tokens for unsubscribe and confirmation links (itsdangerous)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
+
+from mailer.errors import TokenError
+
+UNSUBSCRIBE_SALT = "mailer.unsubscribe"
+CONFIRM_SALT = "mailer.confirm"
+_SIGNER_KWARGS = {"digest_method": hashlib.sha256}
+
+
+@dataclass(frozen=True)
+class UnsubscribeClaim:
+    """Who a link unsubscribes: ids only, never the address itself."""
+
+    subscriber_id: int
+    list_id: int | None
+    campaign_id: int | None
+
+
+def _ordered(keys: tuple[str, ...] | list[str]) -> list[str]:
+    if not keys:
+        raise TokenError("no signing key configured")
+    # config lists the newest key first; itsdangerous signs with the last and verifies with all
+    return list(reversed(keys))
+
+
+def make_unsubscribe_token(
+    keys: tuple[str, ...] | list[str],
+    subscriber_id: int,
+    list_id: int | None,
+    campaign_id: int | None = None,
+) -> str:
+    """A URL-safe token that never expires and verifies under any configured key."""
+    serializer = URLSafeSerializer(_ordered(keys), salt=UNSUBSCRIBE_SALT, signer_kwargs=_SIGNER_KWARGS)
+    return str(serializer.dumps([subscriber_id, list_id, campaign_id]))
+
+
+def read_unsubscribe_token(keys: tuple[str, ...] | list[str], token: str) -> UnsubscribeClaim:
+    """Verify a token; raises TokenError when it is tampered with, truncated or not ours."""
+    serializer = URLSafeSerializer(_ordered(keys), salt=UNSUBSCRIBE_SALT, signer_kwargs=_SIGNER_KWARGS)
+    try:
+        payload: Any = serializer.loads(token)
+    except (BadData, UnicodeError, ValueError) as exc:
+        raise TokenError("invalid unsubscribe token") from exc
+    return _claim(payload)
+
+
+def make_confirm_token(keys: tuple[str, ...] | list[str], subscriber_id: int, list_id: int) -> str:
+    """A double opt-in confirmation token; it carries its signing time so it can expire."""
+    serializer = URLSafeTimedSerializer(_ordered(keys), salt=CONFIRM_SALT, signer_kwargs=_SIGNER_KWARGS)
+    return str(serializer.dumps([subscriber_id, list_id]))
+
+
+def read_confirm_token(
+    keys: tuple[str, ...] | list[str], token: str, max_age_seconds: float
+) -> tuple[int, int]:
+    """Verify a confirmation token younger than max_age_seconds; raises TokenError otherwise."""
+    serializer = URLSafeTimedSerializer(_ordered(keys), salt=CONFIRM_SALT, signer_kwargs=_SIGNER_KWARGS)
+    try:
+        payload: Any = serializer.loads(token, max_age=int(max_age_seconds))
+    except (BadData, UnicodeError, ValueError) as exc:
+        raise TokenError("invalid or expired confirmation token") from exc
+    if (
+        not isinstance(payload, list)
+        or len(payload) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in payload)
+    ):
+        raise TokenError("invalid confirmation token")
+    return payload[0], payload[1]
+
+
+def _claim(payload: Any) -> UnsubscribeClaim:
+    if not isinstance(payload, list) or len(payload) != 3:
+        raise TokenError("invalid unsubscribe token")
+    subscriber_id, list_id, campaign_id = payload
+
+    def is_id(value: Any, optional: bool) -> bool:
+        if value is None:
+            return optional
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    if not (is_id(subscriber_id, False) and is_id(list_id, True) and is_id(campaign_id, True)):
+        raise TokenError("invalid unsubscribe token")
+    return UnsubscribeClaim(subscriber_id, list_id, campaign_id)
