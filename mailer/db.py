@@ -76,7 +76,7 @@ class Database:
         with self.sessionmaker() as session, session.begin():
             yield session
 
-    def upgrade(self, revision: str = "head") -> None:
+    def upgrade(self, revision: str = "heads") -> None:
         """Run the Alembic migrations up to `revision`."""
         from alembic import command
 

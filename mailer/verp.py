@@ -1,0 +1,38 @@
+"""VERP return paths: a bounce address per delivery that maps back to it and cannot be forged."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+from mailer.config import Config
+
+_LOCAL = re.compile(r"^b-(?P<id>[0-9]+)-(?P<sig>[a-z2-7]{10})$")
+
+
+def _signature(key: str, delivery_id: int) -> str:
+    mac = hmac.new(key.encode("utf-8"), f"verp:{delivery_id}".encode("ascii"), hashlib.sha256).digest()
+    return base64.b32encode(mac[:10]).decode("ascii").lower()[:10]
+
+
+def make_return_path(config: Config, delivery_id: int) -> str:
+    """`b-<delivery id>-<signature>@<bounce domain>`, signed with the newest key."""
+    key = config.require_secret_keys()[0]
+    return f"b-{delivery_id}-{_signature(key, delivery_id)}@{config.sender.bounce_domain}"
+
+
+def parse_return_path(config: Config, address: str) -> int | None:
+    """The delivery id a VERP address stands for, or None when it is not one of ours."""
+    local, _, domain = address.strip().strip("<>").rpartition("@")
+    if domain.lower() != config.sender.bounce_domain.lower():
+        return None
+    match = _LOCAL.match(local.lower())
+    if match is None:
+        return None
+    delivery_id = int(match["id"])
+    for key in config.require_secret_keys():
+        if hmac.compare_digest(_signature(key, delivery_id), match["sig"]):
+            return delivery_id
+    return None
