@@ -89,7 +89,8 @@ class Database:
         from alembic.runtime.migration import MigrationContext
 
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            heads = MigrationContext.configure(conn).get_current_heads()
+        return ", ".join(sorted(heads)) or None
 
     def dispose(self) -> None:
         self.engine.dispose()
