@@ -303,7 +303,9 @@ def _apply_chunk(
             [
                 {"subscriber_id": sid, "list_id": list_id, "status": status,
                  "consent_at": row.consent_at or now,
-                 "consent_source": row.consent_source or source,
+                 # both where the row came from and how the person gave consent there
+                 "consent_source": (f"{source} ({row.consent_source})" if row.consent_source
+                                    else source)[:200],
                  "consent_ip": row.consent_ip, "consent_user_agent": None,
                  "confirmed_at": None if double_opt_in else now, "created_at": now}
                 for sid, row in to_subscribe

@@ -144,6 +144,9 @@ class Subscription(Base):
     consent_ip: Mapped[str | None] = mapped_column(sa.String(45))
     consent_user_agent: Mapped[str | None] = mapped_column(sa.String(500))
     confirmed_at: Mapped[dt.datetime | None]
+    # where the double opt-in link was clicked from (migration 0005_privacy)
+    confirmed_ip: Mapped[str | None] = mapped_column(sa.String(45))
+    confirmed_user_agent: Mapped[str | None] = mapped_column(sa.String(500))
     unsubscribed_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
