@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -92,7 +92,7 @@ def import_csv(
     file = Path(path)
     report = ImportReport(file=str(file), list_name=list_name, dry_run=dry_run)
     try:
-        handle = open(file, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+        handle = open(file, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         raise ImportFileError(f"{file}: no such file") from None
     except IsADirectoryError:
@@ -104,7 +104,7 @@ def import_csv(
         transaction = session.begin()
         try:
             mailing_list = get_list(session, list_name)
-            reader = csv.reader(handle)
+            reader = csv.reader(_decoded_lines(handle, file))
             columns = _read_header(reader, file)
             for chunk in _chunks(_parse_rows(reader, columns, report, file)):
                 _apply_chunk(session, chunk, mailing_list.id, mailing_list.double_opt_in, source, report)
@@ -118,11 +118,19 @@ def import_csv(
     return report
 
 
+def _decoded_lines(handle: BinaryIO, file: Path) -> Iterator[str]:
+    """Decode line by line, so that a non-UTF-8 byte is reported with its line number."""
+    for number, raw in enumerate(handle, 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImportFileError(f"{file}: line {number}: not UTF-8 text; save the file as UTF-8") from None
+        yield text.removeprefix("\ufeff") if number == 1 else text
+
+
 def _read_header(reader: Any, file: Path) -> list[str]:
     try:
         header = next(reader, None)
-    except UnicodeDecodeError:
-        raise ImportFileError(f"{file}: line 1: not UTF-8 text; save the file as UTF-8") from None
     except csv.Error as exc:
         raise ImportFileError(f"{file}: line 1: {exc}") from None
     if not header:
@@ -169,10 +177,6 @@ def _parse_rows(reader: Any, columns: list[str], report: ImportReport, file: Pat
                 continue
             key = normalize_email(email)
             yield _Row(line, email, key, address_hash(key), name or None, attributes, *consent)
-    except UnicodeDecodeError:
-        raise ImportFileError(
-            f"{file}: line {reader.line_num + 1}: not UTF-8 text; save the file as UTF-8"
-        ) from None
     except csv.Error as exc:
         raise ImportFileError(f"{file}: line {reader.line_num}: {exc}") from None
 

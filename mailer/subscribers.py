@@ -205,7 +205,7 @@ def iter_list_members(session: Session, list_name: str) -> Iterator[tuple[Subscr
         .order_by(Subscriber.email_normalized)
         .execution_options(yield_per=1000)
     )
-    yield from session.execute(query).tuples()
+    yield from ((subscriber, subscription) for subscriber, subscription in session.execute(query))
 
 
 def describe_subscriber(session: Session, email: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
       $ mailer subscriber import people.csv --list news
     """
     ctx.obj = AppContext(config_path)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _register() -> None:

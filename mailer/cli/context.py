@@ -39,6 +39,12 @@ class AppContext:
     def open_db_for_upgrade(self) -> Database:
         return Database.from_config(self.config)
 
+    def close(self) -> None:
+        """Release database connections when the command ends."""
+        database = self.__dict__.pop("db", None)
+        if database is not None:
+            database.dispose()
+
 
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages."""

@@ -1,0 +1,178 @@
+"""CSV import: a marketer can trust it with a real export from another tool."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import Cli
+
+from mailer.db import Database
+from mailer.importer import import_csv
+from mailer.models import Subscriber, Subscription
+
+
+def write_csv(tmp_path: Path, text: str, name: str = "people.csv", encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def imported(cli: Cli, path: Path, *extra: str) -> dict[str, Any]:
+    result = cli("subscriber", "import", str(path), "--list", "news", "--json", *extra)
+    data: dict[str, Any] = json.loads(result.output)
+    return data
+
+
+def members(cli: Cli) -> dict[str, dict[str, Any]]:
+    rows = json.loads(cli("subscriber", "ls", "--list", "news", "--json").output)
+    return {row["email"]: row for row in rows}
+
+
+@pytest.fixture
+def news(cli: Cli) -> Cli:
+    cli("list", "create", "news")
+    return cli
+
+
+def test_import_maps_name_keeps_attributes_and_reports_each_outcome(news: Cli, tmp_path: Path) -> None:
+    news("subscriber", "add", "old@example.com", "--list", "news", "--name", "Old")
+    news("suppress", "add", "gone@example.com")
+    path = write_csv(tmp_path, (
+        "\ufeffEmail,Name,City,plan\r\n"            # BOM and mixed-case header, as Excel writes it
+        "ana@example.com,Ana Lima,Lisbon,gold\r\n"
+        "old@example.com,Old,,\r\n"                  # already there, nothing new
+        "OLD@example.com,Older,,\r\n"                # same person again: an update
+        "gone@example.com,Gone,,\r\n"                # opted out: skipped
+        "not-an-address,Nobody,,\r\n"
+        "\r\n"                                        # blank line: not a row
+        "zoë@exämple.com,Zoë,Zürich,\r\n"
+        "short@example.com\r\n"
+    ))
+    report = imported(news, path)
+    assert report["rows"] == 7
+    assert (report["added"], report["updated"], report["already_subscribed"]) == (2, 1, 1)
+    assert report["skipped_suppressed"] == 1
+    assert report["invalid"] == 2
+    assert [p["line"] for p in report["problems"]] == [6, 9]
+    assert "invalid email address 'not-an-address'" in report["problems"][0]["reason"]
+    assert "has 1 fields; the header has 4" in report["problems"][1]["reason"]
+    people = members(news)
+    assert set(people) == {"ana@example.com", "old@example.com", "zoë@exämple.com"}
+    assert people["ana@example.com"]["attributes"] == {"city": "Lisbon", "plan": "gold"}
+    assert people["old@example.com"]["name"] == "Older"
+
+
+def test_text_report_names_lines(news: Cli, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "email,name\nana@example.com,Ana\nbroken@,B\n")
+    output = news("subscriber", "import", str(path), "--list", "news").output
+    assert "added                 1" in output
+    assert "line 3: invalid email address 'broken@'" in output
+
+
+def test_name_with_line_break_is_an_invalid_row_not_a_header(news: Cli, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, 'email,name\n"ana@example.com","Ana\r\nBcc: victim@example.com"\n')
+    report = imported(news, path)
+    assert report["invalid"] == 1 and report["added"] == 0
+    assert "line breaks" in report["problems"][0]["reason"]
+
+
+def test_dry_run_reports_and_writes_nothing(news: Cli, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "email\nana@example.com\nbob@example.com\n")
+    report = imported(news, path, "--dry-run")
+    assert report["dry_run"] is True and report["added"] == 2
+    assert members(news) == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"name,city\nAna,Lisbon\n", "has no 'email' column"),
+        ("email,name\nana@example.com,Ana\nbob@example.com,J\xf6rg\n".encode("latin-1"), "line 3: not UTF-8"),
+        (b"", "the file is empty"),
+        (b"email,email\na@example.com,b@example.com\n", "names the column 'email' twice"),
+    ],
+)
+def test_file_level_problems_are_one_line_and_import_nothing(
+    news: Cli, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    result = news("subscriber", "import", str(path), "--list", "news", ok=False)
+    assert result.exit_code == 1
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert members(news) == {}
+
+
+def test_missing_file_and_unknown_list(news: Cli, tmp_path: Path) -> None:
+    missing = news("subscriber", "import", str(tmp_path / "nope.csv"), "--list", "news", ok=False)
+    assert missing.exit_code == 1 and "no such file" in missing.stderr
+    path = write_csv(tmp_path, "email\nana@example.com\n")
+    unknown = news("subscriber", "import", str(path), "--list", "nope", ok=False)
+    assert unknown.exit_code == 1 and "no list named 'nope'" in unknown.stderr
+
+
+def test_not_utf8_late_in_a_large_file_leaves_nothing_half_written(news: Cli, tmp_path: Path) -> None:
+    news("subscriber", "add", "keep@example.com", "--list", "news", "--name", "Keep")
+    rows = "".join(f"p{i}@example.com,Person {i}\n" for i in range(10_000))
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"email,name\n" + rows.encode() + "late@example.com,J\xf6rg\n".encode("latin-1"))
+    result = news("subscriber", "import", str(path), "--list", "news", ok=False)
+    assert "line 10002: not UTF-8" in result.stderr
+    assert list(members(news)) == ["keep@example.com"]
+
+
+def test_interrupted_import_leaves_nothing(database: Database, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailer import importer
+    from mailer.lists import create_list
+
+    with database.session() as session:
+        create_list(session, "news")
+    path = write_csv(tmp_path, "email\n" + "".join(f"p{i}@example.com\n" for i in range(5000)))
+    calls = {"n": 0}
+    real = importer._apply_chunk
+
+    def interrupt_on_second_chunk(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "_apply_chunk", interrupt_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        import_csv(database, path, "news")
+    with database.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Subscriber)) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(Subscription)) == 0
+
+
+def test_consent_columns_are_recorded(news: Cli, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "email,consent_at,consent_ip,consent_source\n"
+                               "ana@example.com,2024-03-01T09:30:00Z,203.0.113.9,web form\n"
+                               "bob@example.com,yesterday,,\n")
+    report = imported(news, path)
+    assert report["added"] == 1 and report["invalid"] == 1
+    assert "consent_at 'yesterday'" in report["problems"][0]["reason"]
+    shown = json.loads(news("subscriber", "show", "ana@example.com", "--json").output)
+    consent = shown["subscriptions"][0]["consent"]
+    assert consent["at"].startswith("2024-03-01T09:30:00")
+    assert consent["ip"] == "203.0.113.9"
+    assert "web form" in consent["source"]
+
+
+def test_import_into_postgres_and_sqlite_alike(database: Database, tmp_path: Path) -> None:
+    from mailer.lists import create_list
+
+    with database.session() as session:
+        create_list(session, "news")
+    path = write_csv(tmp_path, "email,name\n" + "".join(f"P{i}@Example.com,N{i}\n" for i in range(4500))
+                     + "p7@example.com,Seven\n")
+    report = import_csv(database, path, "news")
+    assert (report.added, report.updated) == (4500, 1)
+    second = import_csv(database, path, "news")
+    assert (second.added, second.updated, second.unchanged) == (0, 2, 4499)
