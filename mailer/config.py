@@ -93,6 +93,7 @@ class SendingConfig:
     batch_size: int = 100  # deliveries claimed at once; bounds memory and what a crash leaves in doubt
     max_lateness: float = 24 * 3600.0  # seconds past its time a scheduled campaign may still start
     soft_bounce_limit: int = 3  # transient bounces from different campaigns before suppression
+    claim_timeout: float = 300.0  # seconds without a heartbeat before another host takes a claim as in doubt
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,8 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "sending.batch_size", "must be from 1 to 10000")
     if config.sending.max_lateness < 0:
         raise ConfigError(src, "sending.max_lateness", "must be 0 or more seconds")
+    if config.sending.claim_timeout < 10:
+        raise ConfigError(src, "sending.claim_timeout", "must be at least 10 seconds")
     if config.sending.soft_bounce_limit < 1:
         raise ConfigError(src, "sending.soft_bounce_limit", "must be at least 1")
     if not config.unsubscribe.base_url.startswith(("https://", "http://")):
