@@ -102,6 +102,7 @@ class UnsubscribeConfig:
     mailto: str = "unsubscribe@harmonymails.com"
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     scope: UnsubscribeScope = UnsubscribeScope.ALL
+    trusted_proxies: int = 0  # reverse proxies in front of `mailer serve` whose X-Forwarded-* to believe
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,8 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "unsubscribe.base_url", "must be an http(s) URL")
     if config.unsubscribe.mailto and "@" not in config.unsubscribe.mailto:
         raise ConfigError(src, "unsubscribe.mailto", "must be an email address")
+    if not 0 <= config.unsubscribe.trusted_proxies <= 10:
+        raise ConfigError(src, "unsubscribe.trusted_proxies", "must be from 0 to 10")
     for key in config.unsubscribe.secret_keys:
         if len(key) < 16:
             raise ConfigError(src, "unsubscribe.secret_keys", "each key must be at least 16 characters")
