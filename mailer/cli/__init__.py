@@ -44,6 +44,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 def _register() -> None:
     # each command group lives in its own module and adds itself to `main`
     from mailer.cli import admin, lists, subscribers, suppress  # noqa: F401
+    from mailer.cli import privacy  # noqa: F401
 
 
 _register()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mailer.audit import cli_actor, record_event
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.models import SuppressionReason
@@ -39,6 +40,8 @@ def suppress_add(app: AppContext, email: str, reason: str) -> None:
         _entry, created = suppress_address(
             session, address, SuppressionReason.MANUAL, source=f"cli: {reason}".strip().rstrip(":")
         )
+        if created:
+            record_event(session, "suppress", cli_actor(), subject=address, reason=reason or "manual")
     click.echo(f"suppressed {address}" if created else f"{address} was already suppressed")
 
 

@@ -1,0 +1,165 @@
+"""`mailer subscriber export|update|forget`, `mailer audit ls`: the data subject's rights."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import click
+
+from mailer.audit import cli_actor, list_events
+from mailer.cli import main
+from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.subscribers import subscriber_group
+from mailer.errors import InvalidInputError
+from mailer.privacy import (
+    export_subscriber,
+    forget_subscriber,
+    parse_attribute_changes,
+    update_subscriber,
+)
+
+
+@subscriber_group.command("export")
+@click.argument("email")
+@click.option("--reason", default="", help="Why, for the audit trail (e.g. the request's reference).")
+@pass_app
+def subscriber_export(app: AppContext, email: str, reason: str) -> None:
+    """Print, as JSON, everything held about EMAIL (GDPR access and portability).
+
+    Profile, attributes, subscriptions with their consent records, deliveries,
+    suppression and audit events. The export itself is recorded in the audit trail.
+
+    \b
+    Example:
+      $ mailer subscriber export ana@example.com > ana.json
+    """
+    with app.db.session() as session:
+        data = export_subscriber(session, app.config, email, cli_actor(), reason)
+    echo_json(data)
+
+
+@subscriber_group.command("update")
+@click.argument("email")
+@click.option("--email", "new_email", default=None, metavar="NEW", help="Correct the address.")
+@click.option("--name", default=None, help="Correct the display name (\"\" clears it).")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
+              help="Set an attribute; KEY= removes it. Repeatable.")
+@click.option("--reason", default="", help="Why, for the audit trail.")
+@pass_app
+def subscriber_update(
+    app: AppContext, email: str, new_email: str | None, name: str | None,
+    attrs: tuple[str, ...], reason: str,
+) -> None:
+    """Rectify what is held about EMAIL (GDPR art. 16).
+
+    A new address that has opted out, was erased, or is another subscriber's is refused.
+
+    \b
+    Example:
+      $ mailer subscriber update ana@exmaple.com --email ana@example.com --attr city=Porto
+      updated ana@example.com: email, attribute city
+    """
+    if new_email is None and name is None and not attrs:
+        raise InvalidInputError("nothing to change: give --email, --name or --attr")
+    changes = parse_attribute_changes(attrs)
+    with app.db.session() as session:
+        result = update_subscriber(session, email, cli_actor(), new_email=new_email, name=name,
+                                   attributes=changes, reason=reason)
+    if not result.changed:
+        click.echo(f"{result.email}: nothing changed")
+        return
+    click.echo(f"updated {result.email}: {', '.join(result.changed)}")
+    if result.suppression_carried:
+        click.echo(f"  {result.email} stays suppressed: the old address had opted out")
+
+
+@subscriber_group.command("forget")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--reason", default="", help="Why, for the audit trail (e.g. the request's reference).")
+@pass_app
+def subscriber_forget(app: AppContext, email: str, yes: bool, reason: str) -> None:
+    """Erase EMAIL (GDPR art. 17): profile, attributes, consent, subscriptions, the address
+    in deliveries; only a hash stays on the suppression list so it is never mailed again.
+
+    Campaign counts are kept. This cannot be undone.
+
+    \b
+    Example:
+      $ mailer subscriber forget ana@example.com --yes
+      erased ana@example.com:
+        profile: name and 1 attribute
+        subscriptions and their consent records: news
+        address removed from 3 deliveries (campaign counts kept)
+        suppression kept as a hash only: 3f1c9a0be7d2…
+    """
+    shown = email.strip()
+    if not yes:
+        click.confirm(f"Erase everything held about {shown}? This cannot be undone.", abort=True)
+    with app.db.session() as session:
+        report = forget_subscriber(session, shown, cli_actor(), reason)
+    click.echo(f"erased {shown}:")
+    if report.profile:
+        click.echo(f"  profile: name and {report.attributes} attribute{'s' if report.attributes != 1 else ''}")
+    if report.subscriptions:
+        click.echo(f"  subscriptions and their consent records: {', '.join(report.subscriptions)}")
+    if report.deliveries:
+        click.echo(f"  address removed from {report.deliveries} deliveries (campaign counts kept)")
+    click.echo(f"  suppression {report.suppression} only: {report.address_hash[:12]}…")
+    if report.audit_events:
+        click.echo(f"  {report.audit_events} earlier audit events now name only the hash")
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit trail: opt-outs, erasures, exports, suppressions, notices.
+
+    \b
+    Example:
+      $ mailer audit ls --since 2026-11-01
+    """
+
+
+def _parse_since(raw: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInputError(f"--since {raw!r} is not an ISO-8601 date or date and time") from None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+@audit_group.command("ls")
+@click.option("--since", default=None, metavar="ISO", help="Only events at or after this time (UTC unless given).")
+@click.option("--action", default=None, help="Only this action (e.g. unsubscribe, erase, export, notice).")
+@json_option
+@pass_app
+def audit_ls(app: AppContext, since: str | None, action: str | None, as_json: bool) -> None:
+    """List audit events, oldest first.
+
+    \b
+    Example:
+      $ mailer audit ls --since 2026-11-25
+      2026-11-25 10:02:11  export   cli:ana   ana@example.com  access request
+      2026-11-25 10:05:40  erase    cli:ana   3f1c9a0be7d2…    erasure request (GDPR art. 17)
+    """
+    when = _parse_since(since) if since else None
+    with app.db.session() as session:
+        events: list[dict[str, Any]] = [
+            {"at": e.at.isoformat(), "action": e.action, "actor": e.actor, "subject": e.subject,
+             "reason": e.reason, "detail": e.detail}
+            for e in list_events(session, when)
+            if action is None or e.action == action
+        ]
+    if as_json:
+        echo_json(events)
+        return
+    if not events:
+        click.echo("no audit events" + (" in that period" if since or action else ""))
+        return
+    for e in events:
+        subject = e["subject"]
+        if len(subject) == 64 and "@" not in subject:
+            subject = subject[:12] + "…"  # an erased person: only the hash is kept
+        line = f"{e['at'][:19].replace('T', ' ')}  {e['action']:<11}  {e['actor']:<14}  {subject}  {e['reason']}"
+        click.echo(line.rstrip())

@@ -1,0 +1,318 @@
+"""Data subject rights: export what is held (access, portability), rectify it, erase it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.audit import record_event
+from mailer.config import Config
+from mailer.db import address_hash, normalize_email
+from mailer.errors import AlreadyExistsError, InvalidInputError, NotFoundError, SuppressedError
+from mailer.models import (
+    AuditEvent,
+    Campaign,
+    Delivery,
+    Suppression,
+    SuppressionReason,
+    utcnow,
+)
+from mailer.subscribers import check_attributes, check_email, check_name, find_subscriber
+from mailer.suppression import is_suppressed, suppress_address
+
+_IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
+ERASED_MARK = "[erased]"  # what replaces an erased address inside kept text (SMTP replies, audit details)
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
+
+
+def _find_suppression(session: Session, email: str) -> Suppression | None:
+    return session.scalar(sa.select(Suppression).where(Suppression.address_hash == address_hash(email)))
+
+
+def _events_about(session: Session, key: str) -> list[AuditEvent]:
+    # events name a person by the address as written; compare case-insensitively
+    return list(session.scalars(
+        sa.select(AuditEvent).where(sa.func.lower(AuditEvent.subject) == key).order_by(AuditEvent.at)
+    ))
+
+
+def export_subscriber(
+    session: Session, config: Config, email: str, actor: str, reason: str = ""
+) -> dict[str, Any]:
+    """Everything held about one address, as JSON-ready data; the export is audit-logged.
+
+    Raises NotFoundError when nothing at all is held about the address.
+    """
+    key = normalize_email(email)
+    subscriber = find_subscriber(session, key)
+    suppression = _find_suppression(session, key)
+    if subscriber is None and suppression is None:
+        raise NotFoundError(f"nothing is held about {email.strip()!r}")
+    data: dict[str, Any] = {
+        "exported_at": utcnow().isoformat(),
+        "controller": {
+            "name": config.company.name,
+            "postal_address": config.company.postal_address,
+            "privacy_policy": config.company.privacy_url,
+        },
+        "email": subscriber.email if subscriber else key,
+        "profile": None,
+        "subscriptions": [],
+        "deliveries": [],
+        "suppression": None,
+        "audit_events": [],
+    }
+    if subscriber is not None:
+        data["profile"] = {
+            "email": subscriber.email,
+            "name": subscriber.name,
+            "attributes": dict(subscriber.attributes),
+            "created_at": _iso(subscriber.created_at),
+            "updated_at": _iso(subscriber.updated_at),
+        }
+        data["subscriptions"] = [
+            {
+                "list": sub.mailing_list.name,
+                "list_title": sub.mailing_list.title,
+                "status": sub.status.value,
+                "consent": {
+                    "at": _iso(sub.consent_at),
+                    "source": sub.consent_source,
+                    "ip": sub.consent_ip,
+                    "user_agent": sub.consent_user_agent,
+                },
+                "confirmation": None if sub.confirmed_at is None else {
+                    "at": _iso(sub.confirmed_at),
+                    "ip": sub.confirmed_ip,
+                    "user_agent": sub.confirmed_user_agent,
+                },
+                "unsubscribed_at": _iso(sub.unsubscribed_at),
+            }
+            for sub in sorted(subscriber.subscriptions, key=lambda s: s.mailing_list.name)
+        ]
+        data["deliveries"] = [
+            {
+                "campaign_id": campaign.id,
+                "kind": campaign.kind.value,
+                "subject": campaign.subject,
+                "state": delivery.state.value,
+                "sent_at": _iso(delivery.sent_at),
+                "queued_at": _iso(delivery.created_at),
+                "attempts": delivery.attempts,
+            }
+            for delivery, campaign in session.execute(
+                sa.select(Delivery, Campaign)
+                .join(Campaign, Campaign.id == Delivery.campaign_id)
+                .where(Delivery.subscriber_id == subscriber.id)
+                .order_by(Delivery.created_at, Delivery.id)
+            )
+        ]
+    if suppression is not None:
+        data["suppression"] = {
+            "reason": suppression.reason.value,
+            "source": suppression.source,
+            "at": _iso(suppression.created_at),
+            "ip": suppression.ip,
+            "user_agent": suppression.user_agent,
+        }
+    data["audit_events"] = [
+        {"at": _iso(e.at), "action": e.action, "actor": e.actor, "reason": e.reason}
+        for e in _events_about(session, key)
+    ]
+    record_event(session, "export", actor, subject=data["email"],
+                 reason=reason or "access and portability request (GDPR art. 15, 20)")
+    return data
+
+
+@dataclass
+class UpdateResult:
+    """What a rectification changed."""
+
+    email: str
+    changed: list[str] = field(default_factory=list)
+    suppression_carried: bool = False  # the old address had opted out; the new one is suppressed too
+
+
+def update_subscriber(
+    session: Session,
+    email: str,
+    actor: str,
+    new_email: str | None = None,
+    name: str | None = None,
+    attributes: Mapping[str, str] | None = None,
+    reason: str = "",
+) -> UpdateResult:
+    """Rectify a subscriber's address, name or attributes; an empty attribute value removes it.
+
+    Raises NotFoundError for an unknown address, InvalidInputError for a malformed value
+    (line breaks included), SuppressedError when the new address has opted out or was
+    erased, and AlreadyExistsError when it belongs to another subscriber.
+    """
+    subscriber = find_subscriber(session, email)
+    if subscriber is None:
+        raise NotFoundError(f"no subscriber with address {email.strip()!r}")
+    result = UpdateResult(email=subscriber.email)
+    old_key = subscriber.email_normalized
+    if new_email is not None:
+        address = check_email(new_email)
+        new_key = normalize_email(address)
+        if new_key != old_key:
+            if is_suppressed(session, new_key):
+                raise SuppressedError(f"{address} is on the suppression list; it cannot become a subscriber's address")
+            if find_subscriber(session, new_key) is not None:
+                raise AlreadyExistsError(f"{address} is already another subscriber's address")
+        if address != subscriber.email:
+            old_suppression = _find_suppression(session, old_key)
+            subscriber.email = address
+            subscriber.email_normalized = new_key
+            result.email = address
+            result.changed.append("email")
+            if new_key != old_key:
+                # the same person: their earlier events follow them, so an erasure finds them all
+                for event in _events_about(session, old_key):
+                    event.subject = address
+                if old_suppression is not None:
+                    # an objection to mail is the person's, not the mailbox's; a new address must
+                    # not make someone who opted out mailable again
+                    suppress_address(session, new_key, old_suppression.reason,
+                                     source="rectified from a suppressed address")
+                    result.suppression_carried = True
+    if name is not None:
+        clean_name = check_name(name)
+        if clean_name != subscriber.name:
+            subscriber.name = clean_name
+            result.changed.append("name")
+    if attributes:
+        merged = dict(subscriber.attributes)
+        to_set = check_attributes({k: v for k, v in attributes.items() if v != ""})
+        for key in attributes:
+            if attributes[key] == "" and key.strip() in merged:
+                del merged[key.strip()]
+                result.changed.append(f"attribute {key.strip()} removed")
+        for key, value in to_set.items():
+            if merged.get(key) != value:
+                merged[key] = value
+                result.changed.append(f"attribute {key}")
+        subscriber.attributes = merged
+    if result.changed:
+        record_event(
+            session, "rectify", actor, subject=subscriber.email,
+            reason=reason or "rectification request (GDPR art. 16)",
+            detail={"changed": result.changed,
+                    **({"previous_address_hash": address_hash(old_key)}
+                       if "email" in result.changed and old_key != subscriber.email_normalized else {})},
+        )
+    session.flush()
+    return result
+
+
+def parse_attribute_changes(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """--attr KEY=VALUE options for an update; `KEY=` (empty) means remove the attribute."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInputError(f"--attr takes KEY=VALUE (or KEY= to remove it); got {pair!r}")
+        result[key.strip()] = value
+    check_attributes({k: v for k, v in result.items() if v != ""})
+    return result
+
+
+@dataclass
+class ErasureReport:
+    """What an erasure removed, for the person at the terminal and the audit trail."""
+
+    address_hash: str
+    profile: bool = False
+    attributes: int = 0
+    subscriptions: list[str] = field(default_factory=list)
+    deliveries: int = 0
+    suppression: str = ""  # "kept as hash" or "added as hash"
+    audit_events: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "address_hash": self.address_hash,
+            "profile": self.profile,
+            "attributes": self.attributes,
+            "subscriptions": self.subscriptions,
+            "deliveries_detached": self.deliveries,
+            "suppression": self.suppression,
+            "audit_events_pseudonymized": self.audit_events,
+        }
+
+
+def _scrub(value: Any, needle: str) -> Any:
+    """The value with every case-insensitive occurrence of the address replaced."""
+    if isinstance(value, str):
+        if needle not in value.lower():
+            return value
+        lowered = value.lower()
+        out, start = [], 0
+        while (at := lowered.find(needle, start)) != -1:
+            out.append(value[start:at])
+            out.append(ERASED_MARK)
+            start = at + len(needle)
+        out.append(value[start:])
+        return "".join(out)
+    if isinstance(value, dict):
+        return {k: _scrub(v, needle) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, needle) for v in value]
+    return value
+
+
+def forget_subscriber(session: Session, email: str, actor: str, reason: str = "") -> ErasureReport:
+    """Erase a person: profile, attributes, consent records, subscriptions, the address in
+    deliveries and the audit trail; keep only a hashed suppression so it is never mailed again.
+
+    Raises NotFoundError when nothing is held about the address.
+    """
+    key = normalize_email(email)
+    digest = address_hash(key)
+    subscriber = find_subscriber(session, key)
+    suppression = _find_suppression(session, key)
+    if subscriber is None and suppression is None:
+        raise NotFoundError(f"nothing is held about {email.strip()!r}")
+    report = ErasureReport(address_hash=digest)
+    if subscriber is not None:
+        report.profile = True
+        report.attributes = len(subscriber.attributes)
+        report.subscriptions = sorted(sub.mailing_list.name for sub in subscriber.subscriptions)
+        deliveries = list(session.scalars(sa.select(Delivery).where(Delivery.subscriber_id == subscriber.id)))
+        for delivery in deliveries:
+            # an SMTP reply often quotes the recipient ("550 <ana@...>: no such user")
+            delivery.last_response = _scrub(delivery.last_response, key)
+            delivery.subscriber_id = None
+        report.deliveries = len(deliveries)
+        session.flush()
+        session.delete(subscriber)  # its subscriptions, with their consent records, go with it
+    if suppression is None:
+        session.add(Suppression(address_hash=digest, email=None, reason=SuppressionReason.ERASED,
+                                source="erasure"))
+        report.suppression = "added as hash"
+    else:
+        suppression.email = None
+        suppression.ip = None
+        suppression.user_agent = None
+        suppression.reason = SuppressionReason.ERASED
+        suppression.source = "erasure"
+        report.suppression = "kept as hash"
+    for event in _events_about(session, key):
+        event.subject = digest
+        event.reason = _scrub(event.reason, key)
+        # where a click came from identifies a person as much as the address did
+        event.detail = {k: (None if k in _IDENTIFYING_DETAIL else v)
+                        for k, v in _scrub(dict(event.detail), key).items()}
+        report.audit_events += 1
+    record_event(session, "erase", actor, subject=digest,
+                 reason=reason or "erasure request (GDPR art. 17)", detail=report.as_dict())
+    session.flush()
+    return report
