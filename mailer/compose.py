@@ -1,0 +1,431 @@
+"""Builds campaign messages: the invariant MIME skeleton once per campaign, the per-recipient parts fast."""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import email.policy
+import re
+import time
+import uuid
+from base64 import b64encode
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from typing import Any
+
+import jinja2
+from markupsafe import Markup, escape
+
+from mailer.config import Config
+from mailer.dkim import DkimSigner, signer_from_config
+from mailer.errors import InvalidInputError
+from mailer.models import Campaign, CampaignKind, MailingList
+from mailer.templating import (
+    TemplateSource,
+    compile_campaign_templates,
+    html_to_text,
+    is_full_document,
+    layout_environment,
+    referenced_names,
+    render_template,
+)
+from mailer.tokens import make_unsubscribe_token
+from mailer.verp import make_return_path
+
+TEST_SUBJECT_PREFIX = "[TEST] "
+# a subscriber id no real row reaches: links in previews and test messages unsubscribe nobody
+SAMPLE_SUBSCRIBER_ID = 2**31 - 1
+# names whose value differs per recipient; a template using none of them is rendered once
+PERSONAL_NAMES = frozenset({"subscriber", "unsubscribe_url"})
+DEFAULT_NOTICE_REASON = "it concerns your account or your subscription with us"
+
+_SLOT = "\x00{}\x00"  # markers in the pre-rendered layout; no template or escaping produces NUL
+_SLOT_RE = re.compile("\x00([a-z_]+)\x00")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_ADDRESS_SPEC = re.compile(r"^[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+$")
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_HEADER_POLICY = email.policy.SMTP
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One person a message is rendered for."""
+
+    delivery_id: int  # used for the VERP Return-Path and nothing else
+    subscriber_id: int
+    email: str
+    name: str
+    attributes: dict[str, Any]
+    subscribed_at: dt.datetime | None  # for the "why you get this" footer line
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """A finished message and its envelope."""
+
+    envelope_from: str  # the VERP return path, for MAIL FROM
+    recipient: str  # the single RCPT TO
+    message_id: str  # "<...@sending-domain>", the same for every resend to this subscriber
+    data: bytes  # the complete RFC 5322 message, CRLF line endings, DKIM-Signature first when signed
+
+
+class SampleAttributes(dict[str, Any]):
+    """Attributes of the sample subscriber: any key a template asks for shows as `[key]`."""
+
+    def __missing__(self, key: str) -> str:
+        return f"[{key}]"
+
+
+def sample_recipient(email: str = "subscriber@example.com", name: str = "Sample Subscriber") -> Recipient:
+    """A made-up recipient for previews and checks of a list with nobody on it yet."""
+    return Recipient(
+        delivery_id=0, subscriber_id=SAMPLE_SUBSCRIBER_ID, email=email, name=name,
+        attributes=SampleAttributes(), subscribed_at=None,
+    )
+
+
+@dataclass(frozen=True)
+class SubscriberView:
+    """What a template sees of the recipient."""
+
+    email: str
+    name: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CampaignView:
+    """What a template sees of the campaign."""
+
+    id: int
+    subject: str
+    kind: str
+    list_name: str
+    list_title: str
+
+
+@dataclass(frozen=True)
+class CompanyView:
+    """What a template sees of the sender."""
+
+    name: str
+    postal_address: str
+    privacy_url: str
+
+
+def one_line(text: str) -> str:
+    """Any control character (CR, LF, TAB, NEL, U+2028...) becomes a space: data never breaks a header."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def header_address(email_address: str) -> str:
+    """The address as it goes into To and RCPT TO; raises InvalidInputError when it cannot."""
+    address = email_address.strip()
+    if not _ADDRESS_SPEC.match(address):
+        raise InvalidInputError(f"cannot address a message to {email_address!r}")
+    local, _, domain = address.rpartition("@")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidInputError(f"cannot address a message to {email_address!r}: bad domain") from None
+    if not local.isascii():
+        raise InvalidInputError(
+            f"cannot address a message to {email_address!r}: a non-ASCII mailbox name needs SMTPUTF8"
+        )
+    return f"{local}@{domain}"
+
+
+def encoded_words(text: str) -> str:
+    """RFC 2047 base64 encoded words of at most 75 characters, folded onto continuation lines."""
+    words = []
+    chunk = ""
+    for char in text:
+        if len((chunk + char).encode("utf-8")) > 45:  # 45 bytes -> 60 base64 chars -> 72-char word
+            words.append(chunk)
+            chunk = ""
+        chunk += char
+    if chunk:
+        words.append(chunk)
+    return "\r\n ".join(
+        "=?utf-8?b?" + b64encode(word.encode("utf-8")).decode("ascii") + "?=" for word in words
+    )
+
+
+def display_phrase(name: str) -> str:
+    """A display name as a header phrase: quoted ASCII, or encoded words when non-ASCII or long."""
+    display = one_line(name)
+    if not display:
+        return ""
+    if display.isascii() and len(display) <= 60 and "=?" not in display:
+        quoted = display.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}"'
+    return encoded_words(display)
+
+
+def format_mailbox(name: str, address: str) -> str:
+    """`"Name" <address>`, or the bare address when there is no name."""
+    phrase = display_phrase(name)
+    return f"{phrase} <{address}>" if phrase else address
+
+
+def fold_header(name: str, value: str) -> bytes:
+    """A header line folded and RFC 2047-encoded by the standard library, for values fixed per campaign."""
+    _, header = _HEADER_POLICY.header_store_parse(name, one_line(value))
+    return str(_HEADER_POLICY.fold(name, header)).encode("ascii")
+
+
+def to_crlf(text: str) -> str:
+    """Every line ending as CRLF, and a final one, so quoted-printable keeps CRLF throughout."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    return text.replace("\n", "\r\n")
+
+
+def quoted_printable(text: str) -> bytes:
+    """UTF-8 quoted-printable with CRLF line endings; no line longer than 76 octets."""
+    # b2a_qp keeps the line ending style of the first line, which to_crlf makes CRLF
+    encoded: bytes = binascii.b2a_qp(to_crlf(text).encode("utf-8"), istext=True, header=False)
+    return encoded
+
+
+def subscribed_phrase(subscribed_at: dt.datetime | None) -> str:
+    if subscribed_at is None:
+        return ""
+    return f" on {subscribed_at.day} {subscribed_at:%B %Y}"
+
+
+class _Skeleton:
+    """Text rendered once with slot markers; filling the slots is a join, not a render."""
+
+    def __init__(self, rendered: str) -> None:
+        pieces = _SLOT_RE.split(rendered)
+        self._static = pieces[0::2]
+        self._slots = pieces[1::2]
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        out = [self._static[0]]
+        for name, text in zip(self._slots, self._static[1:], strict=True):
+            out.append(values[name])
+            out.append(text)
+        return "".join(out)
+
+
+class Composer:
+    """Renders one campaign's personalized messages; build one per campaign and reuse it."""
+
+    def __init__(
+        self, config: Config, campaign: Campaign, mailing_list: MailingList | None, *, test: bool = False
+    ) -> None:
+        """Parse/compile the campaign's templates ONCE (raises TemplateError); `test=True` marks the subject.
+
+        Raises ConfigError when no signing key is set or the DKIM key cannot be read.
+        """
+        self._config = config
+        self._keys = config.require_secret_keys()
+        self._test = test
+        self.campaign_id = campaign.id
+        self.is_notice = campaign.kind is CampaignKind.NOTICE
+        self._list_id = mailing_list.id if mailing_list is not None else None
+        self._domain = config.sender.sending_domain
+        self._unsubscribe_base = config.unsubscribe.base_url.rstrip("/") + "/u/"
+        self._mailto = config.unsubscribe.mailto
+        self.subject = (TEST_SUBJECT_PREFIX if test else "") + one_line(campaign.subject)
+        self._signer: DkimSigner | None = signer_from_config(config)
+
+        name = campaign.template_name or f"campaign {campaign.id}"
+        source = TemplateSource(name=name, html=campaign.html_template, text=campaign.text_template)
+        self._html_template, self._text_template = compile_campaign_templates(source)
+        self._html_personal = bool(referenced_names(source.html, html=True) & PERSONAL_NAMES)
+        self._text_personal = source.text is not None and bool(
+            referenced_names(source.text, html=False) & PERSONAL_NAMES
+        )
+        self._full_document = is_full_document(source.html)
+        list_title = ""
+        if mailing_list is not None:
+            list_title = mailing_list.title or mailing_list.name
+        self._context: dict[str, Any] = {
+            "campaign": CampaignView(
+                id=campaign.id, subject=one_line(campaign.subject), kind=campaign.kind.value,
+                list_name=mailing_list.name if mailing_list is not None else "", list_title=list_title,
+            ),
+            "company": CompanyView(
+                name=config.company.name, postal_address=config.company.postal_address,
+                privacy_url=config.company.privacy_url,
+            ),
+        }
+        # templates that use no per-recipient name are rendered once, here
+        self._static_html = None if self._html_personal else self._render_html(self._context)
+        self._static_text: str | None = None
+        if self._text_template is not None and not self._text_personal:
+            self._static_text = self._render_text(self._context)
+        elif self._text_template is None and self._static_html is not None:
+            self._static_text = html_to_text(self._static_html)
+        self._build_layout(list_title, campaign.notice_reason)
+        self._build_headers(campaign, mailing_list, list_title)
+
+    def _build_layout(self, list_title: str, notice_reason: str) -> None:
+        env = layout_environment()
+        context: dict[str, Any] = {
+            **self._context,
+            "subject": self.subject,
+            "notice": self.is_notice,
+            "notice_reason": one_line(notice_reason) or DEFAULT_NOTICE_REASON,
+            "ad_label": self._config.compliance.ad_label,
+            "list_title": list_title or f"mail from {self._config.company.name}",
+            "unsubscribe_url": _SLOT.format("unsubscribe_url"),
+            "recipient_email": _SLOT.format("recipient_email"),
+            "subscribed_on": _SLOT.format("subscribed_on"),
+        }
+        try:
+            if self._full_document:
+                # the template brings its own document; the footer goes in before its </body>
+                html = env.get_template("footer.html.j2").render(context)
+            else:
+                html = env.get_template("layout.html.j2").render(
+                    {**context, "body": Markup(_SLOT.format("body"))}
+                )
+            text = env.get_template("layout.txt.j2").render({**context, "body": _SLOT.format("body")})
+        except jinja2.TemplateError as exc:  # our own templates: a packaging fault, not user input
+            raise RuntimeError(f"the email layout templates are broken: {exc}") from exc
+        self._html_layout = _Skeleton(html)
+        self._text_layout = _Skeleton(text)
+
+    def _build_headers(self, campaign: Campaign, mailing_list: MailingList | None, list_title: str) -> None:
+        config = self._config
+        self._boundary = f"=_hm_{uuid.uuid4().hex}"  # '=_' never occurs in quoted-printable text
+        self._from_line = fold_header("From", campaign.from_address or config.sender.from_address)
+        self._subject_line = fold_header("Subject", self.subject)
+        middle = [b"MIME-Version: 1.0\r\n"]
+        if config.sender.reply_to:
+            middle.append(fold_header("Reply-To", config.sender.reply_to))
+        if mailing_list is not None and not self.is_notice:
+            # RFC 2919: an optional phrase, then the list's unique id in angle brackets
+            list_id = f"{mailing_list.name}.{self._domain}"
+            phrase = display_phrase(list_title)
+            value = f"{phrase} <{list_id}>" if phrase else f"<{list_id}>"
+            middle.append(b"List-Id: " + value.encode("ascii") + b"\r\n")
+        self._middle_lines = b"".join(middle)
+        tail = []
+        if not self.is_notice:
+            tail.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        tail.append(f'Content-Type: multipart/alternative;\r\n boundary="{self._boundary}"\r\n'.encode("ascii"))
+        tail.append(b"\r\n")
+        tail.append(self._part_header("plain"))
+        self._tail_lines = b"".join(tail)
+        self._html_separator = b"\r\n" + self._part_header("html")
+        self._closing = f"\r\n--{self._boundary}--\r\n".encode("ascii")
+        self._date_cache: tuple[int, bytes] = (0, b"")
+
+    def _part_header(self, subtype: str) -> bytes:
+        return (
+            f"--{self._boundary}\r\n"
+            f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+
+    def _render_html(self, context: Mapping[str, Any]) -> str:
+        return render_template(self._html_template, context, label="HTML template")
+
+    def _render_text(self, context: Mapping[str, Any]) -> str:
+        assert self._text_template is not None
+        return render_template(self._text_template, context, label="text template")
+
+    def unsubscribe_token(self, recipient: Recipient) -> str:
+        return make_unsubscribe_token(self._keys, recipient.subscriber_id, self._list_id, self.campaign_id)
+
+    def message_id(self, recipient: Recipient) -> str:
+        if self._test:
+            return f"<test-{self.campaign_id}.{uuid.uuid4().hex}@{self._domain}>"
+        kind = "notice" if self.is_notice else "campaign"
+        return f"<{kind}-{self.campaign_id}.subscriber-{recipient.subscriber_id}@{self._domain}>"
+
+    def render(self, recipient: Recipient) -> RenderedMessage:
+        """Render one personalized message; Date is set now (the message is handed to SMTP right after).
+
+        Raises TemplateError when the template fails for this recipient (say an attribute it
+        lacks) and InvalidInputError when the address cannot be put in a header.
+        """
+        address = header_address(recipient.email)
+        token = self.unsubscribe_token(recipient)
+        url = self._unsubscribe_base + token
+        html_body, text_body = self._bodies(recipient, url)
+        phrase = subscribed_phrase(recipient.subscribed_at)
+        html = self._html_layout.fill(
+            {"body": html_body, "unsubscribe_url": str(escape(url)),
+             "recipient_email": str(escape(address)), "subscribed_on": phrase}
+        )
+        if self._full_document:
+            html = _insert_footer(html_body, html)
+        text = self._text_layout.fill(
+            {"body": text_body.rstrip("\n"), "unsubscribe_url": url,
+             "recipient_email": address, "subscribed_on": phrase}
+        )
+        message_id = self.message_id(recipient)
+        lines = [
+            self._from_line,
+            b"To: " + format_mailbox(recipient.name, address).encode("ascii") + b"\r\n",
+            self._subject_line,
+            self._date_line(),
+            b"Message-ID: " + message_id.encode("ascii") + b"\r\n",
+            self._middle_lines,
+        ]
+        if not self.is_notice:
+            unsubscribe = f"List-Unsubscribe: <{url}>"
+            if self._mailto:
+                unsubscribe += f",\r\n <mailto:{self._mailto}?subject=unsubscribe%20{token}>"
+            lines.append(unsubscribe.encode("ascii") + b"\r\n")
+        lines += [
+            self._tail_lines,
+            quoted_printable(text),
+            self._html_separator,
+            quoted_printable(html),
+            self._closing,
+        ]
+        data = b"".join(lines)
+        if self._signer is not None:
+            data = self._signer.sign(data) + data
+        return RenderedMessage(
+            envelope_from=make_return_path(self._config, recipient.delivery_id),
+            recipient=address,
+            message_id=message_id,
+            data=data,
+        )
+
+    def _bodies(self, recipient: Recipient, url: str) -> tuple[str, str]:
+        context: dict[str, Any] | None = None
+        if self._static_html is not None:
+            html_body = self._static_html
+        else:
+            context = self._personal_context(recipient, url)
+            html_body = self._render_html(context)
+        if self._static_text is not None:
+            text_body = self._static_text
+        elif self._text_template is not None:
+            text_body = self._render_text(context or self._personal_context(recipient, url))
+        else:
+            text_body = html_to_text(html_body)
+        return html_body, text_body
+
+    def _personal_context(self, recipient: Recipient, url: str) -> dict[str, Any]:
+        subscriber = SubscriberView(recipient.email, recipient.name, recipient.attributes)
+        return {**self._context, "subscriber": subscriber, "unsubscribe_url": url}
+
+    def _date_line(self) -> bytes:
+        # one Date per second is exact to the second and saves formatting it per message
+        now = int(time.time())
+        if self._date_cache[0] != now:
+            stamp = format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
+            self._date_cache = (now, f"Date: {stamp}\r\n".encode("ascii"))
+        return self._date_cache[1]
+
+
+def _insert_footer(document: str, footer: str) -> str:
+    """The footer just before the document's last </body>, or at its end when there is none."""
+    matches = list(_BODY_END.finditer(document))
+    if not matches:
+        return document + footer
+    at = matches[-1].start()
+    return document[:at] + footer + document[at:]

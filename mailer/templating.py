@@ -1,0 +1,191 @@
+"""Jinja2 environments for campaign and layout templates, template loading, text from HTML."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import html2text
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from mailer.errors import TemplateError
+from mailer.resources import resource_path
+
+HTML_SUFFIXES = (".html.j2", ".html")
+TEXT_SUFFIXES = {".html.j2": ".txt.j2", ".html": ".txt"}
+MAX_TEMPLATE_BYTES = 1_000_000  # a campaign is an email, not a book; bigger is a mistake
+_FULL_DOCUMENT = re.compile(r"<html[\s>]", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    """A campaign template as stored in the database: its name and the text of both parts."""
+
+    name: str
+    html: str
+    text: str | None  # None: the text part is derived from the HTML
+
+
+def templates_dir() -> Path:
+    return resource_path("templates")
+
+
+def campaign_templates_dir() -> Path:
+    return templates_dir() / "campaigns"
+
+
+def shipped_campaign_templates() -> list[str]:
+    """Names of the example campaigns under templates/campaigns/."""
+    folder = campaign_templates_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name.removesuffix(".html.j2") for p in folder.glob("*.html.j2"))
+
+
+def load_template_source(spec: str) -> TemplateSource:
+    """Read a campaign template from a path to an .html.j2 file, or a name under templates/campaigns/.
+
+    A sibling `.txt.j2` of the same stem becomes the text part. Raises TemplateError when the
+    file does not exist or cannot be read, or does not parse.
+    """
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        named = _find_named(spec)
+        if named is None:
+            shipped = ", ".join(shipped_campaign_templates()) or "none"
+            raise TemplateError(
+                f"template {spec!r} not found: give a path to an .html.j2 file or one of the "
+                f"shipped names ({shipped})"
+            )
+        path = named
+    html = _read(path)
+    text_path = _sibling_text(path)
+    text = _read(text_path) if text_path is not None and text_path.is_file() else None
+    name = path.name if path.parent != campaign_templates_dir() else path.name.removesuffix(".html.j2")
+    source = TemplateSource(name=name, html=html, text=text)
+    compile_campaign_templates(source)
+    return source
+
+
+def _find_named(name: str) -> Path | None:
+    if "/" in name or "\\" in name or name.startswith("."):
+        return None
+    folder = campaign_templates_dir()
+    for candidate in (folder / f"{name}.html.j2", folder / name):
+        if candidate.is_file() and candidate.name.endswith(HTML_SUFFIXES):
+            return candidate
+    return None
+
+
+def _sibling_text(path: Path) -> Path | None:
+    for html_suffix, text_suffix in TEXT_SUFFIXES.items():
+        if path.name.endswith(html_suffix):
+            return path.with_name(path.name.removesuffix(html_suffix) + text_suffix)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TemplateError(f"cannot read template {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(f"template {path} is larger than {MAX_TEMPLATE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TemplateError(f"template {path} is not UTF-8 text") from None
+
+
+@functools.cache
+def campaign_environment(html: bool) -> jinja2.Environment:
+    """The sandbox campaign templates run in: autoescaped for HTML, undefined names are errors.
+
+    Campaign templates are data from the database, so they run sandboxed and cannot reach
+    Python internals through attribute access.
+    """
+    return ImmutableSandboxedEnvironment(
+        autoescape=html,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
+@functools.cache
+def layout_environment() -> jinja2.Environment:
+    """Loads the system's own layout and footer templates from templates/email/."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir() / "email")),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
+def compile_template(source: str, *, html: bool, label: str) -> jinja2.Template:
+    """Parse a campaign template once; raises TemplateError with the line that does not parse."""
+    try:
+        return campaign_environment(html).from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{label} does not parse: line {exc.lineno}: {exc.message}") from None
+
+
+def compile_campaign_templates(source: TemplateSource) -> tuple[jinja2.Template, jinja2.Template | None]:
+    """Both parts of a campaign compiled; raises TemplateError."""
+    html = compile_template(source.html, html=True, label=f"HTML template {source.name}")
+    text = None
+    if source.text is not None:
+        text = compile_template(source.text, html=False, label=f"text template {source.name}")
+    return html, text
+
+
+def referenced_names(source: str, *, html: bool) -> set[str]:
+    """The top-level variables a template refers to, in any branch."""
+    env = campaign_environment(html)
+    try:
+        return set(meta.find_undeclared_variables(env.parse(source)))
+    except jinja2.TemplateSyntaxError:
+        return set()
+
+
+def render_template(template: jinja2.Template, context: Mapping[str, Any], *, label: str) -> str:
+    """Render; an undefined variable, a failing filter or a sandbox refusal raises TemplateError."""
+    try:
+        return template.render(context)
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"{label}: undefined variable: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"{label}: {exc.message or exc}") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        raise TemplateError(f"{label}: {type(exc).__name__}: {exc}") from None
+
+
+def is_full_document(html: str) -> bool:
+    """True when a template brings its own <html> document rather than a body fragment."""
+    return _FULL_DOCUMENT.search(html) is not None
+
+
+def html_to_text(html: str) -> str:
+    """The plain-text equivalent of an HTML body, for the text/plain part (html2text)."""
+    converter = html2text.HTML2Text()
+    converter.body_width = 78
+    converter.unicode_snob = True  # keep accents and CJK as they are, not ASCII approximations
+    converter.ignore_images = True
+    converter.ignore_emphasis = True
+    converter.inline_links = False  # numbered references read better in a text email
+    converter.protect_links = True
+    converter.wrap_links = False
+    return str(converter.handle(html)).strip() + "\n"
+
+
+def missing_names(names: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Referenced names the context will not provide, sorted."""
+    return sorted(set(names) - set(known))
