@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,15 @@ from sqlalchemy.orm import Session
 from mailer.db import Database, address_hash, normalize_email
 from mailer.errors import ImportFileError, InvalidInputError
 from mailer.lists import get_list
-from mailer.models import Subscriber, Subscription, SubscriptionStatus, Suppression, utcnow
-from mailer.subscribers import check_attributes, check_email, check_name
+from mailer.models import Base, Subscriber, Subscription, SubscriptionStatus, Suppression, utcnow
+from mailer.subscribers import check_attribute_key, check_attribute_value, check_email, check_name
 
 CHUNK_ROWS = 2000  # rows resolved per round of queries; bounds memory, not the file size
 MAX_REPORTED_PROBLEMS = 1000  # per-row problems kept for the report; the rest are counted
 CONSENT_COLUMNS = ("consent_at", "consent_ip", "consent_source")
+# Core tables: plain executemany, without the ORM's per-row bookkeeping
+_SUBSCRIBERS = Base.metadata.tables["subscribers"]
+_SUBSCRIPTIONS = Base.metadata.tables["subscriptions"]
 
 
 @dataclass
@@ -152,7 +156,8 @@ def _parse_rows(reader: Any, columns: list[str], report: ImportReport, file: Pat
     width = len(columns)
     email_at = columns.index("email")
     attribute_columns = [
-        (i, c) for i, c in enumerate(columns) if c and c not in ("email", "name", *CONSENT_COLUMNS)
+        (i, _attribute_key(c, file)) for i, c in enumerate(columns)
+        if c and c not in ("email", "name", *CONSENT_COLUMNS)
     ]
     name_at = columns.index("name") if "name" in columns else None
     consent_at = {c: columns.index(c) for c in CONSENT_COLUMNS if c in columns}
@@ -168,9 +173,10 @@ def _parse_rows(reader: Any, columns: list[str], report: ImportReport, file: Pat
             try:
                 email = check_email(record[email_at])
                 name = check_name(record[name_at]) if name_at is not None else None
-                attributes = check_attributes(
-                    {c: record[i].strip() for i, c in attribute_columns if record[i].strip()}
-                )
+                attributes = {
+                    key: check_attribute_value(key, record[i].strip())
+                    for i, key in attribute_columns if record[i].strip()
+                }
                 consent = _parse_consent(record, consent_at)
             except InvalidInputError as exc:
                 report.reject(line, str(exc))
@@ -179,6 +185,17 @@ def _parse_rows(reader: Any, columns: list[str], report: ImportReport, file: Pat
             yield _Row(line, email, key, address_hash(key), name or None, attributes, *consent)
     except csv.Error as exc:
         raise ImportFileError(f"{file}: line {reader.line_num}: {exc}") from None
+
+
+def _attribute_key(column: str, file: Path) -> str:
+    """A column header as an attribute name: "First Name" becomes first_name."""
+    key = re.sub(r"[^0-9a-z]+", "_", column.lower()).strip("_")
+    if key[:1].isdigit():
+        key = f"col_{key}"
+    try:
+        return check_attribute_key(key)
+    except InvalidInputError as exc:
+        raise ImportFileError(f"{file}: line 1: column {column!r}: {exc}") from None
 
 
 def _parse_consent(
@@ -254,7 +271,7 @@ def _apply_chunk(
     now = utcnow()
     new_people: list[_Row] = []
     profile_updates: list[dict[str, Any]] = []
-    to_subscribe: list[tuple[int | None, _Row]] = []
+    to_subscribe: list[_Row] = []
     for row in chunk:
         if row.digest in suppressed:
             report.suppressed += 1
@@ -273,7 +290,7 @@ def _apply_chunk(
             )
         status = statuses.get(sid)
         if status is None:
-            to_subscribe.append((sid, row))
+            to_subscribe.append(row)
         elif status is SubscriptionStatus.UNSUBSCRIBED:
             report.unsubscribed += 1
         elif changed:
@@ -281,17 +298,15 @@ def _apply_chunk(
         else:
             report.unchanged += 1
     if new_people:
-        # one multi-row INSERT ... RETURNING for the whole chunk
-        inserted = session.execute(
-            sa.insert(Subscriber).returning(Subscriber.id, Subscriber.email_normalized),
+        session.execute(
+            sa.insert(_SUBSCRIBERS),
             [
                 {"email": r.email, "email_normalized": r.key, "name": r.name or "",
                  "attributes": r.attributes, "created_at": now, "updated_at": now}
                 for r in new_people
             ],
         )
-        ids = dict((key, sid) for sid, key in inserted)
-        to_subscribe.extend((ids[r.key], r) for r in new_people)
+        to_subscribe.extend(new_people)
     if profile_updates:
         table = sa.table("subscribers", sa.column("id"), sa.column("name"),
                          sa.column("attributes", sa.JSON()), sa.column("updated_at", Subscriber.updated_at.type))
@@ -301,18 +316,55 @@ def _apply_chunk(
             execution_options={"synchronize_session": False},
         )
     if to_subscribe:
-        status = SubscriptionStatus.UNCONFIRMED if double_opt_in else SubscriptionStatus.ACTIVE
+        _subscribe_rows(session, to_subscribe, list_id, double_opt_in, source, now)
+        report.added += len(to_subscribe)
+
+
+def _subscribe_rows(
+    session: Session, rows: list[_Row], list_id: int, double_opt_in: bool, source: str, now: dt.datetime
+) -> None:
+    """Subscribe the chunk's people (all already in subscribers) to the list."""
+    status = SubscriptionStatus.UNCONFIRMED if double_opt_in else SubscriptionStatus.ACTIVE
+    confirmed_at = None if double_opt_in else now
+    columns = _SUBSCRIPTIONS.c
+    plain = [r.key for r in rows if r.consent_at is None and r.consent_ip is None and r.consent_source is None]
+    if plain:
+        # rows without consent details of their own: one INSERT ... SELECT instead of a row each
         session.execute(
-            sa.insert(Subscription),
+            sa.insert(_SUBSCRIPTIONS).from_select(
+                ["subscriber_id", "list_id", "status", "consent_at", "consent_source", "consent_ip",
+                 "consent_user_agent", "confirmed_at", "created_at"],
+                sa.select(
+                    _SUBSCRIBERS.c.id,
+                    sa.literal(list_id),
+                    sa.literal(status, columns.status.type),
+                    sa.literal(now, columns.consent_at.type),
+                    sa.literal(source[:200]),
+                    sa.null(),
+                    sa.null(),
+                    sa.literal(confirmed_at, columns.confirmed_at.type),
+                    sa.literal(now, columns.created_at.type),
+                ).where(_SUBSCRIBERS.c.email_normalized.in_(plain)),
+            )
+        )
+    detailed = [r for r in rows if r.consent_at or r.consent_ip or r.consent_source]
+    if detailed:
+        ids = dict(
+            session.execute(
+                sa.select(_SUBSCRIBERS.c.email_normalized, _SUBSCRIBERS.c.id)
+                .where(_SUBSCRIBERS.c.email_normalized.in_([r.key for r in detailed]))
+            ).all()
+        )
+        session.execute(
+            sa.insert(_SUBSCRIPTIONS),
             [
-                {"subscriber_id": sid, "list_id": list_id, "status": status,
+                {"subscriber_id": ids[row.key], "list_id": list_id, "status": status,
                  "consent_at": row.consent_at or now,
                  # both where the row came from and how the person gave consent there
                  "consent_source": (f"{source} ({row.consent_source})" if row.consent_source
                                     else source)[:200],
                  "consent_ip": row.consent_ip, "consent_user_agent": None,
-                 "confirmed_at": None if double_opt_in else now, "created_at": now}
-                for sid, row in to_subscribe
+                 "confirmed_at": confirmed_at, "created_at": now}
+                for row in detailed
             ],
         )
-        report.added += len(to_subscribe)

@@ -176,3 +176,13 @@ def test_import_into_postgres_and_sqlite_alike(database: Database, tmp_path: Pat
     assert (report.added, report.updated) == (4500, 1)
     second = import_csv(database, path, "news")
     assert (second.added, second.updated, second.unchanged) == (0, 2, 4499)
+
+
+def test_headers_from_other_tools_become_attribute_names(news: Cli, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "Email Address,First Name,Last-Name,2nd phone\nana@example.com,Ana,Lima,555\n")
+    result = news("subscriber", "import", str(path), "--list", "news", ok=False)
+    assert "no 'email' column" in result.stderr  # "Email Address" is not guessed to be the address
+    path = write_csv(tmp_path, "email,First Name,Last-Name,2nd phone\nana@example.com,Ana,Lima,555\n")
+    assert imported(news, path)["added"] == 1
+    assert members(news)["ana@example.com"]["attributes"] == {
+        "first_name": "Ana", "last_name": "Lima", "col_2nd_phone": "555"}
