@@ -4,6 +4,7 @@ a config file pointing at it, the CLI, and a recording SMTP server on loopback."
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -99,10 +100,14 @@ class SmtpServer:
 def smtp_server() -> Iterator[SmtpServer]:
     """A real SMTP server on loopback that records what it receives."""
     handler = RecordingHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=0)
+    # aiosmtpd's start() connects to the port it was given to check the server is up, so
+    # port 0 cannot be used; a port the kernel just handed out is free in practice
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        port = controller.server.sockets[0].getsockname()[1]
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
         controller.stop()
