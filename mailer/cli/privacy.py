@@ -11,6 +11,7 @@ from mailer.audit import cli_actor, list_events
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.subscribers import subscriber_group
+from mailer.confirm import prepare_confirmation, send_confirmation
 from mailer.errors import InvalidInputError
 from mailer.privacy import (
     export_subscriber,
@@ -109,6 +110,25 @@ def subscriber_forget(app: AppContext, email: str, yes: bool, reason: str) -> No
     click.echo(f"  suppression {report.suppression} only: {report.address_hash[:12]}…")
     if report.audit_events:
         click.echo(f"  {report.audit_events} earlier audit events now name only the hash")
+
+
+@subscriber_group.command("send-confirmation")
+@click.argument("email")
+@click.option("--list", "list_name", required=True, help="The double opt-in list EMAIL waits to join.")
+@pass_app
+def subscriber_send_confirmation(app: AppContext, email: str, list_name: str) -> None:
+    """Send EMAIL a new confirmation link for a double opt-in list (the old one stays valid
+    until it expires).
+
+    \b
+    Example:
+      $ mailer subscriber send-confirmation ana@example.com --list news
+      sent ana@example.com a confirmation link for news
+    """
+    with app.db.session() as session:
+        request = prepare_confirmation(session, app.config, email, list_name)
+    send_confirmation(app.config, request)
+    click.echo(f"sent {request.email} a confirmation link for {list_name}")
 
 
 @main.group("audit")

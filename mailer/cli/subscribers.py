@@ -6,6 +6,7 @@ import click
 
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.confirm import pending_confirmation, send_confirmation
 from mailer.errors import SuppressedError
 from mailer.importer import ImportReport, import_csv
 from mailer.subscribers import (
@@ -51,6 +52,9 @@ def subscriber_add(
             session, email, list_name, Consent(source="cli"), name=name, attributes=attributes
         )
         address = subscriber.email if subscriber else email
+        # a double opt-in list: the new subscriber gets nothing but this link until they follow it
+        confirmation = (pending_confirmation(session, app.config, address, list_name)
+                        if outcome is AddOutcome.ADDED else None)
     if outcome is AddOutcome.UNSUBSCRIBED:
         raise SuppressedError(f"{address} unsubscribed from {list_name} and is not re-subscribed")
     messages = {
@@ -59,6 +63,9 @@ def subscriber_add(
         AddOutcome.UNCHANGED: f"{address} is already subscribed to {list_name}",
     }
     click.echo(messages[outcome])
+    if confirmation is not None:
+        send_confirmation(app.config, confirmation)
+        click.echo(f"sent {address} a confirmation link; no campaign reaches them until they follow it")
 
 
 @subscriber_group.command("import")

@@ -1,0 +1,237 @@
+"""Double opt-in: send the confirmation message with its signed link, and confirm on click."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import html
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
+
+import aiosmtplib
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.audit import record_event
+from mailer.config import Config, StartTLS
+from mailer.errors import DeliveryError, NotFoundError, TokenError
+from mailer.lists import get_list
+from mailer.models import MailingList, Subscriber, Subscription, SubscriptionStatus, utcnow
+from mailer.optout import mask_email
+from mailer.subscribers import get_subscriber
+from mailer.suppression import is_suppressed
+from mailer.tokens import make_confirm_token, read_confirm_token
+
+_MAX_IP = 45
+_MAX_USER_AGENT = 500
+
+
+class ConfirmOutcome(enum.StrEnum):
+    """What following a confirmation link did."""
+
+    CONFIRMED = "confirmed"  # the subscription is now active
+    ALREADY = "already confirmed"  # it was active before; nothing changed
+    OPTED_OUT = "opted out"  # the person unsubscribed or is suppressed since; nothing changed
+
+
+@dataclass(frozen=True)
+class ConfirmationRequest:
+    """One confirmation message to send: who, for which list, with which link."""
+
+    email: str
+    name: str
+    list_name: str
+    list_title: str
+    url: str
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    outcome: ConfirmOutcome
+    masked_email: str
+    list_title: str
+
+
+def confirm_url(config: Config, subscriber_id: int, list_id: int) -> str:
+    token = make_confirm_token(config.require_secret_keys(), subscriber_id, list_id)
+    return f"{config.unsubscribe.base_url.rstrip('/')}/confirm/{token}"
+
+
+def prepare_confirmation(session: Session, config: Config, email: str, list_name: str) -> ConfirmationRequest:
+    """The confirmation to send for an unconfirmed subscription.
+
+    Raises NotFoundError when the address is not waiting for confirmation on that list.
+    """
+    subscriber = get_subscriber(session, email)
+    mailing_list = get_list(session, list_name)
+    subscription = _subscription(session, subscriber.id, mailing_list.id)
+    if subscription is None or subscription.status is not SubscriptionStatus.UNCONFIRMED:
+        raise NotFoundError(f"{subscriber.email} is not waiting for confirmation on {list_name}")
+    if is_suppressed(session, subscriber.email):
+        raise NotFoundError(f"{subscriber.email} has opted out; no confirmation is sent")
+    return ConfirmationRequest(
+        email=subscriber.email,
+        name=subscriber.name,
+        list_name=mailing_list.name,
+        list_title=mailing_list.title or mailing_list.name,
+        url=confirm_url(config, subscriber.id, mailing_list.id),
+    )
+
+
+def pending_confirmation(
+    session: Session, config: Config, email: str, list_name: str
+) -> ConfirmationRequest | None:
+    """The confirmation a subscription still waits for, or None when it needs none."""
+    subscriber = get_subscriber(session, email)
+    subscription = _subscription(session, subscriber.id, get_list(session, list_name).id)
+    if subscription is None or subscription.status is not SubscriptionStatus.UNCONFIRMED:
+        return None
+    return prepare_confirmation(session, config, email, list_name)
+
+
+def build_confirmation_message(config: Config, request: ConfirmationRequest) -> EmailMessage:
+    """A transactional message: honest headers, the link, how long it lasts, who we are."""
+    days = config.consent.confirm_expiry / 86400
+    lasts = f"{days:g} days" if days >= 1 else f"{config.consent.confirm_expiry / 3600:g} hours"
+    company = config.company
+    greeting = f"Hello {request.name}," if request.name else "Hello,"
+    text = (
+        f"{greeting}\n\n"
+        f"Someone, hopefully you, asked to receive \"{request.list_title}\" from {company.name} "
+        f"at this address. Please confirm by opening this link within {lasts}:\n\n"
+        f"{request.url}\n\n"
+        "If you did not ask for this, ignore this message: you will not be added and we "
+        "will not write again.\n\n"
+        f"{company.name}, {company.postal_address}\n"
+        f"Privacy policy: {company.privacy_url}\n"
+    )
+    e = html.escape
+    body = (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n"
+        f"<p>{e(greeting)}</p>\n"
+        f"<p>Someone, hopefully you, asked to receive &ldquo;{e(request.list_title)}&rdquo; from "
+        f"{e(company.name)} at this address. Please confirm within {e(lasts)}:</p>\n"
+        f"<p><a href=\"{e(request.url)}\">Yes, subscribe me</a></p>\n"
+        f"<p>Or open this link: {e(request.url)}</p>\n"
+        "<p>If you did not ask for this, ignore this message: you will not be added and we "
+        "will not write again.</p>\n"
+        f"<p>{e(company.name)}, {e(company.postal_address)}<br>\n"
+        f"<a href=\"{e(company.privacy_url)}\">Privacy policy</a></p>\n"
+        "</body></html>\n"
+    )
+    message = EmailMessage()
+    from_name, from_addr = parseaddr(config.sender.from_address)
+    message["From"] = Address(display_name=from_name, addr_spec=from_addr)
+    # a structured Address encodes a non-ASCII name and can never carry a line break
+    message["To"] = Address(display_name=request.name, addr_spec=request.email)
+    message["Subject"] = f"Please confirm your subscription to {request.list_title}"
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = make_msgid("confirm", domain=config.sender.sending_domain)
+    if config.sender.reply_to:
+        message["Reply-To"] = config.sender.reply_to
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
+    message.set_content(text)
+    message.add_alternative(body, subtype="html")
+    return message
+
+
+def bounce_address(config: Config) -> str:
+    """The envelope sender of transactional mail: a bounce goes to the bounce domain."""
+    return f"confirm@{config.sender.bounce_domain}"
+
+
+async def _deliver(config: Config, message: EmailMessage, recipient: str) -> None:
+    smtp = config.smtp
+    start_tls: bool | None
+    if smtp.starttls is StartTLS.OFF:
+        start_tls = False
+    elif smtp.starttls is StartTLS.REQUIRED and not smtp.is_loopback:
+        start_tls = True
+    else:
+        start_tls = None  # use STARTTLS when the relay offers it
+    await aiosmtplib.send(
+        message,
+        sender=bounce_address(config),
+        recipients=[recipient],
+        hostname=smtp.host,
+        port=smtp.port,
+        username=smtp.username or None,
+        password=smtp.password or None,
+        start_tls=start_tls,
+        timeout=smtp.timeout,
+    )
+
+
+def send_confirmation(config: Config, request: ConfirmationRequest) -> None:
+    """Send one confirmation message through the configured relay.
+
+    Raises DeliveryError when the relay cannot be reached or refuses the message.
+    """
+    message = build_confirmation_message(config, request)
+    try:
+        asyncio.run(_deliver(config, message, request.email))
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(
+            f"the confirmation message to {request.email} could not be sent ({exc}); they stay "
+            f"unconfirmed: retry with `mailer subscriber send-confirmation {request.email} "
+            f"--list {request.list_name}`"
+        ) from exc
+
+
+def _subscription(session: Session, subscriber_id: int, list_id: int) -> Subscription | None:
+    return session.scalar(sa.select(Subscription).where(
+        Subscription.subscriber_id == subscriber_id, Subscription.list_id == list_id))
+
+
+def _resolve(session: Session, config: Config, token: str) -> tuple[Subscription, Subscriber, MailingList]:
+    subscriber_id, list_id = read_confirm_token(
+        config.require_secret_keys(), token, config.consent.confirm_expiry
+    )
+    subscription = _subscription(session, subscriber_id, list_id)
+    if subscription is None:
+        # erased, or never ours: say no more than for a tampered link
+        raise TokenError("invalid confirmation token")
+    return subscription, subscription.subscriber, subscription.mailing_list
+
+
+def inspect_confirmation(session: Session, config: Config, token: str) -> ConfirmResult:
+    """What a link would confirm, changing nothing (mail scanners fetch links).
+
+    Raises TokenError for a tampered, expired or unknown link.
+    """
+    subscription, subscriber, mailing_list = _resolve(session, config, token)
+    return ConfirmResult(_outcome_now(session, subscription, subscriber) or ConfirmOutcome.CONFIRMED,
+                         mask_email(subscriber.email), mailing_list.title or mailing_list.name)
+
+
+def _outcome_now(session: Session, subscription: Subscription, subscriber: Subscriber) -> ConfirmOutcome | None:
+    if subscription.status is SubscriptionStatus.UNSUBSCRIBED or is_suppressed(session, subscriber.email):
+        return ConfirmOutcome.OPTED_OUT
+    if subscription.status is SubscriptionStatus.ACTIVE:
+        return ConfirmOutcome.ALREADY
+    return None
+
+
+def confirm_subscription(
+    session: Session, config: Config, token: str, ip: str | None = None, user_agent: str | None = None
+) -> ConfirmResult:
+    """Activate the subscription a link names, recording when and from where; repeating is harmless.
+
+    An address that opted out since is never re-activated. Raises TokenError for a
+    tampered, expired or unknown link.
+    """
+    subscription, subscriber, mailing_list = _resolve(session, config, token)
+    title = mailing_list.title or mailing_list.name
+    settled = _outcome_now(session, subscription, subscriber)
+    if settled is not None:
+        return ConfirmResult(settled, mask_email(subscriber.email), title)
+    subscription.status = SubscriptionStatus.ACTIVE
+    subscription.confirmed_at = utcnow()
+    subscription.confirmed_ip = ip[:_MAX_IP] if ip else None
+    subscription.confirmed_user_agent = user_agent[:_MAX_USER_AGENT] if user_agent else None
+    record_event(session, "confirm", "web", subject=subscriber.email, reason="double opt-in confirmation",
+                 detail={"list": mailing_list.name})
+    session.flush()
+    return ConfirmResult(ConfirmOutcome.CONFIRMED, mask_email(subscriber.email), title)
