@@ -43,7 +43,8 @@ class OptOutResult:
     changed: bool  # this request suppressed the address or left a list
     scope: UnsubscribeScope  # what the request removed the recipient from
     masked_email: str = ""  # for the confirmation page; "" when the subscriber is unknown
-    lists_left: tuple[str, ...] = field(default=())  # names of the lists this request left
+    lists_left: tuple[str, ...] = field(default=())  # titles of the lists this request left
+    list_title: str = ""  # with scope "list": the title (or name) of the list left
 
 
 def mask_email(email: str) -> str:
@@ -81,20 +82,22 @@ def unsubscribe(
         return OptOutResult(known=False, changed=False, scope=scope)
 
     subscriptions = _subscriptions_of(session, subscriber.id)
+    list_title = ""
     if scope is UnsubscribeScope.LIST:
-        on_list = [s for s, _name in subscriptions if s.list_id == claim.list_id]
+        on_list = [(s, title) for s, title in subscriptions if s.list_id == claim.list_id]
         if claim.list_id is None or not on_list:
             scope = UnsubscribeScope.ALL
         else:
-            subscriptions = [(s, name) for s, name in subscriptions if s.list_id == claim.list_id]
+            subscriptions = on_list
+            list_title = on_list[0][1]
 
     now = utcnow()
     lists_left: list[str] = []
-    for subscription, list_name in subscriptions:
+    for subscription, title in subscriptions:
         if subscription.status is not SubscriptionStatus.UNSUBSCRIBED:
             subscription.status = SubscriptionStatus.UNSUBSCRIBED
             subscription.unsubscribed_at = now
-            lists_left.append(list_name)
+            lists_left.append(title)
 
     suppressed = False
     if scope is UnsubscribeScope.ALL:
@@ -124,6 +127,7 @@ def unsubscribe(
         scope=scope,
         masked_email=mask_email(subscriber.email),
         lists_left=tuple(lists_left),
+        list_title=list_title,
     )
 
 
@@ -136,8 +140,10 @@ def _default_actor(source: str) -> str:
 
 
 def _subscriptions_of(session: Session, subscriber_id: int) -> list[tuple[Subscription, str]]:
+    """Each subscription with the list's title (its name when untitled), as recipients know it."""
+    title = sa.func.coalesce(sa.func.nullif(MailingList.title, ""), MailingList.name)
     rows = session.execute(
-        sa.select(Subscription, MailingList.name)
+        sa.select(Subscription, title)
         .join(MailingList, MailingList.id == Subscription.list_id)
         .where(Subscription.subscriber_id == subscriber_id)
         .order_by(MailingList.name)

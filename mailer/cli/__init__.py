@@ -45,6 +45,7 @@ def _register() -> None:
     # each command group lives in its own module and adds itself to `main`
     from mailer.cli import admin, lists, subscribers, suppress  # noqa: F401
     from mailer.cli import privacy  # noqa: F401
+    from mailer.cli import recipients  # noqa: F401
 
 
 _register()

@@ -1,0 +1,332 @@
+"""The unsubscribe web app through Flask's test client, as mail clients and recipients use it."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from itsdangerous import URLSafeSerializer
+from recipient_helpers import (
+    Person,
+    add_person,
+    audit_events,
+    erase,
+    make_lists,
+    snapshot,
+    statuses,
+    suppressions,
+)
+
+from mailer.config import Config, UnsubscribeScope, load_config
+from mailer.db import Database, address_hash
+from mailer.errors import ConfigError
+from mailer.models import SubscriptionStatus, SuppressionReason
+from mailer.tokens import UNSUBSCRIBE_SALT, make_unsubscribe_token
+from mailer.web import create_app
+
+ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+GMAIL_UA = "Mozilla/5.0 (compatible; Google-Unsubscribe)"
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[[Config], Flask]]:
+    """create_app, with every app's database connections closed at the end of the test."""
+    made: list[Flask] = []
+
+    def factory(config: Config) -> Flask:
+        made.append(create_app(config, {"TESTING": True}))
+        return made[-1]
+
+    yield factory
+    for application in made:
+        application.extensions["mailer"].database.dispose()
+
+
+@pytest.fixture
+def app(config: Config, make_app: Callable[[Config], Flask]) -> Flask:
+    return make_app(config)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def ana(database: Database) -> Person:
+    make_lists(database, "news", "offers")
+    return add_person(database, "Ana.Lima@Example.com", "news", "offers")
+
+
+def assert_safe_headers(response: object) -> None:
+    headers = response.headers  # type: ignore[attr-defined]
+    assert headers["Referrer-Policy"] == "no-referrer"
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp and "unsafe-inline" not in csp
+    assert "form-action 'self'" in csp
+    assert "Set-Cookie" not in headers
+    assert "Location" not in headers
+
+
+def test_get_shows_the_masked_address_and_one_button_and_changes_nothing(
+    client: FlaskClient, database: Database, config: Config, ana: Person
+) -> None:
+    before = snapshot(database)
+    for method in (client.get, client.head, client.get):
+        response = method(f"/u/{ana.token(config)}")
+        assert response.status_code == 200
+        assert_safe_headers(response)
+    page = client.get(f"/u/{ana.token(config)}").get_data(as_text=True)
+    assert "A•••@example.com" in page
+    assert "Ana.Lima" not in page and "ana.lima" not in page
+    assert page.count("<button") == 1 and page.count("<form") == 1
+    assert '<form method="post"' in page
+    assert "<script" not in page
+    assert snapshot(database) == before
+
+
+@pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
+def test_one_click_post_unsubscribes_with_200_no_redirect_no_cookie(
+    client: FlaskClient, database: Database, config: Config, ana: Person, encoding: str
+) -> None:
+    if encoding == "urlencoded":
+        response = client.post(f"/u/{ana.token(config)}", data=ONE_CLICK, headers={"User-Agent": GMAIL_UA},
+                               environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    else:
+        response = client.post(
+            f"/u/{ana.token(config)}", data={**ONE_CLICK, "unused": (io.BytesIO(b""), "")},
+            content_type="multipart/form-data", headers={"User-Agent": GMAIL_UA},
+            environ_base={"REMOTE_ADDR": "203.0.113.7"},
+        )
+        assert response.request.content_type.startswith("multipart/form-data")
+    assert response.status_code == 200
+    assert_safe_headers(response)
+    assert "You are unsubscribed" in response.get_data(as_text=True)
+    [entry] = suppressions(database)
+    assert entry.address_hash == address_hash("ana.lima@example.com")
+    assert entry.reason is SuppressionReason.UNSUBSCRIBED
+    assert (entry.source, entry.ip, entry.user_agent) == ("one-click", "203.0.113.7", GMAIL_UA)
+    assert statuses(database, ana) == {"news": SubscriptionStatus.UNSUBSCRIBED,
+                                       "offers": SubscriptionStatus.UNSUBSCRIBED}
+    [event] = audit_events(database)
+    assert event.actor == "web" and event.reason == "one-click"
+    assert event.detail["ip"] == "203.0.113.7" and event.detail["user_agent"] == GMAIL_UA
+
+
+def test_the_page_button_records_source_page(
+    client: FlaskClient, database: Database, config: Config, ana: Person
+) -> None:
+    response = client.post(f"/u/{ana.token(config, campaign_id=7)}", data={"via": "page"})
+    assert response.status_code == 200
+    assert suppressions(database)[0].source == "page"
+    assert audit_events(database)[0].detail["campaign_id"] == 7
+
+
+def test_repeating_the_post_is_harmless(
+    client: FlaskClient, database: Database, config: Config, ana: Person
+) -> None:
+    token = ana.token(config)
+    for _ in range(3):
+        response = client.post(f"/u/{token}", data=ONE_CLICK)
+        assert response.status_code == 200
+        assert "You are unsubscribed" in response.get_data(as_text=True)
+    assert len(suppressions(database)) == 1
+    assert len(audit_events(database)) == 1
+
+
+def test_scope_list_leaves_only_that_list_and_suppresses_nothing(
+    tmp_path: Path, database: Database, config: Config, ana: Person, make_app: Callable[[Config], Flask]) -> None:
+    config = replace(config, unsubscribe=replace(config.unsubscribe, scope=UnsubscribeScope.LIST))
+    client = make_app(config).test_client()
+    response = client.post(f"/u/{ana.token(config, 'offers')}", data=ONE_CLICK)
+    assert response.status_code == 200
+    assert "the list <strong>Offers</strong>" in response.get_data(as_text=True)
+    assert statuses(database, ana) == {"news": SubscriptionStatus.ACTIVE,
+                                       "offers": SubscriptionStatus.UNSUBSCRIBED}
+    assert suppressions(database) == []
+    [event] = audit_events(database)
+    assert event.detail["scope"] == "list" and event.detail["lists"] == ["Offers"]
+
+
+def forged_tokens(config: Config, person: Person) -> dict[str, str]:
+    good = person.token(config)
+    other_key = URLSafeSerializer("another-key-0123456789abcdef", salt=UNSUBSCRIBE_SALT,
+                                  signer_kwargs={"digest_method": __import__("hashlib").sha256})
+    payload, _, signature = good.rpartition(".")
+    flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    return {
+        "tampered signature": f"{payload}.{flipped}",
+        "truncated": good[:-5],
+        "payload only": payload,
+        "someone else's id": make_unsubscribe_token(["another-key-0123456789abcdef"], person.subscriber_id, 1),
+        "re-signed with another key": str(other_key.dumps([person.subscriber_id, None, None])),
+        "oversized": good + "A" * 5000,
+        "garbage": "not-a-token",
+        "slashes": f"{good}/../../etc/passwd",
+        "unicode": "ünïcödé.tökén",
+    }
+
+
+def test_forged_truncated_foreign_and_oversized_tokens_get_400_and_change_nothing(
+    client: FlaskClient, database: Database, config: Config, ana: Person
+) -> None:
+    before = snapshot(database)
+    bodies: set[str] = set()
+    for name, token in forged_tokens(config, ana).items():
+        for response in (client.get(f"/u/{token}"), client.post(f"/u/{token}", data=ONE_CLICK)):
+            assert response.status_code == 400, name
+            assert_safe_headers(response)
+            body = response.get_data(as_text=True)
+            assert "unsubscribe@harmonymails.com" in body, name
+            assert "1968 S Coast HWY" in body
+            assert "@example.com" not in body and "•••" not in body
+            bodies.add(body)
+    # one page for every kind of bad link: nothing tells a known address from an unknown one
+    assert len(bodies) == 1
+    assert snapshot(database) == before
+
+
+def test_a_token_for_an_erased_subscriber_reveals_nothing_and_changes_nothing(
+    client: FlaskClient, database: Database, config: Config, ana: Person
+) -> None:
+    bob = add_person(database, "bob@example.org", "news")
+    erase(database, bob)
+    before = snapshot(database)
+    page = client.get(f"/u/{bob.token(config)}")
+    assert page.status_code == 200 and "•••" not in page.get_data(as_text=True)
+    done = client.post(f"/u/{bob.token(config)}", data=ONE_CLICK)
+    assert done.status_code == 200
+    assert "example.org" not in done.get_data(as_text=True)
+    assert snapshot(database) == before
+
+
+def test_oversized_body_gets_413_and_changes_nothing(
+    client: FlaskClient, database: Database, config: Config, ana: Person
+) -> None:
+    before = snapshot(database)
+    response = client.post(f"/u/{ana.token(config)}", data={**ONE_CLICK, "x": "A" * 100_000})
+    assert response.status_code == 413
+    assert_safe_headers(response)
+    assert snapshot(database) == before
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_get_405(
+    client: FlaskClient, database: Database, config: Config, ana: Person, method: str
+) -> None:
+    before = snapshot(database)
+    response = client.open(f"/u/{ana.token(config)}", method=method, data=ONE_CLICK)
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    assert_safe_headers(response)
+    assert snapshot(database) == before
+
+
+def test_pages_load_nothing_from_elsewhere_and_need_no_script(
+    client: FlaskClient, config: Config, ana: Person
+) -> None:
+    pages = [client.get(f"/u/{ana.token(config)}"), client.get("/u/bad.token"),
+             client.post(f"/u/{ana.token(config)}", data=ONE_CLICK)]
+    for response in pages:
+        html = response.get_data(as_text=True)
+        assert "<script" not in html
+        assert not re.search(r"\son[a-z]+=", html), "inline event handlers need script"
+        assets = re.findall(r'<(?:link|img|script|iframe)[^>]+(?:href|src)="([^"]+)"', html)
+        assert assets == ["/assets/web.css"]
+        assert '<html lang="en">' in html and "<main" in html and "<h1" in html
+    css = client.get("/assets/web.css")
+    assert css.status_code == 200 and css.mimetype == "text/css"
+    assert "url(" not in css.get_data(as_text=True) and "@import" not in css.get_data(as_text=True)
+
+
+def test_healthz(client: FlaskClient, tmp_path: Path, config: Config, make_app: Callable[[Config], Flask]) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json == {"status": "ok"}
+    broken = replace(config, database=replace(config.database, url=f"sqlite:///{tmp_path}/no/such/dir.db"))
+    assert make_app(broken).test_client().get("/healthz").status_code == 503
+
+
+def test_unknown_path_is_404_page(client: FlaskClient) -> None:
+    response = client.get("/nothing-here")
+    assert response.status_code == 404
+    assert_safe_headers(response)
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(
+    database: Database, config: Config, ana: Person, make_app: Callable[[Config], Flask]) -> None:
+    bob = add_person(database, "bob@example.org", "news")
+    headers = {"X-Forwarded-For": "198.51.100.23"}
+    env = {"REMOTE_ADDR": "10.0.0.2"}
+    make_app(config).test_client().post(f"/u/{ana.token(config)}", data=ONE_CLICK, headers=headers,
+                                          environ_base=env)
+    proxied = replace(config, unsubscribe=replace(config.unsubscribe, trusted_proxies=1))
+    make_app(proxied).test_client().post(f"/u/{bob.token(config)}", data=ONE_CLICK, headers=headers,
+                                           environ_base=env)
+    assert [s.ip for s in suppressions(database)] == ["10.0.0.2", "198.51.100.23"]
+
+
+def test_create_app_refuses_a_config_without_signing_keys(config: Config) -> None:
+    keyless = replace(config, unsubscribe=replace(config.unsubscribe, secret_keys=()))
+    with pytest.raises(ConfigError, match="secret_keys"):
+        create_app(keyless)
+
+
+def test_old_links_keep_working_after_a_key_rotation(
+    database: Database, config: Config, ana: Person, make_app: Callable[[Config], Flask]) -> None:
+    old_token = ana.token(config)
+    rotated = replace(config, unsubscribe=replace(
+        config.unsubscribe, secret_keys=("a-brand-new-signing-key-0123", *config.unsubscribe.secret_keys)))
+    response = make_app(rotated).test_client().post(f"/u/{old_token}", data=ONE_CLICK)
+    assert response.status_code == 200
+    assert len(suppressions(database)) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_mailer_serve_answers_one_click_over_http(
+    config_path: Path, database: Database, ana: Person
+) -> None:
+    config = load_config(config_path, environ={})
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(config_path), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as health:
+                    assert health.status == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                assert time.monotonic() < deadline, "mailer serve did not start"
+                time.sleep(0.1)
+        request = urllib.request.Request(f"{base}/u/{ana.token(config)}", data=b"List-Unsubscribe=One-Click",
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+            assert response.headers["Set-Cookie"] is None
+        assert len(suppressions(database)) == 1
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+    assert f"http://127.0.0.1:{port}" in output
