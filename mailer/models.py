@@ -231,3 +231,40 @@ class AuditEvent(Base):
     subject: Mapped[str] = mapped_column(sa.String(320), default="")
     reason: Mapped[str] = mapped_column(sa.String(1000), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class BounceKind(enum.StrEnum):
+    """What a receiving server or mailbox provider reported about one delivery."""
+
+    HARD = "hard"  # permanent failure (DSN 5.x.x): the delivery failed, the address is suppressed
+    SOFT = "soft"  # transient failure (4.x.x, delayed): counted toward sending.soft_bounce_limit
+    COMPLAINT = "complaint"  # the recipient reported the message as spam (ARF abuse report)
+
+
+class BounceEvent(Base):
+    """One bounce or complaint, at most one of each kind per delivery (reprocessing adds nothing)."""
+
+    __tablename__ = "bounce_events"
+    __table_args__ = (sa.UniqueConstraint("delivery_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind, "bounce_kind"))
+    delivery_id: Mapped[int | None] = mapped_column(sa.ForeignKey("deliveries.id", ondelete="SET NULL"))
+    campaign_id: Mapped[int | None] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="SET NULL"))
+    # the hash, not the address: the count of soft bounces outlives an erasure harmlessly
+    address_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    status: Mapped[str] = mapped_column(sa.String(20), default="")  # enhanced status code, e.g. 5.1.1
+    diagnostic: Mapped[str] = mapped_column(sa.String(1000), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class InboundMessage(Base):
+    """A message `inbound process` acted on, so reading the same mailbox again changes nothing."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # sha256 of the Message-ID, or of the whole message when it has none
+    fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    processed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
