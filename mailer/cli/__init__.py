@@ -46,6 +46,7 @@ def _register() -> None:
     from mailer.cli import admin, lists, subscribers, suppress  # noqa: F401
     from mailer.cli import privacy  # noqa: F401
     from mailer.cli import recipients  # noqa: F401
+    from mailer.cli import campaigns  # noqa: F401
 
 
 _register()

@@ -1,0 +1,268 @@
+"""Campaign service: create, list, check, preview and test-send campaigns."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import aiosmtplib
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.compliance import check_campaign, check_from
+from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
+from mailer.config import Config, StartTLS
+from mailer.db import normalize_email
+from mailer.errors import DeliveryError, InvalidInputError, NotFoundError
+from mailer.lists import get_list
+from mailer.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    Delivery,
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
+from mailer.subscribers import check_email
+from mailer.templating import load_template_source
+
+# the check renders the campaign once per distinct set of attribute names on the list, up to this many
+MAX_CHECK_RECIPIENTS = 50
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    id: int
+    kind: str
+    status: str
+    list_name: str
+    subject: str
+    template_name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class CreatedCampaign:
+    campaign: Campaign
+    problems: list[str]  # what `campaign check` will refuse, reported at once
+
+
+def create_campaign(
+    session: Session,
+    config: Config,
+    *,
+    list_name: str,
+    subject: str,
+    template: str,
+    from_address: str | None = None,
+) -> CreatedCampaign:
+    """Store a draft campaign with its template text, so later edits to the file change nothing.
+
+    Raises TemplateError for a template that is missing, does not parse or uses an unknown
+    variable, InvalidInputError for a subject with a line break or a From outside the sending
+    domain, and NotFoundError for an unknown list. Nothing is stored when it raises.
+    """
+    mailing_list = get_list(session, list_name)
+    subject = subject.strip()
+    if any(ch in subject for ch in "\r\n\x85\u2028\u2029"):
+        raise InvalidInputError("the subject must be one line: it contains a line break")
+    if len(subject.encode("utf-8")) > 900:
+        raise InvalidInputError("the subject is too long (at most 900 bytes)")
+    sender = (from_address or config.sender.from_address).strip()
+    problems = check_from(config, sender)
+    if problems:
+        raise InvalidInputError(problems[0])
+    source = load_template_source(template)
+    campaign = Campaign(
+        kind=CampaignKind.CAMPAIGN,
+        list_id=mailing_list.id,
+        subject=subject,
+        from_address=sender,
+        template_name=source.name,
+        html_template=source.html,
+        text_template=source.text,
+        status=CampaignStatus.DRAFT,
+    )
+    session.add(campaign)
+    session.flush()
+    # a template that cannot render is bad input, not a draft to fix later: raising here
+    # rolls the transaction back, so nothing is stored
+    recipients = check_recipients(session, campaign) or [sample_recipient()]
+    composer = Composer(config, campaign, mailing_list)
+    for recipient in recipients:
+        composer.render(recipient)
+    problems = check_campaign(config, campaign, mailing_list, recipients=recipients)
+    return CreatedCampaign(campaign, problems)
+
+
+def list_campaigns(session: Session) -> list[CampaignSummary]:
+    """Every campaign and notice, newest first."""
+    rows = session.execute(
+        sa.select(Campaign, MailingList.name)
+        .outerjoin(MailingList, MailingList.id == Campaign.list_id)
+        .order_by(Campaign.id.desc())
+    )
+    return [
+        CampaignSummary(
+            id=c.id, kind=c.kind.value, status=c.status.value, list_name=name or "",
+            subject=c.subject, template_name=c.template_name, created_at=c.created_at,
+        )
+        for c, name in rows
+    ]
+
+
+def get_campaign(session: Session, campaign_id: int) -> Campaign:
+    """The campaign with this id; raises NotFoundError."""
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFoundError(f"no campaign with id {campaign_id} (see `mailer campaign ls`)")
+    return campaign
+
+
+def campaign_list(session: Session, campaign: Campaign) -> MailingList | None:
+    return session.get(MailingList, campaign.list_id) if campaign.list_id is not None else None
+
+
+def recipient_for(subscriber: Subscriber, subscription: Subscription | None, delivery_id: int = 0) -> Recipient:
+    """The Recipient the composer needs, from the database rows."""
+    subscribed_at = None
+    if subscription is not None:
+        subscribed_at = subscription.confirmed_at or subscription.consent_at
+    return Recipient(
+        delivery_id=delivery_id, subscriber_id=subscriber.id, email=subscriber.email,
+        name=subscriber.name, attributes=dict(subscriber.attributes or {}), subscribed_at=subscribed_at,
+    )
+
+
+def check_recipients(session: Session, campaign: Campaign, limit: int = MAX_CHECK_RECIPIENTS) -> list[Recipient]:
+    """One active subscriber for each distinct set of attribute names on the campaign's list.
+
+    Rendering for each of them finds a template using an attribute some subscribers lack
+    before the send, not in the middle of it.
+    """
+    if campaign.list_id is None:
+        return []
+    query = (
+        sa.select(Subscriber, Subscription)
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .where(Subscription.list_id == campaign.list_id, Subscription.status == SubscriptionStatus.ACTIVE)
+        .order_by(Subscriber.id)
+        .execution_options(yield_per=1000)
+    )
+    seen: set[frozenset[str]] = set()
+    found: list[Recipient] = []
+    for subscriber, subscription in session.execute(query):
+        keys = frozenset((subscriber.attributes or {}).keys())
+        if keys in seen:
+            continue
+        seen.add(keys)
+        found.append(recipient_for(subscriber, subscription))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def check_stored_campaign(session: Session, config: Config, campaign: Campaign) -> list[str]:
+    """The compliance gate for a stored campaign, rendered for representative subscribers."""
+    return check_campaign(
+        config, campaign, campaign_list(session, campaign), recipients=check_recipients(session, campaign)
+    )
+
+
+def check_campaign_by_id(session: Session, config: Config, campaign_id: int) -> list[str]:
+    return check_stored_campaign(session, config, get_campaign(session, campaign_id))
+
+
+@dataclass(frozen=True)
+class Preview:
+    campaign: Campaign
+    recipient: Recipient
+    message: RenderedMessage
+
+
+def find_recipient(session: Session, campaign: Campaign, email: str | None) -> Recipient:
+    """The subscriber of the campaign's list with this address, or a sample subscriber.
+
+    Raises NotFoundError when the address is not on the list.
+    """
+    if email is None:
+        found = check_recipients(session, campaign, limit=1)
+        return found[0] if found else sample_recipient()
+    row = session.execute(
+        sa.select(Subscriber, Subscription)
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .where(Subscriber.email_normalized == normalize_email(email), Subscription.list_id == campaign.list_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"{email.strip()} is not on the campaign's list")
+    subscriber, subscription = row
+    delivery_id = session.scalar(
+        sa.select(Delivery.id).where(Delivery.campaign_id == campaign.id, Delivery.subscriber_id == subscriber.id)
+    )
+    return recipient_for(subscriber, subscription, delivery_id or 0)
+
+
+def preview_campaign(session: Session, config: Config, campaign_id: int, email: str | None = None) -> Preview:
+    """One subscriber's message exactly as it would be sent (a sample subscriber without --email)."""
+    campaign = get_campaign(session, campaign_id)
+    recipient = find_recipient(session, campaign, email)
+    composer = Composer(config, campaign, campaign_list(session, campaign))
+    return Preview(campaign, recipient, composer.render(recipient))
+
+
+def send_test(session: Session, config: Config, campaign_id: int, to: str) -> RenderedMessage:
+    """Send one real message, its subject marked as a test, to `to` through the SMTP settings.
+
+    The address gets the data of the list subscriber with that address, or of a sample
+    subscriber; its unsubscribe link unsubscribes nobody else. Raises DeliveryError when the
+    relay refuses or cannot be reached.
+    """
+    address = check_email(to)
+    campaign = get_campaign(session, campaign_id)
+    mailing_list = campaign_list(session, campaign)
+    try:
+        recipient = find_recipient(session, campaign, address)
+    except NotFoundError:
+        recipient = sample_recipient(address)
+    composer = Composer(config, campaign, mailing_list, test=True)
+    message = composer.render(recipient)
+    asyncio.run(deliver_one(config, message))
+    return message
+
+
+async def deliver_one(config: Config, message: RenderedMessage) -> None:
+    """Hand one message to the relay; STARTTLS as smtp.starttls says (required unless on loopback)."""
+    smtp = config.smtp
+    start_tls: bool | None
+    if smtp.starttls is StartTLS.OFF:
+        start_tls = False
+    elif smtp.starttls is StartTLS.REQUIRED and not smtp.is_loopback:
+        start_tls = True
+    else:
+        start_tls = None  # use it when the relay offers it
+    kwargs: dict[str, Any] = {}
+    if smtp.username:
+        kwargs = {"username": smtp.username, "password": smtp.password}
+    try:
+        await aiosmtplib.send(
+            message.data,
+            sender=message.envelope_from,
+            recipients=[message.recipient],
+            hostname=smtp.host,
+            port=smtp.port,
+            timeout=smtp.timeout,
+            start_tls=start_tls,
+            use_tls=False,
+            **kwargs,
+        )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        reasons = "; ".join(f"{e.code} {e.message}" for e in exc.recipients)
+        raise DeliveryError(f"the relay refused {message.recipient}: {reasons}") from None
+    except aiosmtplib.SMTPResponseException as exc:
+        raise DeliveryError(f"the relay {smtp.host}:{smtp.port} said {exc.code} {exc.message}") from None
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(f"cannot send through {smtp.host}:{smtp.port}: {exc}") from None

@@ -1,0 +1,298 @@
+"""The compliance gate: every reason a campaign may not be sent, found before the first message goes out."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import re
+from collections.abc import Iterable
+from email.message import EmailMessage
+from email.utils import getaddresses, parseaddr
+from html.parser import HTMLParser
+
+from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
+from mailer.config import Config, is_placeholder_address
+from mailer.errors import ComplianceError, MailerError, TemplateError
+from mailer.models import Campaign, CampaignKind, MailingList
+from mailer.tokens import read_unsubscribe_token
+
+# a subject must not pretend to answer or pass on a conversation that never happened
+FAKE_REPLY = re.compile(
+    r"^\s*(?:re|fwd?|fw|aw|wg|sv|vs|tr|rv|antw|ref|enc|res)\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]",
+    re.IGNORECASE,
+)
+ONCE_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version")
+MAX_LINE_OCTETS = 998
+_LIST_UNSUBSCRIBE = re.compile(r"^<(https://[^>\s]+)>(?:\s*,\s*<(mailto:[^>\s]+)>)?$")
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                   "param", "source", "track", "wbr"})
+# content of these never shows as text in a mail client
+_HIDDEN_TAGS = frozenset({"head", "title", "script", "style", "template", "noscript", "textarea",
+                          "select", "iframe", "object", "svg"})
+_HIDING_STYLE = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|max-height\s*:\s*0|"
+    r"opacity\s*:\s*0(?![.\d]*[1-9])|color\s*:\s*transparent",
+    re.IGNORECASE,
+)
+_STYLE_BLOCK = re.compile(r"<style[^>]*>(.*?)(?:</style\s*>|$)", re.IGNORECASE | re.DOTALL)
+# a stylesheet rule that hides these elements could hide the footer the system appends
+_FOOTER_SELECTOR = re.compile(r"(?:^|[\s,>+~(])(?:\*|html|body|table|tbody|tr|td|div|p|a|strong)\b|hm-",
+                              re.IGNORECASE)
+
+
+def check_subject(subject: str) -> list[str]:
+    """What is wrong with a subject line, if anything."""
+    problems = []
+    if not subject.strip():
+        return ["the subject is empty"]
+    if re.search(r"[\x00-\x1f\x7f\u2028\u2029]", subject):
+        problems.append("the subject contains a line break or control character")
+    if FAKE_REPLY.match(subject):
+        problems.append(f"the subject {subject.strip()!r} pretends to be a reply or forward")
+    cased = [ch for ch in subject if ch.isalpha() and ch.lower() != ch.upper()]
+    if len(cased) >= 4 and all(ch.isupper() for ch in cased):
+        problems.append(f"the subject {subject.strip()!r} is in all capitals")
+    return problems
+
+
+def check_from(config: Config, from_address: str) -> list[str]:
+    """From must be one mailbox on the sending domain."""
+    value = from_address or config.sender.from_address
+    if "\r" in value or "\n" in value:
+        return ["the From address contains a line break"]
+    mailboxes = getaddresses([value])
+    if len(mailboxes) != 1 or not mailboxes[0][1] or mailboxes[0][1].count("@") != 1:
+        return [f"From {value!r} is not one mailbox such as 'Name <user@{config.sender.sending_domain}>'"]
+    domain = parseaddr(value)[1].rpartition("@")[2].lower()
+    if domain != config.sender.sending_domain:
+        return [f"From {value!r} is not on the sending domain {config.sender.sending_domain}"]
+    return []
+
+
+def check_campaign(
+    config: Config,
+    campaign: Campaign,
+    mailing_list: MailingList | None,
+    *,
+    recipients: Iterable[Recipient] = (),
+) -> list[str]:
+    """Every problem that stops this campaign from being sent; an empty list means it may go.
+
+    The campaign is rendered for each of `recipients` (a sample subscriber when there are
+    none) and every rendered message is checked as a recipient's mail client would see it.
+    """
+    problems = list(check_subject(campaign.subject))
+    problems += check_from(config, campaign.from_address)
+    if is_placeholder_address(config.company.postal_address):
+        problems.append("company.postal_address is missing or a placeholder; CAN-SPAM requires a real one")
+    if campaign.kind is CampaignKind.CAMPAIGN and mailing_list is None:
+        problems.append("the campaign has no mailing list")
+    notice = campaign.kind is CampaignKind.NOTICE
+    if not notice:
+        problems += _check_stylesheets(campaign.html_template)
+    try:
+        composer = Composer(config, campaign, mailing_list)
+    except MailerError as exc:
+        problems.append(f"the campaign cannot be rendered: {exc}")
+        return _unique(problems)
+    for recipient in list(recipients) or [sample_recipient()]:
+        try:
+            rendered = composer.render(recipient)
+        except TemplateError as exc:
+            problems.append(f"the template fails to render for {recipient.email}: {exc}")
+            continue
+        except MailerError as exc:
+            problems.append(f"no message can be built for {recipient.email}: {exc}")
+            continue
+        problems += check_message(config, rendered, notice=notice)
+    return _unique(problems)
+
+
+def ensure_compliant(
+    config: Config,
+    campaign: Campaign,
+    mailing_list: MailingList | None,
+    *,
+    recipients: Iterable[Recipient] = (),
+) -> None:
+    """Raises ComplianceError listing every problem when the campaign may not be sent."""
+    problems = check_campaign(config, campaign, mailing_list, recipients=recipients)
+    if problems:
+        raise ComplianceError(problems)
+
+
+def parse_message(data: bytes) -> EmailMessage:
+    """A message as a standards-following reader parses it."""
+    parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def message_parts(message: EmailMessage) -> tuple[str, str]:
+    """The decoded text/plain and text/html parts ('' when missing)."""
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    return (
+        str(text.get_content()) if isinstance(text, EmailMessage) else "",
+        str(html.get_content()) if isinstance(html, EmailMessage) else "",
+    )
+
+
+def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = False) -> list[str]:
+    """What a finished message breaks of COMPLIANCE 1, 5, 8, 11, 12 and 13."""
+    problems: list[str] = []
+    data = rendered.data
+    if b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b""):
+        problems.append("the message has a bare CR or LF")
+    if any(len(line) > MAX_LINE_OCTETS for line in data.split(b"\r\n")):
+        problems.append(f"the message has a line longer than {MAX_LINE_OCTETS} octets")
+    message = parse_message(data)
+    if message.defects:
+        problems.append(f"the message does not parse cleanly: {message.defects}")
+    for name in ONCE_HEADERS:
+        if len(message.get_all(name, [])) != 1:
+            problems.append(f"the message has {len(message.get_all(name, []))} {name} headers, not 1")
+    for name in ("Cc", "Bcc"):
+        if message.get_all(name):
+            problems.append(f"the message has a {name} header")
+    if message.get_content_type() != "multipart/alternative":
+        problems.append(f"the message is {message.get_content_type()}, not multipart/alternative")
+    text, html = message_parts(message)
+    if not text.strip() or not html.strip():
+        problems.append("the message lacks a non-empty text part and HTML part")
+    if not re.search(r"<html[\s>]", html, re.IGNORECASE):
+        problems.append("the HTML part has no <html> tag")
+    unclosed = html.rfind("<!--")
+    if unclosed != -1 and html.find("-->", unclosed) == -1:
+        problems.append("the HTML has an unclosed <!-- comment that hides what follows it")
+    visible = VisibleHtml.read(html)
+    company = config.company
+    wanted = {
+        "the company name": company.name,
+        "the postal address": company.postal_address,
+    }
+    links = {"the privacy policy link": company.privacy_url}
+    unsubscribe_url = ""
+    if notice:
+        label = config.compliance.ad_label
+        if _has_phrase(text, label) or _has_phrase(visible.text, label):
+            problems.append(f"a notice must not carry the advertisement label {label!r}")
+        if message.get_all("List-Unsubscribe"):
+            problems.append("a notice must not carry List-Unsubscribe")
+    else:
+        wanted["the advertisement label"] = config.compliance.ad_label
+        unsubscribe_url = _check_list_unsubscribe(config, message, problems)
+        if unsubscribe_url:
+            links["the unsubscribe link"] = unsubscribe_url
+    for what, phrase in wanted.items():
+        if not _has_phrase(text, phrase):
+            problems.append(f"{what} is missing from the text part")
+        if not _has_phrase(visible.text, phrase):
+            problems.append(f"{what} is missing from the visible HTML part")
+    for what, url in links.items():
+        if url not in text:
+            problems.append(f"{what} is missing from the text part")
+        if url not in visible.hrefs:
+            problems.append(f"{what} is missing from the visible HTML part")
+    return problems
+
+
+def _check_list_unsubscribe(config: Config, message: EmailMessage, problems: list[str]) -> str:
+    """Checks List-Unsubscribe and -Post; returns the https URL when it is well-formed."""
+    values = [" ".join(str(v).split()) for v in message.get_all("List-Unsubscribe", [])]
+    posts = [str(v) for v in message.get_all("List-Unsubscribe-Post", [])]
+    if posts != ["List-Unsubscribe=One-Click"]:
+        problems.append("the message needs exactly one 'List-Unsubscribe-Post: List-Unsubscribe=One-Click'")
+    if len(values) != 1:
+        problems.append(f"the message has {len(values)} List-Unsubscribe headers, not 1")
+        return ""
+    match = _LIST_UNSUBSCRIBE.match(values[0])
+    if match is None:
+        problems.append(f"List-Unsubscribe is not '<https://...>, <mailto:...>': {values[0]!r}")
+        return ""
+    url = match[1]
+    token = url.rpartition("/u/")[2]
+    try:
+        claim = read_unsubscribe_token(config.require_secret_keys(), token)
+    except MailerError:
+        problems.append("the unsubscribe token in List-Unsubscribe does not verify")
+        return url
+    if match[2] and not match[2].endswith(f"?subject=unsubscribe%20{token}"):
+        problems.append("the mailto: unsubscribe address does not carry the same token")
+    if claim.subscriber_id <= 0:
+        problems.append("the unsubscribe token names no subscriber")
+    return url
+
+
+def _check_stylesheets(html_template: str) -> list[str]:
+    """A <style> rule hiding elements the footer is made of could hide the footer itself."""
+    problems = []
+    for block in _STYLE_BLOCK.findall(html_template):
+        for rule in block.split("}"):
+            selector, _, declarations = rule.rpartition("{")
+            selector = selector.rpartition("{")[2] if "{" in selector else selector
+            if _HIDING_STYLE.search(declarations) and _FOOTER_SELECTOR.search(" " + selector.strip()):
+                problems.append(
+                    f"the stylesheet rule '{selector.strip()}' can hide the footer; "
+                    "hide elements with a class of your own or an inline style instead"
+                )
+    return problems
+
+
+def _has_phrase(haystack: str, phrase: str) -> bool:
+    return " ".join(phrase.split()).casefold() in " ".join(haystack.split()).casefold()
+
+
+def _unique(problems: list[str]) -> list[str]:
+    return list(dict.fromkeys(problems))
+
+
+class VisibleHtml(HTMLParser):
+    """The text and link targets a reader can see: no head, comments, or hidden elements."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._stack: list[tuple[str, bool]] = []
+        self._chunks: list[str] = []
+        self.hrefs: set[str] = set()
+
+    @classmethod
+    def read(cls, html: str) -> VisibleHtml:
+        parser = cls()
+        parser.feed(html)
+        parser.close()
+        return parser
+
+    @property
+    def text(self) -> str:
+        return " ".join("".join(self._chunks).split())
+
+    @property
+    def _hidden(self) -> bool:
+        return bool(self._stack) and self._stack[-1][1]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        hidden = (
+            self._hidden
+            or tag in _HIDDEN_TAGS
+            or "hidden" in values
+            or bool(_HIDING_STYLE.search(values.get("style", "")))
+        )
+        if tag == "a" and not hidden and values.get("href"):
+            self.hrefs.add(values["href"])
+        if tag not in _VOID:
+            self._stack.append((tag, hidden))
+        self._chunks.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        # close the nearest open element of that name; browsers forgive missing end tags too
+        for index in range(len(self._stack) - 1, -1, -1):
+            if self._stack[index][0] == tag:
+                del self._stack[index:]
+                break
+        self._chunks.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self._chunks.append(data)
