@@ -1,0 +1,199 @@
+"""The life of a campaign once it goes out: start, pause, resume, cancel, retry, finish, and its counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.errors import DeliveryError, NotFoundError
+from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryState, utcnow
+from mailer.store import count_deliveries, snapshot_audience
+
+# states in which a delivery may still go out
+OPEN_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEFERRED)
+
+
+def get_campaign(session: Session, campaign_id: int) -> Campaign:
+    """The campaign with this id; raises NotFoundError."""
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFoundError(f"no campaign with id {campaign_id} (see `mailer campaign ls`)")
+    return campaign
+
+
+def _refuse(campaign: Campaign, action: str) -> DeliveryError:
+    why = f" ({campaign.status_reason})" if campaign.status_reason else ""
+    hints = {
+        CampaignStatus.PAUSED: f"; run `mailer campaign resume {campaign.id}`",
+        CampaignStatus.SENT: f"; `mailer campaign retry {campaign.id}` re-sends failed deliveries",
+    }
+    return DeliveryError(
+        f"cannot {action} campaign {campaign.id}: it is {campaign.status.value}{why}"
+        f"{hints.get(campaign.status, '')}"
+    )
+
+
+def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None = None) -> int:
+    """Move a draft or scheduled campaign to sending and snapshot its audience; returns how many
+    deliveries it created (0 when it was already sending). Raises DeliveryError in any other state."""
+    now = now or utcnow()
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status is CampaignStatus.SENDING:
+        return 0
+    if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+        raise _refuse(campaign, "send")
+    # start_campaign: only one of several racing senders moves it; the loser sees rowcount 0
+    # and, because the snapshot commits in this same transaction, finds every delivery in place
+    moved = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == campaign.status)
+        .values(status=CampaignStatus.SENDING, started_at=now, status_reason="")
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not moved:
+        return 0
+    session.refresh(campaign)
+    return snapshot_audience(session, campaign, now)
+
+
+def schedule_campaign(session: Session, campaign_id: int, at: dt.datetime,
+                      now: dt.datetime | None = None) -> Campaign:
+    """Schedule a draft (or move a scheduled or missed campaign) to `at`, which must be in the future."""
+    now = now or utcnow()
+    if at.tzinfo is None:
+        raise DeliveryError("a schedule time needs a time zone")
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.MISSED):
+        raise _refuse(campaign, "schedule")
+    if at <= now:
+        raise DeliveryError(
+            f"{at.isoformat()} is in the past; use `mailer campaign send {campaign_id}` to send now"
+        )
+    campaign.status = CampaignStatus.SCHEDULED
+    campaign.scheduled_at = at.astimezone(dt.UTC)
+    campaign.status_reason = ""
+    return campaign
+
+
+def pause_campaign(session: Session, campaign_id: int, reason: str) -> Campaign:
+    """Stop a sending campaign after the batches in flight; `resume` goes on."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status is not CampaignStatus.SENDING:
+        raise _refuse(campaign, "pause")
+    campaign.status = CampaignStatus.PAUSED
+    campaign.status_reason = reason[:1000]
+    return campaign
+
+
+def resume_campaign(session: Session, campaign_id: int) -> Campaign:
+    """Let a paused campaign go on where it stopped."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status is not CampaignStatus.PAUSED:
+        raise _refuse(campaign, "resume")
+    campaign.status = CampaignStatus.SENDING
+    campaign.status_reason = ""
+    return campaign
+
+
+def cancel_campaign(session: Session, campaign_id: int, reason: str) -> int:
+    """Stop a campaign for good; returns how many queued deliveries were cancelled."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status in (CampaignStatus.SENT, CampaignStatus.CANCELLED, CampaignStatus.MISSED):
+        raise _refuse(campaign, "cancel")
+    campaign.status = CampaignStatus.CANCELLED
+    campaign.status_reason = reason[:1000]
+    campaign.finished_at = utcnow()
+    # cancel_queued_deliveries: rows in flight finish as they are; the rest never go out
+    return int(session.execute(
+        sa.update(Delivery)
+        .where(Delivery.campaign_id == campaign_id,
+               Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEFERRED)))
+        .values(state=DeliveryState.CANCELLED, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount)  # type: ignore[attr-defined]
+
+
+def retry_campaign(session: Session, campaign_id: int, in_doubt: bool = False) -> int:
+    """Queue failed and deferred deliveries again (or, with in_doubt, those a crash left unsure).
+
+    Returns how many; the campaign goes back to sending. Raises DeliveryError for a campaign that
+    never went out or was cancelled."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status not in (CampaignStatus.SENDING, CampaignStatus.SENT, CampaignStatus.PAUSED):
+        raise _refuse(campaign, "retry")
+    states = (DeliveryState.IN_DOUBT,) if in_doubt else (DeliveryState.FAILED, DeliveryState.DEFERRED)
+    # requeue_deliveries: attempts start again so a retried message gets its full retry_for
+    count = int(session.execute(
+        sa.update(Delivery)
+        .where(Delivery.campaign_id == campaign_id, Delivery.state.in_(states))
+        .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=None, claimed_by=None,
+                updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount)  # type: ignore[attr-defined]
+    if count and campaign.status is CampaignStatus.SENT:
+        campaign.status = CampaignStatus.SENDING
+        campaign.finished_at = None
+    return count
+
+
+def finish_if_done(session: Session, campaign_id: int, now: dt.datetime | None = None) -> bool:
+    """Mark a sending campaign sent once no delivery can still go out; returns whether it did."""
+    open_rows = session.scalar(
+        sa.select(sa.func.count()).select_from(Delivery)
+        .where(Delivery.campaign_id == campaign_id, Delivery.state.in_(OPEN_STATES))
+    )
+    if open_rows:
+        return False
+    moved = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
+        .values(status=CampaignStatus.SENT, finished_at=now or utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(moved)
+
+
+@dataclass(frozen=True)
+class CampaignStatusReport:
+    """`campaign status`: where the campaign stands and its deliveries counted by state."""
+
+    id: int
+    subject: str
+    status: CampaignStatus
+    reason: str
+    scheduled_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    counts: dict[DeliveryState, int]
+    next_retry_at: dt.datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "subject": self.subject, "status": self.status.value, "reason": self.reason,
+            "scheduled_at": _iso(self.scheduled_at), "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at), "next_retry_at": _iso(self.next_retry_at),
+            "deliveries": {state.value: n for state, n in self.counts.items()},
+        }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def campaign_status(session: Session, campaign_id: int) -> CampaignStatusReport:
+    """Counts by delivery state and the campaign's own state and reason."""
+    campaign = get_campaign(session, campaign_id)
+    next_retry = session.scalar(
+        sa.select(sa.func.min(Delivery.next_attempt_at))
+        .where(Delivery.campaign_id == campaign_id, Delivery.state == DeliveryState.DEFERRED)
+    )
+    return CampaignStatusReport(
+        id=campaign.id, subject=campaign.subject, status=campaign.status, reason=campaign.status_reason,
+        scheduled_at=campaign.scheduled_at, started_at=campaign.started_at,
+        finished_at=campaign.finished_at, counts=count_deliveries(session, campaign_id),
+        next_retry_at=next_retry,
+    )

@@ -1,0 +1,211 @@
+"""Cron and workers: start scheduled campaigns on time, retry due deliveries, mark missed schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.config import Config
+from mailer.db import Database
+from mailer.errors import MailerError
+from mailer.lifecycle import finish_if_done, start_campaign
+from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryState, utcnow
+from mailer.send import CampaignSender, SendReport
+from mailer.store import mark_abandoned_claims
+
+
+@dataclass(frozen=True)
+class MissedCampaign:
+    id: int
+    subject: str
+    scheduled_at: dt.datetime
+
+
+@dataclass
+class DueReport:
+    """What one `send-due` run did."""
+
+    missed: list[MissedCampaign] = field(default_factory=list)
+    started: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)  # campaign id -> why it could not go out
+    in_doubt: int = 0  # in-flight deliveries of dead senders found and set aside
+    sends: list[SendReport] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def did_anything(self) -> bool:
+        return bool(self.missed or self.started or self.refused or self.in_doubt
+                    or any(r.handed_over or r.suppressed for r in self.sends))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "missed": [{"id": m.id, "subject": m.subject, "scheduled_at": m.scheduled_at.isoformat()}
+                       for m in self.missed],
+            "started": self.started,
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "in_doubt": self.in_doubt,
+            "sends": [r.__dict__ for r in self.sends],
+            "interrupted": self.interrupted,
+        }
+
+
+def mark_missed_campaigns(session: Session, now: dt.datetime, max_lateness: float) -> list[MissedCampaign]:
+    """Scheduled campaigns more than `max_lateness` seconds late are not sent: a stale offer or a
+    "sale ends today" arriving days later does more harm than good. They become missed."""
+    too_old = now - dt.timedelta(seconds=max_lateness)
+    late = session.scalars(
+        sa.select(Campaign).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.scheduled_at < too_old)
+        .order_by(Campaign.id)
+    ).all()
+    missed = []
+    for campaign in late:
+        assert campaign.scheduled_at is not None  # the query selected on it
+        late_by = now - campaign.scheduled_at
+        campaign.status = CampaignStatus.MISSED
+        campaign.status_reason = (
+            f"not sent: its time {campaign.scheduled_at.isoformat()} passed {_human(late_by)} ago, "
+            f"more than sending.max_lateness allows; schedule it again to send it"
+        )
+        missed.append(MissedCampaign(campaign.id, campaign.subject, campaign.scheduled_at))
+    return missed
+
+
+def _human(delta: dt.timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} hours" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def due_scheduled_campaigns(session: Session, now: dt.datetime) -> list[int]:
+    return list(session.scalars(
+        sa.select(Campaign.id).where(Campaign.status == CampaignStatus.SCHEDULED, Campaign.scheduled_at <= now)
+        .order_by(Campaign.scheduled_at, Campaign.id)
+    ))
+
+
+def campaigns_with_due_deliveries(session: Session, now: dt.datetime) -> list[int]:
+    """select_sendable_campaigns: sending campaigns with a pending row or a deferred one now due."""
+    due = sa.select(Delivery.id).where(
+        Delivery.campaign_id == Campaign.id,
+        sa.or_(
+            Delivery.state == DeliveryState.PENDING,
+            sa.and_(Delivery.state == DeliveryState.DEFERRED, Delivery.next_attempt_at <= now),
+        ),
+    )
+    return list(session.scalars(
+        sa.select(Campaign.id).where(Campaign.status == CampaignStatus.SENDING, sa.exists(due))
+        .order_by(Campaign.id)
+    ))
+
+
+def _finish_idle_campaigns(session: Session, now: dt.datetime) -> None:
+    for campaign_id in session.scalars(sa.select(Campaign.id).where(Campaign.status == CampaignStatus.SENDING)):
+        finish_if_done(session, campaign_id, now)
+
+
+async def send_due(
+    config: Config,
+    database: Database,
+    *,
+    max_seconds: float | None = None,
+    handle_signals: bool = False,
+    clock: Callable[[], dt.datetime] = utcnow,
+    on_batch: Callable[[SendReport], None] | None = None,
+    sender: CampaignSender | None = None,
+) -> DueReport:
+    """One cron run: mark missed schedules, start due ones, send every due delivery.
+
+    Several runs may overlap (cron every minute, several workers): claims keep them apart."""
+    report = DueReport()
+    now = clock()
+    with database.session() as session:
+        report.missed = mark_missed_campaigns(session, now, config.sending.max_lateness)
+        report.in_doubt = mark_abandoned_claims(session, now, config.sending.claim_timeout)
+        due = due_scheduled_campaigns(session, now)
+    for campaign_id in due:
+        try:
+            with database.session() as session:
+                if start_campaign(session, campaign_id, now) or _is_sending(session, campaign_id):
+                    report.started.append(campaign_id)
+        except MailerError as exc:
+            report.refused[campaign_id] = str(exc)
+    deadline = time.monotonic() + max_seconds if max_seconds is not None else None
+    own_sender = sender is None
+    active = sender or CampaignSender(config, database, deadline=deadline, handle_signals=handle_signals,
+                                      clock=clock, on_batch=on_batch)
+    if own_sender:
+        await active.__aenter__()
+    try:
+        with database.session() as session:
+            sendable = campaigns_with_due_deliveries(session, clock())
+        for campaign_id in sendable:
+            if active.stopped or (deadline is not None and time.monotonic() >= deadline):
+                report.interrupted = True
+                break
+            try:
+                renderer = active.prepare(campaign_id)
+            except MailerError as exc:
+                report.refused[campaign_id] = str(exc)
+                _pause_refused(database, campaign_id, str(exc))
+                continue
+            result = await active.send(campaign_id, renderer)
+            report.sends.append(result)
+            report.interrupted = report.interrupted or result.interrupted
+    finally:
+        if own_sender:
+            await active.__aexit__(None, None, None)
+    with database.session() as session:
+        _finish_idle_campaigns(session, clock())
+    return report
+
+
+def _is_sending(session: Session, campaign_id: int) -> bool:
+    return session.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id)) is CampaignStatus.SENDING
+
+
+def _pause_refused(database: Database, campaign_id: int, reason: str) -> None:
+    # a campaign that fails the compliance gate at send time must not be retried every minute
+    with database.session() as session:
+        session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
+            .values(status=CampaignStatus.PAUSED, status_reason=f"refused at send time: {reason}"[:1000])
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def run_worker(
+    config: Config,
+    database: Database,
+    *,
+    poll_seconds: float = 5.0,
+    handle_signals: bool = True,
+    on_cycle: Callable[[DueReport], None] | None = None,
+    max_cycles: int | None = None,
+) -> int:
+    """Run send-due cycles until SIGTERM/SIGINT, sleeping `poll_seconds` when idle; returns cycles run."""
+    sender = CampaignSender(config, database, handle_signals=handle_signals)
+    cycles = 0
+    async with sender:
+        while not sender.stopped and (max_cycles is None or cycles < max_cycles):
+            report = await send_due(config, database, sender=sender)
+            cycles += 1
+            if on_cycle is not None:
+                on_cycle(report)
+            if not report.did_anything:
+                await _sleep_unless_stopped(sender, poll_seconds)
+    return cycles
+
+
+async def _sleep_unless_stopped(sender: CampaignSender, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not sender.stopped and time.monotonic() < end:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.sleep(min(0.2, end - time.monotonic()))

@@ -1,0 +1,359 @@
+"""The sending pipeline: claim a batch, render each message, hand it to the relay, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mailer.compliance import ensure_compliant
+from mailer.compose import Composer, Recipient, RenderedMessage
+from mailer.config import Config
+from mailer.db import Database
+from mailer.errors import DeliveryError, MailerError
+from mailer.lifecycle import OPEN_STATES, finish_if_done, get_campaign, start_campaign
+from mailer.models import CampaignStatus, DeliveryState, utcnow
+from mailer.store import Batch, Outcome, SqlDeliveryStore, count_deliveries, mark_abandoned_claims
+from mailer.transport import SendResult, SendStatus, SmtpTransport
+
+# growing delays between attempts of a deferred message: 1 min, 2, 4, ... then every 4 hours
+FIRST_RETRY_DELAY = 60.0
+MAX_RETRY_DELAY = 4 * 3600.0
+
+
+class DeliveryStore(Protocol):
+    """Where deliveries are claimed and their outcomes recorded (mailer.store.SqlDeliveryStore)."""
+
+    def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime) -> Batch: ...
+
+    def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None: ...
+
+    def refresh_claims(self, now: dt.datetime) -> None: ...
+
+    def pause_campaign(self, campaign_id: int, reason: str) -> None: ...
+
+
+class Transport(Protocol):
+    """Hands messages to a relay (mailer.transport.SmtpTransport)."""
+
+    @property
+    def concurrency(self) -> int: ...
+
+    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+class Renderer(Protocol):
+    """Builds one recipient's message (mailer.compose.Composer)."""
+
+    def render(self, recipient: Recipient) -> RenderedMessage: ...
+
+
+@dataclass
+class SendReport:
+    """What one run of the pipeline did; the CLI prints it, --json as is."""
+
+    campaign_id: int
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    suppressed: int = 0  # opted out after the audience snapshot, found at claim time
+    hard_bounces: int = 0  # failed with 5.1.x and added to the suppression list
+    released: int = 0  # claimed but never handed over (stop signal, relay down): pending again
+    paused_reason: str = ""  # set when the relay kept failing and the campaign paused itself
+    interrupted: bool = False  # a signal or --max-seconds stopped the run; the rest stays queued
+    campaign_stopped: bool = False  # the campaign was paused or cancelled by someone else
+
+    @property
+    def handed_over(self) -> int:
+        return self.sent + self.deferred + self.failed
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait after the `attempt`-th transient failure."""
+    return float(min(FIRST_RETRY_DELAY * 2.0 ** (attempt - 1), MAX_RETRY_DELAY))
+
+
+def next_attempt_at(attempts_before: int, now: dt.datetime, retry_for: float) -> dt.datetime | None:
+    """When to try a deferred message again, or None once the waits would pass `retry_for`."""
+    attempt = attempts_before + 1
+    waited = sum(retry_delay(n) for n in range(1, attempt))
+    delay = retry_delay(attempt)
+    if waited + delay > retry_for:
+        return None
+    return now + dt.timedelta(seconds=delay)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The named limits of one run, from [sending] and [smtp]."""
+
+    batch_size: int = 100
+    retry_for: float = 24 * 3600.0
+    max_consecutive_errors: int = 10
+    claim_timeout: float = 300.0
+
+
+class Pipeline:
+    """Sends one campaign's due deliveries until none are left, a stop is asked for, or the relay fails."""
+
+    def __init__(
+        self,
+        store: DeliveryStore,
+        transport: Transport,
+        renderer: Renderer,
+        campaign_id: int,
+        settings: PipelineSettings,
+        clock: Callable[[], dt.datetime] = utcnow,
+        on_batch: Callable[[SendReport], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.renderer = renderer
+        self.settings = settings
+        self.clock = clock
+        self.on_batch = on_batch
+        self.report = SendReport(campaign_id)
+        self.stop_requested = asyncio.Event()
+        self._consecutive_errors = 0
+        self._last_error = ""
+
+    def stop(self) -> None:
+        """Finish the messages in flight, record them, send no more (SIGTERM, Ctrl-C, deadline)."""
+        self.stop_requested.set()
+
+    @property
+    def _relay_down(self) -> bool:
+        return self._consecutive_errors >= self.settings.max_consecutive_errors
+
+    async def run(self, deadline: float | None = None) -> SendReport:
+        """Run until done; `deadline` is a time.monotonic() after which no new batch is claimed."""
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._run(deadline)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        return self.report
+
+    async def _run(self, deadline: float | None) -> None:
+        campaign_id = self.report.campaign_id
+        while not self.stop_requested.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                self.report.interrupted = True
+                return
+            batch = self.store.claim_batch(campaign_id, self.settings.batch_size, self.clock())
+            self.report.suppressed += batch.suppressed
+            if batch.stopped:
+                self.report.campaign_stopped = True
+                return
+            if not batch.recipients:
+                if batch.suppressed:
+                    continue
+                return
+            outcomes = await self._send_batch(batch)
+            self.store.record_outcomes(campaign_id, outcomes, self.clock())
+            if self.on_batch is not None:
+                self.on_batch(self.report)
+            if self._relay_down:
+                reason = (f"paused after {self._consecutive_errors} connection failures in a row; "
+                          f"last: {self._last_error}")
+                self.store.pause_campaign(campaign_id, reason)
+                self.report.paused_reason = reason
+                return
+        self.report.interrupted = True
+
+    async def _send_batch(self, batch: Batch) -> list[Outcome]:
+        queue: Iterator[Recipient] = iter(batch.recipients)
+        outcomes: dict[int, Outcome] = {}
+
+        async def worker() -> None:
+            for recipient in queue:
+                outcomes[recipient.delivery_id] = await self._deliver(
+                    recipient, batch.attempts.get(recipient.delivery_id, 0)
+                )
+                if self.stop_requested.is_set() or self._relay_down:
+                    return
+
+        workers = max(1, min(self.transport.concurrency, len(batch.recipients)))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        # whatever no worker reached goes back in the queue: it never left this process
+        for recipient in batch.recipients:
+            if recipient.delivery_id not in outcomes:
+                outcomes[recipient.delivery_id] = Outcome(recipient.delivery_id, DeliveryState.PENDING)
+                self.report.released += 1
+        return list(outcomes.values())
+
+    async def _deliver(self, recipient: Recipient, attempts_before: int) -> Outcome:
+        try:
+            message = self.renderer.render(recipient)
+        except MailerError as exc:
+            # a template that fails for one subscriber's data fails that message, not the campaign
+            self.report.failed += 1
+            return Outcome(recipient.delivery_id, DeliveryState.FAILED,
+                           response=f"could not render the message: {exc}")
+        result = await self.transport.send(message.envelope_from, message.recipient, message.data)
+        if result.connection_failed:
+            self._consecutive_errors += 1
+            self._last_error = result.response
+        else:
+            self._consecutive_errors = 0
+        return self._outcome(recipient, attempts_before, result)
+
+    def _outcome(self, recipient: Recipient, attempts_before: int, result: SendResult) -> Outcome:
+        delivery_id = recipient.delivery_id
+        if result.status is SendStatus.SENT:
+            self.report.sent += 1
+            return Outcome(delivery_id, DeliveryState.SENT, result.code, result.response)
+        if result.status is SendStatus.NOT_SENT:
+            self.report.released += 1
+            return Outcome(delivery_id, DeliveryState.PENDING, result.code, result.response)
+        if result.status is SendStatus.TRANSIENT:
+            retry_at = next_attempt_at(attempts_before, self.clock(), self.settings.retry_for)
+            if retry_at is not None:
+                self.report.deferred += 1
+                return Outcome(delivery_id, DeliveryState.DEFERRED, result.code, result.response, retry_at)
+            self.report.failed += 1
+            return Outcome(delivery_id, DeliveryState.FAILED, result.code,
+                           f"gave up after {attempts_before + 1} attempts: {result.response}")
+        self.report.failed += 1
+        if result.hard_bounce:
+            self.report.hard_bounces += 1
+        return Outcome(delivery_id, DeliveryState.FAILED, result.code, result.response,
+                       hard_bounce=recipient.email if result.hard_bounce else None)
+
+    async def _heartbeat(self) -> None:
+        # a batch may take long under a low rate cap; refreshing the claim tells other hosts we live
+        interval = max(1.0, self.settings.claim_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self.store.refresh_claims(self.clock())
+
+
+class CampaignSender:
+    """One sending run against the configured database and relay: shared connections, one stop switch.
+
+    Use as `async with CampaignSender(config, database) as sender: await sender.send(campaign_id)`.
+    With `handle_signals`, SIGTERM and SIGINT drain the messages in flight and stop the run.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        database: Database,
+        *,
+        deadline: float | None = None,
+        handle_signals: bool = False,
+        clock: Callable[[], dt.datetime] = utcnow,
+        on_batch: Callable[[SendReport], None] | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.deadline = deadline
+        self.handle_signals = handle_signals
+        self.clock = clock
+        self.on_batch = on_batch
+        self.store = SqlDeliveryStore(database)
+        self.transport: Transport = transport or SmtpTransport(config.smtp)
+        self.stopped = False
+        self._pipeline: Pipeline | None = None
+        self._signals: list[signal.Signals] = []
+
+    async def __aenter__(self) -> CampaignSender:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+                self._signals.append(sig)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        self._signals.clear()
+        await self.transport.close()
+
+    def stop(self) -> None:
+        """Drain: messages in flight finish and are recorded; nothing new is sent."""
+        self.stopped = True
+        if self._pipeline is not None:
+            self._pipeline.stop()
+
+    @property
+    def settings(self) -> PipelineSettings:
+        return PipelineSettings(
+            batch_size=self.config.sending.batch_size,
+            retry_for=self.config.smtp.retry_for,
+            max_consecutive_errors=self.config.smtp.max_consecutive_errors,
+            claim_timeout=self.config.sending.claim_timeout,
+        )
+
+    def prepare(self, campaign_id: int) -> Renderer:
+        """Check the campaign is sending and compliant, and compile its templates once.
+
+        Raises DeliveryError, ComplianceError or TemplateError."""
+        with self.database.session() as session:
+            mark_abandoned_claims(session, self.clock(), self.config.sending.claim_timeout)
+            campaign = get_campaign(session, campaign_id)
+            if campaign.status is not CampaignStatus.SENDING:
+                raise DeliveryError(f"campaign {campaign_id} is {campaign.status.value}, not sending")
+            mailing_list = campaign.mailing_list
+            ensure_compliant(self.config, campaign, mailing_list)
+            return Composer(self.config, campaign, mailing_list)
+
+    async def send(self, campaign_id: int, renderer: Renderer | None = None) -> SendReport:
+        """Send the campaign's due deliveries; marks it sent when nothing is left to send."""
+        renderer = renderer or self.prepare(campaign_id)
+        pipeline = Pipeline(self.store, self.transport, renderer, campaign_id, self.settings,
+                            clock=self.clock, on_batch=self.on_batch)
+        self._pipeline = pipeline
+        if self.stopped:
+            pipeline.stop()
+        try:
+            report = await pipeline.run(self.deadline)
+        finally:
+            self._pipeline = None
+        with self.database.session() as session:
+            finish_if_done(session, campaign_id, self.clock())
+        return report
+
+
+def start_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> int:
+    """Run the compliance gate, then start the campaign (a no-op when already sending).
+
+    Returns how many deliveries are open. Raises ComplianceError, TemplateError or DeliveryError."""
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+            mailing_list = campaign.mailing_list
+            ensure_compliant(config, campaign, mailing_list)
+            Composer(config, campaign, mailing_list)  # templates that do not compile fail here, not midway
+        start_campaign(session, campaign_id, now)
+        counts = count_deliveries(session, campaign_id)
+    return sum(counts[state] for state in OPEN_STATES)
+
+
+def send_campaign_now(
+    config: Config,
+    database: Database,
+    campaign_id: int,
+    *,
+    handle_signals: bool = False,
+    on_batch: Callable[[SendReport], None] | None = None,
+) -> SendReport:
+    """Send a sending campaign's due deliveries in this process, until done or stopped."""
+
+    async def run() -> SendReport:
+        async with CampaignSender(config, database, handle_signals=handle_signals, on_batch=on_batch) as sender:
+            return await sender.send(campaign_id)
+
+    return asyncio.run(run())

@@ -1,0 +1,380 @@
+"""The delivery store: audience snapshots, batch claims and outcomes, in SQL for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.audit import record_event
+from mailer.compose import Recipient
+from mailer.db import Database, address_hash
+from mailer.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    Delivery,
+    DeliveryState,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+)
+from mailer.suppression import suppress_address
+
+# states a delivery never leaves on its own: the campaign is done when only these remain
+FINAL_STATES = (
+    DeliveryState.SENT,
+    DeliveryState.FAILED,
+    DeliveryState.SUPPRESSED,
+    DeliveryState.IN_DOUBT,
+    DeliveryState.CANCELLED,
+)
+# a notice (breach, terms) reaches people who opted out of marketing, but never these
+NOTICE_BLOCKING_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.ERASED})
+
+
+def make_worker_id() -> str:
+    """`host:pid`: lets a sender on the same host tell a dead claimer from a live one."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed delivery; the pipeline decides, the store records."""
+
+    delivery_id: int
+    state: DeliveryState  # SENT, DEFERRED, FAILED, or PENDING for a message never handed over
+    code: int | None = None
+    response: str = ""
+    next_attempt_at: dt.datetime | None = None
+    hard_bounce: str | None = None  # the address to suppress: the relay said it does not exist
+
+
+@dataclass
+class Batch:
+    """Deliveries claimed for sending, with their recipients; `stopped` when the campaign is not sending."""
+
+    recipients: list[Recipient] = field(default_factory=list)
+    attempts: dict[int, int] = field(default_factory=dict)  # delivery id -> attempts before this one
+    suppressed: int = 0  # claimed but opted out since the snapshot: marked, not sent
+    stopped: bool = False
+
+
+# -- audience snapshots -------------------------------------------------------------------------
+
+
+def snapshot_audience(session: Session, campaign: Campaign, now: dt.datetime) -> int:
+    """Create the campaign's pending deliveries; returns how many. Running it again adds only newcomers."""
+    if campaign.kind is CampaignKind.NOTICE:
+        return insert_notice_audience(session, campaign.id, now)
+    if campaign.list_id is None:
+        return 0
+    return insert_list_audience(session, campaign.id, campaign.list_id, now)
+
+
+def _insert_deliveries(session: Session, campaign_id: int, subscribers: sa.Select[Any],
+                       now: dt.datetime) -> int:
+    # one INSERT ... SELECT: the audience never passes through Python, so memory does not grow with
+    # the list; the unique (campaign, subscriber) key plus NOT EXISTS makes a second run add nothing
+    already = sa.select(Delivery.id).where(
+        Delivery.campaign_id == campaign_id, Delivery.subscriber_id == Subscriber.id
+    )
+    chosen = subscribers.where(~sa.exists(already)).add_columns(
+        sa.literal(campaign_id, sa.Integer),
+        sa.literal(DeliveryState.PENDING.value, sa.String),
+        sa.literal(0, sa.Integer),
+        sa.literal("", sa.String),
+        sa.literal(now, Delivery.__table__.c.created_at.type),
+        sa.literal(now, Delivery.__table__.c.updated_at.type),
+    )
+    insert = sa.insert(Delivery).from_select(
+        ["subscriber_id", "campaign_id", "state", "attempts", "last_response", "created_at", "updated_at"],
+        chosen,
+    )
+    return int(session.execute(insert).rowcount or 0)  # type: ignore[attr-defined]
+
+
+def insert_list_audience(session: Session, campaign_id: int, list_id: int, now: dt.datetime) -> int:
+    """insert_list_audience: active subscriptions of the list whose address is not suppressed."""
+    # suppressions are matched on the kept address here; an entry kept only as a hash belongs to an
+    # erased person with no subscriber row left, and claim_batch re-checks every hash anyway
+    suppressed = sa.select(Suppression.id).where(Suppression.email == Subscriber.email_normalized)
+    members = (
+        sa.select(Subscriber.id)
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .where(
+            Subscription.list_id == list_id,
+            Subscription.status == SubscriptionStatus.ACTIVE,
+            ~sa.exists(suppressed),
+        )
+    )
+    return _insert_deliveries(session, campaign_id, members, now)
+
+
+def insert_notice_audience(session: Session, campaign_id: int, now: dt.datetime) -> int:
+    """insert_notice_audience: every subscriber not erased and not hard-bounced, subscribed or not."""
+    blocked = sa.select(Suppression.id).where(
+        Suppression.email == Subscriber.email_normalized,
+        Suppression.reason.in_(NOTICE_BLOCKING_REASONS),
+    )
+    everyone = sa.select(Subscriber.id).where(~sa.exists(blocked))
+    return _insert_deliveries(session, campaign_id, everyone, now)
+
+
+# -- claims --------------------------------------------------------------------------------------
+
+
+class SqlDeliveryStore:
+    """Deliveries in the mailer's database, claimed by one sender process at a time per batch."""
+
+    def __init__(self, database: Database, worker_id: str | None = None) -> None:
+        self.database = database
+        self.worker_id = worker_id or make_worker_id()
+
+    def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime) -> Batch:
+        """Claim up to `limit` due deliveries; opted-out recipients are marked suppressed, not returned."""
+        with self.database.session() as session:
+            campaign = session.execute(
+                sa.select(Campaign.status, Campaign.kind, Campaign.list_id).where(Campaign.id == campaign_id)
+            ).one_or_none()
+            if campaign is None or campaign.status is not CampaignStatus.SENDING:
+                return Batch(stopped=True)
+            ids = claim_due_deliveries(session, campaign_id, limit, now, self.worker_id)
+            if not ids:
+                return Batch()
+            return _load_recipients(session, ids, campaign.kind, campaign.list_id, now)
+
+    def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+        """Write what happened to each claimed delivery in one transaction; suppress hard bounces."""
+        if not outcomes:
+            return
+        with self.database.session() as session:
+            update_delivery_outcomes(session, outcomes, now)
+            for outcome in outcomes:
+                if outcome.hard_bounce:
+                    _, created = suppress_address(
+                        session, outcome.hard_bounce, SuppressionReason.HARD_BOUNCE,
+                        source=f"smtp {outcome.code}: campaign {campaign_id}",
+                    )
+                    if created:
+                        record_event(session, "suppress", "mailer", subject=outcome.hard_bounce,
+                                     reason=f"hard bounce: {outcome.response}"[:1000],
+                                     detail={"campaign_id": campaign_id, "code": outcome.code})
+
+    def refresh_claims(self, now: dt.datetime) -> None:
+        """Heartbeat: our claims are alive, so no other host takes them as in doubt."""
+        with self.database.session() as session:
+            session.execute(
+                sa.update(Delivery)
+                .where(Delivery.claimed_by == self.worker_id, Delivery.state == DeliveryState.SENDING)
+                .values(claimed_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
+    def pause_campaign(self, campaign_id: int, reason: str) -> None:
+        """The relay keeps failing: stop the campaign with a reason the marketer can read."""
+        with self.database.session() as session:
+            session.execute(
+                sa.update(Campaign)
+                .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
+                .values(status=CampaignStatus.PAUSED, status_reason=reason[:1000])
+                .execution_options(synchronize_session=False)
+            )
+            record_event(session, "pause", "mailer", subject=f"campaign {campaign_id}", reason=reason[:1000])
+
+
+def claim_due_deliveries(
+    session: Session, campaign_id: int, limit: int, now: dt.datetime, worker_id: str
+) -> list[int]:
+    """claim_due_deliveries: mark up to `limit` pending or due deferred rows as sending by us."""
+    # the inner SELECT skips rows another worker holds (PostgreSQL FOR UPDATE SKIP LOCKED), so
+    # concurrent workers take disjoint batches without waiting; SQLite ignores the clause, and
+    # the session's BEGIN IMMEDIATE makes the whole claim one writer at a time instead
+    due = (
+        sa.select(Delivery.id)
+        .where(
+            Delivery.campaign_id == campaign_id,
+            sa.or_(
+                Delivery.state == DeliveryState.PENDING,
+                sa.and_(Delivery.state == DeliveryState.DEFERRED, Delivery.next_attempt_at <= now),
+            ),
+        )
+        .order_by(Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = session.scalars(
+        sa.update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(state=DeliveryState.SENDING, claimed_by=worker_id, claimed_at=now, updated_at=now)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(claimed)
+
+
+def _load_recipients(
+    session: Session, ids: list[int], kind: CampaignKind, list_id: int | None, now: dt.datetime
+) -> Batch:
+    # select_claimed_recipients: one row per claimed delivery with its person and subscription
+    rows = session.execute(
+        sa.select(
+            Delivery.id, Delivery.attempts, Subscriber.id.label("subscriber_id"), Subscriber.email,
+            Subscriber.email_normalized, Subscriber.name, Subscriber.attributes,
+            Subscription.status, Subscription.confirmed_at, Subscription.consent_at,
+        )
+        .select_from(Delivery)
+        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .outerjoin(
+            Subscription,
+            sa.and_(Subscription.subscriber_id == Delivery.subscriber_id, Subscription.list_id == list_id),
+        )
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.id)
+    ).all()
+    hashes = {row.id: address_hash(row.email_normalized) for row in rows if row.email_normalized}
+    # select_suppressions_by_hash: the authority on opt-outs, erased addresses included
+    reasons = dict(
+        session.execute(
+            sa.select(Suppression.address_hash, Suppression.reason).where(
+                Suppression.address_hash.in_(set(hashes.values()))
+            )
+        ).tuples().all()
+    ) if hashes else {}
+    batch = Batch()
+    blocked: list[int] = []
+    for row in rows:
+        reason = reasons.get(hashes.get(row.id, ""))
+        if kind is CampaignKind.NOTICE:
+            refused = row.subscriber_id is None or reason in NOTICE_BLOCKING_REASONS
+        else:
+            refused = row.subscriber_id is None or reason is not None or row.status is not SubscriptionStatus.ACTIVE
+        if refused:
+            blocked.append(row.id)
+            continue
+        batch.recipients.append(Recipient(
+            delivery_id=row.id, subscriber_id=row.subscriber_id, email=row.email, name=row.name,
+            attributes=dict(row.attributes or {}), subscribed_at=row.confirmed_at or row.consent_at,
+        ))
+        batch.attempts[row.id] = row.attempts
+    if blocked:
+        # mark_suppressed_deliveries: opted out after the snapshot; recorded, never sent
+        session.execute(
+            sa.update(Delivery)
+            .where(Delivery.id.in_(blocked))
+            .values(state=DeliveryState.SUPPRESSED, claimed_by=None, updated_at=now,
+                    last_response="opted out before its turn")
+            .execution_options(synchronize_session=False)
+        )
+        batch.suppressed = len(blocked)
+    return batch
+
+
+def update_delivery_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+    """update_delivery_outcomes: one executemany UPDATE by primary key for the whole batch."""
+    handed_over = [o for o in outcomes if o.state is not DeliveryState.PENDING]
+    released = [o.delivery_id for o in outcomes if o.state is DeliveryState.PENDING]
+    if handed_over:
+        table: sa.Table = Delivery.__table__  # type: ignore[assignment]
+        statement = (
+            table.update()
+            .where(table.c.id == sa.bindparam("b_id"))
+            .values(
+                state=sa.bindparam("b_state"), attempts=table.c.attempts + 1,
+                last_code=sa.bindparam("b_code"), last_response=sa.bindparam("b_response"),
+                next_attempt_at=sa.bindparam("b_next", type_=table.c.next_attempt_at.type),
+                sent_at=sa.bindparam("b_sent", type_=table.c.sent_at.type),
+                claimed_by=None, updated_at=now,
+            )
+        )
+        session.execute(statement, [
+            {
+                "b_id": o.delivery_id, "b_state": o.state.value, "b_code": o.code,
+                "b_response": o.response[:1000], "b_next": o.next_attempt_at,
+                "b_sent": now if o.state is DeliveryState.SENT else None,
+            }
+            for o in handed_over
+        ])
+    if released:
+        # release_unsent_claims: never handed to the relay (stop signal, relay down): back in the queue
+        session.execute(
+            sa.update(Delivery)
+            .where(Delivery.id.in_(released), Delivery.state == DeliveryState.SENDING)
+            .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: float) -> int:
+    """mark_abandoned_claims: in-flight rows whose sender died become in_doubt; returns how many.
+
+    A claimer on this host is dead when its process is gone; on another host, when it has not
+    refreshed its claims for `claim_timeout` seconds.
+    """
+    host = socket.gethostname()
+    claimers = session.execute(
+        sa.select(Delivery.claimed_by, sa.func.max(Delivery.claimed_at))
+        .where(Delivery.state == DeliveryState.SENDING)
+        .group_by(Delivery.claimed_by)
+    ).tuples().all()
+    stale_before = now - dt.timedelta(seconds=claim_timeout)
+    dead = [
+        claimer for claimer, last_seen in claimers
+        if claimer is None or _is_dead(claimer, host) or (last_seen is not None and last_seen < stale_before)
+    ]
+    if not dead:
+        return 0
+    condition = sa.or_(Delivery.claimed_by.in_([c for c in dead if c is not None]),
+                       Delivery.claimed_by.is_(None))
+    result = session.execute(
+        sa.update(Delivery)
+        .where(Delivery.state == DeliveryState.SENDING, condition)
+        .values(state=DeliveryState.IN_DOUBT, updated_at=now,
+                last_response="the sender stopped while this message was in flight")
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _is_dead(claimer: str, host: str) -> bool:
+    claim_host, _, pid_text = claimer.rpartition(":")
+    if claim_host != host or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    # a killed child its parent has not reaped yet still answers kill(0); /proc knows better
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def count_deliveries(session: Session, campaign_id: int) -> dict[DeliveryState, int]:
+    """count_deliveries_by_state: one grouped query; every state is present, zero when absent."""
+    counts = dict.fromkeys(DeliveryState, 0)
+    for state, n in session.execute(
+        sa.select(Delivery.state, sa.func.count()).where(Delivery.campaign_id == campaign_id)
+        .group_by(Delivery.state)
+    ).tuples():
+        counts[state] = n
+    return counts
