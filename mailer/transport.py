@@ -80,6 +80,7 @@ class SmtpConnection:
     def __init__(self, smtp: SmtpConfig, local_hostname: str | None = None) -> None:
         self.config = smtp
         self.local_hostname = local_hostname
+        self.start_tls = start_tls_mode(smtp)
         self._client: aiosmtplib.SMTP | None = None
 
     async def _open(self) -> aiosmtplib.SMTP:
@@ -87,7 +88,7 @@ class SmtpConnection:
             return self._client
         cfg = self.config
         client = aiosmtplib.SMTP(
-            hostname=cfg.host, port=cfg.port, timeout=cfg.timeout, start_tls=start_tls_mode(cfg),
+            hostname=cfg.host, port=cfg.port, timeout=cfg.timeout, start_tls=self.start_tls,
             local_hostname=self.local_hostname,
             username=cfg.username or None, password=cfg.password or None,
         )

@@ -47,6 +47,7 @@ def _register() -> None:
     from mailer.cli import privacy  # noqa: F401
     from mailer.cli import recipients  # noqa: F401
     from mailer.cli import campaigns  # noqa: F401
+    from mailer.cli import sending  # noqa: F401
 
 
 _register()
