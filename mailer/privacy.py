@@ -15,6 +15,7 @@ from mailer.db import address_hash, normalize_email
 from mailer.errors import AlreadyExistsError, InvalidInputError, NotFoundError, SuppressedError
 from mailer.models import (
     AuditEvent,
+    BounceEvent,
     Campaign,
     Delivery,
     Suppression,
@@ -67,6 +68,7 @@ def export_subscriber(
         "subscriptions": [],
         "deliveries": [],
         "suppression": None,
+        "bounces": [],
         "audit_events": [],
     }
     if subscriber is not None:
@@ -122,6 +124,14 @@ def export_subscriber(
             "ip": suppression.ip,
             "user_agent": suppression.user_agent,
         }
+    data["bounces"] = [
+        {"kind": b.kind.value, "campaign_id": b.campaign_id, "status": b.status,
+         "diagnostic": b.diagnostic, "at": _iso(b.created_at)}
+        for b in session.scalars(
+            sa.select(BounceEvent).where(BounceEvent.address_hash == address_hash(key))
+            .order_by(BounceEvent.created_at, BounceEvent.id)
+        )
+    ]
     data["audit_events"] = [
         {"at": _iso(e.at), "action": e.action, "actor": e.actor, "reason": e.reason}
         for e in _events_about(session, key)
@@ -305,6 +315,9 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
         suppression.reason = SuppressionReason.ERASED
         suppression.source = "erasure"
         report.suppression = "kept as hash"
+    # bounce events are kept by hash for the soft-bounce count; their server replies quote the address
+    for bounce in session.scalars(sa.select(BounceEvent).where(BounceEvent.address_hash == digest)):
+        bounce.diagnostic = _scrub(bounce.diagnostic, key)
     for event in _events_about(session, key):
         event.subject = digest
         event.reason = _scrub(event.reason, key)

@@ -103,6 +103,9 @@ def create_app(config: Config | None = None, test_config: Mapping[str, Any] | No
         # behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.register_blueprint(pages)
+    from mailer.confirm_web import confirm_pages  # imported here: it imports this module
+
+    app.register_blueprint(confirm_pages)
     app.register_error_handler(HTTPException, _error_page)
     app.after_request(_add_security_headers)
     app.context_processor(_page_context)

@@ -35,12 +35,7 @@ def smtp_cli(tmp_path: Path, database: Database, smtp_server: SmtpServer) -> Cli
 
 
 def _app(config_path: Path) -> Flask:
-    app = create_app(load_config(config_path, environ={}), {"TESTING": True})
-    if "confirm" not in app.blueprints:
-        from mailer.confirm_web import confirm_pages
-
-        app.register_blueprint(confirm_pages)
-    return app
+    return create_app(load_config(config_path, environ={}), {"TESTING": True})
 
 
 @pytest.fixture
