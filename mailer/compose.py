@@ -154,11 +154,11 @@ def encoded_words(text: str) -> str:
 
 
 def display_phrase(name: str) -> str:
-    """A display name as a header phrase: quoted ASCII, or encoded words when non-ASCII or long."""
+    """A display name as a header phrase: a quoted string when ASCII, else RFC 2047 encoded words."""
     display = one_line(name)
     if not display:
         return ""
-    if display.isascii() and len(display) <= 60 and "=?" not in display:
+    if display.isascii() and "=?" not in display:
         quoted = display.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{quoted}"'
     return encoded_words(display)
