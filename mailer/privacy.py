@@ -90,7 +90,8 @@ def export_subscriber(
                     "ip": sub.consent_ip,
                     "user_agent": sub.consent_user_agent,
                 },
-                "confirmation": None if sub.confirmed_at is None else {
+                # only a double opt-in list has a confirmation step to report
+                "confirmation": None if sub.confirmed_at is None or not sub.mailing_list.double_opt_in else {
                     "at": _iso(sub.confirmed_at),
                     "ip": sub.confirmed_ip,
                     "user_agent": sub.confirmed_user_agent,

@@ -1,0 +1,234 @@
+"""Legal notices (breach, change of terms): transactional mail to everyone held, not marketing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from mailer.audit import record_event
+from mailer.compliance import VisibleHtml, check_campaign, message_parts, parse_message
+from mailer.compose import Composer, sample_recipient
+from mailer.config import Config
+from mailer.db import Database
+from mailer.errors import (
+    ComplianceError,
+    InvalidInputError,
+    MailerError,
+    NotFoundError,
+    TemplateError,
+)
+from mailer.models import Campaign, CampaignKind, CampaignStatus, utcnow
+from mailer.templating import (
+    HTML_SUFFIXES,
+    MAX_TEMPLATE_BYTES,
+    TEXT_SUFFIXES,
+    TemplateSource,
+    campaign_templates_dir,
+    compile_campaign_templates,
+    templates_dir,
+)
+
+MAX_REASON = 1000
+# the shipped example notices mark each fact the sender must fill in like this
+UNFILLED = re.compile(r"\[EDIT\b", re.IGNORECASE)
+# the mechanical signs of a sales pitch; a notice informs, it does not sell
+PROMOTION = re.compile(
+    r"\b(?:\d+\s*%\s*off|discounts?|coupons?|promo(?:tion(?:al)?)?\s+codes?|buy now|shop now|"
+    r"order now|limited[- ]time offer|special offers?|free shipping|upgrade now)\b",
+    re.IGNORECASE,
+)
+
+
+def notice_templates_dir() -> Path:
+    return templates_dir() / "notices"
+
+
+def shipped_notice_templates() -> list[str]:
+    folder = notice_templates_dir()
+    return sorted(p.name.removesuffix(".html.j2") for p in folder.glob("*.html.j2")) if folder.is_dir() else []
+
+
+def _read(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TemplateError(f"cannot read template {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(f"template {path} is larger than {MAX_TEMPLATE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TemplateError(f"template {path} is not UTF-8 text") from None
+
+
+def _is_campaign_template(path: Path) -> bool:
+    return path.resolve().is_relative_to(campaign_templates_dir().resolve())
+
+
+def _shipped_campaign_sources() -> set[str]:
+    folder = campaign_templates_dir()
+    if not folder.is_dir():
+        return set()
+    return {_read(p) for p in folder.glob("*.html.j2")}
+
+
+def load_notice_template(spec: str) -> TemplateSource:
+    """A notice template: a path to an .html.j2 file, or a name under templates/notices/.
+
+    A sibling .txt.j2 becomes the text part. Raises TemplateError when it is missing or does
+    not parse, and ComplianceError when it is a campaign (marketing) template.
+    """
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        folder = notice_templates_dir()
+        named = [folder / f"{spec}.html.j2", folder / spec]
+        found = next((p for p in named if "/" not in spec and p.is_file()), None)
+        if found is None:
+            if (campaign_templates_dir() / f"{spec}.html.j2").is_file():
+                raise ComplianceError([f"{spec!r} is a campaign template; a notice needs a notice template"])
+            shipped = ", ".join(shipped_notice_templates()) or "none"
+            raise TemplateError(
+                f"notice template {spec!r} not found: give a path to an .html.j2 file or one of "
+                f"the shipped notices ({shipped})"
+            )
+        path = found
+    if not path.name.endswith(HTML_SUFFIXES):
+        raise TemplateError(f"{path} is not an HTML template (.html.j2)")
+    if _is_campaign_template(path):
+        raise ComplianceError([f"{path.name} is a campaign template (templates/campaigns/); "
+                               "a notice must not be built from marketing content"])
+    html = _read(path)
+    text: str | None = None
+    for html_suffix, text_suffix in TEXT_SUFFIXES.items():
+        sibling = path.with_name(path.name.removesuffix(html_suffix) + text_suffix)
+        if path.name.endswith(html_suffix) and sibling.is_file():
+            text = _read(sibling)
+            break
+    in_notices = path.resolve().parent == notice_templates_dir().resolve()
+    name = f"notices/{path.name.removesuffix('.html.j2')}" if in_notices else str(path)
+    source = TemplateSource(name=name[:500], html=html, text=text)
+    compile_campaign_templates(source)
+    return source
+
+
+def check_reason(reason: str) -> str:
+    """The recorded reason, which also completes the footer's "We send it to you because ..."."""
+    clean = reason.strip()
+    if not clean:
+        raise InvalidInputError(
+            "a notice needs --reason, e.g. --reason \"we must tell you about a security incident "
+            "that affected your data\""
+        )
+    if re.search(r"[\x00-\x1f\x7f\u2028\u2029]", clean):
+        raise InvalidInputError("--reason must be one line")
+    if len(clean) > MAX_REASON:
+        raise InvalidInputError(f"--reason must be at most {MAX_REASON} characters")
+    return clean
+
+
+def create_notice(
+    session: Session, config: Config, subject: str, template: str, reason: str,
+    from_address: str | None = None,
+) -> Campaign:
+    """Store a draft notice (kind NOTICE, no list) with its template text.
+
+    Raises InvalidInputError for a missing reason, TemplateError for a bad template and
+    ComplianceError for a campaign template.
+    """
+    clean_reason = check_reason(reason)
+    source = load_notice_template(template)
+    notice = Campaign(
+        kind=CampaignKind.NOTICE,
+        list_id=None,
+        subject=subject,
+        from_address=from_address or config.sender.from_address,
+        template_name=source.name,
+        html_template=source.html,
+        text_template=source.text,
+        notice_reason=clean_reason,
+    )
+    session.add(notice)
+    session.flush()
+    return notice
+
+
+def get_notice(session: Session, notice_id: int) -> Campaign:
+    """The notice with this id; raises NotFoundError (a marketing campaign is not a notice)."""
+    notice = session.get(Campaign, notice_id)
+    if notice is None or notice.kind is not CampaignKind.NOTICE:
+        raise NotFoundError(f"no notice with id {notice_id} (see `mailer notice ls`)")
+    return notice
+
+
+def list_notices(session: Session) -> Sequence[Campaign]:
+    return session.scalars(
+        sa.select(Campaign).where(Campaign.kind == CampaignKind.NOTICE).order_by(Campaign.id)
+    ).all()
+
+
+def check_notice(config: Config, notice: Campaign) -> list[str]:
+    """Every reason this notice may not go out: the campaign gate's message checks (which refuse
+    an ad label or List-Unsubscribe in a notice), plus what makes a notice a notice: a reason,
+    no campaign template, no promotion, no unfilled example text."""
+    problems: list[str] = []
+    if notice.kind is not CampaignKind.NOTICE:
+        problems.append("this is a marketing campaign, not a notice")
+    if notice.list_id is not None:
+        problems.append("a notice goes to everyone held, not to one list")
+    if not notice.notice_reason.strip():
+        problems.append("the notice has no reason; it is recorded and shown to every recipient")
+    if notice.template_name.startswith("campaigns/") or notice.html_template in _shipped_campaign_sources():
+        problems.append("the notice is built from a campaign template")
+    problems += check_campaign(config, notice, None)
+    try:
+        rendered = Composer(config, notice, None).render(sample_recipient())
+    except MailerError:
+        pass  # check_campaign has already said why
+    else:
+        text, html = message_parts(parse_message(rendered.data))
+        for part, shown in (("HTML", VisibleHtml.read(html).text), ("text", text)):
+            if UNFILLED.search(shown):
+                problems.append(f"the {part} part still has an unfilled [EDIT: ...] marker")
+        pitch = PROMOTION.search(text) or PROMOTION.search(VisibleHtml.read(html).text)
+        if pitch:
+            problems.append(f"a notice must not promote anything; it says {pitch.group(0)!r}")
+    return list(dict.fromkeys(problems))
+
+
+def ensure_notice_compliant(config: Config, notice: Campaign) -> None:
+    """Raises ComplianceError listing every problem."""
+    problems = check_notice(config, notice)
+    if problems:
+        raise ComplianceError(problems)
+
+
+def start_notice(config: Config, database: Database, notice_id: int, actor: str) -> int:
+    """Pass the notice gate, then start it through the delivery engine with the notice audience
+    (every subscriber not erased and not hard-bounced); returns how many deliveries are open.
+
+    The first start is recorded in the audit trail. Raises ComplianceError, TemplateError,
+    NotFoundError or DeliveryError.
+    """
+    from mailer.lifecycle import campaign_status
+    from mailer.send import start_send
+
+    with database.session() as session:
+        notice = get_notice(session, notice_id)
+        first = notice.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED)
+        if first:
+            ensure_notice_compliant(config, notice)
+    opened = start_send(config, database, notice_id)
+    if first:
+        with database.session() as session:
+            notice = get_notice(session, notice_id)
+            status = campaign_status(session, notice_id)
+            record_event(
+                session, "notice", actor, subject=f"notice {notice_id}", reason=notice.notice_reason,
+                detail={"notice_id": notice_id, "subject": notice.subject,
+                        "recipients": sum(status.counts.values()), "started_at": utcnow().isoformat()},
+            )
+    return opened
