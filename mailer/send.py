@@ -163,8 +163,8 @@ class Pipeline:
             if self.on_batch is not None:
                 self.on_batch(self.report)
             if self._relay_down:
-                reason = (f"paused after {self._consecutive_errors} connection failures in a row; "
-                          f"last: {self._last_error}")
+                reason = (f"paused after {self.settings.max_consecutive_errors} connection failures in a "
+                          f"row (smtp.max_consecutive_errors); last: {self._last_error}")
                 self.store.pause_campaign(campaign_id, reason)
                 self.report.paused_reason = reason
                 return

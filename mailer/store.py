@@ -99,7 +99,11 @@ def _insert_deliveries(session: Session, campaign_id: int, subscribers: sa.Selec
         ["subscriber_id", "campaign_id", "state", "attempts", "last_response", "created_at", "updated_at"],
         chosen,
     )
-    return int(session.execute(insert).rowcount or 0)  # type: ignore[attr-defined]
+    # psycopg reports no rowcount for SQLAlchemy's INSERT ... SELECT, so count the campaign's rows
+    count = sa.select(sa.func.count()).select_from(Delivery).where(Delivery.campaign_id == campaign_id)
+    before = session.scalar(count) or 0
+    session.execute(insert)
+    return (session.scalar(count) or 0) - before
 
 
 def insert_list_audience(session: Session, campaign_id: int, list_id: int, now: dt.datetime) -> int:
@@ -247,7 +251,7 @@ def _load_recipients(
             sa.select(Suppression.address_hash, Suppression.reason).where(
                 Suppression.address_hash.in_(set(hashes.values()))
             )
-        ).tuples().all()
+        ).all()
     ) if hashes else {}
     batch = Batch()
     blocked: list[int] = []
@@ -324,7 +328,7 @@ def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: flo
         sa.select(Delivery.claimed_by, sa.func.max(Delivery.claimed_at))
         .where(Delivery.state == DeliveryState.SENDING)
         .group_by(Delivery.claimed_by)
-    ).tuples().all()
+    ).all()
     stale_before = now - dt.timedelta(seconds=claim_timeout)
     dead = [
         claimer for claimer, last_seen in claimers
@@ -375,6 +379,6 @@ def count_deliveries(session: Session, campaign_id: int) -> dict[DeliveryState, 
     for state, n in session.execute(
         sa.select(Delivery.state, sa.func.count()).where(Delivery.campaign_id == campaign_id)
         .group_by(Delivery.state)
-    ).tuples():
+    ):
         counts[state] = n
     return counts

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from conftest import TEST_SECRET_KEY
 
 from mailer.db import Database, normalize_email
 from mailer.models import (
@@ -19,7 +20,6 @@ from mailer.models import (
     SubscriptionStatus,
     utcnow,
 )
-from conftest import TEST_SECRET_KEY
 
 HTML = "<p>Hello {{ subscriber.name or 'there' }},</p><p>Our winter range is in the shop now.</p>"
 
@@ -61,7 +61,7 @@ def add_audience(database: Database, list_name: str, emails: list[str],
         ids = dict(session.execute(
             sa.select(Subscriber.email_normalized, Subscriber.id)
             .where(Subscriber.email_normalized.in_([normalize_email(e) for e in emails]))
-        ).tuples().all())
+        ).all())
         session.execute(sa.insert(Subscription), [
             {"subscriber_id": ids[normalize_email(e)], "list_id": list_id, "status": status,
              "consent_at": now, "consent_source": "test", "confirmed_at": now, "created_at": now}
@@ -89,7 +89,7 @@ def delivery_states(database: Database, campaign_id: int) -> dict[str, Delivery]
             sa.select(Subscriber.email_normalized, Delivery)
             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
             .where(Delivery.campaign_id == campaign_id)
-        ).tuples().all()
+        ).all()
         for _, delivery in rows:
             session.expunge(delivery)
     return dict(rows)
@@ -100,7 +100,7 @@ def state_counts(database: Database, campaign_id: int) -> dict[DeliveryState, in
         return dict(session.execute(
             sa.select(Delivery.state, sa.func.count()).where(Delivery.campaign_id == campaign_id)
             .group_by(Delivery.state)
-        ).tuples().all())
+        ).all())
 
 
 def campaign_row(database: Database, campaign_id: int) -> Campaign:

@@ -43,11 +43,16 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def _register() -> None:
     # each command group lives in its own module and adds itself to `main`
-    from mailer.cli import admin, lists, subscribers, suppress  # noqa: F401
-    from mailer.cli import privacy  # noqa: F401
-    from mailer.cli import recipients  # noqa: F401
-    from mailer.cli import campaigns  # noqa: F401
-    from mailer.cli import sending  # noqa: F401
+    from mailer.cli import (  # noqa: F401
+        admin,
+        campaigns,
+        lists,
+        privacy,
+        recipients,
+        sending,
+        subscribers,
+        suppress,
+    )
 
 
 _register()
