@@ -11,6 +11,8 @@ from conftest import Cli
 from mailer.db import Database, address_hash
 from mailer.models import (
     Base,
+    BounceEvent,
+    BounceKind,
     Campaign,
     CampaignKind,
     Delivery,
@@ -39,9 +41,14 @@ def _add_sent_delivery(database: Database, email: str, subject: str = "November 
                             html_template="<p>hi</p>")
         session.add(campaign)
         session.flush()
-        session.add(Delivery(campaign_id=campaign.id, subscriber_id=subscriber.id, state=DeliveryState.FAILED,
-                             attempts=1, last_code=550, sent_at=utcnow(),
-                             last_response=f"5.1.1 <{email.lower()}>: mailbox full"))
+        delivery = Delivery(campaign_id=campaign.id, subscriber_id=subscriber.id, state=DeliveryState.FAILED,
+                            attempts=1, last_code=550, sent_at=utcnow(),
+                            last_response=f"5.1.1 <{email.lower()}>: mailbox full")
+        session.add(delivery)
+        session.flush()
+        session.add(BounceEvent(kind=BounceKind.SOFT, delivery_id=delivery.id, campaign_id=campaign.id,
+                                address_hash=address_hash(email), status="4.2.2",
+                                diagnostic=f"452 4.2.2 <{email}> mailbox full"))
         return campaign.id
 
 
@@ -98,6 +105,7 @@ def test_subscriber_add_records_cli_consent_and_export_lists_deliveries(
          "attempts": 1}
     ]
     assert data["deliveries"][0]["sent_at"]
+    assert [(b["kind"], b["status"], b["campaign_id"]) for b in data["bounces"]] == [("soft", "4.2.2", campaign_id)]
     assert data["suppression"]["reason"] == "manual"
     assert "asked by phone" in data["suppression"]["source"]
 
@@ -205,6 +213,9 @@ def test_forget_erases_everything_and_reimport_is_refused(
         assert [(d.subscriber_id, d.state) for d in deliveries] == [(None, DeliveryState.FAILED)]
         entry = session.scalar(sa.select(Suppression).where(Suppression.address_hash == address_hash(ANA)))
         assert entry is not None and entry.email is None and entry.reason is SuppressionReason.ERASED
+        # the soft-bounce count survives under the hash; the server's words no longer name her
+        (bounce,) = session.scalars(sa.select(BounceEvent)).all()
+        assert bounce.address_hash == address_hash(ANA) and "[erased]" in bounce.diagnostic
 
     again = cli("subscriber", "import", str(people), "--list", "news", "--json").stdout
     report = json.loads(again)
