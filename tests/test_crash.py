@@ -1,0 +1,141 @@
+"""Crash safety with real processes: SIGKILL and SIGTERM mid-send, and overlapping send-due runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Cli
+from sending_helpers import (
+    add_audience,
+    campaign_row,
+    delivery_states,
+    emails,
+    make_campaign,
+    sending_config,
+)
+from smtp_faults import FaultyServer, faulty_smtp_server
+
+from mailer.db import Database
+from mailer.models import CampaignStatus, DeliveryState, utcnow
+
+BATCH = 100
+
+
+@pytest.fixture
+def server() -> Iterator[FaultyServer]:
+    with faulty_smtp_server() as srv:
+        yield srv
+
+
+def mailer(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(config), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_messages(server: FaultyServer, count: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
+    end = time.monotonic() + limit
+    while len(server.messages) < count:
+        if proc.poll() is not None:
+            raise AssertionError(f"sender exited early ({proc.returncode}): {proc.communicate()}")
+        if time.monotonic() > end:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError(f"only {len(server.messages)} messages after {limit} s")
+        time.sleep(0.01)
+
+
+def prepare(tmp_path: Path, database: Database, server: FaultyServer, n: int, batch: int = BATCH,
+            **campaign: object) -> tuple[Path, int]:
+    list_id = add_audience(database, "news", emails(n))
+    campaign_id = make_campaign(database, list_id, **campaign)  # type: ignore[arg-type]
+    config = sending_config(tmp_path / "mailer.toml", database.url, server, connections=2, batch_size=batch)
+    return config, campaign_id
+
+
+def test_sigkill_mid_send_then_resume_sends_nobody_twice(
+    tmp_path: Path, sqlite_url: str, server: FaultyServer
+) -> None:
+    database = Database(sqlite_url)
+    database.upgrade()
+    config, campaign_id = prepare(tmp_path, database, server, 5000)
+    proc = mailer(config, "campaign", "send", str(campaign_id))
+    wait_for_messages(server, 1500, proc)
+
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed_at = len(server.messages)
+    assert killed_at < 5000, "the send finished before it could be killed"
+    assert campaign_row(database, campaign_id).status is CampaignStatus.SENDING
+
+    resumed = Cli(config)("campaign", "send", str(campaign_id))
+
+    received = server.handler.rcpt_counts
+    assert max(received.values()) == 1, "somebody got the campaign twice"
+    rows = delivery_states(database, campaign_id)
+    in_doubt = {a for a, d in rows.items() if d.state is DeliveryState.IN_DOUBT}
+    sent = {a for a, d in rows.items() if d.state is DeliveryState.SENT}
+    assert sent | in_doubt == set(rows) and len(rows) == 5000
+    assert sent <= set(received)  # everything recorded as sent did arrive ...
+    assert set(emails(5000)) - set(received) <= in_doubt  # ... and whatever did not is in doubt
+    assert len(in_doubt) <= BATCH  # at most the one batch that was in flight
+    assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
+    if in_doubt:
+        assert f"{len(in_doubt)} in doubt" in resumed.output
+    database.dispose()
+
+
+def test_sigterm_drains_in_flight_messages_and_leaves_none_in_doubt(
+    tmp_path: Path, sqlite_url: str, server: FaultyServer
+) -> None:
+    database = Database(sqlite_url)
+    database.upgrade()
+    config, campaign_id = prepare(tmp_path, database, server, 5000)
+    proc = mailer(config, "campaign", "send", str(campaign_id))
+    wait_for_messages(server, 1000, proc)
+
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 0, err
+    assert "stopped early" in out
+    rows = delivery_states(database, campaign_id)
+    states = {d.state for d in rows.values()}
+    assert states == {DeliveryState.SENT, DeliveryState.PENDING}  # nothing in doubt, nothing claimed
+    sent = {a for a, d in rows.items() if d.state is DeliveryState.SENT}
+    assert sent == set(server.handler.rcpt_counts)  # every message handed over was recorded
+
+    Cli(config)("campaign", "send", str(campaign_id))
+
+    received = server.handler.rcpt_counts
+    assert len(received) == 5000 and set(received.values()) == {1}
+    assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
+    database.dispose()
+
+
+def test_two_send_due_runs_started_together_send_each_recipient_once(
+    tmp_path: Path, database: Database, server: FaultyServer
+) -> None:
+    config, campaign_id = prepare(
+        tmp_path, database, server, 3000, batch=50,
+        status=CampaignStatus.SCHEDULED, scheduled_at=utcnow() - dt.timedelta(seconds=1),
+    )
+    first = mailer(config, "send-due")
+    second = mailer(config, "send-due")
+    outputs = [p.communicate(timeout=120) for p in (first, second)]
+
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    received = server.handler.rcpt_counts
+    assert len(received) == 3000 and set(received.values()) == {1}
+    assert {d.state for d in delivery_states(database, campaign_id).values()} == {DeliveryState.SENT}
+    assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
+    # both runs took a share of the work
+    assert all(f"campaign {campaign_id}: " in out for out, _ in outputs), outputs
