@@ -13,11 +13,15 @@ from mailer.audit import record_event
 from mailer.config import Config
 from mailer.db import address_hash, normalize_email
 from mailer.errors import AlreadyExistsError, InvalidInputError, NotFoundError, SuppressedError
+from mailer.lists import get_list
 from mailer.models import (
     AuditEvent,
     BounceEvent,
     Campaign,
     Delivery,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
     Suppression,
     SuppressionReason,
     utcnow,
@@ -330,3 +334,21 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
                  reason=reason or "erasure request (GDPR art. 17)", detail=report.as_dict())
     session.flush()
     return report
+
+
+def opted_out_member_ids(session: Session, list_name: str) -> set[int]:
+    """Members of a list who left it or whose address is suppressed: never listed for export.
+
+    COMPLIANCE 24: a list of members is what gets exported to another mailer, so opted-out
+    addresses stay out of it; `subscriber show` still answers for one person.
+    """
+    mailing_list = get_list(session, list_name)
+    members = sa.select(Subscription.subscriber_id).where(Subscription.list_id == mailing_list.id)
+    left = members.where(Subscription.status == SubscriptionStatus.UNSUBSCRIBED)
+    # a suppression keeps the address until erasure, and an erased person has no row to list
+    suppressed = (
+        sa.select(Subscriber.id)
+        .join(Suppression, Suppression.email == Subscriber.email_normalized)
+        .where(Subscriber.id.in_(members))
+    )
+    return set(session.scalars(left)) | set(session.scalars(suppressed))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import sqlalchemy as sa
-from conftest import Cli
+from conftest import Cli, SmtpServer, write_config
 
 from mailer.db import Database, address_hash
 from mailer.models import (
@@ -283,3 +283,51 @@ def test_every_privacy_command_has_help_with_an_example(cli: Cli) -> None:
     for args in (("subscriber", "export"), ("subscriber", "update"), ("subscriber", "forget"),
                  ("audit", "ls")):
         assert "Example:" in cli(*args, "--help").stdout
+
+
+def test_an_address_erased_mid_campaign_is_never_mailed(
+    tmp_path: Path, database: Database, smtp_server: SmtpServer
+) -> None:
+    from mailer.config import load_config
+    from mailer.send import start_send
+
+    cli = Cli(write_config(tmp_path / "smtp.toml", database.url, smtp_server))
+    cli("list", "create", "news")
+    for address in (ANA, "bo@example.com"):
+        cli("subscriber", "add", address, "--list", "news")
+    campaign_id = cli("campaign", "create", "--list", "news", "--subject", "Summer concerts",
+                      "--template", "announcement").stdout.strip()
+    # the audience is snapshotted with Ana in it, then she is erased before her turn
+    assert start_send(load_config(cli.config_path, environ={}), database, int(campaign_id)) == 2
+    cli("subscriber", "forget", ANA, "--yes")
+
+    out = cli("campaign", "send", campaign_id).stdout
+
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["bo@example.com"]]
+    assert "1 sent" in out and "1 suppressed" in out
+    assert ANA.lower() not in _everything_stored(database)
+
+
+def test_subscriber_ls_never_lists_opted_out_addresses(cli: Cli, database: Database, config_path: Path) -> None:
+    from mailer.config import load_config
+    from mailer.optout import OptOutSource, unsubscribe
+    from mailer.tokens import UnsubscribeClaim
+
+    cli("list", "create", "news")
+    for address in (ANA, "bo@example.com", "cy@example.com"):
+        cli("subscriber", "add", address, "--list", "news")
+    cli("suppress", "add", "bo@example.com")
+    with database.session() as session:
+        cy = session.scalar(sa.select(Subscriber.id).where(Subscriber.email == "cy@example.com"))
+        assert cy is not None
+        unsubscribe(session, load_config(config_path, environ={}), UnsubscribeClaim(cy, None, None),
+                    OptOutSource.ONE_CLICK)
+
+    listed = json.loads(cli("subscriber", "ls", "--list", "news", "--json").stdout)
+    text = cli("subscriber", "ls", "--list", "news")
+
+    assert [row["email"] for row in listed] == [ANA]
+    assert text.stdout.splitlines() == [f"{ANA}  active"]
+    assert "2 opted-out members not listed" in text.stderr
+    # one person's own record stays available to them (access request)
+    assert json.loads(cli("subscriber", "show", "bo@example.com", "--json").stdout)["suppression"]

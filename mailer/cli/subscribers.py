@@ -9,6 +9,7 @@ from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.confirm import pending_confirmation, send_confirmation
 from mailer.errors import SuppressedError
 from mailer.importer import ImportReport, import_csv
+from mailer.privacy import opted_out_member_ids
 from mailer.subscribers import (
     AddOutcome,
     Consent,
@@ -125,7 +126,7 @@ def _print_report(report: ImportReport) -> None:
 @json_option
 @pass_app
 def subscriber_ls(app: AppContext, list_name: str, as_json: bool) -> None:
-    """List a list's subscribers with their status.
+    """List a list's subscribers with their status; opted-out addresses are counted, never listed.
 
     \b
     Example:
@@ -133,19 +134,24 @@ def subscriber_ls(app: AppContext, list_name: str, as_json: bool) -> None:
       ana@example.com  active  Ana Lima
     """
     with app.db.session() as session:
+        hidden = opted_out_member_ids(session, list_name)
+        members = ((s, sub) for s, sub in iter_list_members(session, list_name) if s.id not in hidden)
         if as_json:
             echo_json([
                 {"email": s.email, "name": s.name, "status": sub.status.value,
                  "attributes": s.attributes, "consent_at": sub.consent_at.isoformat()}
-                for s, sub in iter_list_members(session, list_name)
+                for s, sub in members
             ])
-            return
-        count = 0
-        for subscriber, subscription in iter_list_members(session, list_name):
-            count += 1
-            click.echo(f"{subscriber.email}  {subscription.status.value}  {subscriber.name}".rstrip())
-        if count == 0:
-            click.echo(f"{list_name} has no subscribers yet", err=True)
+        else:
+            count = 0
+            for subscriber, subscription in members:
+                count += 1
+                click.echo(f"{subscriber.email}  {subscription.status.value}  {subscriber.name}".rstrip())
+            if count == 0 and not hidden:
+                click.echo(f"{list_name} has no subscribers yet", err=True)
+    if hidden:
+        click.echo(f"{len(hidden)} opted-out members not listed: opted-out addresses are never exported",
+                   err=True)
 
 
 @subscriber_group.command("show")
