@@ -232,3 +232,23 @@ def start_notice(config: Config, database: Database, notice_id: int, actor: str)
                         "recipients": sum(status.counts.values()), "started_at": utcnow().isoformat()},
             )
     return opened
+
+
+def copy_example_notice(name: str, directory: Path) -> list[Path]:
+    """Copy a shipped example notice (HTML and text parts) into `directory` to be filled in.
+
+    Raises NotFoundError for an unknown name and InvalidInputError rather than overwrite a file.
+    """
+    folder = notice_templates_dir()
+    sources = sorted(p for p in folder.glob(f"{name}.*.j2") if "/" not in name) if folder.is_dir() else []
+    if not sources:
+        shipped = ", ".join(shipped_notice_templates()) or "none"
+        raise NotFoundError(f"no example notice named {name!r} (shipped: {shipped})")
+    targets = [directory / source.name for source in sources]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        raise InvalidInputError(f"{', '.join(existing)} already exists; not overwritten")
+    directory.mkdir(parents=True, exist_ok=True)
+    for source, target in zip(sources, targets, strict=True):
+        target.write_text(_read(source), encoding="utf-8")
+    return targets

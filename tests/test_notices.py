@@ -197,14 +197,18 @@ def test_the_gate_refuses_an_ad_label_a_sales_pitch_and_unfilled_example_text(
     assert smtp_cli("notice", "check", good).stdout.strip() == f"notice {good} may be sent"
 
 
-def test_the_shipped_breach_notice_passes_once_filled_in(smtp_cli: Cli, tmp_path: Path) -> None:
-    shipped = resource_path("templates") / "notices"
+def test_the_example_breach_notice_passes_once_filled_in(smtp_cli: Cli, tmp_path: Path) -> None:
+    out = smtp_cli("notice", "example", "breach", "--dir", str(tmp_path / "mine")).stdout
+    assert "wrote" in out and "[EDIT: ...]" in out
+    again = smtp_cli("notice", "example", "breach", "--dir", str(tmp_path / "mine"), ok=False)
+    assert again.exit_code == 1 and "not overwritten" in again.stderr
+    unfilled = _create(smtp_cli, tmp_path / "mine" / "breach.html.j2")
+    assert "[EDIT" in smtp_cli("notice", "check", unfilled, ok=False).stderr
     for suffix in (".html.j2", ".txt.j2"):
-        text = (shipped / f"breach{suffix}").read_text("utf-8")
-        filled = text.replace("[EDIT:", "(").replace("[EDIT", "(").replace("]", ")")
-        (tmp_path / f"breach-2026{suffix}").write_text(filled, encoding="utf-8")
+        path = tmp_path / "mine" / f"breach{suffix}"
+        path.write_text(path.read_text("utf-8").replace("[EDIT:", "(").replace("]", ")"), encoding="utf-8")
 
-    notice_id = _create(smtp_cli, tmp_path / "breach-2026.html.j2")
+    notice_id = _create(smtp_cli, tmp_path / "mine" / "breach.html.j2")
 
     assert smtp_cli("notice", "check", notice_id).stdout.strip() == f"notice {notice_id} may be sent"
 
@@ -219,5 +223,5 @@ def test_a_campaign_id_is_not_a_notice(smtp_cli: Cli) -> None:
 
 
 def test_every_notice_command_has_help_with_an_example(smtp_cli: Cli) -> None:
-    for command in ("create", "check", "send", "ls"):
+    for command in ("example", "create", "check", "send", "ls"):
         assert "Example:" in smtp_cli("notice", command, "--help").stdout

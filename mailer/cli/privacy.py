@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,14 @@ from mailer.cli.subscribers import subscriber_group
 from mailer.confirm import prepare_confirmation, send_confirmation
 from mailer.errors import InvalidInputError
 from mailer.lifecycle import campaign_status
-from mailer.notices import check_notice, create_notice, get_notice, list_notices, start_notice
+from mailer.notices import (
+    check_notice,
+    copy_example_notice,
+    create_notice,
+    get_notice,
+    list_notices,
+    start_notice,
+)
 from mailer.privacy import (
     export_subscriber,
     forget_subscriber,
@@ -196,17 +204,38 @@ def notice_group() -> None:
     A notice goes to every subscriber not erased and not hard-bounced, those who
     unsubscribed from marketing included. It carries no ad label and no promotion.
 
-    templates/notices/breach.html.j2 (+ .txt.j2) is an example breach notice: copy it,
-    fill in every [EDIT: ...] marker, and give the copy to `notice create`.
+    `notice example breach` copies the shipped example breach notice (HTML and text) to
+    fill in; the gate refuses it while any [EDIT: ...] marker is left.
 
     \b
     Example:
+      $ mailer notice example breach
       $ mailer notice create --subject "A security incident affecting your data" \\
-          --template breach-2026.html.j2 \\
+          --template breach.html.j2 \\
           --reason "we must tell you about a security incident that affected your data"
       created notice 7 (check it with `mailer notice check 7`)
       $ mailer notice send 7
     """
+
+
+@notice_group.command("example")
+@click.argument("name", default="breach")
+@click.option("--dir", "directory", default=".", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the copy (default: here).")
+def notice_example(name: str, directory: Path) -> None:
+    """Copy a shipped example notice (default: breach) to fill in before `notice create`.
+
+    \b
+    Example:
+      $ mailer notice example breach
+      wrote breach.html.j2
+      wrote breach.txt.j2
+      fill in every [EDIT: ...] marker, then `mailer notice create --template breach.html.j2 ...`
+    """
+    for target in copy_example_notice(name, directory):
+        click.echo(f"wrote {target}")
+    click.echo(f"fill in every [EDIT: ...] marker, then "
+               f"`mailer notice create --template {directory / name}.html.j2 ...`")
 
 
 @notice_group.command("create")
