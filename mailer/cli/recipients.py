@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from mailer.cli import main
-from mailer.cli.context import AppContext, pass_app
+from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.inbound import InboundKind, process_inbound
 
 DEFAULT_THREADS = 16
 
@@ -55,3 +58,62 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
         pass
     finally:
         server.close()
+
+
+# how each kind is counted in the summary, in the order people care about
+_LABELS = {
+    InboundKind.HARD_BOUNCE: "hard bounces",
+    InboundKind.SOFT_BOUNCE: "soft bounces",
+    InboundKind.COMPLAINT: "complaints",
+    InboundKind.UNSUBSCRIBE: "unsubscribes",
+    InboundKind.AUTO_REPLY: "auto-replies",
+    InboundKind.UNMATCHED: "unmatched",
+    InboundKind.OTHER: "other",
+    InboundKind.ALREADY_PROCESSED: "already processed",
+}
+
+
+@main.group("inbound")
+def inbound_group() -> None:
+    """Mail coming back: bounces, spam complaints, mailto unsubscribes.
+
+    \b
+    Example:
+      $ mailer inbound process ~/Maildir/bounces
+      $ mailer inbound process - < message.eml
+    """
+
+
+@inbound_group.command("process")
+@click.argument("source", metavar="PATH|-")
+@json_option
+@pass_app
+def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
+    """Sort and act on a Maildir, an mbox, one message file, or one message on stdin (-).
+
+    Permanent bounces fail the delivery and suppress the address; transient ones are counted
+    (sending.soft_bounce_limit campaigns suppress); spam complaints suppress; mail to the
+    unsubscribe address unsubscribes; auto-replies are ignored; anything else is left alone
+    and listed. Running it again over the same mail changes nothing.
+
+    \b
+    Example:
+      $ mailer inbound process ~/Maildir/bounces
+      hard bounces: 2
+      soft bounces: 1
+      ...
+      left alone:
+        <question-1@example.com> from carla@example.com "Shipping?": not a bounce, ...
+    For an MTA, pipe each message in (Postfix: "bounces: |mailer inbound process -").
+    """
+    report = process_inbound(app.db, app.config, source)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    for kind, count in report.counts.items():
+        click.echo(f"{_LABELS[kind]}: {count}")
+    if report.left_alone:
+        click.echo("left alone:")
+        for item in report.left_alone:
+            click.echo(f"  {item.message_id or '(no Message-ID)'} from {item.sender or '(no From)'} "
+                       f"{json.dumps(item.subject, ensure_ascii=False)}: {item.note}")

@@ -1,0 +1,654 @@
+"""Mail that comes back: bounces (RFC 3464), complaints (RFC 5965), mailto unsubscribes, auto-replies."""
+
+from __future__ import annotations
+
+import email
+import enum
+import hashlib
+import mailbox
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import HeaderParser
+from email.utils import getaddresses, parseaddr
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote
+
+import sqlalchemy as sa
+from flufl.bounce import all_failures
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailer.config import Config
+from mailer.db import Database, address_hash
+from mailer.errors import InvalidInputError, TokenError
+from mailer.models import (
+    BounceEvent,
+    BounceKind,
+    Delivery,
+    DeliveryState,
+    InboundMessage,
+    Subscriber,
+    SuppressionReason,
+)
+from mailer.optout import OptOutSource, mask_email, unsubscribe
+from mailer.subscribers import find_subscriber
+from mailer.suppression import suppress_address
+from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
+from mailer.verp import parse_return_path
+
+
+class InboundKind(enum.StrEnum):
+    """What one inbound message turned out to be, and so what was done with it."""
+
+    HARD_BOUNCE = "hard_bounce"  # permanent failure: delivery marked failed, address suppressed
+    SOFT_BOUNCE = "soft_bounce"  # transient failure: counted; suppressed at sending.soft_bounce_limit
+    COMPLAINT = "complaint"  # ARF abuse report: address suppressed
+    UNSUBSCRIBE = "unsubscribe"  # mail to the unsubscribe address: opted out like the web page
+    AUTO_REPLY = "auto_reply"  # vacation and other automatic replies: ignored
+    UNMATCHED = "unmatched"  # a bounce, report or request naming nobody we mailed: left alone
+    OTHER = "other"  # anything else: left alone, listed for a person to read
+    ALREADY_PROCESSED = "already_processed"  # acted on in an earlier run: nothing done again
+
+
+# the kinds that change the database; their messages are remembered so a rerun skips them
+_ACTED = frozenset({InboundKind.HARD_BOUNCE, InboundKind.SOFT_BOUNCE, InboundKind.COMPLAINT,
+                    InboundKind.UNSUBSCRIBE})
+# what a person should look at after a run
+LEFT_ALONE = frozenset({InboundKind.UNMATCHED, InboundKind.OTHER})
+
+# delivery states in which the relay had the message, so a later bounce means it failed
+_BOUNCEABLE_STATES = frozenset({DeliveryState.SENT, DeliveryState.DEFERRED, DeliveryState.SENDING,
+                                DeliveryState.IN_DOUBT})
+
+# itsdangerous URL-safe tokens are base64url payload "." base64url signature (43 chars for sha256)
+_TOKEN = re.compile(r"(?<![A-Za-z0-9_\-.])([A-Za-z0-9_\-]{2,200}\.[A-Za-z0-9_\-]{40,100})(?![A-Za-z0-9_\-])")
+# more candidates than this in one message is noise, not a person asking to leave
+_MAX_TOKEN_CANDIDATES = 50
+_SMTP_CODE = re.compile(r"\b([245][0-9][0-9])\b")
+_DAEMON_LOCALPARTS = frozenset({"mailer-daemon", "mailer_daemon", "mail-daemon", "postmaster",
+                                "mail-delivery-subsystem", "mdaemon", "mailerdaemon"})
+_AUTO_REPLY_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ _-]?(reply|response|antwort)|auto:|out of (the )?office|on vacation|"
+    r"vacation (reply|notice)|abwesenheit|réponse automatique|risposta automatica|respuesta automática)",
+    re.IGNORECASE,
+)
+_RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To", "Cc")
+_MAX_NOTE = 300
+
+
+@dataclass(frozen=True)
+class InboundItem:
+    """One message and what became of it."""
+
+    kind: InboundKind
+    message_id: str
+    sender: str
+    subject: str
+    note: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind.value, "message_id": self.message_id, "from": self.sender,
+                "subject": self.subject, "note": self.note}
+
+
+@dataclass
+class InboundReport:
+    """Every message read in one run, in order."""
+
+    items: list[InboundItem] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[InboundKind, int]:
+        """A count for every kind, zeros included, in InboundKind order."""
+        seen = Counter(item.kind for item in self.items)
+        return {kind: seen[kind] for kind in InboundKind}
+
+    @property
+    def left_alone(self) -> list[InboundItem]:
+        return [item for item in self.items if item.kind in LEFT_ALONE]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": len(self.items),
+            "counts": {kind.value: count for kind, count in self.counts.items()},
+            "messages": [item.to_dict() for item in self.items],
+        }
+
+
+def process_inbound(
+    database: Database, config: Config, source: str | os.PathLike[str] | BinaryIO
+) -> InboundReport:
+    """Read a Maildir, an mbox, one message file, or one message from a stream ("-" is stdin).
+
+    Each message is handled in its own transaction. Raises InvalidInputError when the source
+    cannot be read, ConfigError when no signing key is configured.
+    """
+    config.require_secret_keys()
+    report = InboundReport()
+    for raw in read_messages(source):
+        report.items.append(process_message(database, config, raw))
+    return report
+
+
+def read_messages(source: str | os.PathLike[str] | BinaryIO) -> Iterator[bytes]:
+    """The raw bytes of each message in a Maildir, an mbox, a message file or a stream."""
+    if not isinstance(source, str | os.PathLike):
+        yield source.read()
+        return
+    if str(source) == "-":
+        yield sys.stdin.buffer.read()
+        return
+    path = Path(source)
+    if path.is_dir():
+        if not ((path / "cur").is_dir() or (path / "new").is_dir()):
+            raise InvalidInputError(f"{path} is a directory but not a Maildir (it has no cur/ or new/)")
+        maildir = mailbox.Maildir(path, factory=None, create=False)
+        # key order is arrival order for Maildir names: time first
+        for key in sorted(maildir.keys()):
+            yield maildir.get_bytes(key)
+        return
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(5)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head == b"From ":
+        mbox = mailbox.mbox(path, factory=None, create=False)
+        try:
+            for key in mbox.iterkeys():
+                yield mbox.get_bytes(key)
+        finally:
+            mbox.close()
+        return
+    yield path.read_bytes()
+
+
+def process_message(database: Database, config: Config, raw: bytes) -> InboundItem:
+    """Classify one message and act on it; a message acted on before is skipped."""
+    msg = email.message_from_bytes(raw)
+    message_id = _header_text(msg, "Message-ID")
+    sender = parseaddr(_header_text(msg, "From"))[1]
+    subject = _header_text(msg, "Subject")
+    fingerprint = _fingerprint(message_id, raw)
+    # the reading and guessing happens outside the transaction: SQLite holds its write lock briefly
+    analysis = analyse(config, msg, raw)
+    try:
+        with database.session() as session:
+            if session.scalar(sa.select(InboundMessage.id).where(InboundMessage.fingerprint == fingerprint)):
+                kind, note = InboundKind.ALREADY_PROCESSED, "acted on in an earlier run; nothing done"
+            else:
+                kind, note = _act(session, config, analysis)
+                if kind in _ACTED:
+                    session.add(InboundMessage(fingerprint=fingerprint, kind=kind.value))
+    except IntegrityError:
+        # another run took the same message between our check and our insert
+        kind, note = InboundKind.ALREADY_PROCESSED, "acted on by a concurrent run; nothing done"
+    return InboundItem(kind, message_id, sender, subject, note[:_MAX_NOTE])
+
+
+def _fingerprint(message_id: str, raw: bytes) -> str:
+    if message_id.strip():
+        return hashlib.sha256(b"mid:" + message_id.strip().encode("utf-8", "replace")).hexdigest()
+    return hashlib.sha256(b"raw:" + raw).hexdigest()
+
+
+# --- reading a message: no database here -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    """One per-recipient block of a delivery-status report (RFC 3464 section 2.3)."""
+
+    recipient: str
+    action: str
+    status: str
+    diagnostic: str
+
+    @property
+    def failed(self) -> bool:
+        # opensmtpd writes the non-standard "error"
+        return self.action.startswith(("failed", "error"))
+
+    @property
+    def permanent(self) -> bool:
+        """Action failed with a 5.x.x status (or, lacking one, a 5xx reply): the address is dead."""
+        if not self.failed:
+            return False
+        if self.status[:1] in ("4", "5"):
+            return self.status.startswith("5")
+        code = _SMTP_CODE.search(self.diagnostic)
+        return code is None or code.group(1).startswith("5")
+
+    @property
+    def transient(self) -> bool:
+        """Delayed, or given up on after 4.x.x failures: the mailbox may well come back."""
+        return self.action.startswith("delayed") or (self.failed and not self.permanent)
+
+
+@dataclass
+class Analysis:
+    """What a message is and whom it names, found without touching the database."""
+
+    kind: InboundKind
+    note: str = ""
+    status: str = ""  # enhanced status code of a bounce
+    diagnostic: str = ""
+    delivery_ids: list[int] = field(default_factory=list)  # from VERP addresses, most trusted first
+    claims: list[UnsubscribeClaim] = field(default_factory=list)  # from signed tokens
+    named_addresses: list[str] = field(default_factory=list)  # recipients a report names
+    from_address: str = ""
+    user_agent: str = ""  # the software that sent a complaint
+
+
+def analyse(config: Config, msg: Message, raw: bytes) -> Analysis:
+    """Sort a message: complaint, bounce, auto-reply, unsubscribe request, or other."""
+    from_address = parseaddr(_header_text(msg, "From"))[1]
+    report = feedback_report(msg)
+    if report is not None:
+        return _analyse_complaint(config, msg, raw, report, from_address)
+    statuses = delivery_statuses(msg)
+    if statuses:
+        return _analyse_dsn(config, msg, raw, statuses)
+    if _looks_like_daemon(msg, from_address):
+        found = _heuristic_bounce(config, msg, raw)
+        if found is not None:
+            return found
+    if is_auto_reply(msg):
+        return Analysis(InboundKind.AUTO_REPLY, note="automatic reply; ignored", from_address=from_address)
+    if _is_unsubscribe_request(config, msg):
+        return Analysis(InboundKind.UNSUBSCRIBE, claims=_claims_for_mailto(config, msg),
+                        from_address=from_address)
+    return Analysis(InboundKind.OTHER, note="not a bounce, complaint or unsubscribe request",
+                    from_address=from_address)
+
+
+def feedback_report(msg: Message) -> Message | None:
+    """The machine-readable part of an ARF report (RFC 5965), or None."""
+    for part in msg.walk():
+        if part.get_content_type() == "message/feedback-report":
+            return HeaderParser().parsestr(_part_text(part))
+    return None
+
+
+def delivery_statuses(msg: Message) -> list[RecipientStatus]:
+    """The per-recipient blocks of every delivery-status part (RFC 3464, and RFC 6533's global)."""
+    found: list[RecipientStatus] = []
+    for part in msg.walk():
+        if part.get_content_type() not in ("message/delivery-status", "message/global-delivery-status"):
+            continue
+        for block in re.split(r"\r?\n\s*\r?\n", _part_text(part)):
+            fields = HeaderParser().parsestr(block.strip() + "\n")
+            action = _unfold(fields.get("Action", "")).lower()
+            recipient = _unfold(fields.get("Final-Recipient", "") or fields.get("Original-Recipient", ""))
+            if not action or not recipient:
+                continue  # the per-message block, or noise
+            found.append(RecipientStatus(
+                recipient=recipient.partition(";")[2].strip().strip("<>") or recipient.strip("<>"),
+                action=action,
+                status=_unfold(fields.get("Status", "")).split()[0] if fields.get("Status") else "",
+                diagnostic=_unfold(fields.get("Diagnostic-Code", "")),
+            ))
+    return found
+
+
+def is_auto_reply(msg: Message) -> bool:
+    """RFC 3834 Auto-Submitted other than "no", the older vacation headers, or a vacation subject."""
+    auto_submitted = _header_text(msg, "Auto-Submitted").strip().lower()
+    if auto_submitted and not auto_submitted.startswith("no"):
+        return True
+    if any(msg.get(name) for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponse", "X-Vacation",
+                                      "X-AutoReply-From", "X-Mail-Autoreply")):
+        return True
+    precedence = (_header_text(msg, "Precedence") + " " + _header_text(msg, "X-Precedence")).lower()
+    if "auto_reply" in precedence or "auto-reply" in precedence:
+        return True
+    if "autoresponder" in _header_text(msg, "X-POST-MessageClass").lower():
+        return True
+    return bool(_AUTO_REPLY_SUBJECT.match(_header_text(msg, "Subject")))
+
+
+def _analyse_dsn(config: Config, msg: Message, raw: bytes, statuses: list[RecipientStatus]) -> Analysis:
+    permanent = [s for s in statuses if s.permanent]
+    transient = [s for s in statuses if s.transient]
+    chosen = (permanent or transient or statuses)[0]
+    if permanent:
+        kind = InboundKind.HARD_BOUNCE
+    elif transient:
+        kind = InboundKind.SOFT_BOUNCE
+    else:
+        return Analysis(InboundKind.OTHER, note=f"delivery report without a failure ({chosen.action})")
+    return Analysis(
+        kind, status=chosen.status, diagnostic=chosen.diagnostic,
+        delivery_ids=_verp_deliveries(config, msg, raw), claims=_claims_in(config, [raw_text(raw)]),
+        named_addresses=[s.recipient for s in statuses],
+    )
+
+
+def _heuristic_bounce(config: Config, msg: Message, raw: bytes) -> Analysis | None:
+    """A bounce without a delivery-status part (classic Exim, Yahoo's "failure notice"...)."""
+    try:
+        temporary, permanent = all_failures(msg)
+    # flufl.bounce's heuristics run over arbitrary mail from the internet; one message they
+    # choke on must be left for a person, not stop the whole mailbox
+    except Exception:
+        return None
+    if not (temporary or permanent):
+        return None
+    addresses = sorted(a.decode("ascii", "replace") for a in (permanent or temporary))
+    body = _body_text(msg)
+    status_match = re.search(r"\b([45]\.[0-9]{1,3}\.[0-9]{1,3})\b", body)
+    code_match = _SMTP_CODE.search(body)
+    return Analysis(
+        InboundKind.HARD_BOUNCE if permanent else InboundKind.SOFT_BOUNCE,
+        status=status_match.group(1) if status_match else "",
+        diagnostic=(code_match.group(0) if code_match else "") + " (bounce without a delivery-status part)",
+        delivery_ids=_verp_deliveries(config, msg, raw),
+        claims=_claims_in(config, [raw_text(raw)]),
+        named_addresses=addresses,
+    )
+
+
+def _analyse_complaint(
+    config: Config, msg: Message, raw: bytes, report: Message, from_address: str
+) -> Analysis:
+    feedback_type = _unfold(report.get("Feedback-Type", "")).lower()
+    user_agent = _unfold(report.get("User-Agent", ""))
+    if feedback_type != "abuse":
+        return Analysis(InboundKind.OTHER, note=f"feedback report of type {feedback_type or 'unknown'!r}",
+                        from_address=from_address)
+    named = [addr for _name, addr in getaddresses(report.get_all("Original-Rcpt-To", [])) if addr]
+    for original in _original_headers(msg):
+        named += [addr for _name, addr in getaddresses(original.get_all("To", [])) if addr]
+    return Analysis(
+        InboundKind.COMPLAINT,
+        delivery_ids=_verp_deliveries(config, msg, raw),
+        claims=_claims_in(config, [raw_text(raw)]),
+        named_addresses=named,
+        from_address=from_address,
+        user_agent=user_agent,
+    )
+
+
+def _looks_like_daemon(msg: Message, from_address: str) -> bool:
+    local = from_address.rpartition("@")[0].lower()
+    return local in _DAEMON_LOCALPARTS or bool(msg.get("X-Failed-Recipients"))
+
+
+def _is_unsubscribe_request(config: Config, msg: Message) -> bool:
+    """Addressed to the unsubscribe mailbox (plus-tags too), or "unsubscribe <valid token>" as subject."""
+    if _unsubscribe_mailbox_addresses(config, msg):
+        return True
+    subject = unquote(_header_text(msg, "Subject"))
+    return "unsubscribe" in subject.lower() and bool(_claims_in(config, [subject]))
+
+
+def _unsubscribe_mailbox_addresses(config: Config, msg: Message) -> list[str]:
+    mailto = config.unsubscribe.mailto.lower()
+    if not mailto:
+        return []
+    local, _, domain = mailto.rpartition("@")
+    matches: list[str] = []
+    for address in _recipient_addresses(msg):
+        their_local, _, their_domain = address.rpartition("@")
+        if their_domain.lower() != domain:
+            continue
+        if their_local.lower() == local or their_local.lower().startswith(local + "+"):
+            matches.append(address)
+    return matches
+
+
+def _claims_for_mailto(config: Config, msg: Message) -> list[UnsubscribeClaim]:
+    # most deliberate first: the plus-tag and the subject the mailto: link filled in, then the body
+    plus_tags = [addr.rpartition("@")[0].partition("+")[2] for addr in _unsubscribe_mailbox_addresses(config, msg)]
+    subject = _header_text(msg, "Subject")
+    return _claims_in(config, [*plus_tags, unquote(subject), subject, _body_text(msg)])
+
+
+def _claims_in(config: Config, texts: Iterable[str]) -> list[UnsubscribeClaim]:
+    """Every valid unsubscribe token in the texts, in order, each once."""
+    keys = config.require_secret_keys()
+    claims: list[UnsubscribeClaim] = []
+    tried: set[str] = set()
+    for text in texts:
+        for candidate in _TOKEN.findall(text):
+            if candidate in tried:
+                continue
+            if len(tried) >= _MAX_TOKEN_CANDIDATES:
+                return claims
+            tried.add(candidate)
+            try:
+                claim = read_unsubscribe_token(keys, candidate)
+            except TokenError:
+                continue
+            if claim not in claims:
+                claims.append(claim)
+    return claims
+
+
+def _verp_deliveries(config: Config, msg: Message, raw: bytes) -> list[int]:
+    """Delivery ids from our VERP addresses: where the bounce was delivered to first, then anywhere."""
+    domain = re.escape(config.sender.bounce_domain)
+    pattern = re.compile(rf"b-[0-9]+-[a-z2-7]{{10}}@{domain}", re.IGNORECASE)
+    ids: list[int] = []
+    texts = [" ".join(msg.get_all(name, [])) for name in _RECIPIENT_HEADERS] + [raw_text(raw)]
+    for text in texts:
+        for address in pattern.findall(text):
+            delivery_id = parse_return_path(config, address)
+            if delivery_id is not None and delivery_id not in ids:
+                ids.append(delivery_id)
+    return ids
+
+
+def _recipient_addresses(msg: Message) -> list[str]:
+    values: list[str] = []
+    for name in _RECIPIENT_HEADERS:
+        values += [str(v) for v in msg.get_all(name, [])]
+    return [addr for _name, addr in getaddresses(values) if addr]
+
+
+def _original_headers(msg: Message) -> list[Message]:
+    """The returned original message's headers, from message/rfc822 or text/rfc822-headers parts."""
+    originals: list[Message] = []
+    for part in msg.walk():
+        content_type = part.get_content_type()
+        if content_type in ("message/rfc822", "message/global"):
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                originals.append(payload[0])
+        elif content_type in ("text/rfc822-headers", "message/rfc822-headers", "text/global-headers"):
+            originals.append(HeaderParser().parsestr(_part_text(part)))
+    return originals
+
+
+def _part_text(part: Message) -> str:
+    """A part's content as text, whether the parser split it into blocks or left it a string."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return "\n\n".join(block.as_string() for block in payload if isinstance(block, Message))
+    data = part.get_payload(decode=True)
+    if isinstance(data, bytes):
+        return _decode(data, part.get_content_charset())
+    return str(payload)
+
+
+def _body_text(msg: Message) -> str:
+    """The text/plain parts of a message (not of attached messages), decoded."""
+    texts: list[str] = []
+    for part in msg.walk():
+        if part.get_content_type() == "message/rfc822":
+            break
+        if part.get_content_type() == "text/plain":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                texts.append(_decode(data, part.get_content_charset()))
+    return "\n".join(texts)
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except LookupError:
+        return data.decode("latin-1")
+
+
+def raw_text(raw: bytes) -> str:
+    # latin-1 maps every byte, so ASCII tokens and addresses survive whatever the real charset is
+    return raw.decode("latin-1")
+
+
+def _header_text(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    if value is None:
+        return ""
+    try:
+        text = str(make_header(decode_header(str(value))))
+    except (UnicodeError, LookupError, ValueError):
+        text = str(value)
+    return _unfold(text)
+
+
+def _unfold(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+# --- acting on it -------------------------------------------------------------------------------
+
+
+def _act(session: Session, config: Config, analysis: Analysis) -> tuple[InboundKind, str]:
+    if analysis.kind in (InboundKind.HARD_BOUNCE, InboundKind.SOFT_BOUNCE):
+        return _record_bounce(session, config, analysis)
+    if analysis.kind is InboundKind.COMPLAINT:
+        return _record_complaint(session, config, analysis)
+    if analysis.kind is InboundKind.UNSUBSCRIBE:
+        return _unsubscribe_by_mail(session, config, analysis)
+    return analysis.kind, analysis.note
+
+
+def _find_delivery(session: Session, analysis: Analysis) -> Delivery | None:
+    for delivery_id in analysis.delivery_ids:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is not None:
+            return delivery
+    # no VERP address survived: the token in the returned original names campaign and subscriber
+    for claim in analysis.claims:
+        if claim.campaign_id is None:
+            continue
+        delivery = session.scalar(sa.select(Delivery).where(
+            Delivery.campaign_id == claim.campaign_id, Delivery.subscriber_id == claim.subscriber_id))
+        if delivery is not None:
+            return delivery
+    return None
+
+
+def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tuple[InboundKind, str]:
+    delivery = _find_delivery(session, analysis)
+    if delivery is None:
+        return InboundKind.UNMATCHED, "a bounce that names none of our deliveries"
+    subscriber = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id else None
+    email = subscriber.email if subscriber is not None else ""
+    # an erased subscriber leaves only the hash of the address the report names
+    digest = address_hash(email or (analysis.named_addresses or ["unknown"])[0])
+    who = email or "an erased subscriber"
+    code = _SMTP_CODE.search(analysis.diagnostic)
+    status = analysis.status or (code.group(1) if code else "no status")
+    if analysis.kind is InboundKind.HARD_BOUNCE:
+        _add_bounce_event(session, BounceKind.HARD, delivery, digest, analysis)
+        if delivery.state in _BOUNCEABLE_STATES:
+            # the one place a sent delivery becomes failed after the fact: the receiver said so later
+            delivery.state = DeliveryState.FAILED
+            delivery.last_code = int(code.group(1)) if code else delivery.last_code
+            delivery.last_response = f"bounced: {status} {analysis.diagnostic}".strip()[:1000]
+        if email:
+            suppress_address(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}"[:100])
+        return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who} suppressed"
+    added = _add_bounce_event(session, BounceKind.SOFT, delivery, digest, analysis)
+    campaigns = session.scalar(
+        sa.select(sa.func.count(sa.distinct(BounceEvent.campaign_id)))
+        .where(BounceEvent.address_hash == digest, BounceEvent.kind == BounceKind.SOFT)
+    ) or 0
+    limit = config.sending.soft_bounce_limit
+    note = f"delivery {delivery.id} delayed or failed for now ({status}); {who}: {campaigns} of {limit}"
+    if not added:
+        note += " (this delivery was already counted)"
+    if campaigns >= limit and email:
+        _entry, created = suppress_address(
+            session, email, SuppressionReason.SOFT_BOUNCES, f"{campaigns} campaigns soft-bounced"
+        )
+        if created:
+            note += "; suppressed"
+    return InboundKind.SOFT_BOUNCE, note
+
+
+def _add_bounce_event(
+    session: Session, kind: BounceKind, delivery: Delivery | None, digest: str, analysis: Analysis
+) -> bool:
+    """Record one event per (delivery, kind); False when it was there already."""
+    if delivery is not None and session.scalar(
+        sa.select(BounceEvent.id).where(BounceEvent.delivery_id == delivery.id, BounceEvent.kind == kind)
+    ):
+        return False
+    session.add(BounceEvent(
+        kind=kind,
+        delivery_id=delivery.id if delivery else None,
+        campaign_id=delivery.campaign_id if delivery else None,
+        address_hash=digest,
+        status=analysis.status[:20],
+        diagnostic=analysis.diagnostic[:1000],
+    ))
+    session.flush()
+    return True
+
+
+def _record_complaint(session: Session, config: Config, analysis: Analysis) -> tuple[InboundKind, str]:
+    delivery = _find_delivery(session, analysis)
+    subscriber = _complainant(session, analysis, delivery)
+    if subscriber is None:
+        return InboundKind.UNMATCHED, "a spam complaint about nobody we mailed"
+    source = f"complaint ({analysis.user_agent or analysis.from_address or 'ARF'})"[:100]
+    _entry, created = suppress_address(session, subscriber.email, SuppressionReason.COMPLAINT, source)
+    _add_bounce_event(session, BounceKind.COMPLAINT, delivery, address_hash(subscriber.email), analysis)
+    # a spam report is the strongest opt-out there is: every list, whatever unsubscribe.scope says
+    unsubscribe(session, config, UnsubscribeClaim(subscriber.id, None, delivery.campaign_id if delivery else None),
+                "complaint", actor="inbound")
+    return InboundKind.COMPLAINT, f"{subscriber.email} suppressed" + ("" if created else " (already)")
+
+
+def _complainant(session: Session, analysis: Analysis, delivery: Delivery | None) -> Subscriber | None:
+    # the signed token and the VERP address cannot be forged; a named address is the last resort,
+    # since providers often redact it
+    for claim in analysis.claims:
+        subscriber = session.get(Subscriber, claim.subscriber_id)
+        if subscriber is not None:
+            return subscriber
+    if delivery is not None and delivery.subscriber_id is not None:
+        return session.get(Subscriber, delivery.subscriber_id)
+    for address in analysis.named_addresses:
+        subscriber = find_subscriber(session, address)
+        if subscriber is not None:
+            return subscriber
+    return None
+
+
+def _unsubscribe_by_mail(session: Session, config: Config, analysis: Analysis) -> tuple[InboundKind, str]:
+    claim = next((c for c in analysis.claims if session.get(Subscriber, c.subscriber_id)), None)
+    how = "token"
+    if claim is None and analysis.from_address:
+        # no usable token: the sender asks for their own address, as the 400 page tells them to
+        sender = find_subscriber(session, analysis.from_address)
+        if sender is not None:
+            claim, how = UnsubscribeClaim(sender.id, None, None), "sender address"
+    if claim is None:
+        return InboundKind.UNMATCHED, "an unsubscribe request for nobody we know"
+    result = unsubscribe(session, config, claim, OptOutSource.MAILTO)
+    target = result.masked_email or mask_email(analysis.from_address)
+    if not result.changed:
+        return InboundKind.UNSUBSCRIBE, f"{target} was already unsubscribed (by {how})"
+    scope = f"the list {result.list_title}" if result.list_title else "everything"
+    return InboundKind.UNSUBSCRIBE, f"{target} unsubscribed from {scope} (by {how})"

@@ -1,0 +1,344 @@
+"""`mailer inbound process`: bounces, complaints, mailto unsubscribes and auto-replies as providers send them."""
+
+from __future__ import annotations
+
+import io
+import json
+import mailbox
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import Cli
+from recipient_helpers import (
+    Person,
+    add_person,
+    audit_events,
+    make_lists,
+    snapshot,
+    statuses,
+    suppressions,
+)
+
+from mailer.config import Config, UnsubscribeScope
+from mailer.db import Database, address_hash
+from mailer.errors import InvalidInputError
+from mailer.inbound import InboundKind, InboundReport, process_inbound
+from mailer.models import (
+    BounceEvent,
+    Campaign,
+    CampaignStatus,
+    Delivery,
+    DeliveryState,
+    SubscriptionStatus,
+    SuppressionReason,
+)
+from mailer.verp import make_return_path
+
+FIXTURES = Path(__file__).parent / "fixtures" / "inbound"
+
+HARD_BOUNCES = ["gmail_hard_bounce", "yahoo_hard_bounce", "outlook_hard_bounce", "postfix_hard_bounce",
+                "exim_hard_bounce", "exim_classic_bounce"]
+COMPLAINTS = ["yahoo_complaint", "outlook_complaint", "isp_complaint_by_address"]
+MAILTO = ["mailto_subject_token", "mailto_plus_tag", "mailto_from_only"]
+AUTO_REPLIES = ["vacation_gmail", "vacation_exchange_to_unsubscribe", "vacation_legacy"]
+OTHERS = ["junk", "question", "relayed_dsn"]
+
+
+def make_campaign(database: Database, list_id: int, subject: str = "Our autumn collection is here") -> int:
+    with database.session() as session:
+        campaign = Campaign(list_id=list_id, subject=subject, from_address="news@harmonymails.com",
+                            html_template="<html><body>Hi</body></html>", status=CampaignStatus.SENT)
+        session.add(campaign)
+        session.flush()
+        return campaign.id
+
+
+def make_delivery(database: Database, campaign_id: int, person: Person,
+                  state: DeliveryState = DeliveryState.SENT) -> int:
+    with database.session() as session:
+        delivery = Delivery(campaign_id=campaign_id, subscriber_id=person.subscriber_id, state=state,
+                            attempts=1, last_code=250)
+        session.add(delivery)
+        session.flush()
+        return delivery.id
+
+
+def delivery_row(database: Database, delivery_id: int) -> Delivery:
+    with database.session() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery is not None
+        return delivery
+
+
+def render(name: str, config: Config, person: Person, delivery_id: int, campaign_id: int | None,
+           verp: str | None = None) -> bytes:
+    text = (FIXTURES / f"{name}.eml").read_text(encoding="utf-8")
+    text = (text.replace("{{VERP}}", verp or make_return_path(config, delivery_id))
+                .replace("{{RCPT}}", person.email)
+                .replace("{{TOKEN}}", person.token(config, campaign_id=campaign_id)))
+    assert "{{" not in text
+    return text.encode("utf-8")
+
+
+def process_bytes(database: Database, config: Config, raw: bytes) -> InboundReport:
+    return process_inbound(database, config, io.BytesIO(raw))
+
+
+class World:
+    """Ana has received campaign 1; Bob is on the same list and must never be touched."""
+
+    def __init__(self, database: Database, config: Config) -> None:
+        self.database = database
+        self.config = config
+        lists = make_lists(database, "news", "offers")
+        self.ana = add_person(database, "ana@example.net", "news", "offers")
+        self.bob = add_person(database, "bob@example.org", "news")
+        self.campaign_id = make_campaign(database, lists["news"])
+        self.delivery_id = make_delivery(database, self.campaign_id, self.ana)
+        self.bob_delivery = make_delivery(database, self.campaign_id, self.bob)
+
+    def fixture(self, name: str, person: Person | None = None, delivery_id: int | None = None,
+                campaign_id: int | None = None, verp: str | None = None) -> bytes:
+        return render(name, self.config, person or self.ana, delivery_id or self.delivery_id,
+                      campaign_id or self.campaign_id, verp)
+
+    def process(self, *names: str) -> InboundReport:
+        report = InboundReport()
+        for name in names:
+            report.items += process_bytes(self.database, self.config, self.fixture(name)).items
+        return report
+
+
+@pytest.fixture
+def world(database: Database, config: Config) -> World:
+    return World(database, config)
+
+
+@pytest.mark.parametrize("name", HARD_BOUNCES)
+def test_a_permanent_bounce_fails_the_delivery_and_suppresses_the_address(world: World, name: str) -> None:
+    [item] = world.process(name).items
+    assert item.kind is InboundKind.HARD_BOUNCE, item.note
+    delivery = delivery_row(world.database, world.delivery_id)
+    assert delivery.state is DeliveryState.FAILED
+    assert "bounced" in delivery.last_response
+    [entry] = suppressions(world.database)
+    assert entry.address_hash == address_hash("ana@example.net")
+    assert entry.reason is SuppressionReason.HARD_BOUNCE
+    # the other recipient of the same campaign is untouched
+    assert delivery_row(world.database, world.bob_delivery).state is DeliveryState.SENT
+
+
+def test_the_bounce_records_the_servers_reply(world: World) -> None:
+    world.process("postfix_hard_bounce")
+    delivery = delivery_row(world.database, world.delivery_id)
+    assert delivery.last_code == 550
+    assert "5.1.1" in delivery.last_response and "User unknown" in delivery.last_response
+    with world.database.session() as session:
+        [event] = session.scalars(sa.select(BounceEvent)).all()
+        assert (event.status, event.delivery_id, event.campaign_id) == ("5.1.1", world.delivery_id,
+                                                                        world.campaign_id)
+
+
+def test_a_bounce_without_our_verp_address_is_matched_by_the_returned_token(world: World) -> None:
+    raw = world.fixture("postfix_hard_bounce", verp="bounces@harmonymails.com")
+    [item] = process_bytes(world.database, world.config, raw).items
+    assert item.kind is InboundKind.HARD_BOUNCE
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.FAILED
+
+
+def test_a_bounce_with_a_forged_verp_address_changes_nothing(world: World) -> None:
+    forged = make_return_path(world.config, world.delivery_id).replace("b-", "b-9", 1)
+    text = (FIXTURES / "exim_classic_bounce.eml").read_text().replace("{{VERP}}", forged)
+    text = text.replace("{{RCPT}}", "ana@example.net")
+    before = snapshot(world.database)
+    [item] = process_bytes(world.database, world.config, text.encode()).items
+    assert item.kind is InboundKind.UNMATCHED
+    assert snapshot(world.database) == before
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.SENT
+
+
+@pytest.mark.parametrize("name", ["postfix_delayed", "postfix_expired_4xx"])
+def test_a_transient_bounce_only_counts(world: World, name: str) -> None:
+    [item] = world.process(name).items
+    assert item.kind is InboundKind.SOFT_BOUNCE, item.note
+    assert "1 of 3" in item.note
+    assert suppressions(world.database) == []
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.SENT
+
+
+def test_soft_bounces_from_three_campaigns_suppress_but_one_campaign_twice_does_not(world: World) -> None:
+    delayed_again = world.fixture("postfix_delayed").replace(b"Message-Id: <", b"Message-Id: <again.")
+    process_bytes(world.database, world.config, world.fixture("postfix_delayed"))
+    [again] = process_bytes(world.database, world.config, delayed_again).items
+    assert "already counted" in again.note
+    assert suppressions(world.database) == []
+    for number in (2, 3):
+        campaign = make_campaign(world.database, world.ana.list_ids["news"], f"Issue {number}")
+        delivery = make_delivery(world.database, campaign, world.ana)
+        raw = world.fixture("postfix_delayed", delivery_id=delivery, campaign_id=campaign)
+        raw = raw.replace(b"Message-Id: <", f"Message-Id: <c{campaign}.".encode())
+        [item] = process_bytes(world.database, world.config, raw).items
+        assert item.kind is InboundKind.SOFT_BOUNCE
+    [entry] = suppressions(world.database)
+    assert entry.reason is SuppressionReason.SOFT_BOUNCES
+    assert entry.address_hash == address_hash("ana@example.net")
+
+
+def test_the_soft_bounce_limit_is_configurable(world: World) -> None:
+    world.config = replace(world.config, sending=replace(world.config.sending, soft_bounce_limit=1))
+    [item] = world.process("postfix_delayed").items
+    assert item.note.endswith("suppressed")
+    assert suppressions(world.database)[0].reason is SuppressionReason.SOFT_BOUNCES
+
+
+@pytest.mark.parametrize("name", COMPLAINTS)
+def test_a_spam_complaint_suppresses_the_recipient(world: World, name: str) -> None:
+    [item] = world.process(name).items
+    assert item.kind is InboundKind.COMPLAINT, item.note
+    [entry] = suppressions(world.database)
+    assert entry.address_hash == address_hash("ana@example.net")
+    assert entry.reason is SuppressionReason.COMPLAINT
+    assert set(statuses(world.database, world.ana).values()) == {SubscriptionStatus.UNSUBSCRIBED}
+    assert statuses(world.database, world.bob) == {"news": SubscriptionStatus.ACTIVE}
+
+
+def test_a_complaint_that_is_not_abuse_is_left_alone(world: World) -> None:
+    raw = world.fixture("isp_complaint_by_address").replace(b"Feedback-Type: abuse", b"Feedback-Type: not-spam")
+    before = snapshot(world.database)
+    [item] = process_bytes(world.database, world.config, raw).items
+    assert item.kind is InboundKind.OTHER and "not-spam" in item.note
+    assert snapshot(world.database) == before
+
+
+@pytest.mark.parametrize("name", MAILTO)
+def test_mail_to_the_unsubscribe_address_unsubscribes_like_the_web(world: World, name: str) -> None:
+    [item] = world.process(name).items
+    assert item.kind is InboundKind.UNSUBSCRIBE, item.note
+    [entry] = suppressions(world.database)
+    assert entry.address_hash == address_hash("ana@example.net")
+    assert (entry.reason, entry.source) == (SuppressionReason.UNSUBSCRIBED, "mailto")
+    assert set(statuses(world.database, world.ana).values()) == {SubscriptionStatus.UNSUBSCRIBED}
+    [event] = audit_events(world.database)
+    assert (event.actor, event.reason) == ("mailto", "mailto")
+
+
+def test_mailto_with_list_scope_leaves_only_that_list(world: World) -> None:
+    world.config = replace(world.config, unsubscribe=replace(world.config.unsubscribe,
+                                                              scope=UnsubscribeScope.LIST))
+    [item] = world.process("mailto_subject_token").items
+    assert item.kind is InboundKind.UNSUBSCRIBE and "the list News" in item.note
+    assert statuses(world.database, world.ana) == {"news": SubscriptionStatus.UNSUBSCRIBED,
+                                                   "offers": SubscriptionStatus.ACTIVE}
+    assert suppressions(world.database) == []
+
+
+def test_mailto_from_a_stranger_changes_nothing(world: World) -> None:
+    stranger = Person("stranger@example.com", 999, {"news": 1})
+    raw = render("mailto_from_only", world.config, stranger, world.delivery_id, None)
+    before = snapshot(world.database)
+    [item] = process_bytes(world.database, world.config, raw).items
+    assert item.kind is InboundKind.UNMATCHED
+    assert snapshot(world.database) == before
+
+
+@pytest.mark.parametrize("name", AUTO_REPLIES)
+def test_auto_replies_are_ignored_even_with_a_token_in_the_subject(world: World, name: str) -> None:
+    before = snapshot(world.database)
+    [item] = world.process(name).items
+    assert item.kind is InboundKind.AUTO_REPLY, item.note
+    assert snapshot(world.database) == before
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.SENT
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_anything_else_is_left_alone_and_listed(world: World, name: str) -> None:
+    before = snapshot(world.database)
+    report = world.process(name)
+    assert [item.kind for item in report.items] == [InboundKind.OTHER]
+    assert report.left_alone == report.items
+    assert snapshot(world.database) == before
+
+
+def write_maildir(path: Path, messages: list[bytes]) -> Path:
+    box = mailbox.Maildir(path, create=True)
+    for raw in messages:
+        box.add(raw)
+    box.close()
+    return path
+
+
+def bounce_event_count(database: Database) -> int:
+    with database.session() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(BounceEvent)) or 0
+
+
+def test_processing_the_same_maildir_twice_changes_nothing_the_second_time(
+    world: World, tmp_path: Path
+) -> None:
+    # Bob's copy of the campaign bounces and Ana complains and asks to leave, all in one mailbox
+    messages = [world.fixture(name, person=world.bob, delivery_id=world.bob_delivery)
+                for name in ("gmail_hard_bounce", "postfix_delayed")]
+    messages += [world.fixture(name) for name in ("outlook_complaint", "mailto_subject_token", *AUTO_REPLIES,
+                                                  *OTHERS)]
+    maildir = write_maildir(tmp_path / "Maildir", messages)
+    first = process_inbound(world.database, world.config, maildir)
+    assert first.counts[InboundKind.HARD_BOUNCE] == 1
+    assert first.counts[InboundKind.SOFT_BOUNCE] == 1
+    assert first.counts[InboundKind.COMPLAINT] == 1
+    assert first.counts[InboundKind.UNSUBSCRIBE] == 1
+    assert first.counts[InboundKind.AUTO_REPLY] == 3
+    assert first.counts[InboundKind.OTHER] == 3
+    after_first = (snapshot(world.database), bounce_event_count(world.database),
+                   [s.reason for s in suppressions(world.database)])
+    assert after_first[2] == [SuppressionReason.HARD_BOUNCE, SuppressionReason.COMPLAINT]
+
+    second = process_inbound(world.database, world.config, maildir)
+    assert second.counts[InboundKind.ALREADY_PROCESSED] == 4
+    assert second.counts[InboundKind.AUTO_REPLY] == 3 and second.counts[InboundKind.OTHER] == 3
+    assert (snapshot(world.database), bounce_event_count(world.database),
+            [s.reason for s in suppressions(world.database)]) == after_first
+
+
+def test_an_mbox_is_read_message_by_message(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "bounces.mbox"
+    box = mailbox.mbox(path, create=True)
+    for name in ("postfix_hard_bounce", "vacation_legacy", "junk"):
+        box.add(world.fixture(name))
+    box.close()
+    report = process_inbound(world.database, world.config, path)
+    assert [item.kind for item in report.items] == [InboundKind.HARD_BOUNCE, InboundKind.AUTO_REPLY,
+                                                    InboundKind.OTHER]
+
+
+def test_a_directory_that_is_not_a_maildir_is_refused(world: World, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="not a Maildir"):
+        process_inbound(world.database, world.config, tmp_path)
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        process_inbound(world.database, world.config, tmp_path / "missing.eml")
+
+
+def test_cli_reads_one_message_from_stdin_as_an_mta_pipe_does(world: World, cli: Cli) -> None:
+    result = cli("inbound", "process", "-", input=world.fixture("mailto_plus_tag").decode())
+    assert "unsubscribes: 1" in result.output
+    assert suppressions(world.database)[0].source == "mailto"
+
+
+def test_cli_prints_counts_per_class_and_lists_what_it_left_alone(
+    world: World, cli: Cli, tmp_path: Path
+) -> None:
+    maildir = write_maildir(tmp_path / "Maildir", [world.fixture(n) for n in ("postfix_hard_bounce", "question")])
+    output = cli("inbound", "process", str(maildir)).output
+    assert "hard bounces: 1" in output
+    assert "other: 1" in output
+    assert "Question about the autumn collection" in output
+    data = json.loads(cli("inbound", "process", str(maildir), "--json").output)
+    assert data["counts"]["already_processed"] == 1 and data["counts"]["other"] == 1
+    assert [m["kind"] for m in data["messages"]] == ["already_processed", "other"]
+
+
+def test_cli_reports_an_unreadable_source_in_one_line(world: World, cli: Cli, tmp_path: Path) -> None:
+    result = cli("inbound", "process", str(tmp_path), ok=False)
+    assert result.exit_code == 1
+    assert "not a Maildir" in result.stderr and "Traceback" not in result.output
