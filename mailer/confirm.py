@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import enum
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 
-import aiosmtplib
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.audit import record_event
-from mailer.config import Config, StartTLS
+from mailer.config import Config
+from mailer.dkim import signer_from_config
 from mailer.errors import DeliveryError, NotFoundError, TokenError
 from mailer.lists import get_list
 from mailer.models import MailingList, Subscriber, Subscription, SubscriptionStatus, utcnow
@@ -23,6 +24,7 @@ from mailer.optout import mask_email
 from mailer.subscribers import get_subscriber
 from mailer.suppression import is_suppressed
 from mailer.tokens import make_confirm_token, read_confirm_token
+from mailer.transport import SendResult, SendStatus, SmtpTransport
 
 _MAX_IP = 45
 _MAX_USER_AGENT = 500
@@ -142,42 +144,33 @@ def bounce_address(config: Config) -> str:
     return f"confirm@{config.sender.bounce_domain}"
 
 
-async def _deliver(config: Config, message: EmailMessage, recipient: str) -> None:
-    smtp = config.smtp
-    start_tls: bool | None
-    if smtp.starttls is StartTLS.OFF:
-        start_tls = False
-    elif smtp.starttls is StartTLS.REQUIRED and not smtp.is_loopback:
-        start_tls = True
-    else:
-        start_tls = None  # use STARTTLS when the relay offers it
-    await aiosmtplib.send(
-        message,
-        sender=bounce_address(config),
-        recipients=[recipient],
-        hostname=smtp.host,
-        port=smtp.port,
-        username=smtp.username or None,
-        password=smtp.password or None,
-        start_tls=start_tls,
-        timeout=smtp.timeout,
-    )
+async def _deliver(config: Config, data: bytes, recipient: str) -> SendResult:
+    # the campaign transport: the same TLS policy, credentials and reply handling, one connection
+    transport = SmtpTransport(replace(config.smtp, connections=1))
+    try:
+        return await transport.send(bounce_address(config), recipient, data)
+    finally:
+        await transport.close()
 
 
 def send_confirmation(config: Config, request: ConfirmationRequest) -> None:
-    """Send one confirmation message through the configured relay.
+    """Send one confirmation message through the configured relay, DKIM-signed when configured.
 
     Raises DeliveryError when the relay cannot be reached or refuses the message.
     """
     message = build_confirmation_message(config, request)
-    try:
-        asyncio.run(_deliver(config, message, request.email))
-    except (aiosmtplib.SMTPException, OSError) as exc:
+    data = message.as_bytes(policy=email.policy.SMTP)
+    signer = signer_from_config(config)
+    if signer is not None:
+        data = signer.sign(data) + data
+    result = asyncio.run(_deliver(config, data, request.email))
+    if result.status is not SendStatus.SENT:
         raise DeliveryError(
-            f"the confirmation message to {request.email} could not be sent ({exc}); they stay "
-            f"unconfirmed: retry with `mailer subscriber send-confirmation {request.email} "
+            f"the confirmation message to {request.email} could not be sent "
+            f"({' '.join(result.response.split())}); they "
+            f"stay unconfirmed: retry with `mailer subscriber send-confirmation {request.email} "
             f"--list {request.list_name}`"
-        ) from exc
+        )
 
 
 def _subscription(session: Session, subscriber_id: int, list_id: int) -> Subscription | None:

@@ -199,3 +199,25 @@ def test_a_relay_that_is_down_leaves_the_subscriber_unconfirmed_with_a_way_to_re
     assert "could not be sent" in line
     assert "mailer subscriber send-confirmation ana@example.com --list news" in line
     assert _status(cli) == "unconfirmed"
+
+
+def test_the_confirmation_message_is_dkim_signed_when_dkim_is_configured(
+    tmp_path: Path, database: Database, smtp_server: SmtpServer
+) -> None:
+    import dkim
+    from compose_helpers import dns_for
+
+    from mailer.dkim import generate_key
+
+    record = generate_key(tmp_path / "hm1.pem", "harmonymails.com", "hm1")
+    cli = Cli(write_config(
+        tmp_path / "mailer.toml", database.url, smtp_server,
+        extra=f'[dkim]\ndomain = "harmonymails.com"\nselector = "hm1"\nprivate_key = "{tmp_path / "hm1.pem"}"\n',
+    ))
+    cli("list", "create", "news", "--double-opt-in")
+
+    cli("subscriber", "add", ANA, "--list", "news")
+
+    (received,) = smtp_server.messages
+    assert received.data.startswith(b"DKIM-Signature:")
+    assert dkim.verify(received.data, dnsfunc=dns_for(record))
