@@ -10,7 +10,7 @@ import time
 import uuid
 from base64 import b64encode
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 
@@ -85,35 +85,6 @@ def sample_recipient(email: str = "subscriber@example.com", name: str = "Sample 
     )
 
 
-@dataclass(frozen=True)
-class SubscriberView:
-    """What a template sees of the recipient."""
-
-    email: str
-    name: str
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CampaignView:
-    """What a template sees of the campaign."""
-
-    id: int
-    subject: str
-    kind: str
-    list_name: str
-    list_title: str
-
-
-@dataclass(frozen=True)
-class CompanyView:
-    """What a template sees of the sender."""
-
-    name: str
-    postal_address: str
-    privacy_url: str
-
-
 def one_line(text: str) -> str:
     """Any control character (CR, LF, TAB, NEL, U+2028...) becomes a space: data never breaks a header."""
     return _CONTROL.sub(" ", text).strip()
@@ -177,7 +148,7 @@ def fold_header(name: str, value: str) -> bytes:
 
 
 def to_crlf(text: str) -> str:
-    """Every line ending as CRLF, and a final one, so quoted-printable keeps CRLF throughout."""
+    """Every line ending as CRLF, and a final one."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.endswith("\n"):
         text += "\n"
@@ -185,10 +156,15 @@ def to_crlf(text: str) -> str:
 
 
 def quoted_printable(text: str) -> bytes:
-    """UTF-8 quoted-printable with CRLF line endings; no line longer than 76 octets."""
-    # b2a_qp keeps the line ending style of the first line, which to_crlf makes CRLF
-    encoded: bytes = binascii.b2a_qp(to_crlf(text).encode("utf-8"), istext=True, header=False)
-    return encoded
+    """UTF-8 quoted-printable with CRLF line endings and a final one; no line longer than 76 octets."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    # b2a_qp ends every line the way the first line ends; a leading CRLF, cut off after,
+    # makes that CRLF without a pass over the text to rewrite each LF
+    encoded: bytes = binascii.b2a_qp(("\r\n" + text).encode("utf-8"), istext=True, header=False)
+    return encoded[2:]
 
 
 def subscribed_phrase(subscribed_at: dt.datetime | None) -> str:
@@ -246,15 +222,16 @@ class Composer:
         list_title = ""
         if mailing_list is not None:
             list_title = mailing_list.title or mailing_list.name
+        # plain dicts: the sandbox looks keys up directly, where attributes cost a safety check each
         self._context: dict[str, Any] = {
-            "campaign": CampaignView(
-                id=campaign.id, subject=one_line(campaign.subject), kind=campaign.kind.value,
-                list_name=mailing_list.name if mailing_list is not None else "", list_title=list_title,
-            ),
-            "company": CompanyView(
-                name=config.company.name, postal_address=config.company.postal_address,
-                privacy_url=config.company.privacy_url,
-            ),
+            "campaign": {
+                "id": campaign.id, "subject": one_line(campaign.subject), "kind": campaign.kind.value,
+                "list_name": mailing_list.name if mailing_list is not None else "", "list_title": list_title,
+            },
+            "company": {
+                "name": config.company.name, "postal_address": config.company.postal_address,
+                "privacy_url": config.company.privacy_url,
+            },
         }
         # templates that use no per-recipient name are rendered once, here
         self._static_html = None if self._html_personal else self._render_html(self._context)
@@ -410,7 +387,7 @@ class Composer:
         return html_body, text_body
 
     def _personal_context(self, recipient: Recipient, url: str) -> dict[str, Any]:
-        subscriber = SubscriberView(recipient.email, recipient.name, recipient.attributes)
+        subscriber = {"email": recipient.email, "name": recipient.name, "attributes": recipient.attributes}
         return {**self._context, "subscriber": subscriber, "unsubscribe_url": url}
 
     def _date_line(self) -> bytes:

@@ -29,12 +29,18 @@ MIN_KEY_BITS = 1024
 KEY_BITS = 2048
 
 _WSP_RUN = re.compile(rb"[ \t]+")
+# only what relaxed canonicalization changes: a tab, or a blank followed by another blank
+_WSP_TO_SQUEEZE = re.compile(rb"(?:\t| [ \t])[ \t]*")
 _TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
 
 
 def canonical_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4 relaxed body: no trailing blanks, blank runs as one space, one final CRLF."""
-    body = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(b"\r\n", body))
+    # the searches skip the regex passes on what is already canonical, as quoted-printable mostly is
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"  " in body or b"\t" in body:
+        body = _WSP_TO_SQUEEZE.sub(b" ", body)
     body = body.rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
