@@ -90,6 +90,10 @@ def check_campaign(
     notice = campaign.kind is CampaignKind.NOTICE
     if not notice:
         problems += _check_stylesheets(campaign.html_template)
+    else:
+        from mailer.notices import notice_problems  # notices builds on this module
+
+        problems += notice_problems(config, campaign)
     try:
         composer = Composer(config, campaign, mailing_list)
     except MailerError as exc:

@@ -170,33 +170,37 @@ def list_notices(session: Session) -> Sequence[Campaign]:
     ).all()
 
 
-def check_notice(config: Config, notice: Campaign) -> list[str]:
-    """Every reason this notice may not go out: the campaign gate's message checks (which refuse
-    an ad label or List-Unsubscribe in a notice), plus what makes a notice a notice: a reason,
-    no campaign template, no promotion, no unfilled example text."""
+def notice_problems(config: Config, notice: Campaign) -> list[str]:
+    """What makes a notice a notice: a reason, everyone as audience, no campaign template, no
+    promotion, no unfilled example text. The compliance gate adds these for every notice."""
     problems: list[str] = []
-    if notice.kind is not CampaignKind.NOTICE:
-        problems.append("this is a marketing campaign, not a notice")
     if notice.list_id is not None:
         problems.append("a notice goes to everyone held, not to one list")
     if not notice.notice_reason.strip():
         problems.append("the notice has no reason; it is recorded and shown to every recipient")
     if notice.template_name.startswith("campaigns/") or notice.html_template in _shipped_campaign_sources():
         problems.append("the notice is built from a campaign template")
-    problems += check_campaign(config, notice, None)
     try:
         rendered = Composer(config, notice, None).render(sample_recipient())
     except MailerError:
-        pass  # check_campaign has already said why
-    else:
-        text, html = message_parts(parse_message(rendered.data))
-        for part, shown in (("HTML", VisibleHtml.read(html).text), ("text", text)):
-            if UNFILLED.search(shown):
-                problems.append(f"the {part} part still has an unfilled [EDIT: ...] marker")
-        pitch = PROMOTION.search(text) or PROMOTION.search(VisibleHtml.read(html).text)
-        if pitch:
-            problems.append(f"a notice must not promote anything; it says {pitch.group(0)!r}")
-    return list(dict.fromkeys(problems))
+        return problems  # the gate reports why it does not render
+    text, html = message_parts(parse_message(rendered.data))
+    visible = VisibleHtml.read(html).text
+    for part, shown in (("HTML", visible), ("text", text)):
+        if UNFILLED.search(shown):
+            problems.append(f"the {part} part still has an unfilled [EDIT: ...] marker")
+    pitch = PROMOTION.search(text) or PROMOTION.search(visible)
+    if pitch:
+        problems.append(f"a notice must not promote anything; it says {pitch.group(0)!r}")
+    return problems
+
+
+def check_notice(config: Config, notice: Campaign) -> list[str]:
+    """Every reason this notice may not go out: the compliance gate, which for a notice refuses
+    an ad label or List-Unsubscribe and adds notice_problems()."""
+    if notice.kind is not CampaignKind.NOTICE:
+        return ["this is a marketing campaign, not a notice"]
+    return check_campaign(config, notice, None)
 
 
 def ensure_notice_compliant(config: Config, notice: Campaign) -> None:

@@ -193,6 +193,9 @@ def test_the_gate_refuses_an_ad_label_a_sales_pitch_and_unfilled_example_text(
     assert "must not promote anything; it says '20% off'" in pitch_check
     assert "unfilled [EDIT: ...] marker" in example_check
     assert send.exit_code == 1 and "[EDIT" in send.stderr
+    # the campaign commands run the same gate: a notice cannot slip out through them
+    via_campaign = smtp_cli("campaign", "send", pitch, ok=False)
+    assert via_campaign.exit_code == 1 and "must not promote anything" in via_campaign.stderr
     good = _create(smtp_cli, _template(tmp_path))
     assert smtp_cli("notice", "check", good).stdout.strip() == f"notice {good} may be sent"
 
