@@ -52,7 +52,7 @@ def make_campaign(
     notice_reason: str = "",
 ) -> Campaign:
     return Campaign(
-        id=campaign_id, kind=kind, list_id=3, subject=subject, from_address=from_address,
+        id=campaign_id, kind=kind, list_id=None if kind is CampaignKind.NOTICE else 3, subject=subject, from_address=from_address,
         template_name="test", html_template=html, text_template=text, notice_reason=notice_reason,
     )
 

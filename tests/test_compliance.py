@@ -1,0 +1,140 @@
+"""The compliance gate refuses what SPEC lists, with every problem named, and passes good campaigns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from compose_helpers import make_campaign, make_config, make_list, make_recipient
+
+from mailer.compliance import check_campaign, check_subject, ensure_compliant
+from mailer.errors import ComplianceError
+from mailer.models import Campaign, CampaignKind
+from mailer.templating import load_template_source, shipped_campaign_templates
+
+
+@pytest.mark.parametrize(
+    ("subject", "problem"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("Re: your order", "reply or forward"),
+        ("RE: your order", "reply or forward"),
+        ("Fwd: a great deal", "reply or forward"),
+        ("FW: a great deal", "reply or forward"),
+        ("AW: Ihre Bestellung", "reply or forward"),
+        ("BIG SUMMER SALE", "all capitals"),
+        ("SALE 50% OFF TODAY!!!", "all capitals"),
+        ("Hello\r\nBcc: x@evil.test", "line break"),
+    ],
+)
+def test_bad_subjects_are_refused(subject: str, problem: str) -> None:
+    problems = check_campaign(make_config(), make_campaign(subject=subject), make_list())
+    assert any(problem in p for p in problems), problems
+
+
+@pytest.mark.parametrize("subject", ["Spring concerts are here", "Regarding our spring concerts",
+                                     "New: 3 workshops", "50% off NYC tickets", "夏のコンサート"])
+def test_honest_subjects_pass(subject: str) -> None:
+    assert check_subject(subject) == []
+    assert check_campaign(make_config(), make_campaign(subject=subject), make_list()) == []
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    config = make_config()
+    config = dataclasses.replace(config, company=dataclasses.replace(config.company, postal_address="TBD"))
+    campaign = make_campaign(subject="RE: FREE STUFF", from_address="Promo <deals@other-domain.example>")
+    problems = check_campaign(config, campaign, make_list())
+    text = "\n".join(problems)
+    assert "reply or forward" in text
+    assert "all capitals" in text
+    assert "not on the sending domain harmonymails.com" in text
+    assert "postal_address" in text
+    with pytest.raises(ComplianceError) as caught:
+        ensure_compliant(config, campaign, make_list())
+    assert caught.value.problems == problems
+
+
+def test_from_must_be_one_mailbox_on_the_sending_domain() -> None:
+    for sender in ["a@harmonymails.com, b@harmonymails.com", "Promo <deals@harmonymails.com.evil.test>",
+                   "not an address"]:
+        problems = check_campaign(make_config(), make_campaign(from_address=sender), make_list())
+        assert any("From" in p for p in problems), (sender, problems)
+    ok = make_campaign(from_address="Events Team <events@harmonymails.com>")
+    assert check_campaign(make_config(), ok, make_list()) == []
+
+
+def test_template_failing_for_some_subscribers_is_refused_before_the_send() -> None:
+    campaign = make_campaign("<p>Your plan: {{ subscriber.attributes.plan }}</p>", None)
+    with_plan = make_recipient(subscriber_id=1, email="a@example.com", attributes={"plan": "gold"})
+    without = make_recipient(subscriber_id=2, email="b@example.com", attributes={})
+    assert check_campaign(make_config(), campaign, make_list(), recipients=[with_plan]) == []
+    problems = check_campaign(make_config(), campaign, make_list(), recipients=[with_plan, without])
+    assert len(problems) == 1
+    assert "fails to render for b@example.com" in problems[0] and "plan" in problems[0]
+
+
+def test_unknown_variable_and_syntax_error_are_refused() -> None:
+    assert any("undefined" in p for p in check_campaign(make_config(), make_campaign("{{ nope }}", None),
+                                                        make_list()))
+    assert any("does not parse" in p for p in check_campaign(make_config(), make_campaign("{% for %}", None),
+                                                             make_list()))
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>Hello</p><!-- the rest is a comment",
+        "<p>Hello</p><style>div, p { display: none }</style>",
+        "<p>Hello</p><style>.hm-footer{display:none!important}</style>",
+        "<p>Hello</p><style>@media screen { td { font-size: 0 } }</style>",
+    ],
+    ids=["unclosed-comment", "style-div", "style-footer-class", "style-media"],
+)
+def test_a_template_that_hides_the_footer_is_refused(html: str) -> None:
+    problems = check_campaign(make_config(), make_campaign(html, "Hello"), make_list())
+    assert problems, html
+    assert any("footer" in p or "comment" in p or "missing from the visible HTML part" in p for p in problems)
+
+
+def test_own_hidden_elements_and_preheaders_are_fine() -> None:
+    html = ('<div style="display:none;max-height:0;overflow:hidden;">Preheader</div>'
+            "<style>.mobile-only { display: none }</style><p>Hello</p>")
+    assert check_campaign(make_config(), make_campaign(html, "Hello"), make_list()) == []
+
+
+def test_campaign_without_a_list_is_refused() -> None:
+    problems = check_campaign(make_config(), make_campaign(), None)
+    assert "the campaign has no mailing list" in problems
+
+
+def test_missing_signing_key_is_a_problem_not_a_crash() -> None:
+    problems = check_campaign(make_config(secret_keys=()), make_campaign(), make_list())
+    assert any("secret_keys" in p for p in problems)
+
+
+def test_notice_with_the_ad_label_is_refused_and_without_it_passes() -> None:
+    def notice(html: str) -> Campaign:
+        return make_campaign(html, None, subject="Changes to our terms of service", kind=CampaignKind.NOTICE,
+                             notice_reason="you have an account with us")
+
+    good = notice("<p>Our terms change on 1 May.</p>")
+    assert check_campaign(make_config(), good, None) == []
+    bad = notice("<p>Advertisement: our terms change, and here is a sale.</p>")
+    problems = check_campaign(make_config(), bad, None)
+    assert any("must not carry the advertisement label" in p for p in problems)
+
+
+@pytest.mark.parametrize("name", shipped_campaign_templates())
+def test_shipped_example_campaigns_pass_the_gate(name: str) -> None:
+    source = load_template_source(name)
+    campaign = make_campaign(source.html, source.text, subject="Welcome to Harmony News")
+    recipients = [make_recipient(), make_recipient(subscriber_id=12, email="bo@example.com", name="",
+                                                   attributes={})]
+    assert check_campaign(make_config(), campaign, make_list(), recipients=recipients) == []
+
+
+def test_shipped_examples_include_an_html_only_one() -> None:
+    names = shipped_campaign_templates()
+    assert "welcome" in names
+    assert any(load_template_source(n).text is None for n in names)
