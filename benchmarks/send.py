@@ -1,0 +1,243 @@
+"""Sending throughput: the full pipeline against raw aiosmtplib, same sink, same connections, one run.
+
+    $ .venv/bin/python benchmarks/send.py               # 20,000 recipients
+    $ .venv/bin/python benchmarks/send.py -n 100000     # the memory target
+
+The sink is Postfix's `smtp-sink` when it is installed, else the minimal asyncio SMTP sink
+below; either runs in a child process so that it does not share this process's CPU (a relay is
+another machine in production). The pipeline is this project's whole send: audience snapshot,
+claims, suppression checks, rendering, unsubscribe tokens, VERP, SMTP, outcome records, on a
+SQLite file. The raw limit sends one prebuilt message of the same size with aiosmtplib over the
+same number of connections. Raw runs before and after the pipeline; the ratio uses their mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+import psutil
+import sqlalchemy as sa
+
+from mailer.campaigns import create_campaign
+from mailer.compose import Composer, sample_recipient
+from mailer.config import load_config
+from mailer.db import Database, normalize_email
+from mailer.lists import create_list
+from mailer.models import Campaign, MailingList, Subscriber, Subscription, SubscriptionStatus, utcnow
+from mailer.send import CampaignSender, start_send
+
+SECRET = "benchmark-signing-key-0123456789"
+
+
+# -- the minimal sink --------------------------------------------------------------------------
+
+
+class SinkProtocol(asyncio.Protocol):
+    """Just enough ESMTP to accept mail as fast as the client can send it; keeps nothing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+        self.in_data = False
+        transport.write(b"220 sink ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    self.buffer = self.buffer[-4:]  # the end marker may straddle two reads
+                    return
+                self.buffer = self.buffer[end + 5:]
+                self.in_data = False
+                self.transport.write(b"250 2.0.0 Ok: queued\r\n")
+                continue
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                return
+            line, self.buffer = self.buffer[:end], self.buffer[end + 2:]
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.transport.write(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+            elif verb == b"DATA":
+                self.in_data = True
+                self.buffer = b"\r\n" + self.buffer  # so a body of only "." still ends the data
+                self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+            elif verb == b"QUIT":
+                self.transport.write(b"221 Bye\r\n")
+                self.transport.close()
+                return
+            else:  # HELO, MAIL, RCPT, RSET, NOOP
+                self.transport.write(b"250 Ok\r\n")
+
+
+def run_sink(port: int) -> None:
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(SinkProtocol, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_sink(kind: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = free_port()
+    postfix = shutil.which("smtp-sink") or next(
+        (p for p in ("/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink") if os.path.exists(p)), None)
+    if kind in ("auto", "postfix") and postfix:
+        # -c counts, 5000 is the listen backlog; it accepts and discards, like a very fast relay
+        proc = subprocess.Popen([postfix, "-c", f"127.0.0.1:{port}", "5000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        name = f"Postfix smtp-sink ({postfix}), child process"
+    elif kind == "postfix":
+        raise SystemExit("smtp-sink not found: apt-get install postfix, or use --sink asyncio")
+    else:
+        proc = subprocess.Popen([sys.executable, __file__, "--sink-only", str(port)])
+        name = "minimal asyncio sink (benchmarks/send.py), child process"
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, port, name
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise SystemExit("the sink did not start")
+
+
+# -- the two contenders ------------------------------------------------------------------------
+
+
+def setup(directory: Path, port: int, n: int, connections: int, batch_size: int) -> tuple[Database, int, int]:
+    config_path = directory / "mailer.toml"
+    config_path.write_text(
+        f'[database]\nurl = "sqlite:///{directory / "bench.db"}"\n\n'
+        f'[unsubscribe]\nsecret_keys = ["{SECRET}"]\n\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nstarttls = "off"\nconnections = {connections}\n\n'
+        f"[sending]\nbatch_size = {batch_size}\n",
+        encoding="utf-8",
+    )
+    config = load_config(config_path, environ={})
+    database = Database(config.database.url)
+    database.upgrade()
+    now = utcnow()
+    with database.session() as session:
+        mailing_list = create_list(session, "news", "Harmony News")
+        list_id = mailing_list.id
+    chunk = 5000  # keep the setup's own memory small, so the peak is the pipeline's
+    for start in range(0, n, chunk):
+        addresses = [f"reader{i:07d}@example.com" for i in range(start, min(n, start + chunk))]
+        with database.session() as session:
+            first_id = (session.scalar(sa.select(sa.func.max(Subscriber.id))) or 0) + 1
+            session.execute(sa.insert(Subscriber), [
+                {"id": first_id + k, "email": a, "email_normalized": normalize_email(a),
+                 "name": f"Reader {start + k}", "attributes": {"city": "Lisbon"},
+                 "created_at": now, "updated_at": now}
+                for k, a in enumerate(addresses)
+            ])
+            session.execute(sa.insert(Subscription), [
+                {"subscriber_id": first_id + k, "list_id": list_id, "status": SubscriptionStatus.ACTIVE,
+                 "consent_at": now, "consent_source": "benchmark", "confirmed_at": now, "created_at": now}
+                for k in range(len(addresses))
+            ])
+    with database.session() as session:
+        campaign_id = create_campaign(session, config, list_name="news", subject="Welcome to Harmony News",
+                                      template="welcome").campaign.id
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None
+        sample = Composer(config, campaign, session.get(MailingList, list_id)).render(sample_recipient())
+    return database, campaign_id, len(sample.data)
+
+
+async def raw_send(port: int, connections: int, n: int, message: bytes) -> float:
+    """The limit: aiosmtplib alone, one prebuilt message, persistent connections."""
+    clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False) for _ in range(connections)]
+    await asyncio.gather(*(c.connect() for c in clients))
+    share = [n // connections + (1 if i < n % connections else 0) for i in range(connections)]
+
+    async def pump(client: aiosmtplib.SMTP, count: int) -> None:
+        for i in range(count):
+            await client.sendmail("b-1-abcdefghij@bounces.harmonymails.com", [f"reader{i:07d}@example.com"],
+                                  message)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(pump(c, k) for c, k in zip(clients, share, strict=True)))
+    elapsed = time.perf_counter() - started
+    await asyncio.gather(*(c.quit() for c in clients))
+    return n / elapsed
+
+
+def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int) -> tuple[float, int]:
+    config = load_config(directory / "mailer.toml", environ={})
+    started = time.perf_counter()
+    start_send(config, database, campaign_id)
+
+    async def run() -> int:
+        async with CampaignSender(config, database) as sender:
+            return (await sender.send(campaign_id)).sent
+
+    sent = asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    return n / elapsed, sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--recipients", type=int, default=20_000)
+    parser.add_argument("-c", "--connections", type=int, default=4)
+    parser.add_argument("-b", "--batch-size", type=int, default=100)
+    parser.add_argument("--sink", choices=["auto", "asyncio", "postfix"], default="auto")
+    parser.add_argument("--sink-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sink_only:
+        run_sink(args.sink_only)
+        return
+    n, connections = args.recipients, args.connections
+    proc, port, sink_name = start_sink(args.sink)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
+            directory = Path(tmp)
+            database, campaign_id, size = setup(directory, port, n, connections, args.batch_size)
+            message = (b"From: news@harmonymails.com\r\nTo: reader@example.com\r\nSubject: x\r\n\r\n"
+                       + b"x" * 76 + b"\r\n") * max(1, size // 130)
+            rss_before = psutil.Process().memory_info().rss
+            raw_before = asyncio.run(raw_send(port, connections, n, message))
+            pipeline_rate, sent = pipeline_send(directory, database, campaign_id, n)
+            raw_after = asyncio.run(raw_send(port, connections, n, message))
+            database.dispose()
+    finally:
+        proc.terminate()
+        proc.wait()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    raw = (raw_before + raw_after) / 2
+    print(f"sink:        {sink_name}")
+    print(f"recipients:  {n:,}   connections: {connections}   batch size: {args.batch_size}   "
+          f"message: {size:,} bytes")
+    print(f"raw aiosmtplib:  {raw_before:8.0f} msg/s before, {raw_after:8.0f} msg/s after (mean {raw:.0f})")
+    print(f"full pipeline:   {pipeline_rate:8.0f} msg/s  ({sent:,} sent and recorded)")
+    print(f"ratio:           {pipeline_rate / raw:8.2f}  (target >= 0.70)")
+    print(f"peak RSS:        {peak / 2**20:8.1f} MB  (after setup {rss_before / 2**20:.1f} MB; target < 150 MB)")
+    if sent != n:
+        raise SystemExit(f"only {sent} of {n} messages were sent")
+
+
+if __name__ == "__main__":
+    main()
