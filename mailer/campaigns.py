@@ -15,7 +15,7 @@ from mailer.compliance import check_campaign, check_from
 from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.config import Config, StartTLS
 from mailer.db import normalize_email
-from mailer.errors import DeliveryError, InvalidInputError, NotFoundError
+from mailer.errors import DeliveryError, InvalidInputError, NotFoundError, TemplateError
 from mailer.lists import get_list
 from mailer.models import (
     Campaign,
@@ -94,7 +94,10 @@ def create_campaign(
     recipients = check_recipients(session, campaign) or [sample_recipient()]
     composer = Composer(config, campaign, mailing_list)
     for recipient in recipients:
-        composer.render(recipient)
+        try:
+            composer.render(recipient)
+        except TemplateError as exc:
+            raise TemplateError(f"the template fails for subscriber {recipient.email}: {exc}") from None
     problems = check_campaign(config, campaign, mailing_list, recipients=recipients)
     return CreatedCampaign(campaign, problems)
 
@@ -155,14 +158,18 @@ def check_recipients(session: Session, campaign: Campaign, limit: int = MAX_CHEC
     )
     seen: set[frozenset[str]] = set()
     found: list[Recipient] = []
-    for subscriber, subscription in session.execute(query):
-        keys = frozenset((subscriber.attributes or {}).keys())
-        if keys in seen:
-            continue
-        seen.add(keys)
-        found.append(recipient_for(subscriber, subscription))
-        if len(found) >= limit:
-            break
+    rows = session.execute(query)
+    try:
+        for subscriber, subscription in rows:
+            keys = frozenset((subscriber.attributes or {}).keys())
+            if keys in seen:
+                continue
+            seen.add(keys)
+            found.append(recipient_for(subscriber, subscription))
+            if len(found) >= limit:
+                break
+    finally:
+        rows.close()  # a server-side cursor left open when we stop early would leak
     return found
 
 

@@ -133,12 +133,13 @@ def parse_message(data: bytes) -> EmailMessage:
 
 
 def message_parts(message: EmailMessage) -> tuple[str, str]:
-    """The decoded text/plain and text/html parts ('' when missing)."""
+    """The decoded text/plain and text/html parts with LF line ends ('' when missing)."""
     text = message.get_body(("plain",))
     html = message.get_body(("html",))
+    # quoted-printable decodes to the CRLF line ends of the wire; readers see lines
     return (
-        str(text.get_content()) if isinstance(text, EmailMessage) else "",
-        str(html.get_content()) if isinstance(html, EmailMessage) else "",
+        str(text.get_content()).replace("\r\n", "\n") if isinstance(text, EmailMessage) else "",
+        str(html.get_content()).replace("\r\n", "\n") if isinstance(html, EmailMessage) else "",
     )
 
 

@@ -88,7 +88,7 @@ def parts(message: EmailMessage) -> tuple[str, str]:
     text = message.get_body(("plain",))
     html = message.get_body(("html",))
     assert isinstance(text, EmailMessage) and isinstance(html, EmailMessage)
-    return str(text.get_content()), str(html.get_content())
+    return str(text.get_content()).replace("\r\n", "\n"), str(html.get_content()).replace("\r\n", "\n")
 
 
 def header_names(data: bytes) -> list[str]:

@@ -1,0 +1,206 @@
+"""`mailer campaign create|ls|check|preview|test` as a marketer uses them, on a real database and SMTP server."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from compose_helpers import parse, parts
+from conftest import Cli, SmtpServer, write_config
+
+from mailer.compliance import check_message
+from mailer.compose import RenderedMessage
+from mailer.config import load_config
+from mailer.verp import parse_return_path
+
+
+@pytest.fixture
+def news(cli: Cli) -> Cli:
+    """A list with two subscribers, one with a city attribute."""
+    cli("list", "create", "news", "--title", "Harmony News")
+    cli("subscriber", "add", "ana@example.com", "--list", "news", "--name", "Ana Lima", "--attr", "city=Lisbon")
+    cli("subscriber", "add", "bo@example.com", "--list", "news", "--name", "Bo Chen")
+    return cli
+
+
+def campaigns(cli: Cli) -> list[dict[str, object]]:
+    data: list[dict[str, object]] = json.loads(cli("campaign", "ls", "--json").output)
+    return data
+
+
+def test_create_from_a_shipped_name_prints_the_id(news: Cli) -> None:
+    result = news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News",
+                  "--template", "welcome")
+    assert result.output == "1\n"
+    assert result.stderr == ""
+    second = news("campaign", "create", "--list", "news", "--subject", "Summer concerts", "--template",
+                  "announcement")
+    assert second.output == "2\n"
+    listed = campaigns(news)
+    assert [(c["id"], c["status"], c["list_name"], c["subject"]) for c in listed] == [
+        (2, "draft", "news", "Summer concerts"), (1, "draft", "news", "Welcome to Harmony News")]
+    table = news("campaign", "ls").output
+    assert "Welcome to Harmony News" in table and "draft" in table
+
+
+def test_template_text_is_stored_so_later_file_edits_change_nothing(news: Cli, tmp_path: Path) -> None:
+    html = tmp_path / "promo.html.j2"
+    html.write_text("<h1>Hi {{ subscriber.name }}</h1><p>Original HTML</p>", encoding="utf-8")
+    (tmp_path / "promo.txt.j2").write_text("Hi {{ subscriber.name }}\nOriginal text\n", encoding="utf-8")
+    news("campaign", "create", "--list", "news", "--subject", "Promo", "--template", str(html))
+    html.write_text("<p>Changed</p>", encoding="utf-8")
+    (tmp_path / "promo.txt.j2").unlink()
+    raw = news("campaign", "preview", "1", "--email", "ana@example.com", "--raw").stdout_bytes
+    text, body = parts(parse(raw))
+    assert "Hi Ana Lima\nOriginal text" in text
+    assert "Original HTML" in body and "Changed" not in body
+
+
+def test_html_only_template_gets_a_derived_text_part(news: Cli, tmp_path: Path) -> None:
+    html = tmp_path / "only.html.j2"
+    html.write_text("<h2>Summer concerts</h2><p>Six <b>open-air</b> evenings.</p>", encoding="utf-8")
+    news("campaign", "create", "--list", "news", "--subject", "Summer concerts", "--template", str(html))
+    text, _ = parts(parse(news("campaign", "preview", "1", "--raw").stdout_bytes))
+    assert "Summer concerts" in text and "Six open-air evenings." in text and "<b>" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--template", "no-such-template"], "template 'no-such-template' not found"),
+        (["--template", "{syntax}"], "does not parse: line 1"),
+        (["--template", "{unknown}"], "undefined"),
+        (["--template", "{attr}"], "fails"),
+        (["--template", "welcome", "--subject", "Hello\nBcc: x@evil.test"], "line break"),
+        (["--template", "welcome", "--from", "Deals <deals@elsewhere.example>"], "sending domain"),
+        (["--template", "welcome", "--list", "nope"], "no list named 'nope'"),
+    ],
+    ids=["missing", "syntax", "unknown-variable", "attribute-some-lack", "subject-crlf", "from-domain", "list"],
+)
+def test_bad_input_is_one_clear_line_and_stores_nothing(
+    news: Cli, tmp_path: Path, args: list[str], expected: str
+) -> None:
+    templates = {
+        "{syntax}": "<p>{% if %}</p>",
+        "{unknown}": "<p>{{ discount_code }}</p>",
+        "{attr}": "<p>Hello from {{ subscriber.attributes.city }}</p>",  # bo has no city
+    }
+    resolved = []
+    for arg in args:
+        if arg in templates:
+            path = tmp_path / "bad.html.j2"
+            path.write_text(templates[arg], encoding="utf-8")
+            arg = str(path)
+        resolved.append(arg)
+    base = {"--list": "news", "--subject": "Spring concerts"}
+    for i in range(0, len(resolved), 2):
+        base[resolved[i]] = resolved[i + 1]
+    result = news("campaign", "create", *[x for pair in base.items() for x in pair], ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert campaigns(news) == []
+
+
+def test_check_passes_a_good_campaign_and_lists_every_problem_of_a_bad_one(news: Cli) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    good = news("campaign", "check", "1")
+    assert good.output == "campaign 1 passes the compliance gate\n"
+    created = news("campaign", "create", "--list", "news", "--subject", "RE: BIG SALE", "--template", "welcome")
+    assert created.stdout == "2\n"
+    assert "warning: the subject 'RE: BIG SALE' pretends to be a reply or forward" in created.stderr
+    bad = news("campaign", "check", "2", ok=False)
+    assert bad.exit_code == 1
+    assert "fails the compliance gate" in bad.stderr
+    assert "pretends to be a reply or forward" in bad.stderr
+    assert "all capitals" in bad.stderr
+    as_json = json.loads(news("campaign", "check", "2", "--json", ok=False).output)
+    assert as_json["ok"] is False and len(as_json["problems"]) == 2
+    missing = news("campaign", "check", "99", ok=False)
+    assert missing.exit_code == 1 and "no campaign with id 99" in missing.stderr
+
+
+def test_preview_shows_the_message_for_a_chosen_subscriber(news: Cli, tmp_path: Path) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    shown = news("campaign", "preview", "1", "--email", "bo@example.com").output
+    assert "To: Bo Chen <bo@example.com>" in shown
+    assert "Subject: Welcome to Harmony News" in shown
+    assert "List-Unsubscribe: <https://harmonymails.com/u/" in shown
+    assert "Welcome aboard, Bo!" in shown
+    assert "Advertisement. This email is a commercial message from Harmony Mails" in shown
+    page = tmp_path / "preview.html"
+    news("campaign", "preview", "1", "--email", "ana@example.com", "--html", str(page))
+    html = page.read_text(encoding="utf-8")
+    assert html.lstrip().startswith("<!DOCTYPE html>") and "Welcome aboard, Ana!" in html
+    assert "from Lisbon" in html
+    unknown = news("campaign", "preview", "1", "--email", "zoe@example.com", ok=False)
+    assert unknown.exit_code == 1 and "not on the campaign's list" in unknown.stderr
+
+
+def test_preview_raw_prints_the_exact_compliant_bytes(news: Cli) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    raw = news("campaign", "preview", "1", "--email", "ana@example.com", "--raw").stdout_bytes
+    assert raw.startswith(b"From: ") and b"\n" not in raw.replace(b"\r\n", b"")
+    message = parse(raw)
+    assert message.defects == []
+    assert str(message["To"]) == "Ana Lima <ana@example.com>"
+    config = load_config(news.config_path, environ={})
+    rendered = RenderedMessage("", "ana@example.com", str(message["Message-ID"]), raw)
+    assert check_message(config, rendered) == []
+
+
+def smtp_cli(tmp_path: Path, news: Cli, server: SmtpServer | None, extra: str = "") -> Cli:
+    db_url = load_config(news.config_path, environ={}).database.url
+    return Cli(write_config(tmp_path / "smtp.toml", db_url, smtp=server, extra=extra))
+
+
+def test_test_send_delivers_one_real_message_marked_as_a_test(
+    news: Cli, tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    sender = smtp_cli(tmp_path, news, smtp_server)
+    result = sender("campaign", "test", "1", "--to", "me@harmonymails.com")
+    assert result.output.startswith("sent a test of campaign 1 to me@harmonymails.com")
+    assert len(smtp_server.messages) == 1
+    received = smtp_server.messages[0]
+    assert received.rcpt_tos == ["me@harmonymails.com"]
+    config = load_config(sender.config_path, environ={})
+    assert received.mail_from.endswith("@bounces.harmonymails.com")
+    assert parse_return_path(config, received.mail_from) == 0  # no delivery row: bounces map to nothing
+    message = parse(received.data)
+    assert message.defects == []
+    assert str(message["Subject"]) == "[TEST] Welcome to Harmony News"
+    assert str(message["To"]) == "Sample Subscriber <me@harmonymails.com>"
+    rendered = RenderedMessage(received.mail_from, "me@harmonymails.com", str(message["Message-ID"]),
+                               received.data)
+    assert check_message(config, rendered) == []
+    # a subscriber's own address gets their own data
+    sender("campaign", "test", "1", "--to", "ana@example.com")
+    assert "Welcome aboard, Ana!" in parts(parse(smtp_server.messages[1].data))[0]
+
+
+def test_test_send_with_starttls_required_goes_in_clear_only_on_loopback(
+    news: Cli, tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    extra = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nstarttls = "required"\ntimeout = 5\n'
+    sender = smtp_cli(tmp_path, news, None, extra)
+    sender("campaign", "test", "1", "--to", "me@harmonymails.com")
+    assert len(smtp_server.messages) == 1
+
+
+def test_test_send_to_a_relay_that_is_down_is_one_clear_line(news: Cli, tmp_path: Path) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nstarttls = "off"\ntimeout = 2\n'
+    result = smtp_cli(tmp_path, news, None, extra)("campaign", "test", "1", "--to", "me@harmonymails.com",
+                                                   ok=False)
+    assert result.exit_code == 1
+    assert "cannot send through 127.0.0.1" in result.stderr and result.stderr.count("\n") == 1
+    bad_address = smtp_cli(tmp_path, news, None, extra)("campaign", "test", "1", "--to", "not-an-address",
+                                                        ok=False)
+    assert "invalid email address" in bad_address.stderr
