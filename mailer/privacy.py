@@ -284,6 +284,14 @@ def _scrub(value: Any, needle: str) -> Any:
     return value
 
 
+def _keep_only_hash(session: Session, digest: str) -> None:
+    entry = session.scalar(sa.select(Suppression).where(Suppression.address_hash == digest))
+    if entry is not None:
+        entry.email = None
+        entry.ip = None
+        entry.user_agent = None
+
+
 def forget_subscriber(session: Session, email: str, actor: str, reason: str = "") -> ErasureReport:
     """Erase a person: profile, attributes, consent records, subscriptions, the address in
     deliveries and the audit trail; keep only a hashed suppression so it is never mailed again.
@@ -324,6 +332,9 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
     for bounce in session.scalars(sa.select(BounceEvent).where(BounceEvent.address_hash == digest)):
         bounce.diagnostic = _scrub(bounce.diagnostic, key)
     for event in _events_about(session, key):
+        earlier = event.detail.get("previous_address_hash") if event.action == "rectify" else None
+        if isinstance(earlier, str):
+            _keep_only_hash(session, earlier)  # the person's earlier address, if it opted out
         event.subject = digest
         event.reason = _scrub(event.reason, key)
         # where a click came from identifies a person as much as the address did

@@ -182,6 +182,13 @@ def test_a_new_address_for_someone_who_opted_out_stays_suppressed(cli: Cli, data
         assert session.scalar(sa.select(Suppression).where(
             Suppression.address_hash == address_hash("ana@example.org"))) is not None
 
+    # erasing her later leaves neither address in the clear, and both stay unmailable
+    cli("subscriber", "forget", "ana@example.org", "--yes")
+    stored = _everything_stored(database)
+    assert "ana.lima@example.com" not in stored and "ana@example.org" not in stored
+    for address in (ANA, "ana@example.org"):
+        assert cli("subscriber", "add", address, "--list", "news", ok=False).exit_code == 1
+
 
 def test_forget_erases_everything_and_reimport_is_refused(
     cli: Cli, database: Database, tmp_path: Path
