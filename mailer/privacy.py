@@ -141,7 +141,9 @@ def export_subscriber(
         {"at": _iso(e.at), "action": e.action, "actor": e.actor, "reason": e.reason}
         for e in _events_about(session, key)
     ]
-    record_event(session, "export", actor, subject=data["email"],
+    # an erased address is named by its hash only, even when someone types it in again
+    held = subscriber.email if subscriber else (suppression.email if suppression else None)
+    record_event(session, "export", actor, subject=held or address_hash(key),
                  reason=reason or "access and portability request (GDPR art. 15, 20)")
     return data
 

@@ -231,6 +231,10 @@ def test_forget_erases_everything_and_reimport_is_refused(
     refused = cli("subscriber", "add", ANA, "--list", "news", ok=False)
     assert refused.exit_code == 1 and "suppression list" in refused.stderr
     assert cli("subscriber", "show", ANA, ok=False).exit_code == 1
+    # asking what is held about her now answers "only a hash", and writes her address nowhere
+    after = json.loads(cli("subscriber", "export", ANA).stdout)
+    assert after["profile"] is None and after["suppression"]["reason"] == "erased"
+    assert ANA.lower() not in _everything_stored(database)
 
     erase_events = [e for e in json.loads(cli("audit", "ls", "--json").stdout) if e["action"] == "erase"]
     assert len(erase_events) == 1
