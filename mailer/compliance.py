@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import email.utils
 import re
 from collections.abc import Iterable
 from email.message import EmailMessage
@@ -23,6 +24,10 @@ FAKE_REPLY = re.compile(
 )
 ONCE_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version")
 MAX_LINE_OCTETS = 998
+# share of distinct words the text and HTML parts must have in common to count as one content
+MIN_SHARED_WORDS = 0.5
+_WORD = re.compile(r"[^\W_]{3,}")
+_MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
 _LIST_UNSUBSCRIBE = re.compile(r"^<(https://[^>\s]+)>(?:\s*,\s*<(mailto:[^>\s]+)>)?$")
 _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
                    "param", "source", "track", "wbr"})
@@ -109,6 +114,7 @@ def check_campaign(
             problems.append(f"no message can be built for {recipient.email}: {exc}")
             continue
         problems += check_message(config, rendered, notice=notice)
+        problems += check_equivalence(*composer.campaign_bodies(recipient))
     return _unique(problems)
 
 
@@ -157,6 +163,12 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
     for name in ONCE_HEADERS:
         if len(message.get_all(name, [])) != 1:
             problems.append(f"the message has {len(message.get_all(name, []))} {name} headers, not 1")
+    if not _MESSAGE_ID.match(str(message.get("Message-ID", ""))):
+        problems.append("the Message-ID is not of the form <...@...>")
+    try:
+        email.utils.parsedate_to_datetime(str(message.get("Date", "")))
+    except (TypeError, ValueError):
+        problems.append("the Date is not an RFC 5322 date")
     for name in ("Cc", "Bcc"):
         if message.get_all(name):
             problems.append(f"the message has a {name} header")
@@ -200,6 +212,21 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
         if url not in visible.hrefs:
             problems.append(f"{what} is missing from the visible HTML part")
     return problems
+
+
+def check_equivalence(html_body: str, text_body: str) -> list[str]:
+    """The text part must say what the HTML part says (SpamAssassin MPART_ALT_DIFF)."""
+    html_words = set(_WORD.findall(VisibleHtml.read(html_body).text.casefold()))
+    text_words = set(_WORD.findall(text_body.casefold()))
+    if not html_words and not text_words:
+        return ["the campaign's text and HTML are both empty"]
+    shared = len(html_words & text_words)
+    if shared / max(len(html_words), len(text_words)) < MIN_SHARED_WORDS:
+        return [
+            f"the text part and the HTML part say different things (only {shared} of "
+            f"{max(len(html_words), len(text_words))} words in common); make the .txt.j2 match the HTML"
+        ]
+    return []
 
 
 def _check_list_unsubscribe(config: Config, message: EmailMessage, problems: list[str]) -> str:

@@ -371,6 +371,10 @@ class Composer:
             data=data,
         )
 
+    def campaign_bodies(self, recipient: Recipient) -> tuple[str, str]:
+        """The campaign's own HTML and text for a recipient, without layout and footer."""
+        return self._bodies(recipient, self._unsubscribe_base + self.unsubscribe_token(recipient))
+
     def _bodies(self, recipient: Recipient, url: str) -> tuple[str, str]:
         context: dict[str, Any] | None = None
         if self._static_html is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from compose_helpers import make_campaign, make_config, make_list, make_recipient
+from compose_helpers import make_campaign, make_config, make_list, make_recipient, parse, render
 
 from mailer.compliance import check_campaign, check_subject, ensure_compliant
 from mailer.errors import ComplianceError
@@ -138,3 +138,18 @@ def test_shipped_examples_include_an_html_only_one() -> None:
     names = shipped_campaign_templates()
     assert "welcome" in names
     assert any(load_template_source(n).text is None for n in names)
+
+
+def test_text_part_saying_something_else_than_the_html_is_refused() -> None:
+    campaign = make_campaign("<p>Spring concerts in Laguna Beach, six evenings of music.</p>",
+                             "Our shoe sale ends tonight, buy two pairs get one free.")
+    problems = check_campaign(make_config(), campaign, make_list())
+    assert any("say different things" in p for p in problems), problems
+
+
+def test_reply_to_is_set_once_as_configured() -> None:
+    config = make_config(sender={"reply_to": "Harmony Help <help@harmonymails.com>"})
+    message = parse(render(config).data)
+    assert message.get_all("Reply-To") is not None and len(message.get_all("Reply-To", [])) == 1
+    assert message["Reply-To"].addresses[0].addr_spec == "help@harmonymails.com"
+    assert check_campaign(config, make_campaign(), make_list()) == []
