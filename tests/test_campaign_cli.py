@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from compose_helpers import parse, parts
 from conftest import Cli, SmtpServer, write_config
+from test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
 
 from mailer.compliance import check_message
 from mailer.compose import RenderedMessage
@@ -204,3 +206,36 @@ def test_test_send_to_a_relay_that_is_down_is_one_clear_line(news: Cli, tmp_path
     bad_address = smtp_cli(tmp_path, news, None, extra)("campaign", "test", "1", "--to", "not-an-address",
                                                         ok=False)
     assert "invalid email address" in bad_address.stderr
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium and chromium-driver")
+def test_example_campaign_looks_right_in_chromium_on_desktop_and_phone(
+    news: Cli, tmp_path: Path, browser: Any  # noqa: F811
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    page = tmp_path / "preview.html"
+    news("campaign", "preview", "1", "--email", "ana@example.com", "--html", str(page))
+    for width in (1024, 375):
+        browser.set_window_size(width, 900)
+        browser.get(page.as_uri())
+        assert browser.title == "Welcome to Harmony News"
+        heading = browser.find_element(By.TAG_NAME, "h1")
+        assert heading.is_displayed() and heading.text == "Welcome aboard, Ana!"
+        footer = browser.find_element(By.CLASS_NAME, "hm-footer")
+        assert footer.is_displayed()
+        assert "Advertisement." in footer.text
+        assert "1968 S Coast HWY #2045, Laguna Beach, California 92651, United States" in footer.text
+        assert "because you subscribed to Harmony News" in footer.text
+        assert float(footer.value_of_css_property("font-size").removesuffix("px")) >= 12
+        link = browser.find_element(By.LINK_TEXT, "Unsubscribe with one click")
+        assert link.is_displayed() and link.get_attribute("href").startswith("https://harmonymails.com/u/")
+        privacy = browser.find_element(By.LINK_TEXT, "privacy policy")
+        assert privacy.is_displayed() and privacy.get_attribute("href") == "https://harmonymails.com/privacy"
+        # nothing sticks out sideways: no horizontal scrolling on a phone
+        overflow = browser.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (width, overflow)
+        button = browser.find_element(By.LINK_TEXT, "See the workshops")
+        assert button.rect["x"] >= 0 and button.rect["x"] + button.rect["width"] <= width
