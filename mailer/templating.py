@@ -64,9 +64,9 @@ def load_template_source(spec: str) -> TemplateSource:
                 f"shipped names ({shipped})"
             )
         path = named
-    html = _read(path)
+    html = read_template_file(path)
     text_path = _sibling_text(path)
-    text = _read(text_path) if text_path is not None and text_path.is_file() else None
+    text = read_template_file(text_path) if text_path is not None and text_path.is_file() else None
     name = path.name if path.parent != campaign_templates_dir() else path.name.removesuffix(".html.j2")
     source = TemplateSource(name=name, html=html, text=text)
     compile_campaign_templates(source)
@@ -90,7 +90,8 @@ def _sibling_text(path: Path) -> Path | None:
     return None
 
 
-def _read(path: Path) -> str:
+def read_template_file(path: Path) -> str:
+    """A template file's text; raises TemplateError when unreadable, too big or not UTF-8."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
