@@ -239,3 +239,13 @@ def test_example_campaign_looks_right_in_chromium_on_desktop_and_phone(
         assert overflow <= 0, (width, overflow)
         button = browser.find_element(By.LINK_TEXT, "See the workshops")
         assert button.rect["x"] >= 0 and button.rect["x"] + button.rect["width"] <= width
+
+
+def test_preview_of_a_list_with_nobody_on_it_uses_a_sample_subscriber(cli: Cli, tmp_path: Path) -> None:
+    cli("list", "create", "empty")
+    page = tmp_path / "card.html.j2"
+    page.write_text("<p>Hello {{ subscriber.name }} from {{ subscriber.attributes.city }}</p>", encoding="utf-8")
+    cli("campaign", "create", "--list", "empty", "--subject", "Hello", "--template", str(page))
+    shown = cli("campaign", "preview", "1").output
+    assert "To: Sample Subscriber <subscriber@example.com>" in shown
+    assert "Hello Sample Subscriber from [city]" in shown

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import dkim
 import pytest
-from compose_helpers import dkim_key, dns_for, make_campaign, make_config, make_list, parse, render
+from compose_helpers import (
+    dkim_key,
+    dns_for,
+    make_campaign,
+    make_config,
+    make_list,
+    make_recipient,
+    parse,
+    render,
+)
 from conftest import Cli
 
 from mailer.compliance import check_message
@@ -136,3 +145,17 @@ def test_keygen_command_writes_a_private_key_and_prints_the_record(cli: Cli, tmp
     assert again.exit_code == 1
     assert "already exists" in again.stderr and again.stderr.count("\n") == 1
     assert load_private_key(str(out)).private_numbers() == key.private_numbers()
+
+
+def test_folded_and_encoded_headers_verify(key_dir: Path) -> None:
+    campaign = make_campaign(
+        subject="夏のコンサート、今週末まで Harmony Mails からのお知らせ and a long English tail " * 2,
+        from_address="Événements Harmony <events@harmonymails.com>",
+    )
+    config = make_config(dkim_key=key_dir / "hm1.pem", sender={"reply_to": "Aide <help@harmonymails.com>"})
+    dkim_key(str(key_dir))
+    data = render(config, campaign, make_recipient(name="Zoë Ångström-Núñez de la Montaña y Castañeda")).data
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    assert dkim.verify(data, dnsfunc=dns_for(dkim_key(str(key_dir))))
+    signed = {h.strip() for h in tags(data)["h"].replace(" ", "").split(":")}
+    assert {"reply-to", "list-id"} <= signed
