@@ -249,3 +249,15 @@ def test_preview_of_a_list_with_nobody_on_it_uses_a_sample_subscriber(cli: Cli, 
     shown = cli("campaign", "preview", "1").output
     assert "To: Sample Subscriber <subscriber@example.com>" in shown
     assert "Hello Sample Subscriber from [city]" in shown
+
+
+def test_unreadable_dkim_key_is_one_line_and_stores_nothing(news: Cli, tmp_path: Path) -> None:
+    db_url = load_config(news.config_path, environ={}).database.url
+    extra = (f'[dkim]\ndomain = "harmonymails.com"\nselector = "hm1"\n'
+             f'private_key = "{tmp_path / "missing.pem"}"\n')
+    signed = Cli(write_config(tmp_path / "dkim.toml", db_url, extra=extra))
+    result = signed("campaign", "create", "--list", "news", "--subject", "Welcome", "--template", "welcome",
+                    ok=False)
+    assert result.exit_code == 1
+    assert "dkim.private_key: cannot read" in result.stderr and result.stderr.count("\n") == 1
+    assert campaigns(news) == []
