@@ -41,8 +41,9 @@ _HIDING_STYLE = re.compile(
 )
 _STYLE_BLOCK = re.compile(r"<style[^>]*>(.*?)(?:</style\s*>|$)", re.IGNORECASE | re.DOTALL)
 # a stylesheet rule that hides these elements could hide the footer the system appends
-_FOOTER_SELECTOR = re.compile(r"(?:^|[\s,>+~(])(?:\*|html|body|table|tbody|tr|td|div|p|a|strong)\b|hm-",
-                              re.IGNORECASE)
+# the footer is made of these elements; a rule whose target is one of them, bare, can hide it
+_FOOTER_ELEMENTS = frozenset({"*", "html", "body", "table", "tbody", "tr", "td", "div", "p", "a", "strong"})
+_COMBINATOR = re.compile(r"[\s>+~]+")
 
 
 def check_subject(subject: str) -> list[str]:
@@ -263,12 +264,25 @@ def _check_stylesheets(html_template: str) -> list[str]:
         for rule in block.split("}"):
             selector, _, declarations = rule.rpartition("{")
             selector = selector.rpartition("{")[2] if "{" in selector else selector
-            if _HIDING_STYLE.search(declarations) and _FOOTER_SELECTOR.search(" " + selector.strip()):
+            if _HIDING_STYLE.search(declarations) and _may_match_footer(selector):
                 problems.append(
                     f"the stylesheet rule '{selector.strip()}' can hide the footer; "
                     "hide elements with a class of your own or an inline style instead"
                 )
     return problems
+
+
+def _may_match_footer(selector: str) -> bool:
+    """True when a selector list may select an element of the footer."""
+    if "hm-" in selector:
+        return True
+    for one in selector.split(","):
+        parts = _COMBINATOR.split(one.strip())
+        target = parts[-1].lower() if parts else ""
+        # the target is what a rule styles: `div` or `*` reaches the footer, `div.promo` does not
+        if re.split(r"[:\[]", target, maxsplit=1)[0] in _FOOTER_ELEMENTS:
+            return True
+    return False
 
 
 def _has_phrase(haystack: str, phrase: str) -> bool:

@@ -153,3 +153,13 @@ def test_reply_to_is_set_once_as_configured() -> None:
     assert message.get_all("Reply-To") is not None and len(message.get_all("Reply-To", [])) == 1
     assert message["Reply-To"].addresses[0].addr_spec == "help@harmonymails.com"
     assert check_campaign(config, make_campaign(), make_list()) == []
+
+
+def test_stylesheet_rules_for_own_classes_are_fine_and_bare_elements_are_not() -> None:
+    def problems(css: str) -> list[str]:
+        html = f"<style>{css}</style><p>Hello</p>"
+        return check_campaign(make_config(), make_campaign(html, "Hello"), make_list())
+
+    assert problems("div.promo, p.teaser { display: none } @media (max-width: 600px) { .wide { display:none } }") == []
+    assert problems("p { color: #333 }") == []
+    assert any("can hide the footer" in p for p in problems(".banner > p { visibility: hidden }"))
