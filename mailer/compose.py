@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import contextlib
 import datetime as dt
 import email.policy
 import re
@@ -19,7 +20,7 @@ from markupsafe import Markup, escape
 
 from mailer.config import Config
 from mailer.dkim import DkimSigner, signer_from_config
-from mailer.errors import InvalidInputError
+from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.templating import (
     TemplateSource,
@@ -42,6 +43,9 @@ DEFAULT_NOTICE_REASON = "it concerns your account or your subscription with us"
 
 _SLOT = "\x00{}\x00"  # markers in the pre-rendered layout; no template or escaping produces NUL
 _SLOT_RE = re.compile("\x00([a-z_]+)\x00")
+# markers for subscriber values in a probe rendering of an HTML-only template (see _TextProbe)
+_PROBE = "\x01{}\x01"
+_PROBE_RE = re.compile("\x01([a-z0-9]+)\x01")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _ADDRESS_SPEC = re.compile(r"^[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+$")
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
@@ -176,8 +180,8 @@ def subscribed_phrase(subscribed_at: dt.datetime | None) -> str:
 class _Skeleton:
     """Text rendered once with slot markers; filling the slots is a join, not a render."""
 
-    def __init__(self, rendered: str) -> None:
-        pieces = _SLOT_RE.split(rendered)
+    def __init__(self, rendered: str, slots: re.Pattern[str] = _SLOT_RE) -> None:
+        pieces = slots.split(rendered)
         self._static = pieces[0::2]
         self._slots = pieces[1::2]
 
@@ -187,6 +191,56 @@ class _Skeleton:
             out.append(values[name])
             out.append(text)
         return "".join(out)
+
+
+class _ProbeAttributes(dict[str, Any]):
+    """Attributes that answer every key with a marker, remembering which key each marker stands for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def __missing__(self, key: str) -> str:
+        if key not in self.asked:
+            self.asked.append(key)
+        return _PROBE.format(f"a{self.asked.index(key)}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key]
+
+
+class _TextProbe:
+    """The text part of an HTML-only template, derived once from a rendering with markers.
+
+    html2text is slow (milliseconds a message). When a recipient's HTML equals the probe's
+    HTML with their values in place of the markers, their text is the probe's text with the
+    same values in place: no conversion. Any other HTML (a branch on a value, a filter that
+    changed one) is converted as usual.
+    """
+
+    def __init__(self, template: jinja2.Template, context: Mapping[str, Any]) -> None:
+        self._attributes = _ProbeAttributes()
+        subscriber = {"email": _PROBE.format("e"), "name": _PROBE.format("n"), "attributes": self._attributes}
+        html = render_template(
+            template, {**context, "subscriber": subscriber, "unsubscribe_url": _PROBE.format("u")},
+            label="HTML template",
+        )
+        self._html = _Skeleton(html, _PROBE_RE)
+        self._text = _Skeleton(html_to_text(html), _PROBE_RE)
+
+    def text_for(self, html: str, recipient: Recipient, url: str) -> str | None:
+        values = {"e": recipient.email, "n": recipient.name, "u": url}
+        for index, key in enumerate(self._attributes.asked):
+            if key not in recipient.attributes:
+                return None
+            values[f"a{index}"] = str(recipient.attributes[key])
+        # html2text folds runs of blanks as a browser would; values holding them take the slow path
+        if any(" ".join(value.split()) != value for value in values.values()):
+            return None
+        escaped = {slot: str(escape(value)) for slot, value in values.items()}
+        if self._html.fill(escaped) != html:
+            return None
+        return self._text.fill(values)
 
 
 class Composer:
@@ -240,6 +294,11 @@ class Composer:
             self._static_text = self._render_text(self._context)
         elif self._text_template is None and self._static_html is not None:
             self._static_text = html_to_text(self._static_html)
+        self._text_probe: _TextProbe | None = None
+        if self._text_template is None and self._static_html is None:
+            # a template that needs real values (say a number) cannot be probed; each text is converted
+            with contextlib.suppress(TemplateError):
+                self._text_probe = _TextProbe(self._html_template, self._context)
         self._build_layout(list_title, campaign.notice_reason)
         self._build_headers(campaign, mailing_list, list_title)
 
@@ -387,7 +446,10 @@ class Composer:
         elif self._text_template is not None:
             text_body = self._render_text(context or self._personal_context(recipient, url))
         else:
-            text_body = html_to_text(html_body)
+            probed = None
+            if self._text_probe is not None:
+                probed = self._text_probe.text_for(html_body, recipient, url)
+            text_body = probed if probed is not None else html_to_text(html_body)
         return html_body, text_body
 
     def _personal_context(self, recipient: Recipient, url: str) -> dict[str, Any]:

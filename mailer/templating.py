@@ -177,7 +177,7 @@ def is_full_document(html: str) -> bool:
 def html_to_text(html: str) -> str:
     """The plain-text equivalent of an HTML body, for the text/plain part (html2text)."""
     converter = html2text.HTML2Text()
-    converter.body_width = 78
+    converter.body_width = 0  # no hard wraps: mail clients wrap text themselves
     converter.unicode_snob = True  # keep accents and CJK as they are, not ASCII approximations
     converter.ignore_images = True
     converter.ignore_emphasis = True

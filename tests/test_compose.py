@@ -24,6 +24,7 @@ from mailer.compliance import VisibleHtml, check_message
 from mailer.compose import Composer, RenderedMessage
 from mailer.errors import InvalidInputError, TemplateError, TokenError
 from mailer.models import CampaignKind
+from mailer.templating import html_to_text
 from mailer.tokens import read_unsubscribe_token
 from mailer.verp import parse_return_path
 
@@ -301,3 +302,28 @@ def test_addresses_that_cannot_go_in_a_header_are_refused() -> None:
             composer.render(make_recipient(email=bad))
     idn = composer.render(make_recipient(email="ana@bücher.example"))
     assert idn.recipient == "ana@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<h1>Hi {{ subscriber.name }}</h1><p>From {{ subscriber.attributes.city }}, "
+        '<a href="{{ unsubscribe_url }}">leave</a> {{ subscriber.email }}</p>',
+        "<p>Hi {{ subscriber.name.split()[0] }}</p>"
+        '{% if subscriber.attributes.get("vip") %}<p>VIP lounge</p>{% else %}<p>General entry</p>{% endif %}',
+        "<p>{{ subscriber.name | upper }} is {{ subscriber.attributes.age + 1 }} next year</p>",
+    ],
+    ids=["values", "branch-and-filter", "arithmetic"],
+)
+def test_derived_text_part_is_exactly_the_html_converted_for_every_recipient(html: str) -> None:
+    composer = Composer(make_config(), make_campaign(html, None), make_list())
+    people = [
+        make_recipient(1, "a@example.com", "Ana Lima", {"city": "Lisbon", "vip": "yes", "age": 30}),
+        make_recipient(2, "b@example.com", "Bo  *Chen*  ", {"city": "Zürich & <Bern>", "age": 41}),
+        make_recipient(3, "c@example.com", "Zoë [x](y) 1.", {"city": "", "vip": "", "age": 7}),
+    ]
+    for person in people:
+        html_body, text_body = composer.campaign_bodies(person)
+        assert text_body == html_to_text(html_body)
+        text, _ = parts(parse(composer.render(person).data))
+        assert text.startswith(text_body.rstrip("\n"))
