@@ -9,8 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from mailer.audit import cli_actor, record_event
 from mailer.errors import DeliveryError, NotFoundError
-from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryState, utcnow
+from mailer.models import Campaign, CampaignKind, CampaignStatus, Delivery, DeliveryState, utcnow
 from mailer.store import count_deliveries, snapshot_audience
 
 # states in which a delivery may still go out
@@ -57,7 +58,16 @@ def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None =
     if not moved:
         return 0
     session.refresh(campaign)
-    return snapshot_audience(session, campaign, now)
+    created = snapshot_audience(session, campaign, now)
+    if campaign.kind is CampaignKind.NOTICE:
+        # every command that starts a notice (notice send, campaign send, send-due) passes here,
+        # once, in the transaction that starts it: the trail cannot miss a notice or count it twice
+        record_event(
+            session, "notice", cli_actor(), subject=f"notice {campaign_id}", reason=campaign.notice_reason,
+            detail={"notice_id": campaign_id, "subject": campaign.subject, "recipients": created,
+                    "started_at": now.isoformat()},
+        )
+    return created
 
 
 def schedule_campaign(session: Session, campaign_id: int, at: dt.datetime,

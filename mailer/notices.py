@@ -9,7 +9,6 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audit import record_event
 from mailer.compliance import VisibleHtml, check_campaign, message_parts, parse_message
 from mailer.compose import Composer, sample_recipient
 from mailer.config import Config
@@ -21,7 +20,7 @@ from mailer.errors import (
     NotFoundError,
     TemplateError,
 )
-from mailer.models import Campaign, CampaignKind, CampaignStatus, utcnow
+from mailer.models import Campaign, CampaignKind, CampaignStatus
 from mailer.templating import (
     HTML_SUFFIXES,
     MAX_TEMPLATE_BYTES,
@@ -210,32 +209,20 @@ def ensure_notice_compliant(config: Config, notice: Campaign) -> None:
         raise ComplianceError(problems)
 
 
-def start_notice(config: Config, database: Database, notice_id: int, actor: str) -> int:
+def start_notice(config: Config, database: Database, notice_id: int) -> int:
     """Pass the notice gate, then start it through the delivery engine with the notice audience
     (every subscriber not erased and not hard-bounced); returns how many deliveries are open.
 
-    The first start is recorded in the audit trail. Raises ComplianceError, TemplateError,
-    NotFoundError or DeliveryError.
+    The engine records the start in the audit trail, whichever command starts a notice.
+    Raises ComplianceError, TemplateError, NotFoundError or DeliveryError.
     """
-    from mailer.lifecycle import campaign_status
     from mailer.send import start_send
 
     with database.session() as session:
         notice = get_notice(session, notice_id)
-        first = notice.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED)
-        if first:
+        if notice.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
             ensure_notice_compliant(config, notice)
-    opened = start_send(config, database, notice_id)
-    if first:
-        with database.session() as session:
-            notice = get_notice(session, notice_id)
-            status = campaign_status(session, notice_id)
-            record_event(
-                session, "notice", actor, subject=f"notice {notice_id}", reason=notice.notice_reason,
-                detail={"notice_id": notice_id, "subject": notice.subject,
-                        "recipients": sum(status.counts.values()), "started_at": utcnow().isoformat()},
-            )
-    return opened
+    return start_send(config, database, notice_id)
 
 
 def copy_example_notice(name: str, directory: Path) -> list[Path]:

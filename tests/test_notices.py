@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import json
@@ -14,7 +15,7 @@ from conftest import Cli, SmtpServer, write_config
 
 from mailer.config import load_config
 from mailer.db import Database
-from mailer.models import Subscriber, SuppressionReason
+from mailer.models import Campaign, Subscriber, SuppressionReason, utcnow
 from mailer.optout import OptOutSource, unsubscribe
 from mailer.resources import resource_path
 from mailer.suppression import suppress_address
@@ -228,3 +229,27 @@ def test_a_campaign_id_is_not_a_notice(smtp_cli: Cli) -> None:
 def test_every_notice_command_has_help_with_an_example(smtp_cli: Cli) -> None:
     for command in ("example", "create", "check", "send", "ls"):
         assert "Example:" in smtp_cli("notice", command, "--help").stdout
+
+
+def test_a_notice_started_by_the_campaign_commands_or_send_due_is_audit_logged(
+    smtp_cli: Cli, database: Database, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    smtp_cli("list", "create", "news")
+    smtp_cli("subscriber", "add", "ana@example.com", "--list", "news")
+    by_campaign_send = _create(smtp_cli, _template(tmp_path))
+    by_send_due = _create(smtp_cli, _template(tmp_path))
+
+    smtp_cli("campaign", "send", by_campaign_send)
+    smtp_cli("campaign", "schedule", by_send_due, "--at", "2099-01-01T09:00:00+00:00")
+    with database.session() as session:  # its time has come
+        notice = session.get(Campaign, int(by_send_due))
+        assert notice is not None
+        notice.scheduled_at = utcnow() - dt.timedelta(seconds=1)
+    smtp_cli("send-due")
+    smtp_cli("send-due")  # nothing left to start: nothing more recorded
+
+    events = json.loads(smtp_cli("audit", "ls", "--action", "notice", "--json").stdout)
+    assert [(e["detail"]["notice_id"], e["reason"], e["detail"]["recipients"]) for e in events] == [
+        (int(by_campaign_send), REASON, 1), (int(by_send_due), REASON, 1)]
+    assert all(e["actor"].startswith("cli") for e in events)
+    assert _recipients(smtp_server) == ["ana@example.com", "ana@example.com"]

@@ -298,7 +298,7 @@ def notice_send(app: AppContext, notice_id: int, as_json: bool) -> None:
       campaign 7: 1302 sent, 0 deferred, 1 failed, 0 suppressed
       status: sent (1302 sent, 1 failed)
     """
-    start_notice(app.config, app.db, notice_id, cli_actor())
+    start_notice(app.config, app.db, notice_id)
     report = send_campaign_now(app.config, app.db, notice_id, handle_signals=True)
     with app.db.session() as session:
         status = campaign_status(session, notice_id)
