@@ -30,6 +30,8 @@ from mailer.subscribers import check_attributes, check_email, check_name, find_s
 from mailer.suppression import is_suppressed, suppress_address
 
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
+# suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind
+_MAILBOX_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.SOFT_BOUNCES})
 ERASED_MARK = "[erased]"  # what replaces an erased address inside kept text (SMTP replies, audit details)
 
 
@@ -195,7 +197,7 @@ def update_subscriber(
                 # the same person: their earlier events follow them, so an erasure finds them all
                 for event in _events_about(session, old_key):
                     event.subject = address
-                if old_suppression is not None:
+                if old_suppression is not None and old_suppression.reason not in _MAILBOX_REASONS:
                     # an objection to mail is the person's, not the mailbox's; a new address must
                     # not make someone who opted out mailable again
                     suppress_address(session, new_key, old_suppression.reason,

@@ -190,6 +190,27 @@ def test_a_new_address_for_someone_who_opted_out_stays_suppressed(cli: Cli, data
         assert cli("subscriber", "add", address, "--list", "news", ok=False).exit_code == 1
 
 
+def test_correcting_an_address_that_hard_bounced_makes_the_person_mailable_again(
+    cli: Cli, database: Database
+) -> None:
+    from mailer.suppression import suppress_address
+
+    cli("list", "create", "news")
+    cli("subscriber", "add", "ana@exmaple.com", "--list", "news")
+    with database.session() as session:  # the typo's mailbox does not exist, as the relay said
+        suppress_address(session, "ana@exmaple.com", SuppressionReason.HARD_BOUNCE, source="smtp 550")
+
+    out = cli("subscriber", "update", "ana@exmaple.com", "--email", "ana@example.com").stdout
+
+    # a bounce belongs to the mistyped mailbox, not to the person: the corrected one is not suppressed
+    assert "stays suppressed" not in out
+    assert [row["email"] for row in json.loads(cli("subscriber", "ls", "--list", "news", "--json").stdout)] == [
+        "ana@example.com"]
+    with database.session() as session:
+        assert session.scalar(sa.select(Suppression).where(
+            Suppression.address_hash == address_hash("ana@example.com"))) is None
+
+
 def test_forget_erases_everything_and_reimport_is_refused(
     cli: Cli, database: Database, tmp_path: Path
 ) -> None:
