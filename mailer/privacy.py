@@ -139,9 +139,12 @@ def export_subscriber(
             .order_by(BounceEvent.created_at, BounceEvent.id)
         )
     ]
+    # an erasure leaves the person's events under the hash of the address; they are still theirs
+    events = sorted([*_events_about(session, key), *session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.subject == address_hash(key)))], key=lambda e: (e.at, e.id))
     data["audit_events"] = [
         {"at": _iso(e.at), "action": e.action, "actor": e.actor, "reason": e.reason}
-        for e in _events_about(session, key)
+        for e in events
     ]
     # an erased address is named by its hash only, even when someone types it in again
     held = subscriber.email if subscriber else (suppression.email if suppression else None)

@@ -292,6 +292,19 @@ def test_forget_replaces_an_unsubscribe_with_a_hash_and_pseudonymizes_the_trail(
     assert "(erased)" in listed and "erased" in listed
 
 
+def test_an_export_after_erasure_lists_the_events_kept_under_the_hash(cli: Cli) -> None:
+    cli("list", "create", "news")
+    cli("subscriber", "add", ANA, "--list", "news")
+    cli("suppress", "add", ANA, "--reason", "asked by phone")
+    cli("subscriber", "forget", ANA, "--yes", "--reason", "ticket 4712")
+
+    data = json.loads(cli("subscriber", "export", ANA).stdout)
+
+    # the trail still holds these about her, pseudonymized: an access request must show them
+    assert [(e["action"], e["reason"]) for e in data["audit_events"]] == [
+        ("suppress", "asked by phone"), ("erase", "ticket 4712")]
+
+
 def test_forget_asks_first_and_changes_nothing_when_declined(cli: Cli) -> None:
     cli("list", "create", "news")
     cli("subscriber", "add", ANA, "--list", "news")
