@@ -13,8 +13,9 @@ from conftest import Cli, SmtpServer, write_config
 from test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
 
 from mailer.compliance import check_message
-from mailer.compose import RenderedMessage
+from mailer.compose import SAMPLE_SUBSCRIBER_ID, RenderedMessage
 from mailer.config import load_config
+from mailer.tokens import read_unsubscribe_token
 from mailer.verp import parse_return_path
 
 
@@ -261,3 +262,14 @@ def test_unreadable_dkim_key_is_one_line_and_stores_nothing(news: Cli, tmp_path:
     assert result.exit_code == 1
     assert "dkim.private_key: cannot read" in result.stderr and result.stderr.count("\n") == 1
     assert campaigns(news) == []
+
+
+def test_preview_without_email_uses_a_sample_whose_link_unsubscribes_nobody(news: Cli) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    raw = news("campaign", "preview", "1", "--raw").stdout_bytes
+    message = parse(raw)
+    assert str(message["To"]) == "Sample Subscriber <subscriber@example.com>"
+    token = str(message["List-Unsubscribe"]).split("/u/")[1].split(">")[0]
+    config = load_config(news.config_path, environ={})
+    claim = read_unsubscribe_token(config.unsubscribe.secret_keys, token)
+    assert claim.subscriber_id == SAMPLE_SUBSCRIBER_ID
