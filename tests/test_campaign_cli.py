@@ -273,3 +273,12 @@ def test_preview_without_email_uses_a_sample_whose_link_unsubscribes_nobody(news
     config = load_config(news.config_path, environ={})
     claim = read_unsubscribe_token(config.unsubscribe.secret_keys, token)
     assert claim.subscriber_id == SAMPLE_SUBSCRIBER_ID
+
+
+def test_check_renders_for_a_subscriber_without_a_name_too(news: Cli, tmp_path: Path) -> None:
+    news("subscriber", "add", "noname@example.com", "--list", "news", "--attr", "city=Porto")
+    page = tmp_path / "first.html.j2"
+    page.write_text("<p>Hi {{ subscriber.name.split()[0] }}</p>", encoding="utf-8")
+    result = news("campaign", "create", "--list", "news", "--subject", "Hello", "--template", str(page), ok=False)
+    assert result.exit_code == 1
+    assert "fails for subscriber noname@example.com" in result.stderr
