@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ from mailer.suppression import is_suppressed, suppress_address
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
 # suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind
 _MAILBOX_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.SOFT_BOUNCES})
+# what an address looks like inside an SMTP reply, a bounce report or a reason someone typed
+_ANY_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 ERASED_MARK = "[erased]"  # what replaces an erased address inside kept text (SMTP replies, audit details)
 
 
@@ -272,10 +275,12 @@ class ErasureReport:
 
 
 def _scrub(value: Any, needle: str) -> Any:
-    """The value with every case-insensitive occurrence of the address replaced."""
+    """The value with every case-insensitive occurrence of the address replaced, and any other
+    address in it too: text about an erased person may quote an address they had before a
+    correction, which is kept nowhere else to search for."""
     if isinstance(value, str):
         if needle not in value.lower():
-            return value
+            return _ANY_ADDRESS.sub(ERASED_MARK, value)
         lowered = value.lower()
         out, start = [], 0
         while (at := lowered.find(needle, start)) != -1:
@@ -283,7 +288,7 @@ def _scrub(value: Any, needle: str) -> Any:
             out.append(ERASED_MARK)
             start = at + len(needle)
         out.append(value[start:])
-        return "".join(out)
+        return _ANY_ADDRESS.sub(ERASED_MARK, "".join(out))
     if isinstance(value, dict):
         return {k: _scrub(v, needle) for k, v in value.items()}
     if isinstance(value, list):
@@ -312,6 +317,18 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
     if subscriber is None and suppression is None:
         raise NotFoundError(f"nothing is held about {email.strip()!r}")
     report = ErasureReport(address_hash=digest)
+    events = _events_about(session, key)
+    # the hashes of addresses the person had before a correction: their bounces are theirs too
+    person_hashes = {digest} | {
+        earlier for e in events if e.action == "rectify"
+        and isinstance(earlier := e.detail.get("previous_address_hash"), str)
+    }
+    theirs: sa.ColumnElement[bool] = BounceEvent.address_hash.in_(person_hashes)
+    if subscriber is not None:
+        own_deliveries = sa.select(Delivery.id).where(Delivery.subscriber_id == subscriber.id)
+        theirs = sa.or_(theirs, BounceEvent.delivery_id.in_(own_deliveries))
+    # read before the deliveries are detached from the person below
+    bounces = list(session.scalars(sa.select(BounceEvent).where(theirs)))
     if subscriber is not None:
         report.profile = True
         report.attributes = len(subscriber.attributes)
@@ -336,12 +353,11 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
         suppression.source = "erasure"
         report.suppression = "kept as hash"
     # bounce events are kept by hash for the soft-bounce count; their server replies quote the address
-    for bounce in session.scalars(sa.select(BounceEvent).where(BounceEvent.address_hash == digest)):
+    for bounce in bounces:
         bounce.diagnostic = _scrub(bounce.diagnostic, key)
-    for event in _events_about(session, key):
-        earlier = event.detail.get("previous_address_hash") if event.action == "rectify" else None
-        if isinstance(earlier, str):
-            _keep_only_hash(session, earlier)  # the person's earlier address, if it opted out
+    for earlier in person_hashes - {digest}:
+        _keep_only_hash(session, earlier)  # the person's earlier address, if it opted out
+    for event in events:
         event.subject = digest
         event.reason = _scrub(event.reason, key)
         # where a click came from identifies a person as much as the address did

@@ -262,6 +262,25 @@ def test_forget_erases_everything_and_reimport_is_refused(
     assert erase_events[0]["subject"] == address_hash(ANA)
 
 
+def test_forget_after_a_correction_leaves_the_earlier_address_nowhere(cli: Cli, database: Database) -> None:
+    from mailer.audit import record_event
+
+    cli("list", "create", "news")
+    cli("subscriber", "add", "ana@exmaple.com", "--list", "news")
+    # the typo bounced: the relay's reply, the bounce report and the trail all quote it
+    _add_sent_delivery(database, "ana@exmaple.com")
+    with database.session() as session:
+        record_event(session, "suppress", "mailer", subject="ana@exmaple.com",
+                     reason="hard bounce: 550 5.1.1 <ana@exmaple.com>: no such user")
+    cli("subscriber", "update", "ana@exmaple.com", "--email", "ana@example.com")
+
+    cli("subscriber", "forget", "ana@example.com", "--yes")
+
+    stored = _everything_stored(database)
+    assert "ana@exmaple.com" not in stored
+    assert "ana@example.com" not in stored
+
+
 def test_forget_replaces_an_unsubscribe_with_a_hash_and_pseudonymizes_the_trail(
     cli: Cli, database: Database, config_path: Path
 ) -> None:
