@@ -159,3 +159,27 @@ def test_folded_and_encoded_headers_verify(key_dir: Path) -> None:
     assert dkim.verify(data, dnsfunc=dns_for(dkim_key(str(key_dir))))
     signed = {h.strip() for h in tags(data)["h"].replace(" ", "").split(":")}
     assert {"reply-to", "list-id"} <= signed
+
+
+# a throwaway 768-bit key (cryptography will not even generate one this small)
+SHORT_KEY_PEM = """-----BEGIN PRIVATE KEY-----
+MIIB5AIBADANBgkqhkiG9w0BAQEFAASCAc4wggHKAgEAAmEAvkiZq4bSWBSE10hq
+vi148xRDTTjjygfk28eeueE+HqsT115XPju9vIR3nS9nRhf3Bi4cMT5dkkHYm4v4
+6wBJlNIVoCQMXdUiGH2oFEUYJa6YIwpyR/2Qd7ECC89Iy+cfAgMBAAECYGhlhInq
+6jSQ7WD/xjCY2ibjExmnALKzKgi6uIba4S4KRlR+2fa26B4pv0Zp34tBUb3n3YC3
+lY18jHCJpB+xYMDN5e22P6G6nXY8exjZsB+kReR8D/rypeHFSx3W5c4xQQIxAPov
+o1I2J2N368465dqBPTVu/W4utPjXakUrwcyofjBDOtoQX0IOTnw8cKzEdiBTWQIx
+AMK0mecrXgvNISOfW/Y6S9ZawlU+Lobk1T0Mr3nmhs+nMDm5/iBfhF1JlhrgiKUX
+NwIwExNwy4Lvi+kH5Mie4AM8rIdS8YTELbkXFEEa3MT4IivuH9RhvwKiP1zIZpPw
+QdS5AjBMxxDFUpmUR8Bgnq+Rye0rysBFAu8v7D6WA1GS3S+d5Mykhs5KD8BPVPwm
+/xGDIEMCMQDg/lzVZGB8M+N7/i746FCiZ0pDr+lmVUCjx0BooZCFIlszJPLyBxy+
+J0phVnRwoSM=
+-----END PRIVATE KEY-----
+"""
+
+
+def test_keys_under_1024_bits_are_refused(tmp_path: Path) -> None:
+    short = tmp_path / "short.pem"
+    short.write_text(SHORT_KEY_PEM)
+    with pytest.raises(ConfigError, match="768 bits; DKIM needs at least 1024"):
+        load_private_key(str(short))
