@@ -179,11 +179,13 @@ def _subscription(session: Session, subscriber_id: int, list_id: int) -> Subscri
 
 
 def _resolve(session: Session, config: Config, token: str) -> tuple[Subscription, Subscriber, MailingList]:
-    subscriber_id, list_id = read_confirm_token(
+    subscriber_id, list_id, issued_at = read_confirm_token(
         config.require_secret_keys(), token, config.consent.confirm_expiry
     )
     subscription = _subscription(session, subscriber_id, list_id)
-    if subscription is None:
+    # a link signed before the subscription existed named someone erased since, whose row id
+    # SQLite gave to the next person: it must not confirm (or reveal) that person
+    if subscription is None or subscription.created_at.replace(microsecond=0) > issued_at:
         # erased, or never ours: say no more than for a tampered link
         raise TokenError("invalid confirmation token")
     return subscription, subscription.subscriber, subscription.mailing_list

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +61,13 @@ def make_confirm_token(keys: tuple[str, ...] | list[str], subscriber_id: int, li
 
 def read_confirm_token(
     keys: tuple[str, ...] | list[str], token: str, max_age_seconds: float
-) -> tuple[int, int]:
-    """Verify a confirmation token younger than max_age_seconds; raises TokenError otherwise."""
+) -> tuple[int, int, dt.datetime]:
+    """Verify a confirmation token younger than max_age_seconds and return its subscriber id,
+    list id and signing time (whole seconds, UTC); raises TokenError otherwise."""
     serializer = URLSafeTimedSerializer(_ordered(keys), salt=CONFIRM_SALT, signer_kwargs=_SIGNER_KWARGS)
     try:
-        payload: Any = serializer.loads(token, max_age=int(max_age_seconds))
+        payload: Any
+        payload, issued_at = serializer.loads(token, max_age=int(max_age_seconds), return_timestamp=True)
     except (BadData, UnicodeError, ValueError) as exc:
         raise TokenError("invalid or expired confirmation token") from exc
     if (
@@ -73,7 +76,7 @@ def read_confirm_token(
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in payload)
     ):
         raise TokenError("invalid confirmation token")
-    return payload[0], payload[1]
+    return payload[0], payload[1], issued_at
 
 
 def _claim(payload: Any) -> UnsubscribeClaim:

@@ -182,6 +182,25 @@ def test_the_link_of_an_erased_person_does_not_work(
     assert client.post(path).status_code == 400
 
 
+def test_the_link_of_an_erased_person_never_confirms_the_next_person_to_join(
+    smtp_cli: Cli, smtp_server: SmtpServer, client: FlaskClient
+) -> None:
+    smtp_cli("list", "create", "news", "--double-opt-in")
+    smtp_cli("subscriber", "add", ANA, "--list", "news")
+    ana_link = _link_path(smtp_server)
+    smtp_cli("subscriber", "forget", ANA, "--yes")
+    time.sleep(1.1)  # links carry whole seconds: the next person joins clearly after Ana's link
+    # SQLite hands the freed row id to the next subscriber: Ana's link now names Bo's id
+    smtp_cli("subscriber", "add", "bo@example.com", "--list", "news")
+
+    for response in (client.get(ana_link), client.post(ana_link)):
+        assert response.status_code == 400
+        assert "b•••@example.com" not in response.get_data(as_text=True)
+    assert _status(smtp_cli, "bo@example.com") == "unconfirmed"
+    assert client.post(_link_path(smtp_server)).status_code == 200
+    assert _status(smtp_cli, "bo@example.com") == "active"
+
+
 def test_a_relay_that_is_down_leaves_the_subscriber_unconfirmed_with_a_way_to_retry(
     tmp_path: Path, database: Database, config: Config
 ) -> None:
