@@ -146,7 +146,8 @@ def export_subscriber(
     events = sorted([*_events_about(session, key), *session.scalars(
         sa.select(AuditEvent).where(AuditEvent.subject == address_hash(key)))], key=lambda e: (e.at, e.id))
     data["audit_events"] = [
-        {"at": _iso(e.at), "action": e.action, "actor": e.actor, "reason": e.reason}
+        # the detail is where a click came from (IP, user agent) when no other row records it
+        {"at": _iso(e.at), "action": e.action, "actor": e.actor, "reason": e.reason, "detail": e.detail}
         for e in events
     ]
     # an erased address is named by its hash only, even when someone types it in again

@@ -17,6 +17,7 @@ from mailer.models import (
     CampaignKind,
     Delivery,
     DeliveryState,
+    MailingList,
     Subscriber,
     Suppression,
     SuppressionReason,
@@ -122,6 +123,37 @@ def test_export_is_audit_logged(cli: Cli) -> None:
     assert exports[0]["subject"] == ANA
     assert exports[0]["reason"] == "ticket 4711"
     assert exports[0]["actor"].startswith("cli")
+
+
+def test_export_shows_where_a_list_unsubscribe_came_from(
+    cli: Cli, database: Database, config_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from mailer.config import UnsubscribeScope, load_config
+    from mailer.optout import OptOutSource, unsubscribe
+    from mailer.tokens import UnsubscribeClaim
+
+    cli("list", "create", "news")
+    cli("list", "create", "offers")
+    cli("subscriber", "add", ANA, "--list", "news")
+    cli("subscriber", "add", ANA, "--list", "offers")
+    config = load_config(config_path, environ={})
+    config = replace(config, unsubscribe=replace(config.unsubscribe, scope=UnsubscribeScope.LIST))
+    with database.session() as session:
+        sid = session.scalar(sa.select(Subscriber.id))
+        list_id = session.scalar(sa.select(MailingList.id).where(MailingList.name == "offers"))
+        assert sid is not None and list_id is not None
+        unsubscribe(session, config, UnsubscribeClaim(sid, list_id, None), OptOutSource.PAGE,
+                    ip="198.51.100.9", user_agent="Mozilla/5.0 (Ana's phone)")
+
+    data = json.loads(cli("subscriber", "export", ANA).stdout)
+
+    # leaving one list makes no suppression: the trail is the only place the click is recorded
+    assert data["suppression"] is None
+    (event,) = [e for e in data["audit_events"] if e["action"] == "unsubscribe"]
+    assert event["detail"]["ip"] == "198.51.100.9"
+    assert event["detail"]["user_agent"] == "Mozilla/5.0 (Ana's phone)"
 
 
 def test_export_of_an_unknown_address_is_one_clear_line(cli: Cli) -> None:
