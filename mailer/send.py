@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +29,8 @@ MAX_RETRY_DELAY = 4 * 3600.0
 class DeliveryStore(Protocol):
     """Where deliveries are claimed and their outcomes recorded (mailer.store.SqlDeliveryStore)."""
 
-    def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime) -> Batch: ...
+    def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
+                    finished: Sequence[Outcome] = ()) -> Batch: ...
 
     def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None: ...
 
@@ -121,12 +122,14 @@ class Pipeline:
         self.on_batch = on_batch
         self.report = SendReport(campaign_id)
         self.stop_requested = asyncio.Event()
+        self._wake = asyncio.Event()  # a message finished, or a stop was asked for
         self._consecutive_errors = 0
         self._last_error = ""
 
     def stop(self) -> None:
         """Finish the messages in flight, record them, send no more (SIGTERM, Ctrl-C, deadline)."""
         self.stop_requested.set()
+        self._wake.set()
 
     @property
     def _relay_down(self) -> bool:
@@ -144,52 +147,82 @@ class Pipeline:
         return self.report
 
     async def _run(self, deadline: float | None) -> None:
+        # A sliding window of at most batch_size claimed deliveries: when half of them are done,
+        # one transaction records those and claims as many new ones. The connections never wait
+        # for the database at a batch boundary, and a crash still leaves at most batch_size in doubt.
         campaign_id = self.report.campaign_id
-        while not self.stop_requested.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                self.report.interrupted = True
-                return
-            batch = self.store.claim_batch(campaign_id, self.settings.batch_size, self.clock())
-            self.report.suppressed += batch.suppressed
-            if batch.stopped:
-                self.report.campaign_stopped = True
-                return
-            if not batch.recipients:
-                if batch.suppressed:
-                    continue
-                return
-            outcomes = await self._send_batch(batch)
-            self.store.record_outcomes(campaign_id, outcomes, self.clock())
-            if self.on_batch is not None:
-                self.on_batch(self.report)
-            if self._relay_down:
-                reason = (f"paused after {self.settings.max_consecutive_errors} connection failures in a "
-                          f"row (smtp.max_consecutive_errors); last: {self._last_error}")
-                self.store.pause_campaign(campaign_id, reason)
-                self.report.paused_reason = reason
-                return
-        self.report.interrupted = True
-
-    async def _send_batch(self, batch: Batch) -> list[Outcome]:
-        queue: Iterator[Recipient] = iter(batch.recipients)
-        outcomes: dict[int, Outcome] = {}
+        batch_size = self.settings.batch_size
+        refill_at = batch_size // 2
+        work: asyncio.Queue[Recipient | None] = asyncio.Queue()
+        attempts: dict[int, int] = {}
+        finished: list[Outcome] = []
+        changed = self._wake
+        outstanding = 0  # claimed and not yet finished: queued or on the wire
 
         async def worker() -> None:
-            for recipient in queue:
-                outcomes[recipient.delivery_id] = await self._deliver(
-                    recipient, batch.attempts.get(recipient.delivery_id, 0)
-                )
+            nonlocal outstanding
+            while (recipient := await work.get()) is not None:
                 if self.stop_requested.is_set() or self._relay_down:
-                    return
+                    outcome = self._release(recipient)  # never left this process
+                else:
+                    outcome = await self._deliver(recipient, attempts.pop(recipient.delivery_id, 0))
+                finished.append(outcome)
+                outstanding -= 1
+                changed.set()
 
-        workers = max(1, min(self.transport.concurrency, len(batch.recipients)))
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        # whatever no worker reached goes back in the queue: it never left this process
-        for recipient in batch.recipients:
-            if recipient.delivery_id not in outcomes:
-                outcomes[recipient.delivery_id] = Outcome(recipient.delivery_id, DeliveryState.PENDING)
-                self.report.released += 1
-        return list(outcomes.values())
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, self.transport.concurrency))]
+        try:
+            while True:
+                if self.stop_requested.is_set() or self._relay_down:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.report.interrupted = True
+                    break
+                if outstanding > refill_at:
+                    changed.clear()
+                    await changed.wait()
+                    continue
+                done, finished[:] = list(finished), []
+                batch = self.store.claim_batch(campaign_id, batch_size - outstanding, self.clock(), done)
+                self.report.suppressed += batch.suppressed
+                if done and self.on_batch is not None:
+                    self.on_batch(self.report)
+                if batch.stopped:
+                    self.report.campaign_stopped = True
+                    break
+                attempts.update(batch.attempts)
+                for recipient in batch.recipients:
+                    work.put_nowait(recipient)
+                outstanding += len(batch.recipients)
+                if batch.recipients or batch.suppressed:
+                    continue
+                if outstanding == 0:
+                    return  # nothing left to claim and nothing in flight: done
+                changed.clear()
+                await changed.wait()  # what is in flight may come back to the queue (relay down)
+        finally:
+            while not work.empty():
+                queued = work.get_nowait()
+                if queued is not None:
+                    finished.append(self._release(queued))
+            for _ in workers:
+                work.put_nowait(None)
+            await asyncio.gather(*workers)
+            self.store.record_outcomes(campaign_id, finished, self.clock())
+            finished.clear()
+            if self.on_batch is not None:
+                self.on_batch(self.report)
+        if self._relay_down:
+            reason = (f"paused after {self.settings.max_consecutive_errors} connection failures in a "
+                      f"row (smtp.max_consecutive_errors); last: {self._last_error}")
+            self.store.pause_campaign(campaign_id, reason)
+            self.report.paused_reason = reason
+        elif self.stop_requested.is_set():
+            self.report.interrupted = True
+
+    def _release(self, recipient: Recipient) -> Outcome:
+        self.report.released += 1
+        return Outcome(recipient.delivery_id, DeliveryState.PENDING)
 
     async def _deliver(self, recipient: Recipient, attempts_before: int) -> Outcome:
         try:

@@ -143,9 +143,17 @@ class SqlDeliveryStore:
         self.database = database
         self.worker_id = worker_id or make_worker_id()
 
-    def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime) -> Batch:
-        """Claim up to `limit` due deliveries; opted-out recipients are marked suppressed, not returned."""
+    def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
+                    finished: Sequence[Outcome] = ()) -> Batch:
+        """Record `finished` outcomes, then claim up to `limit` due deliveries, in one transaction.
+
+        Opted-out recipients are marked suppressed, not returned. `stopped` when the campaign is
+        no longer sending (paused, cancelled); the outcomes are recorded all the same."""
         with self.database.session() as session:
+            if finished:
+                _record(session, campaign_id, finished, now)
+            if limit <= 0:
+                return Batch()
             campaign = session.execute(
                 sa.select(Campaign.status, Campaign.kind, Campaign.list_id).where(Campaign.id == campaign_id)
             ).one_or_none()
@@ -161,17 +169,7 @@ class SqlDeliveryStore:
         if not outcomes:
             return
         with self.database.session() as session:
-            update_delivery_outcomes(session, outcomes, now)
-            for outcome in outcomes:
-                if outcome.hard_bounce:
-                    _, created = suppress_address(
-                        session, outcome.hard_bounce, SuppressionReason.HARD_BOUNCE,
-                        source=f"smtp {outcome.code}: campaign {campaign_id}",
-                    )
-                    if created:
-                        record_event(session, "suppress", "mailer", subject=outcome.hard_bounce,
-                                     reason=f"hard bounce: {outcome.response}"[:1000],
-                                     detail={"campaign_id": campaign_id, "code": outcome.code})
+            _record(session, campaign_id, outcomes, now)
 
     def refresh_claims(self, now: dt.datetime) -> None:
         """Heartbeat: our claims are alive, so no other host takes them as in doubt."""
@@ -193,6 +191,20 @@ class SqlDeliveryStore:
                 .execution_options(synchronize_session=False)
             )
             record_event(session, "pause", "mailer", subject=f"campaign {campaign_id}", reason=reason[:1000])
+
+
+def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+    update_delivery_outcomes(session, outcomes, now)
+    for outcome in outcomes:
+        if outcome.hard_bounce:
+            _, created = suppress_address(
+                session, outcome.hard_bounce, SuppressionReason.HARD_BOUNCE,
+                source=f"smtp {outcome.code}: campaign {campaign_id}",
+            )
+            if created:
+                record_event(session, "suppress", "mailer", subject=outcome.hard_bounce,
+                             reason=f"hard bounce: {outcome.response}"[:1000],
+                             detail={"campaign_id": campaign_id, "code": outcome.code})
 
 
 def claim_due_deliveries(
