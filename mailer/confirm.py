@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.audit import record_event
+from mailer.compose import header_address
 from mailer.config import Config
 from mailer.dkim import signer_from_config
 from mailer.errors import DeliveryError, NotFoundError, TokenError
@@ -43,6 +44,7 @@ class ConfirmationRequest:
     """One confirmation message to send: who, for which list, with which link."""
 
     email: str
+    recipient: str  # the address as it goes into To and RCPT TO (an IDN domain in ASCII)
     name: str
     list_name: str
     list_title: str
@@ -64,7 +66,8 @@ def confirm_url(config: Config, subscriber_id: int, list_id: int) -> str:
 def prepare_confirmation(session: Session, config: Config, email: str, list_name: str) -> ConfirmationRequest:
     """The confirmation to send for an unconfirmed subscription.
 
-    Raises NotFoundError when the address is not waiting for confirmation on that list.
+    Raises NotFoundError when the address is not waiting for confirmation on that list, and
+    InvalidInputError when no message can be addressed to it (a non-ASCII mailbox name).
     """
     subscriber = get_subscriber(session, email)
     mailing_list = get_list(session, list_name)
@@ -75,6 +78,7 @@ def prepare_confirmation(session: Session, config: Config, email: str, list_name
         raise NotFoundError(f"{subscriber.email} has opted out; no confirmation is sent")
     return ConfirmationRequest(
         email=subscriber.email,
+        recipient=header_address(subscriber.email),
         name=subscriber.name,
         list_name=mailing_list.name,
         list_title=mailing_list.title or mailing_list.name,
@@ -127,7 +131,7 @@ def build_confirmation_message(config: Config, request: ConfirmationRequest) -> 
     from_name, from_addr = parseaddr(config.sender.from_address)
     message["From"] = Address(display_name=from_name, addr_spec=from_addr)
     # a structured Address encodes a non-ASCII name and can never carry a line break
-    message["To"] = Address(display_name=request.name, addr_spec=request.email)
+    message["To"] = Address(display_name=request.name, addr_spec=request.recipient)
     message["Subject"] = f"Please confirm your subscription to {request.list_title}"
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid("confirm", domain=config.sender.sending_domain)
@@ -163,7 +167,7 @@ def send_confirmation(config: Config, request: ConfirmationRequest) -> None:
     signer = signer_from_config(config)
     if signer is not None:
         data = signer.sign(data) + data
-    result = asyncio.run(_deliver(config, data, request.email))
+    result = asyncio.run(_deliver(config, data, request.recipient))
     if result.status is not SendStatus.SENT:
         raise DeliveryError(
             f"the confirmation message to {request.email} could not be sent "

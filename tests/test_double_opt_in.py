@@ -201,6 +201,26 @@ def test_the_link_of_an_erased_person_never_confirms_the_next_person_to_join(
     assert _status(smtp_cli, "bo@example.com") == "active"
 
 
+def test_an_international_address_gets_its_link_or_one_clear_line(
+    smtp_cli: Cli, smtp_server: SmtpServer
+) -> None:
+    smtp_cli("list", "create", "news", "--double-opt-in")
+
+    smtp_cli("subscriber", "add", "zoe@exämple.com", "--list", "news")
+    refused = smtp_cli("subscriber", "add", "zoë@example.com", "--list", "news", ok=False)
+
+    # a non-ASCII domain goes out in its ASCII (IDNA) form, as campaigns send it
+    (received,) = smtp_server.messages
+    assert received.rcpt_tos == ["zoe@xn--exmple-cua.com"]
+    message = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert message["To"] == "zoe@xn--exmple-cua.com"
+    # a non-ASCII mailbox name cannot be sent to: refused before anything is stored
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().splitlines() == [
+        "Error: cannot address a message to 'zoë@example.com': a non-ASCII mailbox name needs SMTPUTF8"]
+    assert smtp_cli("subscriber", "show", "zoë@example.com", ok=False).exit_code == 1
+
+
 def test_a_relay_that_is_down_leaves_the_subscriber_unconfirmed_with_a_way_to_retry(
     tmp_path: Path, database: Database, config: Config
 ) -> None:
