@@ -56,3 +56,17 @@ def test_a_bad_since_is_one_clear_line(cli: Cli) -> None:
     result = cli("audit", "ls", "--since", "last tuesday", ok=False)
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: --since 'last tuesday' is not an ISO-8601 date or date and time"
+
+
+def test_a_reason_with_line_breaks_cannot_pass_for_another_event(cli: Cli) -> None:
+    cli("list", "create", "news")
+    cli("subscriber", "add", "ana@example.com", "--list", "news")
+    forged = "ticket 1\n2026-01-01 00:00:00  erase        cli:root        ana@example.com  done"
+    cli("subscriber", "export", "ana@example.com", "--reason", forged)
+
+    text = cli("audit", "ls").stdout.splitlines()
+
+    assert len(text) == 1
+    assert text[0].endswith("ticket 1 2026-01-01 00:00:00 erase cli:root ana@example.com done")
+    # the record itself keeps what was typed
+    assert json.loads(cli("audit", "ls", "--json").stdout)[0]["reason"] == forged

@@ -193,7 +193,9 @@ def audit_ls(app: AppContext, since: str | None, action: str | None, as_json: bo
         subject = e["subject"]
         if len(subject) == 64 and "@" not in subject:
             subject = subject[:12] + "…"  # an erased person: only the hash is kept
-        line = f"{e['at'][:19].replace('T', ' ')}  {e['action']:<11}  {e['actor']:<14}  {subject}  {e['reason']}"
+        # one event, one line: a typed reason with line breaks must not pass for another event
+        reason = " ".join(e["reason"].split())
+        line = f"{e['at'][:19].replace('T', ' ')}  {e['action']:<11}  {e['actor']:<14}  {subject}  {reason}"
         click.echo(line.rstrip())
 
 
