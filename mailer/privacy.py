@@ -185,6 +185,7 @@ def update_subscriber(
     if subscriber is None:
         raise NotFoundError(f"no subscriber with address {email.strip()!r}")
     result = UpdateResult(email=subscriber.email)
+    carried: SuppressionReason | None = None
     old_key = subscriber.email_normalized
     if new_email is not None:
         address = check_email(new_email)
@@ -210,6 +211,7 @@ def update_subscriber(
                     suppress_address(session, new_key, old_suppression.reason,
                                      source="rectified from a suppressed address")
                     result.suppression_carried = True
+                    carried = old_suppression.reason
     if name is not None:
         clean_name = check_name(name)
         if clean_name != subscriber.name:
@@ -233,7 +235,9 @@ def update_subscriber(
             reason=reason or "rectification request (GDPR art. 16)",
             detail={"changed": result.changed,
                     **({"previous_address_hash": address_hash(old_key)}
-                       if "email" in result.changed and old_key != subscriber.email_normalized else {})},
+                       if "email" in result.changed and old_key != subscriber.email_normalized else {}),
+                    # the new address was suppressed for the same reason as the old one
+                    **({"suppressed": carried.value} if carried is not None else {})},
         )
     session.flush()
     return result

@@ -213,6 +213,9 @@ def test_a_new_address_for_someone_who_opted_out_stays_suppressed(cli: Cli, data
     with database.session() as session:
         assert session.scalar(sa.select(Suppression).where(
             Suppression.address_hash == address_hash("ana@example.org"))) is not None
+    # the suppression the new address got is a suppression change: the trail says so
+    (event,) = [e for e in json.loads(cli("audit", "ls", "--json").stdout) if e["action"] == "rectify"]
+    assert event["detail"]["suppressed"] == "manual"
 
     # erasing her later leaves neither address in the clear, and both stay unmailable
     cli("subscriber", "forget", "ana@example.org", "--yes")
