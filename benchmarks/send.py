@@ -34,7 +34,14 @@ from mailer.compose import Composer, sample_recipient
 from mailer.config import load_config
 from mailer.db import Database, normalize_email
 from mailer.lists import create_list
-from mailer.models import Campaign, MailingList, Subscriber, Subscription, SubscriptionStatus, utcnow
+from mailer.models import (
+    Campaign,
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
 from mailer.send import CampaignSender, start_send
 
 SECRET = "benchmark-signing-key-0123456789"

@@ -243,7 +243,7 @@ def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) ->
     if as_json:
         echo_json(status.as_dict())
         return
-    click.echo(f"campaign {status.id} {status.subject!r}")
+    click.echo(f'campaign {status.id} "{status.subject}"')
     click.echo(describe_status(status))
 
 
