@@ -150,7 +150,7 @@ def read_messages(source: str | os.PathLike[str] | BinaryIO) -> Iterator[bytes]:
         if not ((path / "cur").is_dir() or (path / "new").is_dir()):
             raise InvalidInputError(f"{path} is a directory but not a Maildir (it has no cur/ or new/)")
         maildir = mailbox.Maildir(path, factory=None, create=False)
-        # key order is arrival order for Maildir names: time first
+        # Maildir names start with the delivery time: sorted, a rerun meets them in the same order
         for key in sorted(maildir.keys()):
             yield maildir.get_bytes(key)
         return

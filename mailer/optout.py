@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple, cast
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer.audit import cli_actor, record_event
 from mailer.config import Config, UnsubscribeScope
+from mailer.db import address_hash, normalize_email
 from mailer.models import (
     MailingList,
     Subscriber,
     Subscription,
     SubscriptionStatus,
+    Suppression,
     SuppressionReason,
     utcnow,
 )
@@ -76,32 +81,31 @@ def unsubscribe(
     source = str(source)
     ip = ip[:_MAX_IP] if ip else None
     user_agent = user_agent[:_MAX_USER_AGENT] if user_agent else None
-    subscriber = session.get(Subscriber, claim.subscriber_id)
     scope = config.unsubscribe.scope
-    if subscriber is None:
+    # prepared column queries and one UPDATE, no ORM objects: this runs for every one-click POST
+    rows = session.execute(_SELECT_SUBSCRIBER_LISTS, {"subscriber_id": claim.subscriber_id}).all()
+    if not rows:
         return OptOutResult(known=False, changed=False, scope=scope)
-
-    subscriptions = _subscriptions_of(session, subscriber.id)
+    email: str = rows[0][0]
+    subscriptions = [_SubscriptionRow(*row[1:]) for row in rows if row[1] is not None]
     list_title = ""
     if scope is UnsubscribeScope.LIST:
-        on_list = [(s, title) for s, title in subscriptions if s.list_id == claim.list_id]
+        on_list = [row for row in subscriptions if row.list_id == claim.list_id]
         if claim.list_id is None or not on_list:
             scope = UnsubscribeScope.ALL
         else:
             subscriptions = on_list
-            list_title = on_list[0][1]
+            list_title = on_list[0].title
 
     now = utcnow()
-    lists_left: list[str] = []
-    for subscription, title in subscriptions:
-        if subscription.status is not SubscriptionStatus.UNSUBSCRIBED:
-            subscription.status = SubscriptionStatus.UNSUBSCRIBED
-            subscription.unsubscribed_at = now
-            lists_left.append(title)
+    ending = [row for row in subscriptions if row.status is not SubscriptionStatus.UNSUBSCRIBED]
+    if ending:
+        _end_subscriptions(session, [row.id for row in ending], now)
+    lists_left = [row.title for row in ending]
 
     suppressed = False
     if scope is UnsubscribeScope.ALL:
-        suppressed = _suppress_once(session, subscriber.email, source, ip, user_agent)
+        suppressed = _suppress_once(session, email, source, ip, user_agent)
 
     changed = suppressed or bool(lists_left)
     if changed:
@@ -109,7 +113,7 @@ def unsubscribe(
             session,
             "unsubscribe",
             actor=actor or _default_actor(source),
-            subject=subscriber.email,
+            subject=email,
             reason=source,
             detail={
                 "scope": scope.value,
@@ -125,7 +129,7 @@ def unsubscribe(
         known=True,
         changed=changed,
         scope=scope,
-        masked_email=mask_email(subscriber.email),
+        masked_email=mask_email(email),
         lists_left=tuple(lists_left),
         list_title=list_title,
     )
@@ -139,29 +143,65 @@ def _default_actor(source: str) -> str:
     return cli_actor()
 
 
-def _subscriptions_of(session: Session, subscriber_id: int) -> list[tuple[Subscription, str]]:
-    """Each subscription with the list's title (its name when untitled), as recipients know it."""
-    title = sa.func.coalesce(sa.func.nullif(MailingList.title, ""), MailingList.name)
-    rows = session.execute(
-        sa.select(Subscription, title)
-        .join(MailingList, MailingList.id == Subscription.list_id)
-        .where(Subscription.subscriber_id == subscriber_id)
-        .order_by(MailingList.name)
-    ).all()
-    return [(row[0], row[1]) for row in rows]
+class _SubscriptionRow(NamedTuple):
+    id: int
+    list_id: int
+    status: SubscriptionStatus
+    title: str
+
+
+# the subscriber's address and each subscription with its list's title (the name when untitled);
+# built once, so a request pays for executing it, not for constructing it
+_SELECT_SUBSCRIBER_LISTS = (
+    sa.select(
+        Subscriber.email,
+        Subscription.id,
+        Subscription.list_id,
+        Subscription.status,
+        sa.func.coalesce(sa.func.nullif(MailingList.title, ""), MailingList.name),
+    )
+    .outerjoin(Subscription, Subscription.subscriber_id == Subscriber.id)
+    .outerjoin(MailingList, MailingList.id == Subscription.list_id)
+    .where(Subscriber.id == sa.bindparam("subscriber_id"))
+    .order_by(MailingList.name)
+)
+_SUBSCRIPTIONS = cast(sa.Table, Subscription.__table__)
+_END_SUBSCRIPTIONS = (
+    sa.update(_SUBSCRIPTIONS)
+    .where(_SUBSCRIPTIONS.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=sa.bindparam("now"))
+)
+_SUPPRESSIONS = cast(sa.Table, Suppression.__table__)
+# one INSERT that yields to an existing entry: no read first, no savepoint, and no race between
+# two clicks on PostgreSQL
+_INSERT_SUPPRESSION = {
+    "sqlite": sqlite_insert(_SUPPRESSIONS).on_conflict_do_nothing(index_elements=["address_hash"]),
+    "postgresql": postgresql_insert(_SUPPRESSIONS).on_conflict_do_nothing(index_elements=["address_hash"]),
+}
+
+
+def _end_subscriptions(session: Session, ids: list[int], now: dt.datetime) -> None:
+    session.execute(_END_SUBSCRIPTIONS, {"ids": ids, "now": now})
+    # the UPDATE bypassed the ORM: subscriptions the caller already loaded must not go stale
+    for instance in list(session.identity_map.values()):
+        if isinstance(instance, Subscription) and instance.id in ids:
+            session.expire(instance, ["status", "unsubscribed_at"])
 
 
 def _suppress_once(
     session: Session, email: str, source: str, ip: str | None, user_agent: str | None
 ) -> bool:
-    """Suppress the address; True when this call added the entry."""
-    # two requests for the same address can race on PostgreSQL (SQLite serializes writers);
-    # the loser's insert hits the unique hash and the winner's entry stands
-    try:
-        with session.begin_nested():
-            _entry, created = suppress_address(
-                session, email, SuppressionReason.UNSUBSCRIBED, source, ip, user_agent
-            )
-    except IntegrityError:
-        return False
-    return created
+    """Suppress the address; True when this call added the entry, False when it was there."""
+    statement = _INSERT_SUPPRESSION.get(session.get_bind().dialect.name)
+    if statement is None:
+        return suppress_address(session, email, SuppressionReason.UNSUBSCRIBED, source, ip, user_agent)[1]
+    result = session.execute(statement, {
+        "address_hash": address_hash(email),
+        "email": normalize_email(email),
+        "reason": SuppressionReason.UNSUBSCRIBED,
+        "source": source[:100],
+        "ip": ip,
+        "user_agent": user_agent,
+        "created_at": utcnow(),
+    })
+    return bool(getattr(result, "rowcount", 0) == 1)
