@@ -118,6 +118,9 @@ def export_subscriber(
                 "sent_at": _iso(delivery.sent_at),
                 "queued_at": _iso(delivery.created_at),
                 "attempts": delivery.attempts,
+                # what the receiving server last said about the mailbox
+                "smtp_code": delivery.last_code,
+                "smtp_reply": delivery.last_response,
             }
             for delivery, campaign in session.execute(
                 sa.select(Delivery, Campaign)

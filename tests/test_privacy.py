@@ -103,7 +103,8 @@ def test_subscriber_add_records_cli_consent_and_export_lists_deliveries(
     assert data["deliveries"] == [
         {"campaign_id": campaign_id, "kind": "campaign", "subject": "November news", "state": "failed",
          "sent_at": data["deliveries"][0]["sent_at"], "queued_at": data["deliveries"][0]["queued_at"],
-         "attempts": 1}
+         "attempts": 1, "smtp_code": 550,
+         "smtp_reply": "5.1.1 <ana.lima@example.com>: mailbox full"}
     ]
     assert data["deliveries"][0]["sent_at"]
     assert [(b["kind"], b["status"], b["campaign_id"]) for b in data["bounces"]] == [("soft", "4.2.2", campaign_id)]
