@@ -105,6 +105,7 @@ class DeliveryState(enum.StrEnum):
 
 class MailingList(Base):
     __tablename__ = "mailing_lists"
+    __table_args__ = {"sqlite_autoincrement": True}  # list ids are signed into links
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
@@ -115,6 +116,8 @@ class MailingList(Base):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    # ids are never reused, so a signed link of an erased person can never name a newcomer
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # the address as first given, and its normalized form that makes it one person
@@ -170,6 +173,7 @@ class Suppression(Base):
 
 class Campaign(Base):
     __tablename__ = "campaigns"
+    __table_args__ = {"sqlite_autoincrement": True}  # campaign ids are signed into links
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[CampaignKind] = mapped_column(_enum(CampaignKind, "campaign_kind"),
@@ -199,6 +203,7 @@ class Delivery(Base):
         sa.UniqueConstraint("campaign_id", "subscriber_id"),
         # the claim query scans by (campaign, state, due time)
         sa.Index("ix_deliveries_claim", "campaign_id", "state", "next_attempt_at"),
+        {"sqlite_autoincrement": True},  # delivery ids are signed into bounce addresses
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -45,3 +45,20 @@ def test_tables_exist_after_upgrade(database: Database) -> None:
     names = set(sa.inspect(database.engine).get_table_names())
     assert {"mailing_lists", "subscribers", "subscriptions", "suppressions", "campaigns",
             "deliveries", "audit_events"} <= names
+
+
+def test_ids_signed_into_links_are_never_reused(database: Database) -> None:
+    """An erased person's unsubscribe link must never name the next person to join."""
+    from mailer.models import Subscriber
+
+    with database.session() as session:
+        first = Subscriber(email="a@example.com", email_normalized="a@example.com")
+        session.add(first)
+        session.flush()
+        erased_id = first.id
+        session.delete(first)
+    with database.session() as session:
+        newcomer = Subscriber(email="b@example.com", email_normalized="b@example.com")
+        session.add(newcomer)
+        session.flush()
+        assert newcomer.id != erased_id

@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mailing_lists")),
         sa.UniqueConstraint("name", name=op.f("uq_mailing_lists_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "subscribers",
@@ -54,6 +55,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscribers")),
         sa.UniqueConstraint("email_normalized", name=op.f("uq_subscribers_email_normalized")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "suppressions",
@@ -122,6 +124,7 @@ def upgrade() -> None:
             ["list_id"], ["mailing_lists.id"], name=op.f("fk_campaigns_list_id_mailing_lists")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_campaigns")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_campaigns_list_id"), ["list_id"], unique=False)
@@ -215,6 +218,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deliveries")),
         sa.UniqueConstraint("campaign_id", "subscriber_id", name=op.f("uq_deliveries_campaign_id")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.create_index(
