@@ -49,7 +49,7 @@ def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
 
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}  # noqa: RUF012
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}
 
 
 class SubscriptionStatus(enum.StrEnum):
