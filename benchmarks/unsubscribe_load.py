@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import sqlalchemy as sa
 
 from mailer.db import Database, normalize_email
@@ -157,13 +158,16 @@ def main() -> int:
         results = Results()
         shares = [tokens[n::args.clients] for n in range(args.clients)]
         workers = [threading.Thread(target=client, args=(port, share, results)) for share in shares]
+        server_process = psutil.Process(server.pid)
         try:
+            cpu_before = sum(server_process.cpu_times()[:2])
             started = time.perf_counter()
             for worker in workers:
                 worker.start()
             for worker in workers:
                 worker.join()
             elapsed = time.perf_counter() - started
+            server_cpu = sum(server_process.cpu_times()[:2]) - cpu_before
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -190,6 +194,8 @@ def main() -> int:
           f"(target p99 < {TARGET_P99_MS:.0f} ms)")
     print(f"recorded:      {suppressed} suppressions, {left} subscriptions ended, {events} audit events; "
           f"lost {lost}")
+    print(f"server CPU:    {server_cpu / max(done, 1) * 1000:.2f} ms per request "
+          f"({server_cpu / elapsed:.0%} of one core; load average {os.getloadavg()[0]:.1f})")
     for error in results.errors[:5]:
         print(f"  error: {error}")
     ok = lost == 0 and results.statuses.get(200, 0) == args.requests and rate >= TARGET_RATE and p99 < TARGET_P99_MS

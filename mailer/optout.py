@@ -12,10 +12,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from mailer.audit import cli_actor, record_event
+from mailer.audit import cli_actor
 from mailer.config import Config, UnsubscribeScope
 from mailer.db import address_hash, normalize_email
 from mailer.models import (
+    AuditEvent,
     MailingList,
     Subscriber,
     Subscription,
@@ -109,13 +110,14 @@ def unsubscribe(
 
     changed = suppressed or bool(lists_left)
     if changed:
-        record_event(
-            session,
-            "unsubscribe",
-            actor=actor or _default_actor(source),
-            subject=email,
-            reason=source,
-            detail={
+        # the same row audit.record_event writes, as one prepared INSERT instead of an ORM flush
+        session.execute(_INSERT_AUDIT_EVENT, {
+            "at": now,
+            "action": "unsubscribe",
+            "actor": actor or _default_actor(source),
+            "subject": email,
+            "reason": source,
+            "detail": {
                 "scope": scope.value,
                 "lists": lists_left,
                 "list_id": claim.list_id,
@@ -124,7 +126,7 @@ def unsubscribe(
                 "user_agent": user_agent,
                 "at": now.isoformat(),
             },
-        )
+        })
     return OptOutResult(
         known=True,
         changed=changed,
@@ -171,6 +173,7 @@ _END_SUBSCRIPTIONS = (
     .where(_SUBSCRIPTIONS.c.id.in_(sa.bindparam("ids", expanding=True)))
     .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=sa.bindparam("now"))
 )
+_INSERT_AUDIT_EVENT = sa.insert(cast(sa.Table, AuditEvent.__table__))
 _SUPPRESSIONS = cast(sa.Table, Suppression.__table__)
 # one INSERT that yields to an existing entry: no read first, no savepoint, and no race between
 # two clicks on PostgreSQL

@@ -74,6 +74,8 @@ def test_clicking_the_button_in_chromium_unsubscribes(
     browser: Any, base_url: str, database: Database, config: Config, ana: Person
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{base_url}/u/{ana.token(config, campaign_id=3)}")
     assert browser.title.startswith("Unsubscribe")
@@ -87,8 +89,11 @@ def test_clicking_the_button_in_chromium_unsubscribes(
 
     button.click()
 
-    heading = browser.find_element(By.TAG_NAME, "h1")
-    assert "You are unsubscribed" in heading.text
+    # the POST answers with a new page: wait for it to replace the old one
+    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(button))
+    WebDriverWait(browser, 15).until(
+        expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "h1"), "You are unsubscribed")
+    )
     assert browser.current_url == f"{base_url}/u/{ana.token(config, campaign_id=3)}"
     [entry] = suppressions(database)
     assert entry.address_hash == address_hash("ana@example.com")

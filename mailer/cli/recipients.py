@@ -10,7 +10,7 @@ from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.inbound import InboundKind, process_inbound
 
-DEFAULT_THREADS = 16
+DEFAULT_THREADS = 8  # the GIL and SQLite's one writer make more threads slower, not faster
 
 
 @main.command("serve")
@@ -31,7 +31,7 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     \b
     Example:
       $ mailer serve --host 127.0.0.1 --port 8080
-      serving the unsubscribe app on http://127.0.0.1:8080 (16 threads)
+      serving the unsubscribe app on http://127.0.0.1:8080 (8 threads)
     """
     from waitress.server import create_server
 
