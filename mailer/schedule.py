@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -207,5 +206,4 @@ async def run_worker(
 async def _sleep_unless_stopped(sender: CampaignSender, seconds: float) -> None:
     end = time.monotonic() + seconds
     while not sender.stopped and time.monotonic() < end:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.sleep(min(0.2, end - time.monotonic()))
+        await asyncio.sleep(min(0.2, max(0.0, end - time.monotonic())))

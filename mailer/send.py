@@ -320,6 +320,13 @@ class CampaignSender:
         self.stopped = True
         if self._pipeline is not None:
             self._pipeline.stop()
+        # a second Ctrl-C or SIGTERM gets the default behaviour: the impatient can still kill it
+        # (what was in flight is then in doubt, as after kill -9)
+        if self._signals:
+            loop = asyncio.get_running_loop()
+            for sig in self._signals:
+                loop.remove_signal_handler(sig)
+            self._signals.clear()
 
     @property
     def settings(self) -> PipelineSettings:
