@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.config import Config
-from mailer.db import Database, address_hash
+from mailer.db import Database, address_hash, normalize_email
 from mailer.errors import InvalidInputError, TokenError
 from mailer.models import (
     BounceEvent,
@@ -207,6 +207,7 @@ class RecipientStatus:
     """One per-recipient block of a delivery-status report (RFC 3464 section 2.3)."""
 
     recipient: str
+    original_recipient: str
     action: str
     status: str
     diagnostic: str
@@ -286,16 +287,24 @@ def delivery_statuses(msg: Message) -> list[RecipientStatus]:
         for block in re.split(r"\r?\n\s*\r?\n", _part_text(part)):
             fields = HeaderParser().parsestr(block.strip() + "\n")
             action = _unfold(fields.get("Action", "")).lower()
-            recipient = _unfold(fields.get("Final-Recipient", "") or fields.get("Original-Recipient", ""))
+            original = _dsn_address(fields.get("Original-Recipient", ""))
+            recipient = _dsn_address(fields.get("Final-Recipient", "")) or original
             if not action or not recipient:
                 continue  # the per-message block, or noise
             found.append(RecipientStatus(
-                recipient=recipient.partition(";")[2].strip().strip("<>") or recipient.strip("<>"),
+                recipient=recipient,
+                original_recipient=original,
                 action=action,
                 status=_unfold(fields.get("Status", "")).split()[0] if fields.get("Status") else "",
                 diagnostic=_unfold(fields.get("Diagnostic-Code", "")),
             ))
     return found
+
+
+def _dsn_address(field_value: str) -> str:
+    """`rfc822; <user@example.com>` -> `user@example.com`."""
+    value = _unfold(field_value)
+    return (value.partition(";")[2] if ";" in value else value).strip().strip("<>")
 
 
 def is_auto_reply(msg: Message) -> bool:
@@ -327,7 +336,7 @@ def _analyse_dsn(config: Config, msg: Message, raw: bytes, statuses: list[Recipi
     return Analysis(
         kind, status=chosen.status, diagnostic=chosen.diagnostic,
         delivery_ids=_verp_deliveries(config, msg, raw), claims=_claims_in(config, [raw_text(raw)]),
-        named_addresses=[s.recipient for s in statuses],
+        named_addresses=[a for s in statuses for a in (s.recipient, s.original_recipient) if a],
     )
 
 
@@ -553,9 +562,15 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
         return InboundKind.UNMATCHED, "a bounce that names none of our deliveries"
     subscriber = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id else None
     email = subscriber.email if subscriber is not None else ""
-    # an erased subscriber leaves only the hash of the address the report names
-    digest = address_hash(email or (analysis.named_addresses or ["unknown"])[0])
+    named = {normalize_email(a) for a in analysis.named_addresses}
     who = email or "an erased subscriber"
+    if email and named and normalize_email(email) not in named:
+        # the report is about a mailbox the person no longer has (the address was corrected
+        # since): the delivery failed, but the dead mailbox must not follow them to the new one
+        who = f"{sorted(named)[0]} (no longer the subscriber's address)"
+        email = ""
+    # an erased or corrected subscriber leaves only the hash of the address the report names
+    digest = address_hash(email or (analysis.named_addresses or ["unknown"])[0])
     code = _SMTP_CODE.search(analysis.diagnostic)
     status = analysis.status or (code.group(1) if code else "no status")
     if analysis.kind is InboundKind.HARD_BOUNCE:
@@ -565,8 +580,9 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
             delivery.state = DeliveryState.FAILED
             delivery.last_code = int(code.group(1)) if code else delivery.last_code
             delivery.last_response = f"bounced: {status} {analysis.diagnostic}".strip()[:1000]
-        if email:
-            suppress_address(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}"[:100])
+        if not email:
+            return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who}"
+        suppress_address(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}"[:100])
         return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who} suppressed"
     added = _add_bounce_event(session, BounceKind.SOFT, delivery, digest, analysis)
     campaigns = session.scalar(

@@ -342,3 +342,15 @@ def test_cli_reports_an_unreadable_source_in_one_line(world: World, cli: Cli, tm
     result = cli("inbound", "process", str(tmp_path), ok=False)
     assert result.exit_code == 1
     assert "not a Maildir" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_late_bounce_of_a_corrected_address_does_not_suppress_the_new_one(world: World, cli: Cli) -> None:
+    raw = world.fixture("postfix_hard_bounce")  # about ana@example.net, as sent
+    cli("subscriber", "update", "ana@example.net", "--email", "ana@example.com")
+    [item] = process_bytes(world.database, world.config, raw).items
+    assert item.kind is InboundKind.HARD_BOUNCE and "no longer" in item.note
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.FAILED
+    assert suppressions(world.database) == []
+    with world.database.session() as session:
+        [event] = session.scalars(sa.select(BounceEvent)).all()
+        assert event.address_hash == address_hash("ana@example.net")
