@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli
+from conftest import Cli, write_config
 from recipient_helpers import (
     Person,
     add_person,
@@ -354,3 +354,10 @@ def test_a_late_bounce_of_a_corrected_address_does_not_suppress_the_new_one(worl
     with world.database.session() as session:
         [event] = session.scalars(sa.select(BounceEvent)).all()
         assert event.address_hash == address_hash("ana@example.net")
+
+
+def test_cli_asks_the_mta_to_retry_when_the_database_is_down(tmp_path: Path) -> None:
+    config_path = write_config(tmp_path / "mailer.toml", f"sqlite:///{tmp_path}/no/such/dir/mailer.db")
+    result = Cli(config_path)("inbound", "process", "-", input="Subject: hi\n\nhello\n", ok=False)
+    assert result.exit_code == 75  # EX_TEMPFAIL: the MTA keeps the message and tries again
+    assert "try again later" in result.stderr

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
+import sqlalchemy as sa
 
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.inbound import InboundKind, process_inbound
 
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
 DEFAULT_THREADS = 8  # the GIL and SQLite's one writer make more threads slower, not faster
 
 
@@ -106,7 +109,13 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
         <question-1@example.com> from carla@example.com "Shipping?": not a bounce, ...
     For an MTA, pipe each message in (Postfix: "bounces: |mailer inbound process -").
     """
-    report = process_inbound(app.db, app.config, source)
+    try:
+        report = process_inbound(app.db, app.config, source)
+    except sa.exc.OperationalError as exc:
+        # piped from an MTA: EX_TEMPFAIL makes it keep the message and try again later,
+        # where any other failure would bounce it into the void
+        click.echo(f"Error: the database is unavailable, try again later: {exc.orig}", err=True)
+        sys.exit(EX_TEMPFAIL)
     if as_json:
         echo_json(report.to_dict())
         return
