@@ -15,7 +15,13 @@ from mailer.compliance import check_campaign, check_from
 from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.config import Config, StartTLS
 from mailer.db import normalize_email
-from mailer.errors import DeliveryError, InvalidInputError, NotFoundError, TemplateError
+from mailer.errors import (
+    DeliveryError,
+    InvalidInputError,
+    NotFoundError,
+    SuppressedError,
+    TemplateError,
+)
 from mailer.lists import get_list
 from mailer.models import (
     Campaign,
@@ -28,6 +34,7 @@ from mailer.models import (
     SubscriptionStatus,
 )
 from mailer.subscribers import check_email
+from mailer.suppression import is_suppressed
 from mailer.templating import load_template_source
 
 # the check renders the campaign once per distinct set of attribute names on the list, up to this many
@@ -230,12 +237,15 @@ def send_test(session: Session, config: Config, campaign_id: int, to: str) -> Re
     """Send one real message, its subject marked as a test, to `to` through the SMTP settings.
 
     The address gets the data of the list subscriber with that address, or of a sample
-    subscriber; its unsubscribe link unsubscribes nobody else. Raises DeliveryError when the
-    relay refuses or cannot be reached.
+    subscriber; its unsubscribe link unsubscribes nobody else. Raises SuppressedError when the
+    address has opted out, DeliveryError when the relay refuses or cannot be reached.
     """
     address = check_email(to)
     campaign = get_campaign(session, campaign_id)
     mailing_list = campaign_list(session, campaign)
+    if has_opted_out(session, address, campaign.list_id):
+        # a test message is commercial mail all the same; an opt-out is honoured for it too
+        raise SuppressedError(f"{address} has opted out or was erased; no test message is sent to it")
     try:
         recipient = find_recipient(session, campaign, address)
     except NotFoundError:
@@ -244,6 +254,20 @@ def send_test(session: Session, config: Config, campaign_id: int, to: str) -> Re
     message = composer.render(recipient)
     asyncio.run(deliver_one(config, message))
     return message
+
+
+def has_opted_out(session: Session, address: str, list_id: int | None) -> bool:
+    """True when the address is suppressed, or has left the list the campaign goes to."""
+    if is_suppressed(session, address):
+        return True
+    if list_id is None:
+        return False
+    status = session.scalar(
+        sa.select(Subscription.status)
+        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .where(Subscriber.email_normalized == normalize_email(address), Subscription.list_id == list_id)
+    )
+    return status is SubscriptionStatus.UNSUBSCRIBED
 
 
 async def deliver_one(config: Config, message: RenderedMessage) -> None:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from compose_helpers import parse, parts
 from conftest import Cli, SmtpServer, write_config
 from test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
 
 from mailer.compliance import check_message
 from mailer.compose import SAMPLE_SUBSCRIBER_ID, RenderedMessage
-from mailer.config import load_config
-from mailer.tokens import read_unsubscribe_token
+from mailer.config import UnsubscribeScope, load_config
+from mailer.db import Database
+from mailer.models import Subscriber
+from mailer.optout import unsubscribe
+from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
 from mailer.verp import parse_return_path
 
 
@@ -282,3 +287,24 @@ def test_check_renders_for_a_subscriber_without_a_name_too(news: Cli, tmp_path: 
     result = news("campaign", "create", "--list", "news", "--subject", "Hello", "--template", str(page), ok=False)
     assert result.exit_code == 1
     assert "fails for subscriber noname@example.com" in result.stderr
+
+
+def test_test_send_to_an_address_that_opted_out_sends_nothing(
+    news: Cli, database: Database, tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    news("suppress", "add", "Ana@Example.com")
+    config = load_config(news.config_path, environ={})
+    with database.session() as session:
+        bo = session.scalar(sa.select(Subscriber.id).where(Subscriber.email == "bo@example.com"))
+        assert bo is not None
+        list_only = replace(config, unsubscribe=replace(config.unsubscribe, scope=UnsubscribeScope.LIST))
+        unsubscribe(session, list_only, UnsubscribeClaim(bo, 1, 1), "web")
+    sender = smtp_cli(tmp_path, news, smtp_server)
+    for address in ("ana@example.com", "bo@example.com"):
+        result = sender("campaign", "test", "1", "--to", address, ok=False)
+        assert result.exit_code == 1
+        assert "opted out" in result.stderr and result.stderr.count("\n") == 1
+    assert smtp_server.messages == []
+    sender("campaign", "test", "1", "--to", "me@harmonymails.com")
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["me@harmonymails.com"]]
