@@ -151,6 +151,17 @@ def fold_header(name: str, value: str) -> bytes:
     return str(_HEADER_POLICY.fold(name, header)).encode("ascii")
 
 
+def subject_header(subject: str) -> bytes:
+    """The Subject line; text that looks like an encoded word is itself encoded, so readers show it as typed.
+
+    The standard library would take `=?utf-8?q?Re:_hi?=` for an encoded word and send it on as
+    "Re: hi", past the gate that judged the subject as typed.
+    """
+    if "=?" in subject:
+        return b"Subject: " + encoded_words(one_line(subject)).encode("ascii") + b"\r\n"
+    return fold_header("Subject", subject)
+
+
 def to_crlf(text: str) -> str:
     """Every line ending as CRLF, and a final one."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -333,7 +344,7 @@ class Composer:
         config = self._config
         self._boundary = f"=_hm_{uuid.uuid4().hex}"  # '=_' never occurs in quoted-printable text
         self._from_line = fold_header("From", campaign.from_address or config.sender.from_address)
-        self._subject_line = fold_header("Subject", self.subject)
+        self._subject_line = subject_header(self.subject)
         middle = [b"MIME-Version: 1.0\r\n"]
         if config.sender.reply_to:
             middle.append(fold_header("Reply-To", config.sender.reply_to))

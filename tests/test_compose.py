@@ -85,6 +85,20 @@ def test_japanese_subject_and_accented_name_are_encoded_and_round_trip() -> None
     assert "<title>" + subject + "</title>" in html
 
 
+@pytest.mark.parametrize(
+    "subject",
+    ["=?utf-8?q?Re:_your_order?=", "=?utf-8?b?U1VNTUVSIFNBTEUgTk9X?= today and every day of the summer season",
+     "Prices =?x?= ünïcode"],
+)
+def test_subject_that_looks_like_an_encoded_word_reaches_the_reader_as_typed(subject: str) -> None:
+    # the gate judges the subject as typed; a reader decoding it into "Re: ..." would see a fake reply
+    message = parse(render(campaign=make_campaign(subject=subject)).data)
+    assert message.defects == []
+    assert str(message["Subject"]) == subject
+    raw = next(v for k, v in message.raw_items() if k == "Subject")
+    assert str(make_header(decode_header(raw))) == subject
+
+
 def test_long_ascii_name_and_names_with_quotes_round_trip() -> None:
     for name in ['Ana "the Voice" Lima', "O'Brien, Pat \\ Co", "A" * 150, "=?utf-8?q?fake?= word"]:
         message = parse(render(recipient=make_recipient(name=name)).data)
