@@ -33,7 +33,13 @@ _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "
                    "param", "source", "track", "wbr"})
 # content of these never shows as text in a mail client
 _HIDDEN_TAGS = frozenset({"head", "title", "script", "style", "template", "noscript", "textarea",
-                          "select", "iframe", "object", "svg"})
+                          "select", "iframe", "object", "svg", "noembed", "noframes"})
+# browsers show the content of these only when they carry `open`
+_CLOSED_UNLESS_OPEN = frozenset({"details", "dialog"})
+# browsers read everything after these start tags as plain text up to their own end tag,
+# so one left open swallows the footer, tags and links included
+_RAW_TEXT_TAGS = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes", "noscript",
+                  "plaintext")
 _HIDING_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|max-height\s*:\s*0|"
     r"opacity\s*:\s*0(?![.\d]*[1-9])|color\s*:\s*transparent",
@@ -323,19 +329,30 @@ class VisibleHtml(HTMLParser):
             self._hidden
             or tag in _HIDDEN_TAGS
             or "hidden" in values
+            or (tag in _CLOSED_UNLESS_OPEN and "open" not in values)
             or bool(_HIDING_STYLE.search(values.get("style", "")))
         )
         if tag == "a" and not hidden and values.get("href"):
             self.hrefs.add(values["href"])
         if tag not in _VOID:
             self._stack.append((tag, hidden))
+        if tag in _RAW_TEXT_TAGS:
+            self.set_cdata_mode(tag)
         self._chunks.append(" ")
 
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _RAW_TEXT_TAGS:  # browsers ignore the slash: <title/> opens a title all the same
+            self.handle_endtag(tag)
+
     def handle_endtag(self, tag: str) -> None:
-        # close the nearest open element of that name; browsers forgive missing end tags too
+        # close the nearest open element of that name; browsers forgive missing end tags too,
+        # but an end tag never reaches past a <template>: its content is a document of its own
         for index in range(len(self._stack) - 1, -1, -1):
             if self._stack[index][0] == tag:
                 del self._stack[index:]
+                break
+            if self._stack[index][0] == "template":
                 break
         self._chunks.append(" ")
 

@@ -97,6 +97,29 @@ def test_a_template_that_hides_the_footer_is_refused(html: str) -> None:
     assert any("footer" in p or "comment" in p or "missing from the visible HTML part" in p for p in problems)
 
 
+@pytest.mark.parametrize(
+    "tail",
+    ["<title>", "<textarea/>", "<TEXTAREA >", "<xmp>", "<iframe>", "<noembed>", "<noframes>", "<noscript>", "<plaintext>",
+     "<template>", "<details><table><tr><td>", "<dialog><table><tr><td>"],
+)
+def test_a_template_that_swallows_the_footer_into_an_element_browsers_do_not_show_is_refused(tail: str) -> None:
+    # Chromium shows no footer for any of these: raw-text elements take the rest of the document
+    # as their text, <template> content is never rendered, closed <details>/<dialog> hide theirs
+    html = "<p>Our autumn recitals start soon in Laguna Beach.</p>" + tail
+    problems = check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
+                              make_list())
+    assert "the unsubscribe link is missing from the visible HTML part" in problems
+
+
+def test_elements_browsers_hide_are_fine_when_closed() -> None:
+    html = ("<html><head><title>Autumn recitals</title></head><body>"
+            "<p>Our autumn recitals start soon in Laguna Beach.</p><noscript>Scripts are off.</noscript>"
+            "<template><p>Unused</p></template><details><summary>Dates</summary><p>Soon</p></details>"
+            "<details open><summary>Venue</summary><p>The cliffs</p></details></body></html>")
+    assert check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach. "
+                                                             "Dates Venue The cliffs"), make_list()) == []
+
+
 def test_own_hidden_elements_and_preheaders_are_fine() -> None:
     html = ('<div style="display:none;max-height:0;overflow:hidden;">Preheader</div>'
             "<style>.mobile-only { display: none }</style><p>Hello</p>")
