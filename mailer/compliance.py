@@ -50,6 +50,9 @@ _STYLE_BLOCK = re.compile(r"<style[^>]*>(.*?)(?:</style\s*>|$)", re.IGNORECASE |
 # the footer is made of these elements; a rule whose target is one of them, bare, can hide it
 _FOOTER_ELEMENTS = frozenset({"*", "html", "body", "table", "tbody", "tr", "td", "div", "p", "a", "strong"})
 _COMBINATOR = re.compile(r"[\s>+~]+")
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
+_BRACKETED = re.compile(r"\[[^\[\]]*\]|\([^()]*\)")
+_OWN_NAME = re.compile(r"[.#]-?[^\W\d]")  # a class or an id
 
 
 def check_subject(subject: str) -> list[str]:
@@ -267,7 +270,7 @@ def _check_stylesheets(html_template: str) -> list[str]:
     """A <style> rule hiding elements the footer is made of could hide the footer itself."""
     problems = []
     for block in _STYLE_BLOCK.findall(html_template):
-        for rule in block.split("}"):
+        for rule in _CSS_COMMENT.sub("", block).split("}"):
             selector, _, declarations = rule.rpartition("{")
             selector = selector.rpartition("{")[2] if "{" in selector else selector
             if _HIDING_STYLE.search(declarations) and _may_match_footer(selector):
@@ -280,13 +283,19 @@ def _check_stylesheets(html_template: str) -> list[str]:
 
 def _may_match_footer(selector: str) -> bool:
     """True when a selector list may select an element of the footer."""
-    if "hm-" in selector:
+    if "hm-" in selector or "\\" in selector:  # a CSS escape can spell any name
         return True
+    # attribute values and pseudo-class arguments (`:not(.promo)`) do not confine a rule to own elements
+    while (bare := _BRACKETED.sub("", selector)) != selector:
+        selector = bare
     for one in selector.split(","):
         parts = _COMBINATOR.split(one.strip())
         target = parts[-1].lower() if parts else ""
-        # the target is what a rule styles: `div` or `*` reaches the footer, `div.promo` does not
-        if re.split(r"[:\[]", target, maxsplit=1)[0] in _FOOTER_ELEMENTS:
+        # the target is what a rule styles: `div`, `*` or `[role]` reaches the footer, `div.promo` does not
+        if _OWN_NAME.search(target):
+            continue
+        element = re.split(r"[:.#]", target, maxsplit=1)[0]
+        if not element or element in _FOOTER_ELEMENTS:
             return True
     return False
 

@@ -186,3 +186,27 @@ def test_stylesheet_rules_for_own_classes_are_fine_and_bare_elements_are_not() -
     assert problems("div.promo, p.teaser { display: none } @media (max-width: 600px) { .wide { display:none } }") == []
     assert problems("p { color: #333 }") == []
     assert any("can hide the footer" in p for p in problems(".banner > p { visibility: hidden }"))
+
+
+@pytest.mark.parametrize(
+    "css",
+    ["[class*=foot] { display: none }", "[role] { display: none }", ":nth-child(2) { display: none }",
+     "table/**/ { display: none }", "/* } */ div { display: none }", "t\\61 ble + t\\61 ble { display: none }", "div:not(.promo) { display: none }",
+     "[style*='0 0 10px'] { display: none }", ":is(td, div) { display: none }"],
+)
+def test_stylesheet_rules_that_reach_the_footer_by_attribute_pseudo_class_comment_or_escape_are_refused(
+    css: str,
+) -> None:
+    # Chromium hides the footer, or its links, under each of these rules
+    html = f"<style>{css}</style><p>Our autumn recitals start soon in Laguna Beach.</p>"
+    problems = check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
+                              make_list())
+    assert any("can hide the footer" in p for p in problems), problems
+
+
+def test_stylesheet_rules_confined_to_own_classes_or_other_elements_are_fine() -> None:
+    css = ("span, h1.big, img { display: none } .promo:not(.open) { display: none } "
+           "a[href*='example.com'].cta { visibility: hidden } #hero > .x:nth-child(2) { display: none }")
+    html = f"<style>{css}</style><p>Our autumn recitals start soon in Laguna Beach.</p>"
+    assert check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
+                          make_list()) == []
