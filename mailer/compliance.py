@@ -42,9 +42,14 @@ _RAW_TEXT_TAGS = ("script", "style", "title", "textarea", "xmp", "iframe", "noem
                   "plaintext")
 _HIDING_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|max-height\s*:\s*0|"
-    r"opacity\s*:\s*0(?![.\d]*[1-9])|color\s*:\s*transparent",
+    r"opacity\s*:\s*0(?![.\d]*[1-9])|color\s*:\s*transparent|mso-hide\s*:\s*all|"
+    r"transform\s*:[^;]*scale\(\s*0(?![.\d]*[1-9])|"
+    r"(?<![\w-])(?:left|top|right|margin-left|margin-top)\s*:\s*-\s*\d{4,}",  # off the screen
     re.IGNORECASE,
 )
+# a box of no height or width hides what it holds only when it also clips it
+_ZERO_BOX = re.compile(r"(?<![\w-])(?:max-)?(?:height|width)\s*:\s*0(?![.\d]*[1-9])", re.IGNORECASE)
+_CLIPPED = re.compile(r"overflow(?:-[xy])?\s*:\s*hidden", re.IGNORECASE)
 _STYLE_BLOCK = re.compile(r"<style[^>]*>(.*?)(?:</style\s*>|$)", re.IGNORECASE | re.DOTALL)
 # a stylesheet rule that hides these elements could hide the footer the system appends
 # the footer is made of these elements; a rule whose target is one of them, bare, can hide it
@@ -273,12 +278,17 @@ def _check_stylesheets(html_template: str) -> list[str]:
         for rule in _CSS_COMMENT.sub("", block).split("}"):
             selector, _, declarations = rule.rpartition("{")
             selector = selector.rpartition("{")[2] if "{" in selector else selector
-            if _HIDING_STYLE.search(declarations) and _may_match_footer(selector):
+            if hides(declarations) and _may_match_footer(selector):
                 problems.append(
                     f"the stylesheet rule '{selector.strip()}' can hide the footer; "
                     "hide elements with a class of your own or an inline style instead"
                 )
     return problems
+
+
+def hides(style: str) -> bool:
+    """True when CSS declarations take an element and its content out of sight."""
+    return bool(_HIDING_STYLE.search(style) or (_ZERO_BOX.search(style) and _CLIPPED.search(style)))
 
 
 def _may_match_footer(selector: str) -> bool:
@@ -339,7 +349,7 @@ class VisibleHtml(HTMLParser):
             or tag in _HIDDEN_TAGS
             or "hidden" in values
             or (tag in _CLOSED_UNLESS_OPEN and "open" not in values)
-            or bool(_HIDING_STYLE.search(values.get("style", "")))
+            or hides(values.get("style", ""))
         )
         if tag == "a" and not hidden and values.get("href"):
             self.hrefs.add(values["href"])

@@ -210,3 +210,17 @@ def test_stylesheet_rules_confined_to_own_classes_or_other_elements_are_fine() -
     html = f"<style>{css}</style><p>Our autumn recitals start soon in Laguna Beach.</p>"
     assert check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
                           make_list()) == []
+
+
+@pytest.mark.parametrize(
+    "style",
+    ["height:0;overflow:hidden", "overflow: hidden; width: 0px", "mso-hide:all", "position:absolute;left:-9999px",
+     "transform: scale(0)"],
+)
+def test_footer_wrapped_in_an_element_styled_out_of_sight_is_refused(style: str) -> None:
+    # the unclosed table makes the layout's own end tags close it, so the footer lands in the div
+    body = "<p>Our autumn recitals start soon in Laguna Beach.</p>"
+    text = "Our autumn recitals start soon in Laguna Beach."
+    for html in (f'{body}<div style="{style}"><table><tr><td>', f"<style>table + table {{ {style} }}</style>{body}"):
+        problems = check_campaign(make_config(), make_campaign(html, text), make_list())
+        assert any("footer" in p or "missing from the visible HTML part" in p for p in problems), html
