@@ -192,12 +192,12 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
     text, html = message_parts(message)
     if not text.strip() or not html.strip():
         problems.append("the message lacks a non-empty text part and HTML part")
-    if not re.search(r"<html[\s>]", html, re.IGNORECASE):
-        problems.append("the HTML part has no <html> tag")
     unclosed = html.rfind("<!--")
     if unclosed != -1 and html.find("-->", unclosed) == -1:
         problems.append("the HTML has an unclosed <!-- comment that hides what follows it")
     visible = VisibleHtml.read(html)
+    if not visible.has_html_tag:
+        problems.append("the HTML part has no <html> tag")
     company = config.company
     wanted = {
         "the company name": company.name,
@@ -326,6 +326,7 @@ class VisibleHtml(HTMLParser):
         self._stack: list[tuple[str, bool]] = []
         self._chunks: list[str] = []
         self.hrefs: set[str] = set()
+        self.has_html_tag = False  # an <html> start tag, not one in a comment or a script
 
     @classmethod
     def read(cls, html: str) -> VisibleHtml:
@@ -344,6 +345,7 @@ class VisibleHtml(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {name: value or "" for name, value in attrs}
+        self.has_html_tag = self.has_html_tag or tag == "html"
         hidden = (
             self._hidden
             or tag in _HIDDEN_TAGS

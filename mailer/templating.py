@@ -21,6 +21,7 @@ HTML_SUFFIXES = (".html.j2", ".html")
 TEXT_SUFFIXES = {".html.j2": ".txt.j2", ".html": ".txt"}
 MAX_TEMPLATE_BYTES = 1_000_000  # a campaign is an email, not a book; bigger is a mistake
 _FULL_DOCUMENT = re.compile(r"<html[\s>]", re.IGNORECASE)
+_COMMENTS = re.compile(r"<!--.*?(?:-->|$)|\{#.*?(?:#\}|$)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def render_template(template: jinja2.Template, context: Mapping[str, Any], *, la
 
 def is_full_document(html: str) -> bool:
     """True when a template brings its own <html> document rather than a body fragment."""
-    return _FULL_DOCUMENT.search(html) is not None
+    # an <html> mentioned in a comment makes no document: the fragment still needs the layout
+    return _FULL_DOCUMENT.search(_COMMENTS.sub("", html)) is not None
 
 
 def html_to_text(html: str) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from email.policy import SMTP
 
 import pytest
 from compose_helpers import make_campaign, make_config, make_list, make_recipient, parse, render
 
-from mailer.compliance import check_campaign, check_subject, ensure_compliant
+from mailer.compliance import check_campaign, check_message, check_subject, ensure_compliant
 from mailer.errors import ComplianceError
 from mailer.models import Campaign, CampaignKind
 from mailer.templating import load_template_source, shipped_campaign_templates
@@ -224,3 +226,14 @@ def test_footer_wrapped_in_an_element_styled_out_of_sight_is_refused(style: str)
     for html in (f'{body}<div style="{style}"><table><tr><td>', f"<style>table + table {{ {style} }}</style>{body}"):
         problems = check_campaign(make_config(), make_campaign(html, text), make_list())
         assert any("footer" in p or "missing from the visible HTML part" in p for p in problems), html
+
+
+def test_html_part_whose_only_html_tag_is_in_a_comment_is_refused() -> None:
+    rendered = render()
+    message = parse(rendered.data)
+    html_part = message.get_body(("html",))
+    assert html_part is not None
+    html = re.sub(r"<html[^>]*>", "<!-- an <html> document once -->", str(html_part.get_content()), count=1)
+    html_part.set_content(html.replace("</html>", ""), subtype="html")
+    problems = check_message(make_config(), dataclasses.replace(rendered, data=message.as_bytes(policy=SMTP)))
+    assert "the HTML part has no <html> tag" in problems

@@ -278,6 +278,15 @@ def test_full_document_template_gets_the_footer_inside_its_body() -> None:
     assert check_message(make_config(), render(campaign=make_campaign(document, None))) == []
 
 
+@pytest.mark.parametrize("mention", ["<!-- pasted from an <html> editor -->", "{# not a <html> document #}"])
+def test_fragment_that_only_mentions_an_html_tag_in_a_comment_gets_the_layout(mention: str) -> None:
+    # without the layout the HTML part would have no <html> tag (SpamAssassin HTML_MIME_NO_HTML_TAG)
+    fragment = mention + "<p>Our autumn recitals start soon.</p>"
+    _, html = parts(parse(render(campaign=make_campaign(fragment, None)).data))
+    assert '<html lang="en"' in html
+    assert VisibleHtml.read(html).has_html_tag
+
+
 def test_notice_carries_no_ad_label_and_no_list_unsubscribe() -> None:
     notice = make_campaign("<p>We changed our terms on {{ campaign.subject }}.</p>", None,
                            subject="Changes to our terms of service", kind=CampaignKind.NOTICE,
