@@ -6,6 +6,7 @@ import email.parser
 import email.policy
 import email.utils
 import re
+import unicodedata
 from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
@@ -18,8 +19,12 @@ from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_unsubscribe_token
 
 # a subject must not pretend to answer or pass on a conversation that never happened
+# (what mail clients in English, German, Nordic, Romance, Dutch, Polish, Chinese and Korean write),
+# after an optional list tag such as "[Harmony News] "
 FAKE_REPLY = re.compile(
-    r"^\s*(?:re|fwd?|fw|aw|wg|sv|vs|tr|rv|antw|ref|enc|res)\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]",
+    r"^\s*(?:\[[^\]]*\]\s*)?(?:re|fwd?|fw|aw|wg|sv|vs|vb|tr|rv|antw|antwort|ref|enc|res|odp|pd|"
+    "回复|答复|转发|回覆|轉寄|轉發|회신|답장|전달"
+    r")\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]",
     re.IGNORECASE,
 )
 ONCE_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version")
@@ -67,7 +72,8 @@ def check_subject(subject: str) -> list[str]:
         return ["the subject is empty"]
     if re.search(r"[\x00-\x1f\x7f\u2028\u2029]", subject):
         problems.append("the subject contains a line break or control character")
-    if FAKE_REPLY.match(subject):
+    # NFKC: "RE:" in full-width letters reads as "RE:" all the same
+    if FAKE_REPLY.match(unicodedata.normalize("NFKC", subject)):
         problems.append(f"the subject {subject.strip()!r} pretends to be a reply or forward")
     cased = [ch for ch in subject if ch.isalpha() and ch.lower() != ch.upper()]
     if len(cased) >= 4 and all(ch.isupper() for ch in cased):

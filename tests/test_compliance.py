@@ -35,8 +35,19 @@ def test_bad_subjects_are_refused(subject: str, problem: str) -> None:
     assert any(problem in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    "subject",
+    ["回复\uff1a夏のコンサート", "转发: 春季音乐会", "\uff32\uff25\uff1aご注文について", "\uff26\uff57\uff44: a great deal",
+     "[Harmony News] Re: your order",
+     "Antwort: Ihre Bestellung", "Odp: zamówienie", "VB: erbjudande", "회신: 주문"],
+)
+def test_reply_and_forward_prefixes_of_other_mail_clients_are_refused(subject: str) -> None:
+    assert any("pretends to be a reply or forward" in p for p in check_subject(subject)), subject
+
+
 @pytest.mark.parametrize("subject", ["Spring concerts are here", "Regarding our spring concerts",
-                                     "New: 3 workshops", "50% off NYC tickets", "夏のコンサート"])
+                                     "New: 3 workshops", "50% off NYC tickets", "夏のコンサート",
+                                     "[Harmony News] Spring concerts", "Vbox: a new instrument", "Reading list: 5 books"])
 def test_honest_subjects_pass(subject: str) -> None:
     assert check_subject(subject) == []
     assert check_campaign(make_config(), make_campaign(subject=subject), make_list()) == []
