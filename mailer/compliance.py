@@ -87,7 +87,13 @@ def check_from(config: Config, from_address: str) -> list[str]:
     if "\r" in value or "\n" in value:
         return ["the From address contains a line break"]
     mailboxes = getaddresses([value])
-    if len(mailboxes) != 1 or not mailboxes[0][1] or mailboxes[0][1].count("@") != 1:
+    # as receivers parse it: a trailing comma, a group or an unclosed "<" is not one plain mailbox
+    header = email.policy.default.header_factory("From", value)
+    if (
+        len(mailboxes) != 1 or not mailboxes[0][1] or mailboxes[0][1].count("@") != 1
+        or header.defects or len(header.groups) != 1 or header.groups[0].display_name is not None
+        or value.strip().endswith(",")
+    ):
         return [f"From {value!r} is not one mailbox such as 'Name <user@{config.sender.sending_domain}>'"]
     domain = parseaddr(value)[1].rpartition("@")[2].lower()
     if domain != config.sender.sending_domain:

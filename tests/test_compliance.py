@@ -70,7 +70,8 @@ def test_every_problem_is_listed_at_once() -> None:
 
 def test_from_must_be_one_mailbox_on_the_sending_domain() -> None:
     for sender in ["a@harmonymails.com, b@harmonymails.com", "Promo <deals@harmonymails.com.evil.test>",
-                   "not an address"]:
+                   "not an address", "Promo <deals@harmonymails.com>,", "Promo: deals@harmonymails.com;",
+                   "<deals@harmonymails.com"]:
         problems = check_campaign(make_config(), make_campaign(from_address=sender), make_list())
         assert any("From" in p for p in problems), (sender, problems)
     ok = make_campaign(from_address="Events Team <events@harmonymails.com>")
