@@ -11,7 +11,7 @@ import aiosmtplib
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.compliance import check_campaign, check_from
+from mailer.compliance import check_campaign, check_from, render_for_check
 from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.config import Config, StartTLS
 from mailer.db import normalize_email
@@ -102,7 +102,7 @@ def create_campaign(
     composer = Composer(config, campaign, mailing_list)
     for recipient in recipients:
         try:
-            composer.render(recipient)
+            render_for_check(composer, recipient)
         except TemplateError as exc:
             raise TemplateError(f"the template fails for subscriber {recipient.email}: {exc}") from None
     problems = check_campaign(config, campaign, mailing_list, recipients=recipients)

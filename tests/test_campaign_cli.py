@@ -308,3 +308,17 @@ def test_test_send_to_an_address_that_opted_out_sends_nothing(
     assert smtp_server.messages == []
     sender("campaign", "test", "1", "--to", "me@harmonymails.com")
     assert [m.rcpt_tos for m in smtp_server.messages] == [["me@harmonymails.com"]]
+
+
+def test_a_subscriber_no_header_can_address_does_not_block_the_campaign(cli: Cli, tmp_path: Path) -> None:
+    # a non-ASCII mailbox name needs SMTPUTF8: that one delivery fails at send time, the campaign goes
+    cli("list", "create", "intl")
+    cli("subscriber", "add", "josé@example.com", "--list", "intl", "--name", "José")
+    cli("subscriber", "add", "ana@example.com", "--list", "intl", "--name", "Ana", "--attr", "tier=gold")
+    assert cli("campaign", "create", "--list", "intl", "--subject", "Autumn news", "--template", "welcome").output == "1\n"
+    assert cli("campaign", "check", "1").output == "campaign 1 passes the compliance gate\n"
+    # the template is still checked with that person's data
+    html = tmp_path / "tier.html.j2"
+    html.write_text("<p>Hello {{ subscriber.name }}, your tier: {{ subscriber.attributes.tier }}</p>", encoding="utf-8")
+    refused = cli("campaign", "create", "--list", "intl", "--subject", "Tiers", "--template", str(html), ok=False)
+    assert "the template fails for subscriber josé@example.com" in refused.stderr
