@@ -1,7 +1,7 @@
 """privacy: where a double opt-in confirmation came from (IP and user agent)
 
 Revision ID: 0005_privacy
-Revises: 0001
+Revises: 0004_inbound
 Create Date: 2026-11-25 10:20:00.000000
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_privacy"
-down_revision: str | None = "0001"
+down_revision: str | None = "0004_inbound"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
