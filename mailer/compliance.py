@@ -313,6 +313,7 @@ def _check_stylesheets(html_template: str) -> list[str]:
 
 def hides(style: str) -> bool:
     """True when CSS declarations take an element and its content out of sight."""
+    style = _CSS_COMMENT.sub("", style)  # `display:/**/none` is `display:none` to a browser
     return bool(_HIDING_STYLE.search(style) or (_ZERO_BOX.search(style) and _CLIPPED.search(style)))
 
 
