@@ -142,7 +142,10 @@ def check_campaign(
             problems.append(f"no message can be built for {recipient.email}: {exc}")
             continue
         problems += check_message(config, rendered, notice=notice)
-        problems += check_equivalence(*composer.campaign_bodies(recipient))
+        html_body, text_body = composer.campaign_bodies(recipient)
+        if not notice:
+            problems += _check_stylesheets(html_body)  # a template can write a <style> tag out of parts
+        problems += check_equivalence(html_body, text_body)
     return _unique(problems)
 
 

@@ -249,3 +249,11 @@ def test_html_part_whose_only_html_tag_is_in_a_comment_is_refused() -> None:
     html_part.set_content(html.replace("</html>", ""), subtype="html")
     problems = check_message(make_config(), dataclasses.replace(rendered, data=message.as_bytes(policy=SMTP)))
     assert "the HTML part has no <html> tag" in problems
+
+
+def test_a_stylesheet_the_template_writes_out_at_render_time_is_checked_too() -> None:
+    html = ('{% set tag = "style" %}<{{ tag }}>td { display: none }</{{ tag }}>'
+            "<p>Our autumn recitals start soon in Laguna Beach.</p>")
+    problems = check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
+                              make_list())
+    assert any("the stylesheet rule 'td' can hide the footer" in p for p in problems), problems
