@@ -145,7 +145,12 @@ def compile_campaign_templates(source: TemplateSource) -> tuple[jinja2.Template,
     html = compile_template(source.html, html=True, label=f"HTML template {source.name}")
     text = None
     if source.text is not None:
-        text = compile_template(source.text, html=False, label=f"text template {source.name}")
+        text_name = source.name
+        for html_suffix, text_suffix in TEXT_SUFFIXES.items():
+            if text_name.endswith(html_suffix):  # name the file the marketer has to fix
+                text_name = text_name.removesuffix(html_suffix) + text_suffix
+                break
+        text = compile_template(source.text, html=False, label=f"text template {text_name}")
     return html, text
 
 

@@ -322,3 +322,12 @@ def test_a_subscriber_no_header_can_address_does_not_block_the_campaign(cli: Cli
     html.write_text("<p>Hello {{ subscriber.name }}, your tier: {{ subscriber.attributes.tier }}</p>", encoding="utf-8")
     refused = cli("campaign", "create", "--list", "intl", "--subject", "Tiers", "--template", str(html), ok=False)
     assert "the template fails for subscriber josé@example.com" in refused.stderr
+
+
+def test_a_text_template_that_does_not_parse_is_named_by_its_own_file(news: Cli, tmp_path: Path) -> None:
+    (tmp_path / "promo.html.j2").write_text("<p>Hello {{ subscriber.name }}</p>", encoding="utf-8")
+    (tmp_path / "promo.txt.j2").write_text("Hello\n{% if %}\n", encoding="utf-8")
+    result = news("campaign", "create", "--list", "news", "--subject", "Promo", "--template",
+                  str(tmp_path / "promo.html.j2"), ok=False)
+    assert result.stderr == "Error: text template promo.txt.j2 does not parse: line 2: " \
+        "Expected an expression, got 'end of statement block'\n"
