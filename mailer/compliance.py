@@ -49,7 +49,8 @@ _RAW_TEXT_TAGS = ("script", "style", "title", "textarea", "xmp", "iframe", "noem
 _HIDING_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|max-height\s*:\s*0|"
     r"opacity\s*:\s*0(?![.\d]*[1-9])|color\s*:\s*transparent|mso-hide\s*:\s*all|"
-    r"transform\s*:[^;]*scale\(\s*0(?![.\d]*[1-9])|"
+    r"transform\s*:[^;]*scale\(\s*0(?![.\d]*[1-9])|clip\s*:\s*rect\((?:\s*0(?:px)?[\s,]*){4}\)|"
+    r"clip-path\s*:\s*inset\(\s*(?:[5-9]\d|100)%|font-size\s*:\s*[01](?:\.\d+)?(?:px|pt)|"
     r"(?<![\w-])(?:left|top|right|margin-left|margin-top)\s*:\s*-\s*\d{4,}",  # off the screen
     re.IGNORECASE,
 )

@@ -229,7 +229,8 @@ def test_stylesheet_rules_confined_to_own_classes_or_other_elements_are_fine() -
 @pytest.mark.parametrize(
     "style",
     ["height:0;overflow:hidden", "overflow: hidden; width: 0px", "mso-hide:all", "position:absolute;left:-9999px",
-     "transform: scale(0)", "display:/* a comment */none"],
+     "transform: scale(0)", "display:/* a comment */none", "position:absolute;clip:rect(0 0 0 0)", "clip: rect(0px, 0px, 0px, 0px)",
+     "clip-path: inset(50%)", "font-size:1px", "font-size: 0.5px"],
 )
 def test_footer_wrapped_in_an_element_styled_out_of_sight_is_refused(style: str) -> None:
     # the unclosed table makes the layout's own end tags close it, so the footer lands in the div
