@@ -238,13 +238,15 @@ def send_test(session: Session, config: Config, campaign_id: int, to: str) -> Re
 
     The address gets the data of the list subscriber with that address, or of a sample
     subscriber; its unsubscribe link unsubscribes nobody else. Raises SuppressedError when the
-    address has opted out, DeliveryError when the relay refuses or cannot be reached.
+    address has opted out of a commercial campaign, DeliveryError when the relay refuses or
+    cannot be reached.
     """
     address = check_email(to)
     campaign = get_campaign(session, campaign_id)
     mailing_list = campaign_list(session, campaign)
-    if has_opted_out(session, address, campaign.list_id):
+    if campaign.kind is CampaignKind.CAMPAIGN and has_opted_out(session, address, campaign.list_id):
         # a test message is commercial mail all the same; an opt-out is honoured for it too
+        # (a legal notice reaches those who opted out of marketing, and so does its test)
         raise SuppressedError(f"{address} has opted out or was erased; no test message is sent to it")
     try:
         recipient = find_recipient(session, campaign, address)

@@ -308,6 +308,13 @@ def test_test_send_to_an_address_that_opted_out_sends_nothing(
     assert smtp_server.messages == []
     sender("campaign", "test", "1", "--to", "me@harmonymails.com")
     assert [m.rcpt_tos for m in smtp_server.messages] == [["me@harmonymails.com"]]
+    # a legal notice reaches those who opted out of marketing, and so does its test
+    notice = tmp_path / "terms.html.j2"
+    notice.write_text("<p>Dear {{ subscriber.name }}, our terms change on 1 January.</p>", encoding="utf-8")
+    news("notice", "create", "--subject", "Our terms change on 1 January", "--template", str(notice),
+         "--reason", "we must tell you when our terms change")
+    sender("campaign", "test", "2", "--to", "ana@example.com")
+    assert smtp_server.messages[-1].rcpt_tos == ["ana@example.com"]
 
 
 def test_a_subscriber_no_header_can_address_does_not_block_the_campaign(cli: Cli, tmp_path: Path) -> None:
