@@ -65,6 +65,7 @@ _COMBINATOR = re.compile(r"[\s>+~]+")
 _CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
 _BRACKETED = re.compile(r"\[[^\[\]]*\]|\([^()]*\)")
 _OWN_NAME = re.compile(r"[.#]-?[^\W\d]")  # a class or an id
+_EXACT_NAME = re.compile(r"""\[\s*(class|id)\s*~?=\s*["']?([-\w]+)["']?\s*\]""", re.IGNORECASE)
 
 
 def check_subject(subject: str) -> list[str]:
@@ -325,7 +326,9 @@ def _may_match_footer(selector: str) -> bool:
     """True when a selector list may select an element of the footer."""
     if "hm-" in selector or "\\" in selector:  # a CSS escape can spell any name
         return True
-    # attribute values and pseudo-class arguments (`:not(.promo)`) do not confine a rule to own elements
+    # `[class=hide]` is `.hide` (older templates write it for Yahoo); other attribute values and
+    # pseudo-class arguments (`:not(.promo)`) do not confine a rule to own elements
+    selector = _EXACT_NAME.sub(lambda m: ("#" if m[1].lower() == "id" else ".") + m[2], selector)
     while (bare := _BRACKETED.sub("", selector)) != selector:
         selector = bare
     for one in selector.split(","):
