@@ -112,7 +112,9 @@ def start_sink(kind: str) -> tuple[subprocess.Popen[bytes], int, str]:
         (p for p in ("/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink") if os.path.exists(p)), None)
     if kind in ("auto", "postfix") and postfix:
         # -c counts, 5000 is the listen backlog; it accepts and discards, like a very fast relay
-        proc = subprocess.Popen([postfix, "-c", f"127.0.0.1:{port}", "5000"],
+        # as root it must drop privileges to some user
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        proc = subprocess.Popen([postfix, *user, "-c", f"127.0.0.1:{port}", "5000"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         name = f"Postfix smtp-sink ({postfix}), child process"
     elif kind == "postfix":
@@ -133,13 +135,14 @@ def start_sink(kind: str) -> tuple[subprocess.Popen[bytes], int, str]:
 # -- the two contenders ------------------------------------------------------------------------
 
 
-def setup(directory: Path, port: int, n: int, connections: int, batch_size: int) -> tuple[Database, int, int]:
+def setup(directory: Path, port: int, n: int, connections: int, batch_size: int,
+          render_processes: int) -> tuple[Database, int, int]:
     config_path = directory / "mailer.toml"
     config_path.write_text(
         f'[database]\nurl = "sqlite:///{directory / "bench.db"}"\n\n'
         f'[unsubscribe]\nsecret_keys = ["{SECRET}"]\n\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nstarttls = "off"\nconnections = {connections}\n\n'
-        f"[sending]\nbatch_size = {batch_size}\n",
+        f"[sending]\nbatch_size = {batch_size}\nrender_processes = {render_processes}\n",
         encoding="utf-8",
     )
     config = load_config(config_path, environ={})
@@ -211,6 +214,8 @@ def main() -> None:
     parser.add_argument("-n", "--recipients", type=int, default=20_000)
     parser.add_argument("-c", "--connections", type=int, default=4)
     parser.add_argument("-b", "--batch-size", type=int, default=100)
+    parser.add_argument("-r", "--render-processes", type=int, default=1,
+                        help="sending.render_processes (0: render in the sending process)")
     parser.add_argument("--sink", choices=["auto", "asyncio", "postfix"], default="auto")
     parser.add_argument("--sink-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,7 +227,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
             directory = Path(tmp)
-            database, campaign_id, size = setup(directory, port, n, connections, args.batch_size)
+            database, campaign_id, size = setup(directory, port, n, connections, args.batch_size,
+                                                args.render_processes)
             message = (b"From: news@harmonymails.com\r\nTo: reader@example.com\r\nSubject: x\r\n\r\n"
                        + b"x" * 76 + b"\r\n") * max(1, size // 130)
             rss_before = psutil.Process().memory_info().rss
@@ -237,7 +243,7 @@ def main() -> None:
     raw = (raw_before + raw_after) / 2
     print(f"sink:        {sink_name}")
     print(f"recipients:  {n:,}   connections: {connections}   batch size: {args.batch_size}   "
-          f"message: {size:,} bytes")
+          f"render processes: {args.render_processes}   message: {size:,} bytes")
     print(f"raw aiosmtplib:  {raw_before:8.0f} msg/s before, {raw_after:8.0f} msg/s after (mean {raw:.0f})")
     print(f"full pipeline:   {pipeline_rate:8.0f} msg/s  ({sent:,} sent and recorded)")
     print(f"ratio:           {pipeline_rate / raw:8.2f}  (target >= 0.70)")

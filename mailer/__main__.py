@@ -2,4 +2,6 @@
 
 from mailer.cli import main
 
-main()
+# guarded: helper processes started with spawn import this module again
+if __name__ == "__main__":
+    main()

@@ -94,6 +94,7 @@ class SendingConfig:
     max_lateness: float = 24 * 3600.0  # seconds past its time a scheduled campaign may still start
     soft_bounce_limit: int = 3  # transient bounces from different campaigns before suppression
     claim_timeout: float = 300.0  # seconds without a heartbeat before another host takes a claim as in doubt
+    render_processes: int = 1  # helper processes rendering ahead in large sends; 0: render in the sender
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,8 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "sending.batch_size", "must be from 1 to 10000")
     if config.sending.max_lateness < 0:
         raise ConfigError(src, "sending.max_lateness", "must be 0 or more seconds")
+    if not 0 <= config.sending.render_processes <= 32:
+        raise ConfigError(src, "sending.render_processes", "must be from 0 to 32")
     if config.sending.claim_timeout < 10:
         raise ConfigError(src, "sending.claim_timeout", "must be at least 10 seconds")
     if config.sending.soft_bounce_limit < 1:

@@ -8,6 +8,7 @@ import datetime as dt
 import signal
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,12 +19,15 @@ from mailer.db import Database
 from mailer.errors import DeliveryError, MailerError
 from mailer.lifecycle import OPEN_STATES, finish_if_done, get_campaign, start_campaign
 from mailer.models import CampaignStatus, DeliveryState, utcnow
+from mailer.render_ahead import MIN_MESSAGES_FOR_HELPER, RenderAhead
 from mailer.store import Batch, Outcome, SqlDeliveryStore, count_deliveries, mark_abandoned_claims
 from mailer.transport import SendResult, SendStatus, SmtpTransport
 
 # growing delays between attempts of a deferred message: 1 min, 2, 4, ... then every 4 hours
 FIRST_RETRY_DELAY = 60.0
 MAX_RETRY_DELAY = 4 * 3600.0
+# recipients per job handed to a render helper: small enough that the first is back at once
+RENDER_CHUNK = 25
 
 
 class DeliveryStore(Protocol):
@@ -123,6 +127,8 @@ class Pipeline:
         self.report = SendReport(campaign_id)
         self.stop_requested = asyncio.Event()
         self._wake = asyncio.Event()  # a message finished, or a stop was asked for
+        # delivery id -> (the helper's job rendering it, its place in that job)
+        self._ahead: dict[int, tuple[asyncio.Future[list[RenderedMessage | str]], int]] = {}
         self._consecutive_errors = 0
         self._last_error = ""
 
@@ -152,7 +158,7 @@ class Pipeline:
         # for the database at a batch boundary, and a crash still leaves at most batch_size in doubt.
         campaign_id = self.report.campaign_id
         batch_size = self.settings.batch_size
-        refill_at = batch_size // 2
+        refill_at = batch_size // 4
         work: asyncio.Queue[Recipient | None] = asyncio.Queue()
         attempts: dict[int, int] = {}
         finished: list[Outcome] = []
@@ -191,6 +197,7 @@ class Pipeline:
                     self.report.campaign_stopped = True
                     break
                 attempts.update(batch.attempts)
+                self._render_ahead(batch.recipients)
                 for recipient in batch.recipients:
                     work.put_nowait(recipient)
                 outstanding += len(batch.recipients)
@@ -224,14 +231,37 @@ class Pipeline:
         self.report.released += 1
         return Outcome(recipient.delivery_id, DeliveryState.PENDING)
 
-    async def _deliver(self, recipient: Recipient, attempts_before: int) -> Outcome:
+    def _render_ahead(self, recipients: Sequence[Recipient]) -> None:
+        if not isinstance(self.renderer, RenderAhead):
+            return
+        for start in range(0, len(recipients), RENDER_CHUNK):
+            chunk = recipients[start:start + RENDER_CHUNK]
+            job = self.renderer.submit(chunk)
+            for index, recipient in enumerate(chunk):
+                self._ahead[recipient.delivery_id] = (job, index)
+
+    async def _render(self, recipient: Recipient) -> RenderedMessage | str:
+        """The message, or why it cannot be rendered."""
+        slot = self._ahead.pop(recipient.delivery_id, None)
+        # while the helper is still starting, rendering here beats waiting for it
+        if slot is not None and isinstance(self.renderer, RenderAhead) and (slot[0].done() or self.renderer.warm):
+            job, index = slot
+            try:
+                return (await job)[index]
+            except BrokenProcessPool:
+                pass  # the helper died (killed by hand?): render here from now on
         try:
-            message = self.renderer.render(recipient)
+            return self.renderer.render(recipient)
         except MailerError as exc:
+            return str(exc) or type(exc).__name__
+
+    async def _deliver(self, recipient: Recipient, attempts_before: int) -> Outcome:
+        message = await self._render(recipient)
+        if isinstance(message, str):
             # a template that fails for one subscriber's data fails that message, not the campaign
             self.report.failed += 1
             return Outcome(recipient.delivery_id, DeliveryState.FAILED,
-                           response=f"could not render the message: {exc}")
+                           response=f"could not render the message: {message}")
         result = await self.transport.send(message.envelope_from, message.recipient, message.data)
         if result.connection_failed:
             self._consecutive_errors += 1
@@ -348,7 +378,13 @@ class CampaignSender:
                 raise DeliveryError(f"campaign {campaign_id} is {campaign.status.value}, not sending")
             mailing_list = campaign.mailing_list
             ensure_compliant(self.config, campaign, mailing_list)
-            return Composer(self.config, campaign, mailing_list)
+            composer = Composer(self.config, campaign, mailing_list)
+            counts = count_deliveries(session, campaign_id)
+        due = counts[DeliveryState.PENDING] + counts[DeliveryState.DEFERRED]
+        processes = self.config.sending.render_processes
+        if processes and due >= MIN_MESSAGES_FOR_HELPER:
+            return RenderAhead(composer, self.config, campaign_id, processes)
+        return composer
 
     async def send(self, campaign_id: int, renderer: Renderer | None = None) -> SendReport:
         """Send the campaign's due deliveries; marks it sent when nothing is left to send."""
@@ -362,6 +398,8 @@ class CampaignSender:
             report = await pipeline.run(self.deadline)
         finally:
             self._pipeline = None
+            if isinstance(renderer, RenderAhead):
+                renderer.close()
         with self.database.session() as session:
             finish_if_done(session, campaign_id, self.clock())
         return report

@@ -71,7 +71,7 @@ def test_sigkill_mid_send_then_resume_sends_nobody_twice(
     wait_for_messages(server, 1500, proc)
 
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.communicate(timeout=30)  # its pipes close only when its render helper has gone too
     killed_at = len(server.messages)
     assert killed_at < 5000, "the send finished before it could be killed"
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENDING

@@ -333,3 +333,39 @@ def test_notice_audience_reaches_opted_out_people_but_not_hard_bounces(database:
         # a second snapshot adds nobody twice
         assert snapshot_audience(session, get_campaign(session, campaign_id), utcnow()) == 0
     assert sorted(delivery_states(database, notice_id)) == ["ana@example.com", "left@example.com"]
+
+
+def test_the_render_helper_renders_what_the_composer_renders(
+    tmp_path: Path, database: Database, server: FaultyServer
+) -> None:
+    from mailer.compose import Composer, Recipient
+    from mailer.lifecycle import get_campaign
+    from mailer.render_ahead import RenderAhead
+
+    list_id = add_audience(database, "news", emails(2))
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, server)
+    start_send(config, database, campaign_id)
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        composer = Composer(config, campaign, campaign.mailing_list)
+    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
+                        attributes={}, subscribed_at=None) for i in (1, 2)]
+
+    async def render_in_helper() -> list[object]:
+        helper = RenderAhead(composer, config, campaign_id)
+        try:
+            return list(await helper.submit(people))
+        finally:
+            helper.close()
+
+    from mailer.compliance import message_parts, parse_message
+
+    for ahead, person in zip(asyncio.run(render_in_helper()), people, strict=True):
+        here = composer.render(person)
+        assert ahead.recipient == here.recipient  # type: ignore[attr-defined]
+        assert ahead.message_id == here.message_id  # type: ignore[attr-defined]
+        theirs, ours = parse_message(ahead.data), parse_message(here.data)  # type: ignore[attr-defined]
+        assert message_parts(theirs) == message_parts(ours)
+        for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Id"):
+            assert theirs[header] == ours[header]
