@@ -65,6 +65,8 @@ _COMBINATOR = re.compile(r"[\s>+~]+")
 _CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
 _BRACKETED = re.compile(r"\[[^\[\]]*\]|\([^()]*\)")
 _OWN_NAME = re.compile(r"[.#]-?[^\W\d]")  # a class or an id
+# Outlook's conditional comments: <!--[if mso]>...<![endif]--> and <!--[if !mso]><!-->...<!--<![endif]-->
+_CONDITIONAL = re.compile(r"<!--\[if\s([^\]]*)\]>(.*?)<!\[endif\]\s*-->", re.IGNORECASE | re.DOTALL)
 _EXACT_NAME = re.compile(r"""\[\s*(class|id)\s*~?=\s*["']?([-\w]+)["']?\s*\]""", re.IGNORECASE)
 
 
@@ -256,7 +258,28 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
             problems.append(f"{what} is missing from the text part")
         if url not in visible.hrefs:
             problems.append(f"{what} is missing from the visible HTML part")
+    if _CONDITIONAL.search(html):
+        outlook = VisibleHtml.read(outlook_view(html))
+        for what, phrase in wanted.items():
+            if _has_phrase(visible.text, phrase) and not _has_phrase(outlook.text, phrase):
+                problems.append(f"{what} is missing from the HTML part as Outlook for Windows shows it")
+        for what, url in links.items():
+            if url in visible.hrefs and url not in outlook.hrefs:
+                problems.append(f"{what} is missing from the HTML part as Outlook for Windows shows it")
     return problems
+
+
+def outlook_view(html: str) -> str:
+    """The HTML as Outlook for Windows reads it: what its conditional comments hold for it in, the rest out."""
+
+    def opened(match: re.Match[str]) -> str:
+        condition, content = match[1], match[2]
+        for_outlook = bool(re.search(r"(?<![!\w(])\(?\s*(?:[lg]te?\s+)?mso\b", condition, re.IGNORECASE))
+        if content.startswith("<!-->") and content.endswith("<!--"):  # shown to everyone else too
+            content = content[5:-4]
+        return content if for_outlook else ""
+
+    return _CONDITIONAL.sub(opened, html)
 
 
 def check_equivalence(html_body: str, text_body: str) -> list[str]:

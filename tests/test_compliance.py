@@ -262,3 +262,22 @@ def test_a_stylesheet_the_template_writes_out_at_render_time_is_checked_too() ->
     problems = check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
                               make_list())
     assert any("the stylesheet rule 'td' can hide the footer" in p for p in problems), problems
+
+
+def test_a_footer_hidden_only_in_outlook_by_a_conditional_comment_is_refused() -> None:
+    # Outlook for Windows opens <!--[if mso]> comments: this div wraps the footer there alone
+    html = ('<p>Our autumn recitals start soon in Laguna Beach.</p>'
+            '<!--[if mso]><div style="mso-hide:all"><table><tr><td><![endif]-->')
+    problems = check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
+                              make_list())
+    assert "the unsubscribe link is missing from the HTML part as Outlook for Windows shows it" in problems
+
+
+def test_balanced_conditional_comments_for_outlook_are_fine() -> None:
+    html = ('<!--[if mso | IE]><table role="presentation" width="600"><tr><td><![endif]-->'
+            '<!--[if !mso]><!--><div style="font-family:Lato,sans-serif"><!--<![endif]-->'
+            "<p>Our autumn recitals start soon in Laguna Beach.</p>"
+            "<!--[if !mso]><!--></div><!--<![endif]-->"
+            "<!--[if mso | IE]></td></tr></table><![endif]-->")
+    assert check_campaign(make_config(), make_campaign(html, "Our autumn recitals start soon in Laguna Beach."),
+                          make_list()) == []
