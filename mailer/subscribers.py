@@ -63,6 +63,12 @@ def check_email(raw: str) -> str:
     if _CONTROL.search(candidate):
         raise InvalidInputError(f"invalid email address {candidate!r}: it contains a control character")
     local, at, domain = candidate.rpartition("@")
+    if not local.isascii():
+        # such a mailbox can only be reached over SMTPUTF8, which the mailer does not speak
+        raise InvalidInputError(
+            f"invalid email address {candidate!r}: a non-ASCII mailbox name needs SMTPUTF8, "
+            "which this mailer does not send"
+        )
     if at and len(local) <= 64 and _PLAIN_LOCAL_PART.match(local):
         try:
             address = f"{local}@{_checked_domain(domain)}"

@@ -217,7 +217,8 @@ def test_an_international_address_gets_its_link_or_one_clear_line(
     # a non-ASCII mailbox name cannot be sent to: refused before anything is stored
     assert refused.exit_code == 1
     assert refused.stderr.strip().splitlines() == [
-        "Error: cannot address a message to 'zoë@example.com': a non-ASCII mailbox name needs SMTPUTF8"]
+        "Error: invalid email address 'zoë@example.com': a non-ASCII mailbox name needs SMTPUTF8, "
+        "which this mailer does not send"]
     assert smtp_cli("subscriber", "show", "zoë@example.com", ok=False).exit_code == 1
 
 

@@ -49,19 +49,21 @@ def test_import_maps_name_keeps_attributes_and_reports_each_outcome(news: Cli, t
         "gone@example.com,Gone,,\r\n"                # opted out: skipped
         "not-an-address,Nobody,,\r\n"
         "\r\n"                                        # blank line: not a row
-        "zoë@exämple.com,Zoë,Zürich,\r\n"
+        "zoe@exämple.com,Zoë,Zürich,\r\n"
+        "zoë@example.com,Zoë,,\r\n"                  # needs SMTPUTF8: refused
         "short@example.com\r\n"
     ))
     report = imported(news, path)
-    assert report["rows"] == 7
+    assert report["rows"] == 8
     assert (report["added"], report["updated"], report["already_subscribed"]) == (2, 1, 1)
     assert report["skipped_suppressed"] == 1
-    assert report["invalid"] == 2
-    assert [p["line"] for p in report["problems"]] == [6, 9]
+    assert report["invalid"] == 3
+    assert [p["line"] for p in report["problems"]] == [6, 9, 10]
     assert "invalid email address 'not-an-address'" in report["problems"][0]["reason"]
-    assert "has 1 fields; the header has 4" in report["problems"][1]["reason"]
+    assert "non-ASCII mailbox name needs SMTPUTF8" in report["problems"][1]["reason"]
+    assert "has 1 fields; the header has 4" in report["problems"][2]["reason"]
     people = members(news)
-    assert set(people) == {"ana@example.com", "old@example.com", "zoë@exämple.com"}
+    assert set(people) == {"ana@example.com", "old@example.com", "zoe@exämple.com"}
     assert people["ana@example.com"]["attributes"] == {"city": "Lisbon", "plan": "gold"}
     assert people["old@example.com"]["name"] == "Older"
 
