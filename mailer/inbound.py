@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import enum
 import hashlib
+import logging
 import mailbox
 import os
 import re
@@ -42,6 +43,11 @@ from mailer.subscribers import find_subscriber
 from mailer.suppression import suppress_address
 from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
 from mailer.verp import parse_return_path
+
+# flufl.bounce logs a traceback for every message a detector chokes on; _heuristic_bounce
+# already treats that message as no bounce, so the log would only alarm whoever reads stderr
+logging.getLogger("flufl.bounce").addHandler(logging.NullHandler())
+logging.getLogger("flufl.bounce").propagate = False
 
 
 class InboundKind(enum.StrEnum):
@@ -372,9 +378,9 @@ def _analyse_complaint(
     if feedback_type != "abuse":
         return Analysis(InboundKind.OTHER, note=f"feedback report of type {feedback_type or 'unknown'!r}",
                         from_address=from_address)
-    named = [addr for _name, addr in getaddresses(report.get_all("Original-Rcpt-To", [])) if addr]
+    named = [addr for _name, addr in getaddresses(_all_text(report, "Original-Rcpt-To")) if addr]
     for original in _original_headers(msg):
-        named += [addr for _name, addr in getaddresses(original.get_all("To", [])) if addr]
+        named += [addr for _name, addr in getaddresses(_all_text(original, "To")) if addr]
     return Analysis(
         InboundKind.COMPLAINT,
         delivery_ids=_verp_deliveries(config, msg, raw),
@@ -446,7 +452,7 @@ def _verp_deliveries(config: Config, msg: Message, raw: bytes) -> list[int]:
     domain = re.escape(config.sender.bounce_domain)
     pattern = re.compile(rf"b-[0-9]+-[a-z2-7]{{10}}@{domain}", re.IGNORECASE)
     ids: list[int] = []
-    texts = [" ".join(msg.get_all(name, [])) for name in _RECIPIENT_HEADERS] + [raw_text(raw)]
+    texts = [" ".join(_all_text(msg, name)) for name in _RECIPIENT_HEADERS] + [raw_text(raw)]
     for text in texts:
         for address in pattern.findall(text):
             delivery_id = parse_return_path(config, address)
@@ -458,7 +464,7 @@ def _verp_deliveries(config: Config, msg: Message, raw: bytes) -> list[int]:
 def _recipient_addresses(msg: Message) -> list[str]:
     values: list[str] = []
     for name in _RECIPIENT_HEADERS:
-        values += [str(v) for v in msg.get_all(name, [])]
+        values += _all_text(msg, name)
     return [addr for _name, addr in getaddresses(values) if addr]
 
 
@@ -521,6 +527,11 @@ def _header_text(msg: Message, name: str) -> str:
     except (UnicodeError, LookupError, ValueError):
         text = str(value)
     return _unfold(text)
+
+
+def _all_text(msg: Message, name: str) -> list[str]:
+    # the parser hands back Header objects, not strings, for headers with raw 8-bit bytes
+    return [str(value) for value in msg.get_all(name, [])]
 
 
 def _unfold(value: object) -> str:

@@ -361,3 +361,20 @@ def test_cli_asks_the_mta_to_retry_when_the_database_is_down(tmp_path: Path) -> 
     result = Cli(config_path)("inbound", "process", "-", input="Subject: hi\n\nhello\n", ok=False)
     assert result.exit_code == 75  # EX_TEMPFAIL: the MTA keeps the message and tries again
     assert "try again later" in result.stderr
+
+
+@pytest.mark.parametrize("raw", [
+    b"",
+    b"\x00\xff\xfe not a message",
+    b"From: Mail\xe9r <MAILER-DAEMON@example.org>\nTo: \xff@x\nSubject: \xe9t\xe9\n\n550 5.1.1 <a@b.c> unknown\n",
+    b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\n"
+    b"Content-Type: message/delivery-status\n\nAction: failed\nFinal-Recipient: rfc822;\n\n--x--\n",
+    b"Content-Type: multipart/report; report-type=feedback-report; boundary=x\n\n--x\n"
+    b"Content-Type: message/feedback-report\n\nFeedback-Type: abuse\n--x--\n",
+    b"From: MAILER-DAEMON@x\nContent-Type: text/plain; charset=no-such-charset\n\n\xff 550 user unknown\n",
+], ids=["empty", "binary", "8-bit headers", "empty recipient", "report about nobody", "unknown charset"])
+def test_malformed_mail_is_left_alone_without_an_error(world: World, raw: bytes) -> None:
+    before = snapshot(world.database)
+    [item] = process_bytes(world.database, world.config, raw).items
+    assert item.kind in (InboundKind.OTHER, InboundKind.UNMATCHED)
+    assert snapshot(world.database) == before
