@@ -1,15 +1,14 @@
-"""Renders a campaign's messages in a helper process, so the sending loop keeps its core for SMTP."""
+"""Renders a campaign's messages in helper processes, so the sending loop keeps its core for SMTP."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
-import os
+import pickle
 import signal
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection
 
 from mailer.compose import Composer, Recipient, RenderedMessage
 from mailer.config import Config
@@ -18,74 +17,130 @@ from mailer.errors import MailerError
 # below this many messages a helper process costs more to start than it saves
 MIN_MESSAGES_FOR_HELPER = 2000
 
-_composer: Composer | None = None  # the helper process's own, built once by _start_helper
+
+class HelperGone(MailerError):
+    """A render helper exited (killed by hand?); the sender renders in its own process instead."""
 
 
-def _start_helper(config: Config, campaign_id: int) -> None:
+def _helper_main(connection: Connection, config: Config, campaign_id: int) -> None:
+    """The helper: build the campaign's Composer once, then render chunk after chunk until EOF."""
     # the parent decides when the helper stops: Ctrl-C or systemd's SIGTERM reach the whole
-    # process group, and the parent drains its messages in flight before it shuts us down
+    # process group, and the parent drains its messages in flight before it closes the pipe.
+    # If the parent dies outright, the pipe closes and recv_bytes() ends the loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # ... and if the parent is killed outright (kill -9), the helper must not outlive it
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     from mailer.db import Database
     from mailer.lifecycle import get_campaign
 
-    global _composer
     database = Database(config.database.url)
     try:
         with database.session() as session:
             campaign = get_campaign(session, campaign_id)
-            _composer = Composer(config, campaign, campaign.mailing_list)
+            composer = Composer(config, campaign, campaign.mailing_list)
     finally:
         database.dispose()
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(0)
-
-
-def _render_chunk(recipients: Sequence[Recipient]) -> list[RenderedMessage | str]:
-    """In the helper: each message, or the reason it could not be rendered."""
-    assert _composer is not None, "helper process not started"
-    rendered: list[RenderedMessage | str] = []
-    for recipient in recipients:
+    while True:
         try:
-            rendered.append(_composer.render(recipient))
-        except MailerError as exc:
-            rendered.append(str(exc) or type(exc).__name__)
-    return rendered
+            job, recipients = pickle.loads(connection.recv_bytes())
+        except (EOFError, OSError):
+            return
+        rendered: list[RenderedMessage | str] = []
+        for recipient in recipients:
+            try:
+                rendered.append(composer.render(recipient))
+            except MailerError as exc:
+                rendered.append(str(exc) or type(exc).__name__)
+        connection.send_bytes(pickle.dumps((job, rendered), pickle.HIGHEST_PROTOCOL))
+
+
+def _retrieve(future: asyncio.Future[list[RenderedMessage | str]]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Helper:
+    """One helper process and the jobs it has not answered yet."""
+
+    def __init__(self, config: Config, campaign_id: int) -> None:
+        # spawn, not fork: the parent holds database connections and an event loop
+        context = multiprocessing.get_context("spawn")
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=_helper_main, args=(child_end, config, campaign_id),
+                                       name="mailer-render", daemon=True)
+        self.process.start()
+        child_end.close()
+        self.waiting: dict[int, asyncio.Future[list[RenderedMessage | str]]] = {}
+        self.reading = False
 
 
 class RenderAhead:
     """A Renderer that renders claimed messages ahead, in `processes` helper processes.
 
     `submit()` starts rendering a chunk and returns its future; `render()` renders in this
-    process, which the pipeline does while the helpers start, or if one dies.
+    process, which the pipeline does while the helpers start, or after one has died.
     """
 
     def __init__(self, composer: Composer, config: Config, campaign_id: int, processes: int = 1) -> None:
         self.composer = composer
-        # spawn, not fork: the parent holds database connections and an event loop
-        self._pool = ProcessPoolExecutor(
-            max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_helper, initargs=(config, campaign_id),
-        )
-        self.warm = False  # set once the helpers have rendered a chunk
+        self.helpers = [_Helper(config, campaign_id) for _ in range(max(1, processes))]
+        self._next_helper = itertools.cycle(self.helpers)
+        self._jobs = itertools.count()
+        self.warm = False  # set once a helper has answered
 
     def render(self, recipient: Recipient) -> RenderedMessage:
         return self.composer.render(recipient)
 
     def submit(self, recipients: Sequence[Recipient]) -> asyncio.Future[list[RenderedMessage | str]]:
-        future = asyncio.wrap_future(self._pool.submit(_render_chunk, list(recipients)))
-        future.add_done_callback(self._mark_warm)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[RenderedMessage | str]] = loop.create_future()
+        # a job whose messages were released unsent is never awaited: take its exception anyway
+        future.add_done_callback(_retrieve)
+        helper = next(self._next_helper)
+        job = next(self._jobs)
+        try:
+            helper.connection.send_bytes(pickle.dumps((job, list(recipients)), pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            future.set_exception(HelperGone("the render helper has exited"))
+            return future
+        helper.waiting[job] = future
+        if not helper.reading:
+            # the answers are read by the event loop itself: no threads, no locks
+            loop.add_reader(helper.connection.fileno(), self._receive, helper)
+            helper.reading = True
         return future
 
-    def _mark_warm(self, future: asyncio.Future[list[RenderedMessage | str]]) -> None:
-        if not future.cancelled() and future.exception() is None:
+    def _receive(self, helper: _Helper) -> None:
+        try:
+            job, rendered = pickle.loads(helper.connection.recv_bytes())
+        except (EOFError, OSError):
+            self._stop_reading(helper)
+            for future in helper.waiting.values():
+                if not future.done():
+                    future.set_exception(HelperGone("the render helper has exited"))
+            helper.waiting.clear()
+            return
+        answered = helper.waiting.pop(job, None)
+        if answered is not None and not answered.done():
+            answered.set_result(rendered)
             self.warm = True
 
+    def _stop_reading(self, helper: _Helper) -> None:
+        if helper.reading:
+            asyncio.get_running_loop().remove_reader(helper.connection.fileno())
+            helper.reading = False
+
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Close the pipes (each helper sees EOF and exits) and wait for the helpers."""
+        for helper in self.helpers:
+            if helper.reading:
+                self._stop_reading(helper)
+            for future in helper.waiting.values():
+                if not future.done():
+                    future.cancel()
+            helper.connection.close()
+        for helper in self.helpers:
+            helper.process.join(timeout=5)
+            if helper.process.is_alive():
+                helper.process.kill()
+                helper.process.join()
+

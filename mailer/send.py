@@ -8,7 +8,6 @@ import datetime as dt
 import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,7 +18,7 @@ from mailer.db import Database
 from mailer.errors import DeliveryError, MailerError
 from mailer.lifecycle import OPEN_STATES, finish_if_done, get_campaign, start_campaign
 from mailer.models import CampaignStatus, DeliveryState, utcnow
-from mailer.render_ahead import MIN_MESSAGES_FOR_HELPER, RenderAhead
+from mailer.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
 from mailer.store import Batch, Outcome, SqlDeliveryStore, count_deliveries, mark_abandoned_claims
 from mailer.transport import SendResult, SendStatus, SmtpTransport
 
@@ -248,7 +247,7 @@ class Pipeline:
             job, index = slot
             try:
                 return (await job)[index]
-            except BrokenProcessPool:
+            except HelperGone:
                 pass  # the helper died (killed by hand?): render here from now on
         try:
             return self.renderer.render(recipient)

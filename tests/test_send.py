@@ -369,3 +369,31 @@ def test_the_render_helper_renders_what_the_composer_renders(
         assert message_parts(theirs) == message_parts(ours)
         for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Id"):
             assert theirs[header] == ours[header]
+
+
+def test_a_send_goes_on_when_its_render_helper_dies(
+    tmp_path: Path, database: Database, server: FaultyServer
+) -> None:
+    from mailer.render_ahead import RenderAhead
+
+    list_id = add_audience(database, "news", emails(300))
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, server, batch_size=20)
+    start_send(config, database, campaign_id)
+
+    async def run() -> None:
+        async with CampaignSender(config, database) as sender:
+            composer = sender.prepare(campaign_id)
+            helper = RenderAhead(composer, config, campaign_id)  # type: ignore[arg-type]
+
+            def kill_the_helper(received: Received) -> None:
+                if len(server.messages) == 100:
+                    helper.helpers[0].process.kill()
+
+            server.handler.on_message = kill_the_helper
+            await sender.send(campaign_id, helper)
+
+    asyncio.run(run())
+    received = server.handler.rcpt_counts
+    assert len(received) == 300 and set(received.values()) == {1}
+    assert state_counts(database, campaign_id) == {DeliveryState.SENT: 300}
