@@ -52,6 +52,9 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
         backlog=2048,
         connection_limit=1000,
         channel_timeout=30,
+        # the app answers anything over 16 KiB with its own 413 page; past this, waitress stops
+        # reading at once, so no one can make it buffer a gigabyte
+        max_request_body_size=1024 * 1024,
         expose_tracebacks=False,
     )
     click.echo(f"serving the unsubscribe app on http://{host}:{port} ({threads} threads)")
