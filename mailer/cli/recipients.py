@@ -100,7 +100,9 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
     Permanent bounces fail the delivery and suppress the address; transient ones are counted
     (sending.soft_bounce_limit campaigns suppress); spam complaints suppress; mail to the
     unsubscribe address unsubscribes; auto-replies are ignored; anything else is left alone
-    and listed. Running it again over the same mail changes nothing.
+    and listed. Running it again over the same mail changes nothing. An MTA can pipe each
+    message in (Postfix alias: `bounces: "|mailer inbound process -"`); exit status 75 asks
+    it to retry later when the database is unavailable.
 
     \b
     Example:
@@ -110,7 +112,6 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
       ...
       left alone:
         <question-1@example.com> from carla@example.com "Shipping?": not a bounce, ...
-    For an MTA, pipe each message in (Postfix: "bounces: |mailer inbound process -").
     """
     try:
         report = process_inbound(app.db, app.config, source)
