@@ -122,6 +122,9 @@ def _add_security_headers(response: Response) -> Response:
         response.headers.setdefault(name, value)
     # pages carry a token in their URL: no cache anywhere may keep them
     response.headers.setdefault("Cache-Control", "no-store")
+    if request.is_secure:
+        # once over https (directly, or a trusted proxy's X-Forwarded-Proto), never again in clear
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     return response
 
 

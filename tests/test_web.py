@@ -343,3 +343,14 @@ def test_the_page_and_healthz_do_not_wait_for_a_writer(
         assert client.get(f"/u/{ana.token(config)}").status_code == 200
         assert client.get("/healthz").status_code == 200
         assert time.monotonic() - started < 5
+
+
+def test_https_pages_ask_browsers_to_stay_on_https(
+    database: Database, config: Config, ana: Person, make_app: Callable[[Config], Flask]
+) -> None:
+    proxied = replace(config, unsubscribe=replace(config.unsubscribe, trusted_proxies=1))
+    client = make_app(proxied).test_client()
+    plain = client.get(f"/u/{ana.token(config)}")
+    behind_tls = client.get(f"/u/{ana.token(config)}", headers={"X-Forwarded-Proto": "https"})
+    assert "Strict-Transport-Security" not in plain.headers
+    assert behind_tls.headers["Strict-Transport-Security"] == "max-age=31536000"
