@@ -113,6 +113,9 @@ class SmtpConnection:
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
         """One mail transaction; never raises for anything the relay or the network does."""
+        bad = next((a for a in (envelope_from, recipient) if not _is_envelope_address(a)), None)
+        if bad is not None:
+            return SendResult(SendStatus.PERMANENT, None, f"not an address SMTP can carry: {bad!r}")
         for attempt in range(2):
             try:
                 client = await self._open()
@@ -123,8 +126,12 @@ class SmtpConnection:
             except (aiosmtplib.SMTPException, OSError) as exc:
                 self.close()
                 return SendResult(SendStatus.NOT_SENT, None, _describe(exc), connection_failed=True)
+            utf8 = not (envelope_from.isascii() and recipient.isascii())
+            if utf8 and not client.supports_extension("smtputf8"):
+                return SendResult(SendStatus.PERMANENT, None,
+                                  "the relay does not offer SMTPUTF8, needed for this non-ASCII address")
             try:
-                await client.mail(envelope_from)
+                await _mail(client, envelope_from, utf8)
             except aiosmtplib.SMTPServerDisconnected:
                 # an idle connection the relay has since closed: nothing was sent, so open a new one
                 self.close()
@@ -142,7 +149,7 @@ class SmtpConnection:
 
     async def _finish(self, client: aiosmtplib.SMTP, recipient: str, data: bytes) -> SendResult:
         try:
-            await client.rcpt(recipient)
+            await _rcpt(client, recipient)
             response = await client.data(data)
         except aiosmtplib.SMTPResponseException as exc:
             return await self._refused(client, exc)
@@ -162,6 +169,27 @@ class SmtpConnection:
         except (aiosmtplib.SMTPException, OSError):
             self.close()
         return result
+
+
+def _is_envelope_address(address: str) -> bool:
+    # addresses come validated from the database and from VERP, but nothing that could break
+    # the command line ever reaches the relay
+    return "@" in address and not any(ch in address for ch in "<> \t\r\n\x00") and address.isprintable()
+
+
+# MAIL and RCPT as aiosmtplib sends them, without re-parsing an address we built or validated:
+# that parsing was a tenth of the sender's CPU time per message
+async def _mail(client: aiosmtplib.SMTP, sender: str, utf8: bool) -> None:
+    options = (b"SMTPUTF8",) if utf8 else ()
+    response = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8") + b">", *options)
+    if response.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+
+
+async def _rcpt(client: aiosmtplib.SMTP, recipient: str) -> None:
+    response = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
+    if response.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
 
 def _describe(exc: BaseException) -> str:

@@ -117,7 +117,7 @@ class FaultyServer:
 
 
 @contextmanager
-def faulty_smtp_server() -> Iterator[FaultyServer]:
+def faulty_smtp_server(smtputf8: bool = False) -> Iterator[FaultyServer]:
     """Start the server on a free loopback port; stop it on exit."""
     handler = FaultyHandler()
     # aiosmtpd's start() connects to the port it was given to check the server is up, so port 0
@@ -125,7 +125,7 @@ def faulty_smtp_server() -> Iterator[FaultyServer]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    controller = FaultyController(handler, hostname="127.0.0.1", port=port)
+    controller = FaultyController(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8)
     controller.start()
     handler.connections = 0  # start()'s own check is not a client
     try:

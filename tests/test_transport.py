@@ -177,3 +177,18 @@ def test_required_starttls_refuses_a_relay_without_it(server: FaultyServer) -> N
     assert result.status is SendStatus.NOT_SENT  # type: ignore[attr-defined]
     assert "STARTTLS" in result.response  # type: ignore[attr-defined]
     assert server.messages == []  # nothing went out in the clear
+
+
+def test_non_ascii_addresses_need_smtputf8(server: FaultyServer) -> None:
+    statuses = send_all(smtp_for(server, connections=1), ["josé@example.com", "ana@example.com"])
+    assert statuses == [SendStatus.PERMANENT, SendStatus.SENT]  # refused here, and the next one goes
+    with faulty_smtp_server(smtputf8=True) as utf8_server:
+        assert send_all(smtp_for(utf8_server, connections=1), ["josé@example.com"]) == [SendStatus.SENT]
+        assert utf8_server.messages[0].rcpt_tos == ["josé@example.com"]
+
+
+def test_an_address_that_would_break_the_command_line_never_reaches_the_relay(server: FaultyServer) -> None:
+    statuses = send_all(smtp_for(server, connections=1),
+                        ["evil@example.com>\r\nRCPT TO:<other@example.com", "ok@example.com"])
+    assert statuses == [SendStatus.PERMANENT, SendStatus.SENT]
+    assert [m.rcpt_tos for m in server.messages] == [["ok@example.com"]]
