@@ -317,10 +317,21 @@ def test_test_send_to_an_address_that_opted_out_sends_nothing(
     assert smtp_server.messages[-1].rcpt_tos == ["ana@example.com"]
 
 
-def test_a_subscriber_no_header_can_address_does_not_block_the_campaign(cli: Cli, tmp_path: Path) -> None:
-    # a non-ASCII mailbox name needs SMTPUTF8: that one delivery fails at send time, the campaign goes
+def test_a_subscriber_no_header_can_address_does_not_block_the_campaign(
+    cli: Cli, tmp_path: Path, database: Database
+) -> None:
+    # a non-ASCII mailbox name needs SMTPUTF8: add and import refuse one, but a database filled
+    # by other means may hold one; that one delivery fails at send time, the campaign goes
+    from mailer.lists import get_list
+    from mailer.models import Subscription, SubscriptionStatus
+
     cli("list", "create", "intl")
-    cli("subscriber", "add", "josé@example.com", "--list", "intl", "--name", "José")
+    with database.session() as session:
+        person = Subscriber(email="josé@example.com", email_normalized="josé@example.com", name="José")
+        session.add(person)
+        session.flush()
+        session.add(Subscription(subscriber_id=person.id, list_id=get_list(session, "intl").id,
+                                 status=SubscriptionStatus.ACTIVE, consent_source="cli"))
     cli("subscriber", "add", "ana@example.com", "--list", "intl", "--name", "Ana", "--attr", "tier=gold")
     assert cli("campaign", "create", "--list", "intl", "--subject", "Autumn news", "--template", "welcome").output == "1\n"
     assert cli("campaign", "check", "1").output == "campaign 1 passes the compliance gate\n"
