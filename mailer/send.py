@@ -152,9 +152,10 @@ class Pipeline:
         return self.report
 
     async def _run(self, deadline: float | None) -> None:
-        # A sliding window of at most batch_size claimed deliveries: when half of them are done,
-        # one transaction records those and claims as many new ones. The connections never wait
-        # for the database at a batch boundary, and a crash still leaves at most batch_size in doubt.
+        # A sliding window of at most batch_size claimed deliveries: when three quarters of them
+        # are done, one transaction records those and claims as many new ones. The connections
+        # never wait for the database at a batch boundary, and a crash still leaves at most
+        # batch_size in doubt.
         campaign_id = self.report.campaign_id
         batch_size = self.settings.batch_size
         refill_at = batch_size // 4
@@ -216,6 +217,7 @@ class Pipeline:
             await asyncio.gather(*workers)
             self.store.record_outcomes(campaign_id, finished, self.clock())
             finished.clear()
+            self._ahead.clear()
             if self.on_batch is not None:
                 self.on_batch(self.report)
         if self._relay_down:
