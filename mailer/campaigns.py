@@ -16,6 +16,7 @@ from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipien
 from mailer.config import Config, StartTLS
 from mailer.db import normalize_email
 from mailer.errors import (
+    ComplianceError,
     DeliveryError,
     InvalidInputError,
     NotFoundError,
@@ -190,6 +191,13 @@ def check_stored_campaign(session: Session, config: Config, campaign: Campaign) 
     return check_campaign(
         config, campaign, campaign_list(session, campaign), recipients=check_recipients(session, campaign)
     )
+
+
+def ensure_stored_campaign_compliant(session: Session, config: Config, campaign: Campaign) -> None:
+    """The gate before a campaign starts or is scheduled; raises ComplianceError with every problem."""
+    problems = check_stored_campaign(session, config, campaign)
+    if problems:
+        raise ComplianceError(problems)
 
 
 def check_campaign_by_id(session: Session, config: Config, campaign_id: int) -> list[str]:

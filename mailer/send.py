@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailer.campaigns import ensure_stored_campaign_compliant
 from mailer.compliance import ensure_compliant
 from mailer.compose import Composer, Recipient, RenderedMessage
 from mailer.config import Config
@@ -413,9 +414,10 @@ def start_send(config: Config, database: Database, campaign_id: int, now: dt.dat
     with database.session() as session:
         campaign = get_campaign(session, campaign_id)
         if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
-            mailing_list = campaign.mailing_list
-            ensure_compliant(config, campaign, mailing_list)
-            Composer(config, campaign, mailing_list)  # templates that do not compile fail here, not midway
+            # rendered for one subscriber of each kind on the list: a template that fails for
+            # some of them is found before the first message, not in the middle of the send
+            ensure_stored_campaign_compliant(session, config, campaign)
+            Composer(config, campaign, campaign.mailing_list)  # templates that do not compile fail here
         start_campaign(session, campaign_id, now)
         counts = count_deliveries(session, campaign_id)
     return sum(counts[state] for state in OPEN_STATES)

@@ -25,9 +25,11 @@ from smtp_faults import FaultyServer, Received, faulty_smtp_server
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.models import (
+    Campaign,
     CampaignKind,
     CampaignStatus,
     DeliveryState,
+    Subscriber,
     SubscriptionStatus,
     Suppression,
     SuppressionReason,
@@ -397,3 +399,26 @@ def test_a_send_goes_on_when_its_render_helper_dies(
     received = server.handler.rcpt_counts
     assert len(received) == 300 and set(received.values()) == {1}
     assert state_counts(database, campaign_id) == {DeliveryState.SENT: 300}
+
+
+def test_send_refuses_a_template_that_fails_for_some_subscribers_before_mailing_anyone(
+    tmp_path: Path, database: Database, server: FaultyServer
+) -> None:
+    list_id = add_audience(database, "news", ["ana@example.com", "bo@example.com"])
+    with database.session() as session:
+        ana = session.scalar(sa.select(Subscriber).where(Subscriber.email_normalized == "ana@example.com"))
+        assert ana is not None
+        ana.attributes = {"tier": "gold"}
+    campaign_id = make_campaign(database, list_id)
+    with database.session() as session:
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None
+        campaign.html_template = "<p>Your tier: {{ subscriber.attributes.tier }}</p>"
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server))
+
+    refused = cli("campaign", "send", str(campaign_id), ok=False)
+
+    assert refused.exit_code == 1
+    assert "tier" in refused.stderr
+    assert server.messages == []
+    assert campaign_row(database, campaign_id).status is CampaignStatus.DRAFT

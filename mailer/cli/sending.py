@@ -134,13 +134,13 @@ def campaign_schedule(app: AppContext, campaign_id: int, at_text: str) -> None:
 
 def start_check(app: AppContext, campaign_id: int) -> None:
     # the gate runs at schedule time too, so a broken campaign is found now and not at 3 a.m.
-    from mailer.compliance import ensure_compliant
+    from mailer.campaigns import ensure_stored_campaign_compliant
     from mailer.compose import Composer
     from mailer.lifecycle import get_campaign
 
     with app.db.session() as session:
         campaign = get_campaign(session, campaign_id)
-        ensure_compliant(app.config, campaign, campaign.mailing_list)
+        ensure_stored_campaign_compliant(session, app.config, campaign)
         Composer(app.config, campaign, campaign.mailing_list)
 
 
