@@ -8,24 +8,20 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer.audit import cli_actor
 from mailer.config import Config, UnsubscribeScope
-from mailer.db import address_hash, normalize_email
 from mailer.models import (
     AuditEvent,
     MailingList,
     Subscriber,
     Subscription,
     SubscriptionStatus,
-    Suppression,
     SuppressionReason,
     utcnow,
 )
-from mailer.suppression import suppress_address
+from mailer.suppression import add_suppression
 from mailer.tokens import UnsubscribeClaim
 
 # the widths of the columns these values land in
@@ -106,7 +102,7 @@ def unsubscribe(
 
     suppressed = False
     if scope is UnsubscribeScope.ALL:
-        suppressed = _suppress_once(session, email, source, ip, user_agent)
+        suppressed = add_suppression(session, email, SuppressionReason.UNSUBSCRIBED, source, ip, user_agent)
 
     changed = suppressed or bool(lists_left)
     if changed:
@@ -174,13 +170,6 @@ _END_SUBSCRIPTIONS = (
     .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=sa.bindparam("now"))
 )
 _INSERT_AUDIT_EVENT = sa.insert(cast(sa.Table, AuditEvent.__table__))
-_SUPPRESSIONS = cast(sa.Table, Suppression.__table__)
-# one INSERT that yields to an existing entry: no read first, no savepoint, and no race between
-# two clicks on PostgreSQL
-_INSERT_SUPPRESSION = {
-    "sqlite": sqlite_insert(_SUPPRESSIONS).on_conflict_do_nothing(index_elements=["address_hash"]),
-    "postgresql": postgresql_insert(_SUPPRESSIONS).on_conflict_do_nothing(index_elements=["address_hash"]),
-}
 
 
 def _end_subscriptions(session: Session, ids: list[int], now: dt.datetime) -> None:
@@ -189,22 +178,3 @@ def _end_subscriptions(session: Session, ids: list[int], now: dt.datetime) -> No
     for instance in list(session.identity_map.values()):
         if isinstance(instance, Subscription) and instance.id in ids:
             session.expire(instance, ["status", "unsubscribed_at"])
-
-
-def _suppress_once(
-    session: Session, email: str, source: str, ip: str | None, user_agent: str | None
-) -> bool:
-    """Suppress the address; True when this call added the entry, False when it was there."""
-    statement = _INSERT_SUPPRESSION.get(session.get_bind().dialect.name)
-    if statement is None:
-        return suppress_address(session, email, SuppressionReason.UNSUBSCRIBED, source, ip, user_agent)[1]
-    result = session.execute(statement, {
-        "address_hash": address_hash(email),
-        "email": normalize_email(email),
-        "reason": SuppressionReason.UNSUBSCRIBED,
-        "source": source[:100],
-        "ip": ip,
-        "user_agent": user_agent,
-        "created_at": utcnow(),
-    })
-    return bool(getattr(result, "rowcount", 0) == 1)

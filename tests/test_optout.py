@@ -121,3 +121,42 @@ def test_two_clicks_at_once_make_one_suppression_and_no_error(database: Database
         thread.join(timeout=30)
     assert errors == []
     assert len(suppressions(database)) == 1
+
+
+def test_a_bounce_suppressing_while_a_click_does_is_no_error(database: Database, config: Config) -> None:
+    make_lists(database, "news")
+    ana = add_person(database, "ana@example.com", "news")
+    claim = UnsubscribeClaim(ana.subscriber_id, None, None)
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def bounce() -> None:
+        try:
+            with database.session() as session:
+                results.append(suppress_address(session, ana.email, SuppressionReason.HARD_BOUNCE, "bounce")[1])
+        except BaseException as exc:  # reported below; a thread's exception is otherwise lost
+            errors.append(exc)
+
+    with database.session() as session:
+        unsubscribe(session, config, claim, OptOutSource.ONE_CLICK)
+        thread = threading.Thread(target=bounce)
+        thread.start()
+        thread.join(timeout=1)
+        assert thread.is_alive()
+    thread.join(timeout=30)
+    assert errors == [] and results == [False]
+    [entry] = suppressions(database)
+    assert entry.reason is SuppressionReason.UNSUBSCRIBED
+
+
+def test_suppressing_someone_on_no_list_any_more_is_audited(database: Database, config: Config) -> None:
+    make_lists(database, "news")
+    ana = add_person(database, "ana@example.com", "news")
+    claim = UnsubscribeClaim(ana.subscriber_id, ana.list_ids["news"], None)
+    with database.session() as session:
+        unsubscribe(session, list_scope(config), claim, OptOutSource.PAGE)
+    with database.session() as session:
+        result = unsubscribe(session, config, claim, OptOutSource.ONE_CLICK)
+    assert result.changed
+    assert [entry.reason for entry in suppressions(database)] == [SuppressionReason.UNSUBSCRIBED]
+    assert [event.reason for event in audit_events(database)] == ["page", "one-click"]
