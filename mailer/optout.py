@@ -96,9 +96,8 @@ def unsubscribe(
 
     now = utcnow()
     ending = [row for row in subscriptions if row.status is not SubscriptionStatus.UNSUBSCRIBED]
-    if ending:
-        _end_subscriptions(session, [row.id for row in ending], now)
-    lists_left = [row.title for row in ending]
+    ended = _end_subscriptions(session, [row.id for row in ending], now) if ending else set()
+    lists_left = [row.title for row in ending if row.id in ended]
 
     suppressed = False
     if scope is UnsubscribeScope.ALL:
@@ -164,17 +163,23 @@ _SELECT_SUBSCRIBER_LISTS = (
     .order_by(MailingList.name)
 )
 _SUBSCRIPTIONS = cast(sa.Table, Subscription.__table__)
+# the status test is made again under the row lock: a click racing another on PostgreSQL waits
+# for it, then finds the rows already ended and ends (and audits) nothing
 _END_SUBSCRIPTIONS = (
     sa.update(_SUBSCRIPTIONS)
-    .where(_SUBSCRIPTIONS.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .where(_SUBSCRIPTIONS.c.id.in_(sa.bindparam("ids", expanding=True)),
+           _SUBSCRIPTIONS.c.status != SubscriptionStatus.UNSUBSCRIBED)
     .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=sa.bindparam("now"))
+    .returning(_SUBSCRIPTIONS.c.id)
 )
 _INSERT_AUDIT_EVENT = sa.insert(cast(sa.Table, AuditEvent.__table__))
 
 
-def _end_subscriptions(session: Session, ids: list[int], now: dt.datetime) -> None:
-    session.execute(_END_SUBSCRIPTIONS, {"ids": ids, "now": now})
+def _end_subscriptions(session: Session, ids: list[int], now: dt.datetime) -> set[int]:
+    """End these subscriptions; returns the ids this call ended (not those ended meanwhile)."""
+    ended = set(session.scalars(_END_SUBSCRIPTIONS, {"ids": ids, "now": now}))
     # the UPDATE bypassed the ORM: subscriptions the caller already loaded must not go stale
     for instance in list(session.identity_map.values()):
         if isinstance(instance, Subscription) and instance.id in ids:
             session.expire(instance, ["status", "unsubscribed_at"])
+    return ended

@@ -123,6 +123,35 @@ def test_two_clicks_at_once_make_one_suppression_and_no_error(database: Database
     assert len(suppressions(database)) == 1
 
 
+def test_a_click_waiting_on_another_adds_no_second_audit_row(database: Database, config: Config) -> None:
+    make_lists(database, "news", "offers")
+    ana = add_person(database, "ana@example.com", "news", "offers")
+    claim = UnsubscribeClaim(ana.subscriber_id, None, None)
+    errors: list[BaseException] = []
+
+    def second_click() -> None:
+        try:
+            with database.session() as session:
+                unsubscribe(session, config, claim, OptOutSource.PAGE)
+        except BaseException as exc:  # reported below; a thread's exception is otherwise lost
+            errors.append(exc)
+
+    with database.session() as session:
+        unsubscribe(session, config, claim, OptOutSource.ONE_CLICK)
+        # the second click reads before the first commits, then waits for its locks
+        # (PostgreSQL) or its write transaction (SQLite)
+        thread = threading.Thread(target=second_click)
+        thread.start()
+        thread.join(timeout=1)
+        assert thread.is_alive()
+    thread.join(timeout=30)
+    assert errors == []
+    assert len(suppressions(database)) == 1
+    events = audit_events(database)
+    assert len(events) == 1 and events[0].reason == "one-click"
+    assert set(statuses(database, ana).values()) == {SubscriptionStatus.UNSUBSCRIBED}
+
+
 def test_a_bounce_suppressing_while_a_click_does_is_no_error(database: Database, config: Config) -> None:
     make_lists(database, "news")
     ana = add_person(database, "ana@example.com", "news")
