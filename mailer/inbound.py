@@ -26,6 +26,7 @@ from flufl.bounce import all_failures
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer.audit import record_event
 from mailer.config import Config
 from mailer.db import Database, address_hash, normalize_email
 from mailer.errors import InvalidInputError, TokenError
@@ -593,7 +594,9 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
             delivery.last_response = f"bounced: {status} {analysis.diagnostic}".strip()[:1000]
         if not email:
             return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who}"
-        suppress_address(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}"[:100])
+        _entry, created = suppress_address(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}"[:100])
+        if created:
+            _audit_suppression(session, email, f"hard bounce: {status} {analysis.diagnostic}", delivery)
         return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who} suppressed"
     added = _add_bounce_event(session, BounceKind.SOFT, delivery, digest, analysis)
     campaigns = session.scalar(
@@ -610,7 +613,16 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
         )
         if created:
             note += "; suppressed"
+            _audit_suppression(session, email, f"{campaigns} campaigns soft-bounced, the last {status}", delivery)
     return InboundKind.SOFT_BOUNCE, note
+
+
+def _audit_suppression(session: Session, email: str, reason: str, delivery: Delivery | None) -> None:
+    # the privacy policy promises a record of every change to whom we may mail
+    record_event(session, "suppress", "inbound", subject=email, reason=reason.strip()[:1000], detail={
+        "delivery_id": delivery.id if delivery else None,
+        "campaign_id": delivery.campaign_id if delivery else None,
+    })
 
 
 def _add_bounce_event(
@@ -640,6 +652,8 @@ def _record_complaint(session: Session, config: Config, analysis: Analysis) -> t
         return InboundKind.UNMATCHED, "a spam complaint about nobody we mailed"
     source = f"complaint ({analysis.user_agent or analysis.from_address or 'ARF'})"[:100]
     _entry, created = suppress_address(session, subscriber.email, SuppressionReason.COMPLAINT, source)
+    if created:
+        _audit_suppression(session, subscriber.email, f"spam complaint: {source}", delivery)
     _add_bounce_event(session, BounceKind.COMPLAINT, delivery, address_hash(subscriber.email), analysis)
     # a spam report is the strongest opt-out there is: every list, whatever unsubscribe.scope says
     unsubscribe(session, config, UnsubscribeClaim(subscriber.id, None, delivery.campaign_id if delivery else None),

@@ -193,6 +193,23 @@ def test_the_soft_bounce_limit_is_configurable(world: World) -> None:
     assert suppressions(world.database)[0].reason is SuppressionReason.SOFT_BOUNCES
 
 
+@pytest.mark.parametrize(("name", "limit", "reason"), [
+    ("postfix_hard_bounce", 3, "hard bounce: 5.1.1"),
+    ("postfix_delayed", 1, "1 campaigns soft-bounced, the last 4.4.1"),
+    ("yahoo_complaint", 3, "spam complaint: "),
+])
+def test_every_suppression_inbound_makes_is_in_the_audit_trail_once(
+    world: World, name: str, limit: int, reason: str
+) -> None:
+    world.config = replace(world.config, sending=replace(world.config.sending, soft_bounce_limit=limit))
+    world.process(name)
+    world.process(name)
+    [event] = audit_events(world.database, "suppress")
+    assert (event.actor, event.subject) == ("inbound", "ana@example.net")
+    assert event.reason.startswith(reason)
+    assert event.detail == {"delivery_id": world.delivery_id, "campaign_id": world.campaign_id}
+
+
 @pytest.mark.parametrize("name", COMPLAINTS)
 def test_a_spam_complaint_suppresses_the_recipient(world: World, name: str) -> None:
     [item] = world.process(name).items
