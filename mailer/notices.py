@@ -23,11 +23,11 @@ from mailer.errors import (
 from mailer.models import Campaign, CampaignKind, CampaignStatus
 from mailer.templating import (
     HTML_SUFFIXES,
-    MAX_TEMPLATE_BYTES,
     TEXT_SUFFIXES,
     TemplateSource,
     campaign_templates_dir,
     compile_campaign_templates,
+    read_template_file,
     templates_dir,
 )
 
@@ -51,19 +51,6 @@ def shipped_notice_templates() -> list[str]:
     return sorted(p.name.removesuffix(".html.j2") for p in folder.glob("*.html.j2")) if folder.is_dir() else []
 
 
-def _read(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TemplateError(f"cannot read template {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_TEMPLATE_BYTES:
-        raise TemplateError(f"template {path} is larger than {MAX_TEMPLATE_BYTES} bytes")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise TemplateError(f"template {path} is not UTF-8 text") from None
-
-
 def _is_campaign_template(path: Path) -> bool:
     return path.resolve().is_relative_to(campaign_templates_dir().resolve())
 
@@ -72,7 +59,7 @@ def _shipped_campaign_sources() -> set[str]:
     folder = campaign_templates_dir()
     if not folder.is_dir():
         return set()
-    return {_read(p) for p in folder.glob("*.html.j2")}
+    return {read_template_file(p) for p in folder.glob("*.html.j2")}
 
 
 def load_notice_template(spec: str) -> TemplateSource:
@@ -100,12 +87,12 @@ def load_notice_template(spec: str) -> TemplateSource:
     if _is_campaign_template(path):
         raise ComplianceError([f"{path.name} is a campaign template (templates/campaigns/); "
                                "a notice must not be built from marketing content"])
-    html = _read(path)
+    html = read_template_file(path)
     text: str | None = None
     for html_suffix, text_suffix in TEXT_SUFFIXES.items():
         sibling = path.with_name(path.name.removesuffix(html_suffix) + text_suffix)
         if path.name.endswith(html_suffix) and sibling.is_file():
-            text = _read(sibling)
+            text = read_template_file(sibling)
             break
     in_notices = path.resolve().parent == notice_templates_dir().resolve()
     name = f"notices/{path.name.removesuffix('.html.j2')}" if in_notices else str(path)
@@ -241,5 +228,5 @@ def copy_example_notice(name: str, directory: Path) -> list[Path]:
         raise InvalidInputError(f"{', '.join(existing)} already exists; not overwritten")
     directory.mkdir(parents=True, exist_ok=True)
     for source, target in zip(sources, targets, strict=True):
-        target.write_text(_read(source), encoding="utf-8")
+        target.write_text(read_template_file(source), encoding="utf-8")
     return targets
