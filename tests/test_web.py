@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -300,27 +303,32 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _start_serve(config_path: Path, port: int) -> subprocess.Popen[str]:
+    """`mailer serve` in a subprocess, once /healthz answers."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(config_path), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as health:
+                assert health.status == 200
+            return server
+        except (urllib.error.URLError, ConnectionError):
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert time.monotonic() < deadline, "mailer serve did not start"
+            time.sleep(0.1)
+
+
 def test_mailer_serve_answers_one_click_over_http(
     config_path: Path, database: Database, ana: Person
 ) -> None:
     config = load_config(config_path, environ={})
     port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mailer", "--config", str(config_path), "serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    server = _start_serve(config_path, port)
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as health:
-                    assert health.status == 200
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert server.poll() is None, server.stdout.read() if server.stdout else ""
-                assert time.monotonic() < deadline, "mailer serve did not start"
-                time.sleep(0.1)
         request = urllib.request.Request(f"{base}/u/{ana.token(config)}", data=b"List-Unsubscribe=One-Click",
                                          method="POST")
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -331,6 +339,39 @@ def test_mailer_serve_answers_one_click_over_http(
         server.terminate()
         output, _ = server.communicate(timeout=10)
     assert f"http://127.0.0.1:{port}" in output
+
+
+def test_mailer_serve_stopped_by_sigterm_records_the_opt_out_in_flight(
+    config_path: Path, database: Database, ana: Person
+) -> None:
+    config = load_config(config_path, environ={})
+    port = _free_port()
+    server = _start_serve(config_path, port)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/u/{ana.token(config)}",
+                                     data=b"List-Unsubscribe=One-Click", method="POST")
+
+    def post() -> None:
+        # the answer may be cut off by the stop; what matters is what was recorded
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    click = threading.Thread(target=post)
+    try:
+        # a long write elsewhere keeps the POST waiting inside the server while systemd stops it
+        with database.session() as session:
+            session.execute(sa.text("UPDATE subscriptions SET status = status"))
+            click.start()
+            time.sleep(0.5)
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+        assert server.wait(timeout=15) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=10)
+        click.join(timeout=15)
+    assert len(suppressions(database)) == 1
+    assert len(audit_events(database)) == 1
 
 
 def test_the_page_and_healthz_do_not_wait_for_a_writer(
