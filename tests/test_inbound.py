@@ -380,6 +380,15 @@ def test_cli_asks_the_mta_to_retry_when_the_database_is_down(tmp_path: Path) -> 
     assert "try again later" in result.stderr
 
 
+def test_cli_tempfail_when_postgresql_is_down_is_one_line(tmp_path: Path) -> None:
+    # psycopg's "connection refused" runs over two lines; an MTA logs only the first
+    config_path = write_config(tmp_path / "mailer.toml", "postgresql+psycopg://postgres@127.0.0.1:1/test")
+    result = Cli(config_path)("inbound", "process", "-", input="Subject: hi\n\nhello\n", ok=False)
+    assert result.exit_code == 75
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: the database is unavailable, try again later:") and "refused" in line
+
+
 @pytest.mark.parametrize("raw", [
     b"",
     b"\x00\xff\xfe not a message",

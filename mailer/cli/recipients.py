@@ -127,7 +127,8 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
     except sa.exc.OperationalError as exc:
         # piped from an MTA: EX_TEMPFAIL makes it keep the message and try again later,
         # where any other failure would bounce it into the void
-        click.echo(f"Error: the database is unavailable, try again later: {exc.orig}", err=True)
+        reason = " ".join(str(exc.orig).split())  # one line: MTAs log only the first
+        click.echo(f"Error: the database is unavailable, try again later: {reason}", err=True)
         sys.exit(EX_TEMPFAIL)
     if as_json:
         echo_json(report.to_dict())
