@@ -81,9 +81,12 @@ _MAX_TOKEN_CANDIDATES = 50
 _SMTP_CODE = re.compile(r"\b([245][0-9][0-9])\b")
 _DAEMON_LOCALPARTS = frozenset({"mailer-daemon", "mailer_daemon", "mail-daemon", "postmaster",
                                 "mail-delivery-subsystem", "mdaemon", "mailerdaemon"})
+# the subjects Outlook and the big webmails give out-of-office replies, in the languages we see most
 _AUTO_REPLY_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ _-]?(reply|response|antwort)|auto:|out of (the )?office|on vacation|"
-    r"vacation (reply|notice)|abwesenheit|réponse automatique|risposta automatica|respuesta automática)",
+    r"vacation (reply|notice)|abwesenheit|automatische antwort|automatisch antwoord|autosvar|"
+    r"automatisk svar|automaattinen vastaus|automatyczna odpowied|resposta automática|"
+    r"réponse automatique|risposta automatica|respuesta automática)",
     re.IGNORECASE,
 )
 _RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To", "Cc")
@@ -321,6 +324,11 @@ def is_auto_reply(msg: Message) -> bool:
         return True
     if any(msg.get(name) for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponse", "X-Vacation",
                                       "X-AutoReply-From", "X-Mail-Autoreply")):
+        return True
+    # Exchange marks its out-of-office replies so, whatever their language, with or without
+    # Auto-Submitted; a person's own mail from Outlook carries no such header
+    suppress = _header_text(msg, "X-Auto-Response-Suppress").lower()
+    if suppress and suppress != "none":
         return True
     precedence = (_header_text(msg, "Precedence") + " " + _header_text(msg, "X-Precedence")).lower()
     if "auto_reply" in precedence or "auto-reply" in precedence:

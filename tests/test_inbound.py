@@ -269,6 +269,24 @@ def test_auto_replies_are_ignored_even_with_a_token_in_the_subject(world: World,
     assert delivery_row(world.database, world.delivery_id).state is DeliveryState.SENT
 
 
+@pytest.mark.parametrize(("subject", "marker"), [
+    ("Automatische Antwort: Unser Herbstkatalog", ""),  # German Outlook, from a server adding no header
+    ("Automatisch antwoord: Onze herfstcollectie", ""),
+    ("Autosvar: Vår höstkollektion", ""),
+    ("Absent du bureau jusqu'au 2 décembre", "X-Auto-Response-Suppress: All\n"),  # Exchange's own mark
+])
+def test_localised_out_of_office_replies_to_the_unsubscribe_address_are_ignored(
+    world: World, subject: str, marker: str
+) -> None:
+    raw = (f"From: Ana Lima <ana@example.net>\nTo: unsubscribe@harmonymails.com\nSubject: {subject}\n"
+           f"Message-ID: <oof-1@example.net>\n{marker}Content-Type: text/plain; charset=utf-8\n\n"
+           "Ich bin bis Montag nicht im Büro.\n").encode()
+    before = snapshot(world.database)
+    [item] = process_bytes(world.database, world.config, raw).items
+    assert item.kind is InboundKind.AUTO_REPLY, item.note
+    assert snapshot(world.database) == before
+
+
 @pytest.mark.parametrize("name", OTHERS)
 def test_anything_else_is_left_alone_and_listed(world: World, name: str) -> None:
     before = snapshot(world.database)
