@@ -78,7 +78,8 @@ _BOUNCEABLE_STATES = frozenset({DeliveryState.SENT, DeliveryState.DEFERRED, Deli
 _TOKEN = re.compile(r"(?<![A-Za-z0-9_\-.])([A-Za-z0-9_\-]{2,200}\.[A-Za-z0-9_\-]{40,100})(?![A-Za-z0-9_\-])")
 # more candidates than this in one message is noise, not a person asking to leave
 _MAX_TOKEN_CANDIDATES = 50
-_SMTP_CODE = re.compile(r"\b([245][0-9][0-9])\b")
+# a reply code as servers write it ("550 ", "550-", "554:"), not the first octet of "[203.0.113.9]"
+_SMTP_CODE = re.compile(r"(?<![\w.])([245][0-9][0-9])(?=[ :-]|$)", re.MULTILINE)
 _DAEMON_LOCALPARTS = frozenset({"mailer-daemon", "mailer_daemon", "mail-daemon", "postmaster",
                                 "mail-delivery-subsystem", "mdaemon", "mailerdaemon"})
 # the subjects Outlook and the big webmails give out-of-office replies, in the languages we see most
@@ -369,8 +370,12 @@ def _heuristic_bounce(config: Config, msg: Message, raw: bytes) -> Analysis | No
     body = _body_text(msg)
     status_match = re.search(r"\b([45]\.[0-9]{1,3}\.[0-9]{1,3})\b", body)
     code_match = _SMTP_CODE.search(body)
+    # Exim and qmail word every bounce as permanent, even one given up on after the receiver
+    # answered 4xx until the retry time ran out: what the receiver said decides, as in a DSN
+    reply = status_match.group(1) if status_match else code_match.group(1) if code_match else ""
+    gave_up = reply.startswith("4") or "retry timeout exceeded" in body.lower()
     return Analysis(
-        InboundKind.HARD_BOUNCE if permanent else InboundKind.SOFT_BOUNCE,
+        InboundKind.HARD_BOUNCE if permanent and not gave_up else InboundKind.SOFT_BOUNCE,
         status=status_match.group(1) if status_match else "",
         diagnostic=(code_match.group(0) if code_match else "") + " (bounce without a delivery-status part)",
         delivery_ids=_verp_deliveries(config, msg, raw),

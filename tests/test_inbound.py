@@ -168,6 +168,16 @@ def test_a_transient_bounce_only_counts(world: World, name: str) -> None:
     assert delivery_row(world.database, world.delivery_id).state is DeliveryState.SENT
 
 
+@pytest.mark.parametrize("name", ["exim_retry_timeout", "exim_mailbox_full_expired", "yahoo_mailbox_full"])
+def test_a_bounce_without_a_status_part_that_gave_up_on_4xx_replies_only_counts(world: World, name: str) -> None:
+    # Exim and qmail call every bounce "permanent"; the reply inside says the mailbox may come back
+    [item] = world.process(name).items
+    assert item.kind is InboundKind.SOFT_BOUNCE, item.note
+    assert "1 of 3" in item.note
+    assert suppressions(world.database) == []
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.SENT
+
+
 def test_soft_bounces_from_three_campaigns_suppress_but_one_campaign_twice_does_not(world: World) -> None:
     delayed_again = world.fixture("postfix_delayed").replace(b"Message-Id: <", b"Message-Id: <again.")
     process_bytes(world.database, world.config, world.fixture("postfix_delayed"))
