@@ -374,6 +374,20 @@ def test_mailer_serve_stopped_by_sigterm_records_the_opt_out_in_flight(
     assert len(audit_events(database)) == 1
 
 
+def test_mailer_serve_on_a_port_in_use_says_so_in_one_line(config_path: Path, database: Database) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # a subprocess, as run for real: waitress leaves its half-made sockets to the garbage collector
+        result = subprocess.run(
+            [sys.executable, "-m", "mailer", "--config", str(config_path), "serve", "--port", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
 def test_the_page_and_healthz_do_not_wait_for_a_writer(
     client: FlaskClient, database: Database, config: Config, ana: Person
 ) -> None:

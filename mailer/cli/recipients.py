@@ -44,21 +44,25 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
 
     app.db  # noqa: B018 -- refuse to start on an uninitialized database, with the usual message
     wsgi_app = create_app(app.config)
-    server = create_server(
-        wsgi_app,
-        host=host,
-        port=port,
-        threads=threads,
-        ident="",  # no Server header to fingerprint
-        # mail providers POST in bursts right after a big send: queue them rather than refuse
-        backlog=2048,
-        connection_limit=1000,
-        channel_timeout=30,
-        # the app answers anything over 16 KiB with its own 413 page; past this, waitress stops
-        # reading at once, so no one can make it buffer a gigabyte
-        max_request_body_size=1024 * 1024,
-        expose_tracebacks=False,
-    )
+    try:
+        server = create_server(
+            wsgi_app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="",  # no Server header to fingerprint
+            # mail providers POST in bursts right after a big send: queue them rather than refuse
+            backlog=2048,
+            connection_limit=1000,
+            channel_timeout=30,
+            # the app answers anything over 16 KiB with its own 413 page; past this, waitress stops
+            # reading at once, so no one can make it buffer a gigabyte
+            max_request_body_size=1024 * 1024,
+            expose_tracebacks=False,
+        )
+    except OSError as exc:
+        # a port already taken or a host that is not ours: one line, not a traceback
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     click.echo(f"serving the unsubscribe app on http://{host}:{port} ({threads} threads)")
     # systemd and docker stop with SIGTERM: stop as on Ctrl-C, where waitress lets the requests in
     # flight finish (up to 5 s), rather than dying with an opt-out half written
