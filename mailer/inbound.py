@@ -257,6 +257,7 @@ class Analysis:
     named_addresses: list[str] = field(default_factory=list)  # recipients a report names
     from_address: str = ""
     user_agent: str = ""  # the software that sent a complaint
+    still_trying: bool = False  # only `Action: delayed`: the message may yet be delivered
 
 
 def analyse(config: Config, msg: Message, raw: bytes) -> Analysis:
@@ -353,6 +354,7 @@ def _analyse_dsn(config: Config, msg: Message, raw: bytes, statuses: list[Recipi
         kind, status=chosen.status, diagnostic=chosen.diagnostic,
         delivery_ids=_verp_deliveries(config, msg, raw), claims=_claims_in(config, [raw_text(raw)]),
         named_addresses=[a for s in statuses for a in (s.recipient, s.original_recipient) if a],
+        still_trying=not permanent and all(s.action.startswith("delayed") for s in transient),
     )
 
 
@@ -611,6 +613,12 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
         if created:
             _audit_suppression(session, email, f"hard bounce: {status} {analysis.diagnostic}", delivery)
         return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who} suppressed"
+    if analysis.still_trying:
+        # a delay warning is no bounce: the server still holds the message (Gmail sends them when
+        # a big send arrives faster than it accepts), so counting it would suppress healthy inboxes;
+        # if the server gives up, its `Action: failed` report is counted then
+        return InboundKind.SOFT_BOUNCE, (f"delivery {delivery.id} delayed ({status}); {who}: the server "
+                                         "is still trying, not counted")
     added = _add_bounce_event(session, BounceKind.SOFT, delivery, digest, analysis)
     campaigns = session.scalar(
         sa.select(sa.func.count(sa.distinct(BounceEvent.campaign_id)))
