@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import Cli
 from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeSerializer
@@ -127,6 +128,19 @@ def test_one_click_post_unsubscribes_with_200_no_redirect_no_cookie(
     [event] = audit_events(database)
     assert event.actor == "web" and event.reason == "one-click"
     assert event.detail["ip"] == "203.0.113.7" and event.detail["user_agent"] == GMAIL_UA
+
+
+@pytest.mark.parametrize("scope", [UnsubscribeScope.ALL, UnsubscribeScope.LIST])
+def test_the_confirmation_promises_no_way_back_the_mailer_refuses(
+    database: Database, config: Config, ana: Person, make_app: Callable[[Config], Flask],
+    config_path: Path, scope: UnsubscribeScope,
+) -> None:
+    scoped = replace(config, unsubscribe=replace(config.unsubscribe, scope=scope))
+    page = make_app(scoped).test_client().post(f"/u/{ana.token(config)}", data=ONE_CLICK).get_data(as_text=True)
+    # an opted-out address is never subscribed again by the marketer, so the page must not offer it
+    added_back = Cli(config_path)("subscriber", "add", ana.email, "--list", "news", ok=False)
+    assert added_back.exit_code == 1, added_back.stdout
+    assert "add you back" not in page and "subscribe you again" not in page
 
 
 def test_the_page_button_records_source_page(
