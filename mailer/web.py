@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from mailer.config import Config, UnsubscribeScope, load_config
 from mailer.db import Database
 from mailer.errors import TokenError
-from mailer.models import Subscriber
+from mailer.models import MailingList, Subscriber, Subscription
 from mailer.optout import OptOutSource, mask_email, unsubscribe
 from mailer.resources import resource_path
 from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
@@ -156,10 +156,20 @@ def unsubscribe_page(token: str) -> tuple[str, int]:
     claim = _claim_from(token)
     if claim is None:
         return _invalid_link()
-    with web_context().read_session() as session:
+    context = web_context()
+    list_title = ""
+    with context.read_session() as session:
         email = session.scalar(sa.select(Subscriber.email).where(Subscriber.id == claim.subscriber_id))
+        if email and claim.list_id is not None and context.config.unsubscribe.scope is UnsubscribeScope.LIST:
+            # ask about what the button will do: with scope "list", leave this list (when the
+            # person is on it; otherwise the POST falls back to everything, and so does the page)
+            list_title = session.scalar(
+                sa.select(sa.func.coalesce(sa.func.nullif(MailingList.title, ""), MailingList.name))
+                .join(Subscription, Subscription.list_id == MailingList.id)
+                .where(Subscription.subscriber_id == claim.subscriber_id, MailingList.id == claim.list_id)
+            ) or ""
     masked = mask_email(email) if email else ""
-    return render_template("web/unsubscribe.html", masked_email=masked), 200
+    return render_template("web/unsubscribe.html", masked_email=masked, list_title=list_title), 200
 
 
 @pages.route("/u/<path:token>", methods=["POST"], provide_automatic_options=False)

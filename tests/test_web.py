@@ -143,6 +143,19 @@ def test_the_confirmation_promises_no_way_back_the_mailer_refuses(
     assert "add you back" not in page and "subscribe you again" not in page
 
 
+def test_with_scope_list_the_page_asks_about_the_list_the_button_leaves(
+    database: Database, config: Config, ana: Person, make_app: Callable[[Config], Flask],
+) -> None:
+    client = make_app(replace(config, unsubscribe=replace(config.unsubscribe, scope=UnsubscribeScope.LIST))).test_client()
+    url = f"/u/{ana.token(config, 'offers')}"
+    asked = client.get(url).get_data(as_text=True)
+    assert "Stop email from the list <strong>Offers</strong>" in asked
+    assert "Stop marketing email from" not in asked
+    done = client.post(url, data={"via": "page"}).get_data(as_text=True)
+    assert "the list <strong>Offers</strong>" in done
+    assert statuses(database, ana) == {"news": SubscriptionStatus.ACTIVE, "offers": SubscriptionStatus.UNSUBSCRIBED}
+
+
 def test_the_page_button_records_source_page(
     client: FlaskClient, database: Database, config: Config, ana: Person
 ) -> None:
