@@ -111,7 +111,8 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
     """Sort and act on a Maildir, an mbox, one message file, or one message on stdin (-).
 
     Permanent bounces fail the delivery and suppress the address; transient ones are counted
-    (sending.soft_bounce_limit campaigns suppress); spam complaints suppress; mail to the
+    (sending.soft_bounce_limit campaigns suppress; delay warnings are not counted, the server
+    is still trying); spam complaints suppress; mail to the
     unsubscribe address unsubscribes; auto-replies are ignored; anything else is left alone
     and listed. Running it again over the same mail changes nothing. An MTA can pipe each
     message in (Postfix alias: `bounces: "|mailer inbound process -"`); exit status 75 asks
