@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import multiprocessing
 import pickle
@@ -16,6 +17,11 @@ from mailer.errors import MailerError
 
 # below this many messages a helper process costs more to start than it saves
 MIN_MESSAGES_FOR_HELPER = 2000
+# job bytes a helper may hold unanswered. The sender writes jobs while the helper writes
+# answers; were the sender to write more than the socket holds while the helper is itself
+# blocked on an answer the sender has not read, each would wait for the other for ever. Well
+# under any socket buffer, and about ten jobs ahead, which keeps a helper busy.
+MAX_UNANSWERED_BYTES = 32 * 1024
 
 
 class HelperGone(MailerError):
@@ -70,6 +76,8 @@ class _Helper:
         self.process.start()
         child_end.close()
         self.waiting: dict[int, asyncio.Future[list[RenderedMessage | str]]] = {}
+        self.queued: collections.deque[tuple[int, bytes]] = collections.deque()  # not written yet
+        self.unanswered: dict[int, int] = {}  # job written to the helper -> its size in bytes
         self.reading = False
 
 
@@ -96,33 +104,55 @@ class RenderAhead:
         # a job whose messages were released unsent is never awaited: take its exception anyway
         future.add_done_callback(_retrieve)
         helper = next(self._next_helper)
-        job = next(self._jobs)
-        try:
-            helper.connection.send_bytes(pickle.dumps((job, list(recipients)), pickle.HIGHEST_PROTOCOL))
-        except OSError:
+        if helper.connection.closed:
             future.set_exception(HelperGone("the render helper has exited"))
             return future
+        job = next(self._jobs)
         helper.waiting[job] = future
+        helper.queued.append((job, pickle.dumps((job, list(recipients)), pickle.HIGHEST_PROTOCOL)))
         if not helper.reading:
             # the answers are read by the event loop itself: no threads, no locks
             loop.add_reader(helper.connection.fileno(), self._receive, helper)
             helper.reading = True
+        self._write_queued(helper)
         return future
+
+    def _write_queued(self, helper: _Helper) -> None:
+        # one job always goes when none is unanswered (the helper is then waiting to read it all)
+        while helper.queued:
+            job, payload = helper.queued[0]
+            if helper.unanswered and sum(helper.unanswered.values()) + len(payload) > MAX_UNANSWERED_BYTES:
+                return
+            try:
+                helper.connection.send_bytes(payload)
+            except OSError:
+                self._helper_gone(helper)
+                return
+            helper.queued.popleft()
+            helper.unanswered[job] = len(payload)
 
     def _receive(self, helper: _Helper) -> None:
         try:
             job, rendered = pickle.loads(helper.connection.recv_bytes())
         except (EOFError, OSError):
-            self._stop_reading(helper)
-            for future in helper.waiting.values():
-                if not future.done():
-                    future.set_exception(HelperGone("the render helper has exited"))
-            helper.waiting.clear()
+            self._helper_gone(helper)
             return
+        helper.unanswered.pop(job, None)
         answered = helper.waiting.pop(job, None)
         if answered is not None and not answered.done():
             answered.set_result(rendered)
             self.warm = True
+        self._write_queued(helper)
+
+    def _helper_gone(self, helper: _Helper) -> None:
+        self._stop_reading(helper)
+        for future in helper.waiting.values():
+            if not future.done():
+                future.set_exception(HelperGone("the render helper has exited"))
+        helper.waiting.clear()
+        helper.queued.clear()
+        helper.unanswered.clear()
+        helper.connection.close()
 
     def _stop_reading(self, helper: _Helper) -> None:
         if helper.reading:
@@ -137,7 +167,9 @@ class RenderAhead:
             for future in helper.waiting.values():
                 if not future.done():
                     future.cancel()
-            helper.connection.close()
+            helper.queued.clear()
+            if not helper.connection.closed:
+                helper.connection.close()
         for helper in self.helpers:
             helper.process.join(timeout=5)
             if helper.process.is_alive():

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import Cli
 from sending_helpers import (
     add_audience,
@@ -23,7 +24,7 @@ from sending_helpers import (
 from smtp_faults import FaultyServer, faulty_smtp_server
 
 from mailer.db import Database
-from mailer.models import CampaignStatus, DeliveryState, utcnow
+from mailer.models import CampaignStatus, DeliveryState, Subscriber, utcnow
 
 BATCH = 100
 
@@ -139,3 +140,29 @@ def test_two_send_due_runs_started_together_send_each_recipient_once(
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
     # both runs took a share of the work
     assert all(f"campaign {campaign_id}: " in out for out, _ in outputs), outputs
+
+
+def test_a_send_with_a_large_batch_and_render_helper_does_not_hang(
+    tmp_path: Path, sqlite_url: str, server: FaultyServer
+) -> None:
+    # thousands of recipients claimed at once are handed to the render helper in many jobs; if
+    # the sender wrote them all before reading any answer, the sender and the helper each waited
+    # for the other to read, and the send hung where not even SIGTERM could stop it
+    database = Database(sqlite_url)
+    database.upgrade()
+    config, campaign_id = prepare(tmp_path, database, server, 2000, batch=2000)
+    with database.session() as session:
+        session.execute(sa.update(Subscriber).values(attributes={"note": "x" * 2000}))
+    proc = mailer(config, "campaign", "send", str(campaign_id))
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"the send hung after {len(server.messages)} of 2000 messages") from None
+
+    assert proc.returncode == 0, err
+    assert "2000 sent" in out
+    received = server.handler.rcpt_counts
+    assert len(received) == 2000 and set(received.values()) == {1}
+    database.dispose()
