@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.errors import AlreadyExistsError, InvalidInputError, NotFoundError
-from mailer.models import MailingList, Subscription, SubscriptionStatus
+from mailer.models import MailingList, Subscriber, Subscription, SubscriptionStatus, Suppression
 
 _LIST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -22,6 +22,7 @@ class ListSummary:
     active: int
     unconfirmed: int
     unsubscribed: int
+    suppressed: int  # active subscriptions whose address opted out everywhere or bounced
 
 
 def create_list(session: Session, name: str, title: str = "", double_opt_in: bool = False) -> MailingList:
@@ -49,22 +50,34 @@ def get_list(session: Session, name: str) -> MailingList:
 
 
 def summarize_lists(session: Session) -> list[ListSummary]:
-    """Every list with its subscription counts by status, in one grouped query."""
-    counts: dict[tuple[int, SubscriptionStatus], int] = {
-        (list_id, status): n
-        for list_id, status, n in session.execute(
-            sa.select(Subscription.list_id, Subscription.status, sa.func.count())
-            .group_by(Subscription.list_id, Subscription.status)
+    """Every list with its subscription counts by status, in one grouped query.
+
+    An active subscription of a suppressed address counts as suppressed, not active: it gets no mail.
+    """
+    # a suppression keeps the normalized address until erasure, and erasure removes the subscriber
+    suppressed = sa.exists().where(Suppression.email == Subscriber.email_normalized)
+    counts: dict[tuple[int, SubscriptionStatus, bool], int] = {
+        (list_id, status, bool(is_suppressed)): n
+        for list_id, status, is_suppressed, n in session.execute(
+            sa.select(Subscription.list_id, Subscription.status, suppressed, sa.func.count())
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .group_by(Subscription.list_id, Subscription.status, suppressed)
         )
     }
+
+    def count(list_id: int, status: SubscriptionStatus, is_suppressed: bool | None = None) -> int:
+        flags = (False, True) if is_suppressed is None else (is_suppressed,)
+        return sum(counts.get((list_id, status, flag), 0) for flag in flags)
+
     return [
         ListSummary(
             name=ml.name,
             title=ml.title,
             double_opt_in=ml.double_opt_in,
-            active=counts.get((ml.id, SubscriptionStatus.ACTIVE), 0),
-            unconfirmed=counts.get((ml.id, SubscriptionStatus.UNCONFIRMED), 0),
-            unsubscribed=counts.get((ml.id, SubscriptionStatus.UNSUBSCRIBED), 0),
+            active=count(ml.id, SubscriptionStatus.ACTIVE, False),
+            unconfirmed=count(ml.id, SubscriptionStatus.UNCONFIRMED),
+            unsubscribed=count(ml.id, SubscriptionStatus.UNSUBSCRIBED),
+            suppressed=count(ml.id, SubscriptionStatus.ACTIVE, True),
         )
         for ml in session.scalars(sa.select(MailingList).order_by(MailingList.name))
     ]

@@ -108,3 +108,13 @@ def test_init_creates_config_with_a_fresh_key_and_the_database(tmp_path: Path) -
         assert runner.invoke(main, ["list", "create", "news"], env={"MAILER_CONFIG": None}).exit_code == 0
     finally:
         os.chdir(cwd)
+
+
+def test_list_counts_a_suppressed_subscriber_as_suppressed_not_active(cli: Cli) -> None:
+    cli("list", "create", "news")
+    for address in ("ana@example.com", "bob@example.com", "cy@example.com"):
+        cli("subscriber", "add", address, "--list", "news")
+    cli("suppress", "add", "Bob@Example.com")
+    (news,) = json.loads(cli("list", "ls", "--json").output)
+    assert (news["active"], news["suppressed"]) == (2, 1)
+    assert "SUPPRESSED" in cli("list", "ls").output

@@ -44,11 +44,14 @@ def list_create(app: AppContext, name: str, title: str, double_opt_in: bool) -> 
 def list_ls(app: AppContext, as_json: bool) -> None:
     """Show every list with its subscriber counts.
 
+    ACTIVE counts the people a campaign to the list would reach; SUPPRESSED, those still
+    subscribed whose address opted out everywhere, bounced or complained.
+
     \b
     Example:
       $ mailer list ls
-      NAME  ACTIVE  UNCONFIRMED  UNSUBSCRIBED  TITLE
-      news       2            0             0  Harmony News
+      NAME  ACTIVE  UNCONFIRMED  UNSUBSCRIBED  SUPPRESSED  TITLE
+      news       2            0             0           1  Harmony News
     """
     with app.db.session() as session:
         summaries = summarize_lists(session)
@@ -59,9 +62,10 @@ def list_ls(app: AppContext, as_json: bool) -> None:
         click.echo("no lists yet; create one with `mailer list create NAME`")
         return
     width = max(4, *(len(s.name) for s in summaries))
-    click.echo(f"{'NAME':<{width}}  ACTIVE  UNCONFIRMED  UNSUBSCRIBED  TITLE")
+    click.echo(f"{'NAME':<{width}}  ACTIVE  UNCONFIRMED  UNSUBSCRIBED  SUPPRESSED  TITLE")
     for s in summaries:
         doi = " (double opt-in)" if s.double_opt_in else ""
         click.echo(
-            f"{s.name:<{width}}  {s.active:>6}  {s.unconfirmed:>11}  {s.unsubscribed:>12}  {s.title}{doi}"
+            f"{s.name:<{width}}  {s.active:>6}  {s.unconfirmed:>11}  {s.unsubscribed:>12}  {s.suppressed:>10}"
+            f"  {s.title}{doi}"
         )
