@@ -56,7 +56,10 @@ def _helper_main(connection: Connection, config: Config, campaign_id: int) -> No
                 rendered.append(composer.render(recipient))
             except MailerError as exc:
                 rendered.append(str(exc) or type(exc).__name__)
-        connection.send_bytes(pickle.dumps((job, rendered), pickle.HIGHEST_PROTOCOL))
+        try:
+            connection.send_bytes(pickle.dumps((job, rendered), pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            return  # the sender has gone (killed, or stopped before this answer): so do we
 
 
 def _retrieve(future: asyncio.Future[list[RenderedMessage | str]]) -> None:

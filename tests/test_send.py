@@ -373,6 +373,36 @@ def test_the_render_helper_renders_what_the_composer_renders(
             assert theirs[header] == ours[header]
 
 
+def test_a_render_helper_whose_sender_has_gone_exits_quietly(
+    tmp_path: Path, database: Database, server: FaultyServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # a sender killed, or stopped while a job was being rendered: the helper's answer has no
+    # reader any more, and that must not put a traceback on the operator's terminal or cron mail
+    from mailer.compose import Composer, Recipient
+    from mailer.lifecycle import get_campaign
+    from mailer.render_ahead import RenderAhead
+
+    list_id = add_audience(database, "news", emails(1))
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, server)
+    start_send(config, database, campaign_id)
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        composer = Composer(config, campaign, campaign.mailing_list)
+    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
+                        attributes={}, subscribed_at=None) for i in range(300)]
+
+    async def close_while_rendering() -> int | None:
+        ahead = RenderAhead(composer, config, campaign_id)
+        await ahead.submit(people[:1])  # the helper is up
+        ahead.submit(people)  # long enough to render that the sender is gone before the answer
+        ahead.close()
+        return ahead.helpers[0].process.exitcode
+
+    assert asyncio.run(close_while_rendering()) == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_send_goes_on_when_its_render_helper_dies(
     tmp_path: Path, database: Database, server: FaultyServer
 ) -> None:
