@@ -38,13 +38,14 @@ def _refuse(campaign: Campaign, action: str) -> DeliveryError:
     )
 
 
-def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None = None) -> int:
+def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None = None) -> int | None:
     """Move a draft or scheduled campaign to sending and snapshot its audience; returns how many
-    deliveries it created (0 when it was already sending). Raises DeliveryError in any other state."""
+    deliveries it created, or None when it was already sending (another sender started it).
+    Raises DeliveryError in any other state."""
     now = now or utcnow()
     campaign = get_campaign(session, campaign_id)
     if campaign.status is CampaignStatus.SENDING:
-        return 0
+        return None
     if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
         raise _refuse(campaign, "send")
     # start_campaign: only one of several racing senders moves it; the loser sees rowcount 0
@@ -56,7 +57,7 @@ def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None =
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     if not moved:
-        return 0
+        return None
     session.refresh(campaign)
     created = snapshot_audience(session, campaign, now)
     if campaign.kind is CampaignKind.NOTICE:

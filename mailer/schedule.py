@@ -131,7 +131,8 @@ async def send_due(
     for campaign_id in due:
         try:
             with database.session() as session:
-                if start_campaign(session, campaign_id, now) or _is_sending(session, campaign_id):
+                # an overlapping run that started it first reports it; this one only helps send it
+                if start_campaign(session, campaign_id, now) is not None:
                     report.started.append(campaign_id)
         except MailerError as exc:
             report.refused[campaign_id] = str(exc)
@@ -163,10 +164,6 @@ async def send_due(
     with database.session() as session:
         _finish_idle_campaigns(session, clock())
     return report
-
-
-def _is_sending(session: Session, campaign_id: int) -> bool:
-    return session.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id)) is CampaignStatus.SENDING
 
 
 def _pause_refused(database: Database, campaign_id: int, reason: str) -> None:

@@ -138,8 +138,9 @@ def test_two_send_due_runs_started_together_send_each_recipient_once(
     assert len(received) == 3000 and set(received.values()) == {1}
     assert {d.state for d in delivery_states(database, campaign_id).values()} == {DeliveryState.SENT}
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
-    # both runs took a share of the work
+    # both runs took a share of the work, and only the one that started the campaign says so
     assert all(f"campaign {campaign_id}: " in out for out, _ in outputs), outputs
+    assert sum(f"campaign {campaign_id} started" in out for out, _ in outputs) == 1, outputs
 
 
 def test_a_send_with_a_large_batch_and_render_helper_does_not_hang(
