@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from mailer.audit import cli_actor, record_event
 from mailer.errors import DeliveryError, NotFoundError
 from mailer.models import Campaign, CampaignKind, CampaignStatus, Delivery, DeliveryState, utcnow
-from mailer.store import count_deliveries, snapshot_audience
+from mailer.store import cancel_queued_deliveries, count_deliveries, snapshot_audience
 
 # states in which a delivery may still go out
 OPEN_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEFERRED)
@@ -118,14 +118,10 @@ def cancel_campaign(session: Session, campaign_id: int, reason: str) -> int:
     campaign.status = CampaignStatus.CANCELLED
     campaign.status_reason = reason[:1000]
     campaign.finished_at = utcnow()
-    # cancel_queued_deliveries: rows in flight finish as they are; the rest never go out
-    return int(session.execute(
-        sa.update(Delivery)
-        .where(Delivery.campaign_id == campaign_id,
-               Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEFERRED)))
-        .values(state=DeliveryState.CANCELLED, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount)  # type: ignore[attr-defined]
+    # the campaign row first: a sender recording outcomes now either sees the cancel or holds
+    # this until it commits, and the rows it released are then queued for the update below
+    session.flush()
+    return cancel_queued_deliveries(session, campaign_id, campaign.finished_at)
 
 
 def retry_campaign(session: Session, campaign_id: int, in_doubt: bool = False) -> int:

@@ -195,6 +195,14 @@ class SqlDeliveryStore:
 
 def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
     update_delivery_outcomes(session, outcomes, now)
+    if any(o.state in (DeliveryState.PENDING, DeliveryState.DEFERRED) for o in outcomes):
+        # cancelled while these were in flight: what was released or deferred never goes out
+        # either. FOR SHARE (PostgreSQL) orders this against a cancel committing at this moment:
+        # either we see it, or it waits for us and then finds these rows queued
+        status = session.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id)
+                                .with_for_update(read=True))
+        if status is CampaignStatus.CANCELLED:
+            cancel_queued_deliveries(session, campaign_id, now)
     for outcome in outcomes:
         if outcome.hard_bounce:
             _, created = suppress_address(
@@ -334,6 +342,20 @@ def update_delivery_outcomes(session: Session, outcomes: Sequence[Outcome], now:
                     updated_at=now)
             .execution_options(synchronize_session=False)
         )
+
+
+def cancel_queued_deliveries(session: Session, campaign_id: int, now: dt.datetime) -> int:
+    """cancel_queued_deliveries: the campaign's pending and deferred rows never go out; returns how many.
+
+    Rows in flight finish as they are; a sender that then releases or defers them cancels them."""
+    result = session.execute(
+        sa.update(Delivery)
+        .where(Delivery.campaign_id == campaign_id,
+               Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEFERRED)))
+        .values(state=DeliveryState.CANCELLED, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: float) -> int:

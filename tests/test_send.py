@@ -291,6 +291,32 @@ def test_a_campaign_paused_by_the_marketer_mid_send_stops_after_the_batch(
     assert len(server.handler.rcpt_counts) == 200 and set(server.handler.rcpt_counts.values()) == {1}
 
 
+def test_a_campaign_cancelled_mid_send_leaves_nothing_queued(
+    tmp_path: Path, database: Database, server: FaultyServer
+) -> None:
+    list_id = add_audience(database, "news", emails(200))
+    server.faults.rcpt_replies["person00016@example.com"] = "451 4.3.0 greylisted, try again later"
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, server, batch_size=10, connections=1)
+    cli = Cli(tmp_path / "mailer.toml")
+
+    def cancel_on_the_fifteenth(received: Received) -> None:
+        if len(server.messages) == 15:
+            cli("campaign", "cancel", str(campaign_id))
+
+    server.handler.on_message = cancel_on_the_fifteenth
+    start_send(config, database, campaign_id)
+    report = send_campaign_now(config, database, campaign_id)
+
+    assert report.campaign_stopped
+    # what was claimed when the cancel came either went out or is cancelled with the rest: a
+    # cancelled campaign shows no message still waiting to go (nor a retry time for one)
+    counts = state_counts(database, campaign_id)
+    assert counts == {DeliveryState.SENT: report.sent, DeliveryState.CANCELLED: 200 - report.sent}
+    status = cli("campaign", "status", str(campaign_id)).output
+    assert "pending" not in status and "deferred" not in status and "next retry" not in status
+
+
 def test_a_message_that_cannot_be_rendered_fails_alone(
     tmp_path: Path, database: Database, server: FaultyServer
 ) -> None:
