@@ -167,3 +167,36 @@ def test_a_send_with_a_large_batch_and_render_helper_does_not_hang(
     received = server.handler.rcpt_counts
     assert len(received) == 2000 and set(received.values()) == {1}
     database.dispose()
+
+
+def test_a_dead_senders_claims_are_in_doubt_even_when_its_pid_now_belongs_to_another_process(
+    tmp_path: Path, database: Database, server: FaultyServer
+) -> None:
+    # after a crash (or a power cut and a reboot) the dead sender's pid may go to any process;
+    # that process must not keep the claims alive, or the campaign never finishes
+    config, campaign_id = prepare(tmp_path, database, server, 10)
+    Cli(config)("campaign", "send", str(campaign_id))  # gone out; now pretend 3 were in flight
+    dead = subprocess.run(
+        [sys.executable, "-c", "from mailer.store import make_worker_id; print(make_worker_id())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    newcomer = subprocess.Popen(["sleep", "60"])
+    try:
+        host, _, rest = dead.partition(":")
+        claimer = f"{host}:{newcomer.pid}:{rest.partition(':')[2]}".rstrip(":")
+        with database.session() as session:
+            session.execute(sa.text(
+                "UPDATE deliveries SET state = 'sending', claimed_by = :claimer, claimed_at = :now "
+                "WHERE id IN (SELECT id FROM deliveries ORDER BY id LIMIT 3)"
+            ), {"claimer": claimer, "now": utcnow()})
+            session.execute(sa.text("UPDATE campaigns SET status = 'sending'"))
+
+        result = Cli(config)("send-due")
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+
+    assert "3 deliveries of a stopped sender set aside as in doubt" in result.output
+    states = [d.state for d in delivery_states(database, campaign_id).values()]
+    assert sorted(states) == [DeliveryState.IN_DOUBT] * 3 + [DeliveryState.SENT] * 7
+    assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
