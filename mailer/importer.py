@@ -308,12 +308,8 @@ def _apply_chunk(
         )
         to_subscribe.extend(new_people)
     if profile_updates:
-        table = sa.table("subscribers", sa.column("id"), sa.column("name"),
-                         sa.column("attributes", sa.JSON()), sa.column("updated_at", Subscriber.updated_at.type))
         session.execute(
-            sa.update(table).where(table.c.id == sa.bindparam("b_id")),
-            profile_updates,
-            execution_options={"synchronize_session": False},
+            sa.update(_SUBSCRIBERS).where(_SUBSCRIBERS.c.id == sa.bindparam("b_id")), profile_updates
         )
     if to_subscribe:
         _subscribe_rows(session, to_subscribe, list_id, double_opt_in, source, now)
