@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from mailer.audit import record_event
 from mailer.config import Config
 from mailer.db import address_hash, normalize_email
-from mailer.errors import AlreadyExistsError, InvalidInputError, NotFoundError, SuppressedError
+from mailer.errors import AlreadyExistsError, NotFoundError, SuppressedError
 from mailer.lists import get_list
 from mailer.models import (
     AuditEvent,
@@ -27,7 +27,13 @@ from mailer.models import (
     SuppressionReason,
     utcnow,
 )
-from mailer.subscribers import check_attributes, check_email, check_name, find_subscriber
+from mailer.subscribers import (
+    check_attributes,
+    check_email,
+    check_name,
+    find_subscriber,
+    split_attribute_options,
+)
 from mailer.suppression import is_suppressed, suppress_address
 
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
@@ -248,12 +254,7 @@ def update_subscriber(
 
 def parse_attribute_changes(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     """--attr KEY=VALUE options for an update; `KEY=` (empty) means remove the attribute."""
-    result: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InvalidInputError(f"--attr takes KEY=VALUE (or KEY= to remove it); got {pair!r}")
-        result[key.strip()] = value
+    result = split_attribute_options(pairs, usage="KEY=VALUE (or KEY= to remove it)")
     check_attributes({k: v for k, v in result.items() if v != ""})
     return result
 

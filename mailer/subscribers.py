@@ -120,15 +120,20 @@ def check_attributes(raw: Mapping[str, str]) -> dict[str, str]:
     return {check_attribute_key(key): check_attribute_value(key, value) for key, value in raw.items()}
 
 
-def parse_attribute_options(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Turn repeated --attr KEY=VALUE options into a dict; raises InvalidInputError."""
+def split_attribute_options(pairs: tuple[str, ...] | list[str], usage: str = "KEY=VALUE") -> dict[str, str]:
+    """Repeated --attr KEY=VALUE options as a dict, unchecked; raises InvalidInputError without '='."""
     result: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise InvalidInputError(f"--attr takes KEY=VALUE; got {pair!r}")
+            raise InvalidInputError(f"--attr takes {usage}; got {pair!r}")
         result[key.strip()] = value
-    return check_attributes(result)
+    return result
+
+
+def parse_attribute_options(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Turn repeated --attr KEY=VALUE options into a checked dict; raises InvalidInputError."""
+    return check_attributes(split_attribute_options(pairs))
 
 
 @dataclass(frozen=True)
