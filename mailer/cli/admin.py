@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mailer.cli import main
-from mailer.cli.context import AppContext, pass_app
+from mailer.cli.context import AppContext, pass_app, public_url
 from mailer.config import DEFAULT_CONFIG_NAME
 from mailer.db import Database, sqlite_path
 
@@ -75,11 +75,6 @@ def _upgrade(app: AppContext) -> None:
     if path is not None and path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     database.upgrade()
-    click.echo(f"database {_public(database.url)} is at revision {database.current_revision()}")
+    click.echo(f"database {public_url(database.url)} is at revision {database.current_revision()}")
     database.dispose()
 
-
-def _public(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

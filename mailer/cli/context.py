@@ -31,7 +31,7 @@ class AppContext:
         database = Database.from_config(self.config)
         if database.current_revision() is None:
             raise MailerError(
-                f"the database at {_safe_url(self.config.database.url)} is not initialized; "
+                f"the database at {public_url(self.config.database.url)} is not initialized; "
                 "run `mailer init` (or `mailer db upgrade`)"
             )
         return database
@@ -46,7 +46,7 @@ class AppContext:
             database.dispose()
 
 
-def _safe_url(url: str) -> str:
+def public_url(url: str) -> str:
     """The URL without its password, for messages."""
     from sqlalchemy.engine import make_url
 
