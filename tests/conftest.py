@@ -15,10 +15,17 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, settings
 
 from mailer.cli import main
 from mailer.config import Config, load_config
 from mailer.db import Database
+
+# property tests run on a shared two-core machine: judge them by what they find, not by the clock
+settings.register_profile(
+    "mailer", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("mailer")
 
 POSTGRES_URL = os.environ.get("MAILER_TEST_POSTGRES_URL", "")
 TEST_SECRET_KEY = "test-signing-key-0123456789abcdef"
