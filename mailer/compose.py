@@ -223,7 +223,7 @@ class _ProbeAttributes(dict[str, Any]):
 class _TextProbe:
     """The text part of an HTML-only template, derived once from a rendering with markers.
 
-    html2text is slow (milliseconds a message). When a recipient's HTML equals the probe's
+    Deriving text from HTML is slow (milliseconds a message). When a recipient's HTML equals the probe's
     HTML with their values in place of the markers, their text is the probe's text with the
     same values in place: no conversion. Any other HTML (a branch on a value, a filter that
     changed one) is converted as usual.
@@ -245,7 +245,7 @@ class _TextProbe:
             if key not in recipient.attributes:
                 return None
             values[f"a{index}"] = str(recipient.attributes[key])
-        # html2text folds runs of blanks as a browser would; values holding them take the slow path
+        # the converter folds runs of blanks as a browser would; values holding them take the slow path
         if any(" ".join(value.split()) != value for value in values.values()):
             return None
         escaped = {slot: str(escape(value)) for slot, value in values.items()}

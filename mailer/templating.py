@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import html2text
 import jinja2
+from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -182,16 +184,13 @@ def is_full_document(html: str) -> bool:
 
 
 def html_to_text(html: str) -> str:
-    """The plain-text equivalent of an HTML body, for the text/plain part (html2text)."""
-    converter = html2text.HTML2Text()
-    converter.body_width = 0  # no hard wraps: mail clients wrap text themselves
-    converter.unicode_snob = True  # keep accents and CJK as they are, not ASCII approximations
-    converter.ignore_images = True
-    converter.ignore_emphasis = True
-    converter.inline_links = False  # numbered references read better in a text email
-    converter.protect_links = True
-    converter.wrap_links = False
-    return str(converter.handle(html)).strip() + "\n"
+    """The plain-text equivalent of an HTML body, for the text/plain part (inscriptis)."""
+    return str(get_text(html, _TEXT_CONFIG)).strip() + "\n"
+
+
+# strict: only what a browser would show (display:none preheaders stay out); links inline as
+# "[text](url)" so the text part reads like the HTML one without a reference list at the end
+_TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
 
 
 def missing_names(names: Iterable[str], known: Iterable[str]) -> list[str]:
