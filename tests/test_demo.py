@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from mailer.cli import main
 from mailer.config import load_config
+from mailer.db import Database
+from mailer.models import Subscriber
 from mailer.tokens import read_unsubscribe_token
 
 
@@ -37,13 +39,24 @@ def test_demo_sends_the_sample_campaign_into_a_maildir(tmp_path: Path) -> None:
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert message.get_content_type() == "multipart/alternative"
     assert "7 messages" in output
-    assert str(directory / "maildir") in output or "maildir" in output
+    shown = re.search(r"^\s*maildir\s+(\S+)", output, re.MULTILINE)
+    assert shown is not None, output
+    assert Path(shown.group(1)).resolve() == (directory / "maildir").resolve()
 
     url = re.search(r"unsubscribe\s+(https://\S+/u/(\S+))", output)
     assert url is not None, output
     config = load_config(directory / "mailer.toml", environ={})
     claim = read_unsubscribe_token(config.require_secret_keys(), url.group(2))
-    assert claim.subscriber_id >= 1
+    named = re.search(r"the one-click link for .*<(\S+@\S+)>", output)
+    assert named is not None, output
+    database = Database(config.database.url)
+    try:
+        with database.session() as session:
+            subscriber = session.get(Subscriber, claim.subscriber_id)
+            assert subscriber is not None and subscriber.email == named.group(1)
+    finally:
+        database.dispose()
+    assert named.group(1) in recipients
     assert any(url.group(1) in str(m["List-Unsubscribe"]) for m in messages)
 
     status = CliRunner().invoke(main, ["--config", str(directory / "mailer.toml"), "campaign", "status", "1"])
