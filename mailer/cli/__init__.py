@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
@@ -10,9 +11,55 @@ from mailer import __version__
 from mailer.cli.context import AppContext
 from mailer.errors import MailerError
 
+# every top-level command: the modules that define it, imported when it runs, and its one-line
+# help, so that `mailer --help` and an MTA's `inbound process -` do not pay for SQLAlchemy, Flask,
+# aiosmtplib and Jinja2 all at once (tests/test_help.py checks these against the commands)
+COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "audit": (("mailer.cli.privacy",),
+              "The audit trail: opt-outs, erasures, exports, suppressions, notices."),
+    "campaign": (("mailer.cli.campaigns", "mailer.cli.sending"),
+                 "Campaigns: write, check, send and follow them."),
+    "db": (("mailer.cli.admin",), "Database maintenance."),
+    "demo": (("mailer.cli.sending",),
+             "The whole flow on embedded defaults: list, subscribers, a campaign sent over real SMTP."),
+    "dkim": (("mailer.cli.campaigns",), "DKIM signing keys."),
+    "inbound": (("mailer.cli.recipients",),
+                "Mail coming back: bounces, spam complaints, mailto unsubscribes."),
+    "init": (("mailer.cli.admin",),
+             "Create mailer.toml (if absent) with a fresh signing key, and the database."),
+    "list": (("mailer.cli.lists",), "Mailing lists."),
+    "notice": (("mailer.cli.privacy",),
+               "Legal notices (data breach, change of terms): transactional mail, not marketing."),
+    "send-due": (("mailer.cli.sending",),
+                 "Send what is due: scheduled campaigns whose time has come and deferred retries."),
+    "serve": (("mailer.cli.recipients",), "Run the unsubscribe web app under waitress until interrupted."),
+    "subscriber": (("mailer.cli.subscribers", "mailer.cli.privacy"), "Subscribers and their lists."),
+    "suppress": (("mailer.cli.suppress",), "The suppression list: addresses that are never mailed."),
+    "worker": (("mailer.cli.sending",),
+               "Keep sending what is due until SIGTERM; run several, on several machines, on PostgreSQL."),
+}
+
 
 class MailerGroup(click.Group):
-    """Turns every MailerError into one line on stderr and exit status 1, here and nowhere else."""
+    """Loads each command when it is used, and turns every MailerError into one line on stderr
+    and exit status 1, here and nowhere else."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            for module in COMMANDS[cmd_name][0]:
+                importlib.import_module(module)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        # a stand-in command shortens each line exactly as click would for the loaded one
+        rows = [(name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -39,20 +86,3 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     """
     ctx.obj = AppContext(config_path)
     ctx.call_on_close(ctx.obj.close)
-
-
-def _register() -> None:
-    # each command group lives in its own module and adds itself to `main`
-    from mailer.cli import (  # noqa: F401
-        admin,
-        campaigns,
-        lists,
-        privacy,
-        recipients,
-        sending,
-        subscribers,
-        suppress,
-    )
-
-
-_register()

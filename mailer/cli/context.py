@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from mailer.config import Config, load_config
-from mailer.db import Database
 from mailer.errors import MailerError
+
+if TYPE_CHECKING:
+    from mailer.db import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,7 +30,7 @@ class AppContext:
 
     @cached_property
     def db(self) -> Database:
-        database = Database.from_config(self.config)
+        database = self.open_db_for_upgrade()
         if database.current_revision() is None:
             raise MailerError(
                 f"the database at {public_url(self.config.database.url)} is not initialized; "
@@ -37,6 +39,9 @@ class AppContext:
         return database
 
     def open_db_for_upgrade(self) -> Database:
+        # SQLAlchemy loads here, when a command first touches the database, not for --help
+        from mailer.db import Database
+
         return Database.from_config(self.config)
 
     def close(self) -> None:
