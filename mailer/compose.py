@@ -162,14 +162,6 @@ def subject_header(subject: str) -> bytes:
     return fold_header("Subject", subject)
 
 
-def to_crlf(text: str) -> str:
-    """Every line ending as CRLF, and a final one."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.endswith("\n"):
-        text += "\n"
-    return text.replace("\n", "\r\n")
-
-
 def quoted_printable(text: str) -> bytes:
     """UTF-8 quoted-printable with CRLF line endings and a final one; no line longer than 76 octets."""
     if "\r" in text:

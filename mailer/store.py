@@ -29,14 +29,6 @@ from mailer.models import (
 )
 from mailer.suppression import suppress_address
 
-# states a delivery never leaves on its own: the campaign is done when only these remain
-FINAL_STATES = (
-    DeliveryState.SENT,
-    DeliveryState.FAILED,
-    DeliveryState.SUPPRESSED,
-    DeliveryState.IN_DOUBT,
-    DeliveryState.CANCELLED,
-)
 # a notice (breach, terms) reaches people who opted out of marketing, but never these
 NOTICE_BLOCKING_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.ERASED})
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import sqlalchemy as sa
@@ -84,15 +84,6 @@ def is_suppressed(session: Session, email: str) -> bool:
     return bool(
         session.scalar(sa.select(sa.literal(True)).where(Suppression.address_hash == address_hash(email)))
     )
-
-
-def suppressed_hashes(session: Session, hashes: Iterable[str]) -> set[str]:
-    """Which of these address hashes are suppressed; one query for a whole batch."""
-    wanted = list(hashes)
-    if not wanted:
-        return set()
-    rows = session.scalars(sa.select(Suppression.address_hash).where(Suppression.address_hash.in_(wanted)))
-    return set(rows)
 
 
 def list_suppressions(session: Session) -> Sequence[Suppression]:

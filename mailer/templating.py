@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,8 +191,3 @@ def html_to_text(html: str) -> str:
 # strict: only what a browser would show (display:none preheaders stay out); links inline as
 # "[text](url)" so the text part reads like the HTML one without a reference list at the end
 _TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
-
-
-def missing_names(names: Iterable[str], known: Iterable[str]) -> list[str]:
-    """Referenced names the context will not provide, sorted."""
-    return sorted(set(names) - set(known))
