@@ -70,8 +70,8 @@ def suppress_rm(app: AppContext, email: str, reason: str, erased: bool) -> None:
     address = check_email(email)
     with app.db.session() as session:
         entry = lift_suppression(session, address, reason, cli_actor(), erased=erased)
-        was = entry.reason.value
-    click.echo(f"{address} may be mailed again (was: {was})")
+        shown, was = entry.email or address, entry.reason.value
+    click.echo(f"{shown} may be mailed again (was: {was})")
 
 
 @suppress_group.command("ls")
