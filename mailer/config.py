@@ -138,6 +138,9 @@ class InboundConfig:
     # our token or return path; the From of a report is all that is checked, so list only senders
     # whose mail the MTA in front of the mailbox authenticates (DMARC/SPF)
     feedback_loop_senders: tuple[str, ...] = ()
+    # authserv-ids of the MTAs in front of the mailbox; when set, a feedback-loop sender counts
+    # only with a DMARC pass for its From domain in an Authentication-Results header they added
+    trusted_authserv_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,10 @@ def validate_config(config: Config) -> None:
         if not _FEEDBACK_LOOP_SENDER.fullmatch(sender.strip()):
             raise ConfigError(src, "inbound.feedback_loop_senders",
                               f"each entry must be an address or a domain such as fbl.example.net; got {sender!r}")
+    for authserv_id in config.inbound.trusted_authserv_ids:
+        if not authserv_id.strip() or any(ch.isspace() or ch in ';()"' for ch in authserv_id.strip()):
+            raise ConfigError(src, "inbound.trusted_authserv_ids",
+                              f"each entry must be one authserv-id such as mx.example.com; got {authserv_id!r}")
 
 
 def _check_mailbox(source: str, key: str, value: str) -> None:

@@ -28,7 +28,7 @@ from mailer.audit import record_event
 from mailer.config import Config
 from mailer.db import Database, address_hash, normalize_email
 from mailer.errors import TokenError
-from mailer.feedback_loops import is_feedback_loop_sender
+from mailer.feedback_loops import is_trusted_feedback_loop
 from mailer.inbound_sources import MAX_MESSAGE_BYTES, RawMessage, read_sources
 from mailer.models import (
     BounceEvent,
@@ -462,7 +462,7 @@ def _analyse_complaint(
         named_addresses=named,
         from_address=from_address,
         user_agent=user_agent,
-        from_feedback_loop=is_feedback_loop_sender(config, from_address),
+        from_feedback_loop=is_trusted_feedback_loop(config, msg, from_address),
     )
 
 

@@ -127,6 +127,36 @@ def test_the_cli_lists_an_unverified_complaint_with_the_address_it_named(world: 
     assert suppressions(world.database) == []
 
 
+OUR_MTA = "mx.harmonymails.com"
+
+
+@pytest.mark.parametrize(("results", "believed"), [
+    ([f"{OUR_MTA}; spf=pass smtp.mailfrom=isp.example.net; dmarc=pass (p=reject) header.from=isp.example.net"],
+     True),
+    ([], False),
+    (["attacker.example; dmarc=pass header.from=isp.example.net"], False),
+    ([f"{OUR_MTA}; dmarc=fail header.from=isp.example.net", f"{OUR_MTA}; dmarc=pass header.from=isp.example.net"],
+     False),
+    ([f"{OUR_MTA}; dmarc=pass header.from=attacker.example"], False),
+    ([f"{OUR_MTA} (our (nested) comment); dmarc=none header.from=isp.example.net; dkim=pass"], False),
+], ids=["our DMARC pass", "no results", "someone else's results", "a forged pass below our fail",
+        "a pass for another domain", "no DMARC pass"])
+def test_with_trusted_authserv_ids_a_feedback_loop_counts_only_with_our_mtas_dmarc_pass(
+    world: World, results: list[str], believed: bool
+) -> None:
+    world.config = replace(world.config, inbound=InboundConfig(feedback_loop_senders=("isp.example.net",),
+                                                               trusted_authserv_ids=(OUR_MTA,)))
+    headers = "".join(f"Authentication-Results: {value}\n" for value in results).encode()
+    [item] = process_bytes(world.database, world.config, headers + world.fixture("isp_complaint_by_address")).items
+    assert item.kind is (InboundKind.COMPLAINT if believed else InboundKind.UNVERIFIED_COMPLAINT), item.note
+    assert len(suppressions(world.database)) == (1 if believed else 0)
+
+
+def test_a_bad_authserv_id_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"inbound\.trusted_authserv_ids: .*'mx example'"):
+        config_from_dict({"inbound": {"trusted_authserv_ids": ["mx example"]}})
+
+
 @pytest.mark.parametrize("entry", ["not a domain", "@example.com", "fbl@", "localhost", "fbl@@x.example"])
 def test_a_bad_feedback_loop_sender_is_refused_in_one_line(entry: str) -> None:
     with pytest.raises(ConfigError) as caught:
