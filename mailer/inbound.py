@@ -106,7 +106,8 @@ _MAX_HEADER_CHARS = 4000
 # the parser recurses once per nested message or multipart, and the stack ends near a thousand
 _MAX_MIME_CONTAINERS = 32
 _MAX_MIME_PARTS = 500
-# flufl.bounce's heuristics are quadratic on some bodies; the failure text is always near the top
+# flufl.bounce tries many patterns on every line, some slow on hostile text; a bounce's failure
+# text is always near the top
 _HEURISTIC_BYTES = 64 * 1024
 # more nested "(" than this in an address header is an attack on the stdlib's recursive parser
 _MAX_COMMENT_PARENS = 16

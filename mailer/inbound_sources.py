@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import mailbox
 import os
 import sys
@@ -109,8 +108,12 @@ def _mark_seen_later(path: Path, folder: str, name: str) -> Callable[[], None]:
         unique, _info, flags = name.partition(_INFO)
         # flags are kept in ASCII order, as the Maildir convention asks
         seen = unique + _INFO + "".join(sorted(set(flags) | {_SEEN}))
-        with contextlib.suppress(FileNotFoundError):  # a run at the same time has moved it
+        try:
             os.replace(path / folder / name, path / "cur" / seen)
+        except FileNotFoundError:
+            return  # a run at the same time has moved it
+        except OSError as exc:
+            raise InvalidInputError(f"cannot move {path / folder / name} to cur/: {exc.strerror or exc}") from None
     return mark_seen
 
 
