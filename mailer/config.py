@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,10 @@ DEFAULT_POSTAL_ADDRESS = (
 # an address made of these words is a template left unfilled, not a real place
 PLACEHOLDER_WORDS = ("todo", "tbd", "changeme", "change me", "your address", "example", "xxx",
                      "123 main st", "address here", "placeholder")
+# a feedback-loop sender: one address, or one domain (dot-separated labels)
+_FEEDBACK_LOOP_SENDER = re.compile(
+    r"(?:[^@\s\"(),:;<>\[\]\\]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9-]*[A-Za-z]"
+)
 
 
 class StartTLS(enum.StrEnum):
@@ -128,6 +133,17 @@ class ConsentConfig:
 
 
 @dataclass(frozen=True)
+class InboundConfig:
+    # addresses or domains whose ARF complaints are believed when they name an address without
+    # our token or return path; the From of a report is all that is checked, so list only senders
+    # whose mail the MTA in front of the mailbox authenticates (DMARC/SPF)
+    feedback_loop_senders: tuple[str, ...] = ()
+    # authserv-ids of the MTAs in front of the mailbox; when set, a feedback-loop sender counts
+    # only with a DMARC pass for its From domain in an Authentication-Results header they added
+    trusted_authserv_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = DatabaseConfig()
     company: CompanyConfig = CompanyConfig()
@@ -138,6 +154,7 @@ class Config:
     dkim: DkimConfig = DkimConfig()
     compliance: ComplianceConfig = ComplianceConfig()
     consent: ConsentConfig = ConsentConfig()
+    inbound: InboundConfig = InboundConfig()
     source: str = "<defaults>"  # the file the values came from, for error messages
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -165,6 +182,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "dkim": DkimConfig,
     "compliance": ComplianceConfig,
     "consent": ConsentConfig,
+    "inbound": InboundConfig,
 }
 
 
@@ -348,6 +366,14 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "compliance.ad_label", "must not be empty")
     if config.consent.confirm_expiry <= 0:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
+    for sender in config.inbound.feedback_loop_senders:
+        if not _FEEDBACK_LOOP_SENDER.fullmatch(sender.strip()):
+            raise ConfigError(src, "inbound.feedback_loop_senders",
+                              f"each entry must be an address or a domain such as fbl.example.net; got {sender!r}")
+    for authserv_id in config.inbound.trusted_authserv_ids:
+        if not authserv_id.strip() or any(ch.isspace() or ch in ';()"' for ch in authserv_id.strip()):
+            raise ConfigError(src, "inbound.trusted_authserv_ids",
+                              f"each entry must be one authserv-id such as mx.example.com; got {authserv_id!r}")
 
 
 def _check_mailbox(source: str, key: str, value: str) -> None:

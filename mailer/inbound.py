@@ -5,19 +5,17 @@ from __future__ import annotations
 import email
 import enum
 import hashlib
+import itertools
 import logging
-import mailbox
 import os
 import re
-import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import HeaderParser
-from email.utils import getaddresses, parseaddr
-from pathlib import Path
+from email.parser import BytesHeaderParser, HeaderParser
+from email.utils import getaddresses
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
@@ -29,7 +27,9 @@ from sqlalchemy.orm import Session
 from mailer.audit import record_event
 from mailer.config import Config
 from mailer.db import Database, address_hash, normalize_email
-from mailer.errors import InvalidInputError, TokenError
+from mailer.errors import TokenError
+from mailer.feedback_loops import is_trusted_feedback_loop
+from mailer.inbound_sources import MAX_MESSAGE_BYTES, RawMessage, read_sources
 from mailer.models import (
     BounceEvent,
     BounceKind,
@@ -61,6 +61,8 @@ class InboundKind(enum.StrEnum):
     AUTO_REPLY = "auto_reply"  # vacation and other automatic replies: ignored
     UNMATCHED = "unmatched"  # a bounce, report or request naming nobody we mailed: left alone
     OTHER = "other"  # anything else: left alone, listed for a person to read
+    UNVERIFIED_COMPLAINT = "unverified_complaint"  # abuse report anyone could have forged: listed only
+    FAILED = "failed"  # too large, too deep or unreadable: nothing done, listed; the run goes on
     ALREADY_PROCESSED = "already_processed"  # acted on in an earlier run: nothing done again
 
 
@@ -68,7 +70,7 @@ class InboundKind(enum.StrEnum):
 _ACTED = frozenset({InboundKind.HARD_BOUNCE, InboundKind.SOFT_BOUNCE, InboundKind.COMPLAINT,
                     InboundKind.UNSUBSCRIBE})
 # what a person should look at after a run
-LEFT_ALONE = frozenset({InboundKind.UNMATCHED, InboundKind.OTHER})
+LEFT_ALONE = frozenset({InboundKind.UNMATCHED, InboundKind.OTHER, InboundKind.UNVERIFIED_COMPLAINT})
 
 # delivery states in which the relay had the message, so a later bounce means it failed
 _BOUNCEABLE_STATES = frozenset({DeliveryState.SENT, DeliveryState.DEFERRED, DeliveryState.SENDING,
@@ -93,6 +95,26 @@ _AUTO_REPLY_SUBJECT = re.compile(
 _RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To", "Cc")
 _MAX_NOTE = 300
 
+# Bounds on what one message from the internet may cost, checked before the parts they guard.
+# The parts a decision needs (the report, the status blocks, the returned headers) come first in
+# every bounce and complaint we know, and all of it fits in far less than this
+_ANALYSED_BYTES = 1024 * 1024
+# a header section bigger than this is no bounce, complaint or request (1.4 MB subjects exist)
+_MAX_HEADER_BYTES = 256 * 1024
+# one header as decoded: encoded words cost time each, and no address list or subject needs more
+_MAX_HEADER_CHARS = 4000
+# the parser recurses once per nested message or multipart, and the stack ends near a thousand
+_MAX_MIME_CONTAINERS = 32
+_MAX_MIME_PARTS = 500
+# flufl.bounce tries many patterns on every line, some slow on hostile text; a bounce's failure
+# text is always near the top
+_HEURISTIC_BYTES = 64 * 1024
+# more nested "(" than this in an address header is an attack on the stdlib's recursive parser
+_MAX_COMMENT_PARENS = 16
+# a line opening a container: "Content-Type: multipart/..." or "message/...", maybe folded
+_CONTAINER_LINE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)*(?:multipart|message)/",
+                             re.IGNORECASE | re.MULTILINE)
+
 
 @dataclass(frozen=True)
 class InboundItem:
@@ -103,10 +125,16 @@ class InboundItem:
     sender: str
     subject: str
     note: str
+    origin: str = ""  # the file or place in the mbox it was read from
+
+    @property
+    def name(self) -> str:
+        """How a person finds the message again: its Message-ID, else where it was read from."""
+        return self.message_id or self.origin or "(no Message-ID)"
 
     def to_dict(self) -> dict[str, str]:
         return {"kind": self.kind.value, "message_id": self.message_id, "from": self.sender,
-                "subject": self.subject, "note": self.note}
+                "subject": self.subject, "note": self.note, "origin": self.origin}
 
 
 @dataclass
@@ -125,6 +153,10 @@ class InboundReport:
     def left_alone(self) -> list[InboundItem]:
         return [item for item in self.items if item.kind in LEFT_ALONE]
 
+    @property
+    def failed(self) -> list[InboundItem]:
+        return [item for item in self.items if item.kind is InboundKind.FAILED]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": len(self.items),
@@ -138,70 +170,96 @@ def process_inbound(
 ) -> InboundReport:
     """Read a Maildir, an mbox, one message file, or one message from a stream ("-" is stdin).
 
-    Each message is handled in its own transaction. Raises InvalidInputError when the source
-    cannot be read, ConfigError when no signing key is configured.
+    Each message is handled on its own, in its own transaction: one that cannot be read is
+    reported as failed and the run goes on. A Maildir message handled for good moves to cur/,
+    marked seen. Raises InvalidInputError when the source cannot be read, ConfigError when no
+    signing key is configured, and SQLAlchemy's OperationalError when the database is
+    unavailable (the message it was on stays in new/).
     """
     config.require_secret_keys()
     report = InboundReport()
-    for raw in read_messages(source):
-        report.items.append(process_message(database, config, raw))
+    for message in read_sources(source):
+        report.items.append(process_raw_message(database, config, message))
+        message.mark_handled()
     return report
 
 
-def read_messages(source: str | os.PathLike[str] | BinaryIO) -> Iterator[bytes]:
-    """The raw bytes of each message in a Maildir, an mbox, a message file or a stream."""
-    if not isinstance(source, str | os.PathLike):
-        yield source.read()
-        return
-    if str(source) == "-":
-        yield sys.stdin.buffer.read()
-        return
-    path = Path(source)
-    if path.is_dir():
-        if not ((path / "cur").is_dir() or (path / "new").is_dir()):
-            raise InvalidInputError(f"{path} is a directory but not a Maildir (it has no cur/ or new/)")
-        maildir = mailbox.Maildir(path, factory=None, create=False)
-        # Maildir names start with the delivery time: sorted, a rerun meets them in the same order
-        for key in sorted(maildir.keys()):
-            yield maildir.get_bytes(key)
-        return
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(5)
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if head == b"From ":
-        mbox = mailbox.mbox(path, factory=None, create=False)
-        try:
-            for key in mbox.iterkeys():
-                yield mbox.get_bytes(key)
-        finally:
-            mbox.close()
-        return
-    yield path.read_bytes()
+def process_raw_message(database: Database, config: Config, message: RawMessage) -> InboundItem:
+    """Handle one message as read; whatever it holds, it comes back as an item, never an exception.
+
+    Only an unavailable database (SQLAlchemy's OperationalError) is raised: the message is
+    fine, and the next run should read it again.
+    """
+    if message.too_large:
+        head = _parse_head(message.data)
+        return _item(head, InboundKind.FAILED, f"too large: over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB; "
+                     "nothing done", message.origin)
+    return process_message(database, config, message.data, message.origin)
 
 
-def process_message(database: Database, config: Config, raw: bytes) -> InboundItem:
+def process_message(database: Database, config: Config, raw: bytes, origin: str = "") -> InboundItem:
     """Classify one message and act on it; a message acted on before is skipped."""
-    msg = email.message_from_bytes(raw)
-    message_id = _header_text(msg, "Message-ID")
-    sender = parseaddr(_header_text(msg, "From"))[1]
-    subject = _header_text(msg, "Subject")
-    fingerprint = _fingerprint(message_id, raw)
-    # the reading and guessing happens outside the transaction: SQLite holds its write lock briefly
-    analysis = analyse(config, msg, raw)
+    head = _parse_head(raw)
+    problem = _shape_problem(raw)
+    if problem:
+        return _item(head, InboundKind.FAILED, f"{problem}; nothing done", origin)
+    fingerprint = _fingerprint(_header_text(head, "Message-ID"), raw)
+    # before any analysis: a message acted on before costs one query, however it is built
+    with database.session() as session:
+        if session.scalar(sa.select(InboundMessage.id).where(InboundMessage.fingerprint == fingerprint)):
+            return _item(head, InboundKind.ALREADY_PROCESSED, "acted on in an earlier run; nothing done", origin)
     try:
-        with database.session() as session:
-            if session.scalar(sa.select(InboundMessage.id).where(InboundMessage.fingerprint == fingerprint)):
-                kind, note = InboundKind.ALREADY_PROCESSED, "acted on in an earlier run; nothing done"
-            else:
-                kind, note = _act(session, config, analysis)
-                if kind in _ACTED:
-                    session.add(InboundMessage(fingerprint=fingerprint, kind=kind.value))
+        # the reading and guessing happens outside the transaction: SQLite holds its write lock briefly
+        kind, note = _analyse_and_act(database, config, raw, fingerprint)
     except IntegrityError:
         # another run took the same message between our check and our insert
         kind, note = InboundKind.ALREADY_PROCESSED, "acted on by a concurrent run; nothing done"
-    return InboundItem(kind, message_id, sender, subject, note[:_MAX_NOTE])
+    except sa.exc.OperationalError:
+        raise  # the database is unavailable: the message is fine and must be read again later
+    # mail from the internet meets the stdlib parser, flufl.bounce and our own reading: whatever
+    # one message makes them do, the opt-outs behind it in the mailbox must still be honoured
+    except Exception as exc:
+        kind, note = InboundKind.FAILED, f"cannot be read ({type(exc).__name__}: {_unfold(exc)}); nothing done"
+    return _item(head, kind, note, origin)
+
+
+def _analyse_and_act(database: Database, config: Config, raw: bytes, fingerprint: str) -> tuple[InboundKind, str]:
+    raw = raw[:_ANALYSED_BYTES]
+    msg = email.message_from_bytes(raw)
+    if sum(1 for _part in itertools.islice(msg.walk(), _MAX_MIME_PARTS + 1)) > _MAX_MIME_PARTS:
+        return InboundKind.FAILED, f"more than {_MAX_MIME_PARTS} MIME parts; nothing done"
+    analysis = analyse(config, msg, raw)
+    with database.session() as session:
+        if session.scalar(sa.select(InboundMessage.id).where(InboundMessage.fingerprint == fingerprint)):
+            return InboundKind.ALREADY_PROCESSED, "acted on in an earlier run; nothing done"
+        kind, note = _act(session, config, analysis)
+        if kind in _ACTED:
+            session.add(InboundMessage(fingerprint=fingerprint, kind=kind.value))
+    return kind, note
+
+
+def _parse_head(raw: bytes) -> Message:
+    """The top-level headers only: cheap, bounded, and never deeper than one level."""
+    return BytesHeaderParser().parsebytes(raw[:_MAX_HEADER_BYTES])
+
+
+def _item(head: Message, kind: InboundKind, note: str, origin: str) -> InboundItem:
+    sender = next(iter(_addresses([_header_text(head, "From")])), "")
+    return InboundItem(kind, _header_text(head, "Message-ID"), sender, _header_text(head, "Subject"),
+                       note[:_MAX_NOTE], origin)
+
+
+def _shape_problem(raw: bytes) -> str:
+    """Why a message is too big or too deep to parse safely, or ""."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return f"too large: over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB"
+    end = re.search(rb"\r?\n\r?\n", raw[:_MAX_HEADER_BYTES + 4])
+    if end is None and len(raw) > _MAX_HEADER_BYTES:
+        return f"headers longer than {_MAX_HEADER_BYTES // 1024} KiB"
+    containers = itertools.islice(_CONTAINER_LINE.finditer(raw, 0, _ANALYSED_BYTES), _MAX_MIME_CONTAINERS + 1)
+    if sum(1 for _match in containers) > _MAX_MIME_CONTAINERS:
+        return f"more than {_MAX_MIME_CONTAINERS} nested messages or multiparts"
+    return ""
 
 
 def _fingerprint(message_id: str, raw: bytes) -> str:
@@ -258,11 +316,12 @@ class Analysis:
     from_address: str = ""
     user_agent: str = ""  # the software that sent a complaint
     still_trying: bool = False  # only `Action: delayed`: the message may yet be delivered
+    from_feedback_loop: bool = False  # a complaint from a sender in inbound.feedback_loop_senders
 
 
 def analyse(config: Config, msg: Message, raw: bytes) -> Analysis:
     """Sort a message: complaint, bounce, auto-reply, unsubscribe request, or other."""
-    from_address = parseaddr(_header_text(msg, "From"))[1]
+    from_address = next(iter(_addresses([_header_text(msg, "From")])), "")
     report = feedback_report(msg)
     if report is not None:
         return _analyse_complaint(config, msg, raw, report, from_address)
@@ -361,7 +420,7 @@ def _analyse_dsn(config: Config, msg: Message, raw: bytes, statuses: list[Recipi
 def _heuristic_bounce(config: Config, msg: Message, raw: bytes) -> Analysis | None:
     """A bounce without a delivery-status part (classic Exim, Yahoo's "failure notice"...)."""
     try:
-        temporary, permanent = all_failures(msg)
+        temporary, permanent = all_failures(email.message_from_bytes(raw[:_HEURISTIC_BYTES]))
     # flufl.bounce's heuristics run over arbitrary mail from the internet; one message they
     # choke on must be left for a person, not stop the whole mailbox
     except Exception:
@@ -394,9 +453,9 @@ def _analyse_complaint(
     if feedback_type != "abuse":
         return Analysis(InboundKind.OTHER, note=f"feedback report of type {feedback_type or 'unknown'!r}",
                         from_address=from_address)
-    named = [addr for _name, addr in getaddresses(_all_text(report, "Original-Rcpt-To")) if addr]
+    named = _addresses(_all_text(report, "Original-Rcpt-To"))
     for original in _original_headers(msg):
-        named += [addr for _name, addr in getaddresses(_all_text(original, "To")) if addr]
+        named += _addresses(_all_text(original, "To"))
     return Analysis(
         InboundKind.COMPLAINT,
         delivery_ids=_verp_deliveries(config, msg, raw),
@@ -404,6 +463,7 @@ def _analyse_complaint(
         named_addresses=named,
         from_address=from_address,
         user_agent=user_agent,
+        from_feedback_loop=is_trusted_feedback_loop(config, msg, from_address),
     )
 
 
@@ -481,7 +541,20 @@ def _recipient_addresses(msg: Message) -> list[str]:
     values: list[str] = []
     for name in _RECIPIENT_HEADERS:
         values += _all_text(msg, name)
-    return [addr for _name, addr in getaddresses(values) if addr]
+    return _addresses(values)
+
+
+def _addresses(values: list[str]) -> list[str]:
+    """The addresses in header values, each value cut to a bounded length first."""
+    bounded: list[str] = []
+    for value in values:
+        value = value[:_MAX_HEADER_CHARS]
+        if value.count("(") > _MAX_COMMENT_PARENS:
+            # the stdlib reads nested comments recursively: 600 "(" exhaust the stack, so
+            # parentheses go; the address in angle brackets survives
+            value = value.replace("(", " ").replace(")", " ")
+        bounded.append(value)
+    return [addr for _name, addr in getaddresses(bounded) if addr]
 
 
 def _original_headers(msg: Message) -> list[Message]:
@@ -538,8 +611,10 @@ def _header_text(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
+    # each encoded word costs time to decode: a subject of 100,000 of them took most of a minute
+    value = str(value)[:_MAX_HEADER_CHARS]
     try:
-        text = str(make_header(decode_header(str(value))))
+        text = str(make_header(decode_header(value)))
     except (UnicodeError, LookupError, ValueError):
         text = str(value)
     return _unfold(text)
@@ -668,33 +743,54 @@ def _add_bounce_event(
 
 def _record_complaint(session: Session, config: Config, analysis: Analysis) -> tuple[InboundKind, str]:
     delivery = _find_delivery(session, analysis)
-    subscriber = _complainant(session, analysis, delivery)
-    if subscriber is None:
+    found = _complainant(session, analysis, delivery)
+    # our marks name someone since erased: a true report about nobody we still have
+    marked = delivery is not None or bool(analysis.claims)
+    if found is None and not marked and not analysis.from_feedback_loop:
+        # COMPLIANCE 28: anyone can write a report naming anyone; without our own signed mark
+        # or a feedback loop the operator vouches for, it is only listed
+        named = ", ".join(dict.fromkeys(analysis.named_addresses[:3])) or "nobody"
+        return InboundKind.UNVERIFIED_COMPLAINT, (
+            f"from {analysis.from_address or '(no From)'} naming {named}: no token or return path of "
+            "ours, not from a configured feedback-loop sender; nothing changed")
+    if found is None and analysis.from_feedback_loop:
+        found = _named_complainant(session, analysis)
+    if found is None:
         return InboundKind.UNMATCHED, "a spam complaint about nobody we mailed"
+    subscriber, how = found
     source = f"complaint ({analysis.user_agent or analysis.from_address or 'ARF'})"[:100]
     _entry, created = suppress_address(session, subscriber.email, SuppressionReason.COMPLAINT, source)
     if created:
-        _audit_suppression(session, subscriber.email, f"spam complaint: {source}", delivery)
+        _audit_suppression(session, subscriber.email, f"spam complaint: {source}, identified by {how}", delivery)
     _add_bounce_event(session, BounceKind.COMPLAINT, delivery, address_hash(subscriber.email), analysis)
     # a spam report is the strongest opt-out there is: every list, whatever unsubscribe.scope says
     unsubscribe(session, config, UnsubscribeClaim(subscriber.id, None, delivery.campaign_id if delivery else None),
                 "complaint", actor="inbound")
-    return InboundKind.COMPLAINT, f"{subscriber.email} suppressed" + ("" if created else " (already)")
+    return InboundKind.COMPLAINT, (f"{subscriber.email} suppressed" + ("" if created else " (already)")
+                                   + f", identified by {how}")
 
 
-def _complainant(session: Session, analysis: Analysis, delivery: Delivery | None) -> Subscriber | None:
-    # the signed token and the VERP address cannot be forged; a named address is the last resort,
-    # since providers often redact it
+def _complainant(
+    session: Session, analysis: Analysis, delivery: Delivery | None
+) -> tuple[Subscriber, str] | None:
+    """The subscriber our own signed token or VERP address in the report names, and which."""
     for claim in analysis.claims:
         subscriber = session.get(Subscriber, claim.subscriber_id)
         if subscriber is not None:
-            return subscriber
+            return subscriber, "our unsubscribe token"
     if delivery is not None and delivery.subscriber_id is not None:
-        return session.get(Subscriber, delivery.subscriber_id)
+        subscriber = session.get(Subscriber, delivery.subscriber_id)
+        if subscriber is not None:
+            return subscriber, "our return path"
+    return None
+
+
+def _named_complainant(session: Session, analysis: Analysis) -> tuple[Subscriber, str] | None:
+    # only for a feedback loop the operator trusts, and last, since providers often redact it
     for address in analysis.named_addresses:
         subscriber = find_subscriber(session, address)
         if subscriber is not None:
-            return subscriber
+            return subscriber, f"the address {analysis.from_address} named"
     return None
 
 

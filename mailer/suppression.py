@@ -10,7 +10,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from mailer.audit import record_event
 from mailer.db import address_hash, normalize_email
+from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
 from mailer.models import Suppression, SuppressionReason, utcnow
 
 # the widths of the columns these values land in
@@ -89,3 +91,32 @@ def is_suppressed(session: Session, email: str) -> bool:
 def list_suppressions(session: Session) -> Sequence[Suppression]:
     """Every suppression, newest first."""
     return session.scalars(sa.select(Suppression).order_by(Suppression.created_at.desc(), Suppression.id.desc())).all()
+
+
+def lift_suppression(session: Session, email: str, reason: str, actor: str, erased: bool = False) -> Suppression:
+    """Let an address be mailed again, in the audit trail with the reason; returns the entry removed.
+
+    An erased person's entry keeps only the hash of their address: lifting it needs `erased`,
+    and its audit event names the hash, never the address. Raises InvalidInputError when the
+    reason is empty, NotFoundError when the address is not suppressed, SuppressedError for an
+    erasure without `erased`.
+    """
+    reason = " ".join(reason.split())
+    if not reason:
+        raise InvalidInputError("a reason is required: it goes into the audit trail")
+    digest = address_hash(email)
+    entry = session.scalar(sa.select(Suppression).where(Suppression.address_hash == digest))
+    if entry is None:
+        raise NotFoundError(f"{normalize_email(email)} is not suppressed")
+    was_erased = entry.email is None
+    if was_erased and not erased:
+        # an erasure is a person's request to be forgotten and never mailed: naming the
+        # address is not enough to undo it
+        raise SuppressedError(f"{normalize_email(email)} was erased; only its hash is kept. "
+                              "Lift it only with --erased and the person's renewed consent")
+    record_event(session, "unsuppress", actor, subject=digest if was_erased else entry.email or digest,
+                 reason=reason, detail={"was": entry.reason.value, "source": entry.source,
+                                        "since": entry.created_at.isoformat()})
+    session.delete(entry)
+    session.flush()
+    return entry

@@ -12,9 +12,12 @@ import sqlalchemy as sa
 
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
-from mailer.inbound import InboundKind, process_inbound
+from mailer.inbound import InboundKind, InboundReport, process_inbound
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
+# sysexits.h EX_DATAERR: some messages could not be read; the others were handled. An MTA
+# piping the message in returns it to its sender rather than retrying what will never work
+EX_DATAERR = 65
 DEFAULT_THREADS = 8  # the GIL and SQLite's one writer make more threads slower, not faster
 
 
@@ -88,6 +91,8 @@ _LABELS = {
     InboundKind.AUTO_REPLY: "auto-replies",
     InboundKind.UNMATCHED: "unmatched",
     InboundKind.OTHER: "other",
+    InboundKind.UNVERIFIED_COMPLAINT: "unverified complaints",
+    InboundKind.FAILED: "failed",
     InboundKind.ALREADY_PROCESSED: "already processed",
 }
 
@@ -112,11 +117,18 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
 
     Permanent bounces fail the delivery and suppress the address; transient ones are counted
     (sending.soft_bounce_limit campaigns suppress; delay warnings are not counted, the server
-    is still trying); spam complaints suppress; mail to the
+    is still trying); spam complaints suppress the person our own token or return path in
+    the report names, or the address a feedback loop in inbound.feedback_loop_senders names;
+    any other complaint is listed as unverified and changes nothing. Mail to the
     unsubscribe address unsubscribes; auto-replies are ignored; anything else is left alone
-    and listed. Running it again over the same mail changes nothing. An MTA can pipe each
-    message in (Postfix alias: `bounces: "|mailer inbound process -"`); exit status 75 asks
-    it to retry later when the database is unavailable.
+    and listed. A message too large (over 10 MiB), too deeply nested or unreadable is listed
+    as failed and the run goes on. A Maildir message handled moves from new/ to cur/, marked
+    seen (S); running it again over the same mail changes nothing. An MTA can pipe each
+    message in (Postfix alias: `bounces: "|mailer inbound process -"`).
+
+    Exit status: 0 when every message was handled; 65 when some failed (the others were
+    handled); 75 when the database is unavailable (an MTA keeps the message and retries;
+    in a Maildir it stays in new/).
 
     \b
     Example:
@@ -137,11 +149,23 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
         sys.exit(EX_TEMPFAIL)
     if as_json:
         echo_json(report.to_dict())
-        return
+    else:
+        _print_inbound_report(report)
+    if report.failed:
+        click.echo(f"Error: {len(report.failed)} of {len(report.items)} messages could not be processed; "
+                   "the others were", err=True)
+        sys.exit(EX_DATAERR)
+
+
+def _print_inbound_report(report: InboundReport) -> None:
     for kind, count in report.counts.items():
         click.echo(f"{_LABELS[kind]}: {count}")
     if report.left_alone:
         click.echo("left alone:")
         for item in report.left_alone:
-            click.echo(f"  {item.message_id or '(no Message-ID)'} from {item.sender or '(no From)'} "
+            click.echo(f"  {item.name} from {item.sender or '(no From)'} "
                        f"{json.dumps(item.subject, ensure_ascii=False)}: {item.note}")
+    if report.failed:
+        click.echo("failed:")
+        for item in report.failed:
+            click.echo(f"  {item.name} from {item.sender or '(no From)'}: {item.note}")

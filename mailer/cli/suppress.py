@@ -1,4 +1,4 @@
-"""`mailer suppress add|ls`: the addresses never to be mailed."""
+"""`mailer suppress add|rm|ls`: the addresses never to be mailed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.models import SuppressionReason
 from mailer.subscribers import check_email
-from mailer.suppression import list_suppressions, suppress_address
+from mailer.suppression import lift_suppression, list_suppressions, suppress_address
 
 
 @main.group("suppress")
@@ -20,6 +20,7 @@ def suppress_group() -> None:
     Example:
       $ mailer suppress add someone@example.com --reason "asked by phone"
       $ mailer suppress ls
+      $ mailer suppress rm ana@example.com --reason "forged spam complaint, see ticket 812"
     """
 
 
@@ -43,6 +44,34 @@ def suppress_add(app: AppContext, email: str, reason: str) -> None:
         if created:
             record_event(session, "suppress", cli_actor(), subject=address, reason=reason or "manual")
     click.echo(f"suppressed {address}" if created else f"{address} was already suppressed")
+
+
+@suppress_group.command("rm")
+@click.argument("email")
+@click.option("--reason", required=True, help="Why EMAIL may be mailed again, for the audit trail (required).")
+@click.option("--erased", is_flag=True,
+              help="The address was erased (only its hash is kept): lift that too.")
+@pass_app
+def suppress_rm(app: AppContext, email: str, reason: str, erased: bool) -> None:
+    """Let EMAIL be mailed again: undo a wrong suppression, with the reason in the audit trail.
+
+    CAN-SPAM forbids mailing someone who opted out unless they have since given their
+    consent again: use this to undo a mistake (a forged complaint, a typo in `suppress
+    add`) or when the person asked to come back. It lifts only the suppression: lists the
+    person left stay left until they sign up again. An erased address keeps only its hash;
+    lifting that needs --erased as well, and the audit trail records the hash, not the
+    address.
+
+    \b
+    Example:
+      $ mailer suppress rm ana@example.com --reason "forged spam complaint, see ticket 812"
+      ana@example.com may be mailed again (was: complaint)
+    """
+    address = check_email(email)
+    with app.db.session() as session:
+        entry = lift_suppression(session, address, reason, cli_actor(), erased=erased)
+        shown, was = entry.email or address, entry.reason.value
+    click.echo(f"{shown} may be mailed again (was: {was})")
 
 
 @suppress_group.command("ls")
