@@ -104,6 +104,8 @@ class UnsubscribeConfig:
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     scope: UnsubscribeScope = UnsubscribeScope.ALL
     trusted_proxies: int = 0  # reverse proxies in front of `mailer serve` whose X-Forwarded-* to believe
+    # the peer `mailer serve` takes X-Forwarded-* from (the proxy next to it); "*": any peer
+    trusted_proxy_address: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "unsubscribe.mailto", "must be an email address")
     if not 0 <= config.unsubscribe.trusted_proxies <= 10:
         raise ConfigError(src, "unsubscribe.trusted_proxies", "must be from 0 to 10")
+    _check_proxy_address(src, config.unsubscribe.trusted_proxy_address)
     for key in config.unsubscribe.secret_keys:
         if len(key) < 16:
             raise ConfigError(src, "unsubscribe.secret_keys", "each key must be at least 16 characters")
@@ -348,6 +351,16 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "compliance.ad_label", "must not be empty")
     if config.consent.confirm_expiry <= 0:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
+
+
+def _check_proxy_address(source: str, value: str) -> None:
+    if value == "*":
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(source, "unsubscribe.trusted_proxy_address",
+                          f'must be an IP address such as "127.0.0.1", or "*"; got {value!r}') from None
 
 
 def _check_mailbox(source: str, key: str, value: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import re
 import signal
@@ -399,6 +400,51 @@ def test_mailer_serve_stopped_by_sigterm_records_the_opt_out_in_flight(
         click.join(timeout=15)
     assert len(suppressions(database)) == 1
     assert len(audit_events(database)) == 1
+
+
+def _post_from(source: str, port: int, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """A one-click POST whose TCP connection comes from `source` (any 127.x address is this host)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    connection.request("POST", path, body=b"List-Unsubscribe=One-Click",
+                       headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def test_mailer_serve_believes_forwarded_headers_only_from_the_trusted_proxy(
+    config_path: Path, database: Database, ana: Person
+) -> None:
+    # nginx on 127.0.0.2 is the trusted proxy; anyone else reaching the port (here 127.0.0.1) is not
+    config_path.write_text(config_path.read_text(encoding="utf-8").replace(
+        "[unsubscribe]\n", '[unsubscribe]\ntrusted_proxies = 1\ntrusted_proxy_address = "127.0.0.2"\n'),
+        encoding="utf-8")
+    config = load_config(config_path, environ={})
+    bob = add_person(database, "bob@example.org", "news")
+    eve = add_person(database, "eve@example.org", "news")
+    port = _free_port()
+    server = _start_serve(config_path, port)
+    https = {"X-Forwarded-Proto": "https"}
+    try:
+        proxied = _post_from("127.0.0.2", port, f"/u/{ana.token(config)}",
+                             {"X-Forwarded-For": "198.51.100.23", **https})
+        # a client that writes its own X-Forwarded-For gets one more hop than the proxy adds
+        spoofed = _post_from("127.0.0.2", port, f"/u/{bob.token(config)}",
+                             {"X-Forwarded-For": "203.0.113.66, 198.51.100.24", **https})
+        direct = _post_from("127.0.0.1", port, f"/u/{eve.token(config)}",
+                            {"X-Forwarded-For": "203.0.113.67", **https})
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+    assert [proxied.status, spoofed.status, direct.status] == [200, 200, 200]
+    assert {s.email: s.ip for s in suppressions(database)} == {
+        "ana.lima@example.com": "198.51.100.23",
+        "bob@example.org": "198.51.100.24",
+        "eve@example.org": "127.0.0.1",
+    }
+    assert proxied.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert direct.headers["Strict-Transport-Security"] is None
 
 
 def test_mailer_serve_on_a_port_in_use_says_so_in_one_line(config_path: Path, database: Database) -> None:
