@@ -347,14 +347,15 @@ _MIN_NAME_PART = 3
 
 def _identifying_text(held: HeldAboutPerson) -> re.Pattern[str]:
     """What names the person inside kept text: the address in any case, any other address
-    (one they had before a correction), and the display name and its parts as whole words."""
+    (one they had before a correction), and the display name and its longer parts as whole words."""
     # at one position the address wins over a name part: "ANA@x.org" goes whole, not as "[erased]@x.org"
     alternatives = [re.escape(held.key), _ANY_ADDRESS.pattern]
     if held.subscriber is not None:
         name = " ".join(held.subscriber.name.split())
         parts = {name, *name.split(" ")} if name else set()
         alternatives += [r"(?<!\w)" + r"\s+".join(map(re.escape, part.split(" "))) + r"(?!\w)"
-                         for part in sorted(parts, key=len, reverse=True) if len(part) >= _MIN_NAME_PART]
+                         for part in sorted(parts, key=len, reverse=True)
+                         if part == name or len(part) >= _MIN_NAME_PART]
     return re.compile("|".join(alternatives), re.IGNORECASE)
 
 

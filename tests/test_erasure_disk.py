@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import io
+import itertools
 import json
+import re
 import subprocess
 import sys
 import time
@@ -14,13 +16,25 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import Cli, write_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from recipient_helpers import make_lists
 from serve_helpers import free_port, start_serve, stop_serve
 
 from mailer.config import Config, load_config
 from mailer.db import Database, address_hash
 from mailer.inbound import process_inbound
-from mailer.models import BounceEvent, BounceKind, Campaign, CampaignStatus, Delivery, DeliveryState
+from mailer.lists import create_list
+from mailer.models import (
+    BounceEvent,
+    BounceKind,
+    Campaign,
+    CampaignStatus,
+    Delivery,
+    DeliveryState,
+    MailingList,
+)
+from mailer.privacy import ERASED_MARK, forget_subscriber
 from mailer.subscribers import Consent, add_subscriber
 from mailer.tokens import make_unsubscribe_token
 from mailer.verp import make_return_path
@@ -197,3 +211,36 @@ def test_export_after_an_address_change_lists_the_earlier_address_bounce_and_for
     with database.session() as session:
         diagnostics = session.scalars(sa.select(BounceEvent.diagnostic)).all()
     assert diagnostics == ["452 4.2.2 <[erased]> ([erased]) over quota"]
+
+
+_SEQUENCE = itertools.count()  # an address drawn twice would be erased already
+_NAME_WORD = st.text(st.characters(categories=["L"]), min_size=1, max_size=12)
+
+
+@settings(max_examples=40)
+@given(words=st.lists(_NAME_WORD, min_size=1, max_size=3),
+       local=st.from_regex(r"[a-z][a-z0-9.]{0,14}[a-z0-9]", fullmatch=True),
+       flips=st.lists(st.booleans(), min_size=1, max_size=40))
+def test_forget_scrubs_any_name_and_any_spelling_of_the_address_from_diagnostics(
+    sqlite_database: Database, words: list[str], local: str, flips: list[bool]
+) -> None:
+    name = " ".join(words)
+    address = f"{local}.{next(_SEQUENCE)}@example.net"
+    # the receiving server quotes the address in its own case
+    quoted = "".join(c.upper() if flip else c for c, flip in zip(address, itertools.cycle(flips)))
+    with sqlite_database.session() as session:
+        if session.scalar(sa.select(MailingList.id).where(MailingList.name == "news")) is None:
+            create_list(session, "news")
+        person, _ = add_subscriber(session, address, "news", Consent(source="test"), name=name)
+        assert person is not None
+        session.add(BounceEvent(kind=BounceKind.SOFT, address_hash=address_hash(address), status="5.1.1",
+                                diagnostic=f"550 5.1.1 <{quoted}> ({name}); {name} 550"))
+    with sqlite_database.session() as session:
+        forget_subscriber(session, address, "test")
+    with sqlite_database.session() as session:
+        (diagnostic,) = session.scalars(sa.select(BounceEvent.diagnostic).where(
+            BounceEvent.address_hash == address_hash(address))).all()
+    assert address not in diagnostic.lower()
+    # a one-letter name is in "[erased]" itself; what matters is that no word of the text is the name
+    assert re.search(rf"(?<!\w){re.escape(name)}(?!\w)", diagnostic.replace(ERASED_MARK, "")) is None
+    assert diagnostic.startswith("550 5.1.1 <[erased]> (") and diagnostic.endswith(" 550")
