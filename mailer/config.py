@@ -109,6 +109,8 @@ class UnsubscribeConfig:
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     scope: UnsubscribeScope = UnsubscribeScope.ALL
     trusted_proxies: int = 0  # reverse proxies in front of `mailer serve` whose X-Forwarded-* to believe
+    # the peer `mailer serve` takes X-Forwarded-* from (the proxy next to it); "*": any peer
+    trusted_proxy_address: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "unsubscribe.mailto", "must be an email address")
     if not 0 <= config.unsubscribe.trusted_proxies <= 10:
         raise ConfigError(src, "unsubscribe.trusted_proxies", "must be from 0 to 10")
+    _check_proxy_address(src, config.unsubscribe.trusted_proxy_address)
     for key in config.unsubscribe.secret_keys:
         if len(key) < 16:
             raise ConfigError(src, "unsubscribe.secret_keys", "each key must be at least 16 characters")
@@ -374,6 +377,16 @@ def validate_config(config: Config) -> None:
         if not authserv_id.strip() or any(ch.isspace() or ch in ';()"' for ch in authserv_id.strip()):
             raise ConfigError(src, "inbound.trusted_authserv_ids",
                               f"each entry must be one authserv-id such as mx.example.com; got {authserv_id!r}")
+
+
+def _check_proxy_address(source: str, value: str) -> None:
+    if value == "*":
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(source, "unsubscribe.trusted_proxy_address",
+                          f'must be an IP address such as "127.0.0.1", or "*"; got {value!r}') from None
 
 
 def _check_mailbox(source: str, key: str, value: str) -> None:

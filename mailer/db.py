@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -32,6 +33,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
         engine = sa.create_engine(url, **kwargs)
+        _overwrite_deleted_content(engine)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -114,3 +116,71 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+def _overwrite_deleted_content(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _secure_delete(dbapi_conn: Any, _record: Any) -> None:
+        # an erased person's rows must not linger in free pages of mailer.db or in the WAL's
+        # copies of them; every connection may delete, so every connection zeroes what it frees
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.close()
+
+
+# a reader (mailer serve in the middle of a page) usually finishes in milliseconds; one that
+# keeps a transaction open longer than this is reported rather than waited for
+CHECKPOINT_ATTEMPTS = 5
+CHECKPOINT_WAIT = 0.2  # seconds between attempts, and the busy timeout of each
+
+
+class DiskPurge(NamedTuple):
+    """Whether deleted rows have left the database files, and if not, why."""
+
+    done: bool
+    reason: str = ""
+
+
+def truncate_sqlite_wal(engine: Engine, attempts: int = CHECKPOINT_ATTEMPTS,
+                        wait: float = CHECKPOINT_WAIT) -> DiskPurge:
+    """Copy the WAL into the database file and truncate it to zero bytes, so that old copies
+    of deleted rows are no longer anywhere in the files.
+
+    It cannot finish while another connection, in any process, is inside a read transaction
+    that still sees the WAL: it is retried `attempts` times and then reported as not done.
+    """
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            # the checkpoint waits on readers through the busy handler; 30 s would hang the command
+            cur.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            for attempt in range(attempts):
+                busy, _log, _copied = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return DiskPurge(True)
+                if attempt + 1 < attempts:
+                    time.sleep(wait)
+            return DiskPurge(False, "another process holds a read transaction open on the database")
+        finally:
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+    finally:
+        raw.close()
+
+
+def vacuum_tables(engine: Engine, tables: list[sa.Table]) -> DiskPurge:
+    """PostgreSQL: VACUUM the tables so their deleted rows are pruned rather than kept as dead
+    tuples until autovacuum comes by.
+
+    VACUUM cannot run inside a transaction block, so it runs on a connection of its own in
+    autocommit. Raises nothing: a failure (e.g. a role that may not vacuum) is reported.
+    """
+    with engine.connect() as conn:
+        quote = conn.dialect.identifier_preparer.format_table
+        try:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                "VACUUM " + ", ".join(quote(table) for table in tables))
+        except sa.exc.DBAPIError as exc:
+            return DiskPurge(False, f"VACUUM failed: {str(exc.orig).strip().splitlines()[0]}")
+    return DiskPurge(True)

@@ -12,7 +12,15 @@ from sqlalchemy.orm import Session
 
 from mailer.audit import record_event
 from mailer.config import Config
-from mailer.db import address_hash, normalize_email
+from mailer.db import (
+    Database,
+    DiskPurge,
+    address_hash,
+    normalize_email,
+    sqlite_path,
+    truncate_sqlite_wal,
+    vacuum_tables,
+)
 from mailer.errors import AlreadyExistsError, NotFoundError, SuppressedError
 from mailer.lists import get_list
 from mailer.models import (
@@ -59,6 +67,71 @@ def _events_about(session: Session, key: str) -> list[AuditEvent]:
     ))
 
 
+@dataclass
+class HeldAboutPerson:
+    """Every row that holds something about one person: what an export shows and an erasure
+    removes. Both read it from find_held_about, so they can never disagree."""
+
+    key: str  # the address as given, normalized
+    subscriber: Subscriber | None
+    suppression: Suppression | None
+    events: list[AuditEvent]  # naming the person by address (their earlier ones moved here on correction)
+    erased_events: list[AuditEvent]  # naming the person by hash, after an earlier erasure
+    earlier_hashes: set[str]  # hashes of addresses the person had before a correction
+    earlier_suppressions: list[Suppression]  # an earlier address's own opt-out
+    deliveries: list[Delivery]
+    bounces: list[BounceEvent]  # of the address, an earlier address, or one of the deliveries
+
+    @property
+    def digest(self) -> str:
+        return address_hash(self.key)
+
+
+def find_held_about(session: Session, email: str) -> HeldAboutPerson:
+    """Everything held about the person at `email`, earlier addresses included.
+
+    Raises NotFoundError when nothing at all is held about the address.
+    """
+    key = normalize_email(email)
+    digest = address_hash(key)
+    subscriber = find_subscriber(session, key)
+    suppression = _find_suppression(session, key)
+    if subscriber is None and suppression is None:
+        raise NotFoundError(f"nothing is held about {email.strip()!r}")
+    events = _events_about(session, key)
+    erased_events = list(session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.subject == digest).order_by(AuditEvent.at, AuditEvent.id)))
+    # a correction records the hash of the address it replaced: the bounces of that mailbox are theirs
+    earlier_hashes = {
+        earlier for e in [*events, *erased_events] if e.action == "rectify"
+        and isinstance(earlier := e.detail.get("previous_address_hash"), str)
+    } - {digest}
+    earlier_suppressions = list(session.scalars(
+        sa.select(Suppression).where(Suppression.address_hash.in_(earlier_hashes)).order_by(Suppression.id)))
+    deliveries: list[Delivery] = []
+    theirs: sa.ColumnElement[bool] = BounceEvent.address_hash.in_({digest} | earlier_hashes)
+    if subscriber is not None:
+        deliveries = list(session.scalars(
+            sa.select(Delivery).where(Delivery.subscriber_id == subscriber.id)
+            .order_by(Delivery.created_at, Delivery.id)))
+        own_deliveries = sa.select(Delivery.id).where(Delivery.subscriber_id == subscriber.id)
+        theirs = sa.or_(theirs, BounceEvent.delivery_id.in_(own_deliveries))
+    bounces = list(session.scalars(
+        sa.select(BounceEvent).where(theirs).order_by(BounceEvent.created_at, BounceEvent.id)))
+    return HeldAboutPerson(key, subscriber, suppression, events, erased_events, earlier_hashes,
+                           earlier_suppressions, deliveries, bounces)
+
+
+def _suppression_data(suppression: Suppression) -> dict[str, Any]:
+    return {
+        "reason": suppression.reason.value,
+        "source": suppression.source,
+        "at": _iso(suppression.created_at),
+        "ip": suppression.ip,
+        "user_agent": suppression.user_agent,
+    }
+
+
 def export_subscriber(
     session: Session, config: Config, email: str, actor: str, reason: str = ""
 ) -> dict[str, Any]:
@@ -66,11 +139,8 @@ def export_subscriber(
 
     Raises NotFoundError when nothing at all is held about the address.
     """
-    key = normalize_email(email)
-    subscriber = find_subscriber(session, key)
-    suppression = _find_suppression(session, key)
-    if subscriber is None and suppression is None:
-        raise NotFoundError(f"nothing is held about {email.strip()!r}")
+    held = find_held_about(session, email)
+    key, subscriber, suppression = held.key, held.subscriber, held.suppression
     data: dict[str, Any] = {
         "exported_at": utcnow().isoformat(),
         "controller": {
@@ -128,40 +198,28 @@ def export_subscriber(
                 "smtp_code": delivery.last_code,
                 "smtp_reply": delivery.last_response,
             }
-            for delivery, campaign in session.execute(
-                sa.select(Delivery, Campaign)
-                .join(Campaign, Campaign.id == Delivery.campaign_id)
-                .where(Delivery.subscriber_id == subscriber.id)
-                .order_by(Delivery.created_at, Delivery.id)
-            )
+            for delivery in held.deliveries
+            if (campaign := session.get(Campaign, delivery.campaign_id)) is not None
         ]
     if suppression is not None:
-        data["suppression"] = {
-            "reason": suppression.reason.value,
-            "source": suppression.source,
-            "at": _iso(suppression.created_at),
-            "ip": suppression.ip,
-            "user_agent": suppression.user_agent,
-        }
+        data["suppression"] = _suppression_data(suppression)
+    # an address the person had before a correction may have opted out on its own
+    data["earlier_address_suppressions"] = [_suppression_data(s) for s in held.earlier_suppressions]
     data["bounces"] = [
         {"kind": b.kind.value, "campaign_id": b.campaign_id, "status": b.status,
          "diagnostic": b.diagnostic, "at": _iso(b.created_at)}
-        for b in session.scalars(
-            sa.select(BounceEvent).where(BounceEvent.address_hash == address_hash(key))
-            .order_by(BounceEvent.created_at, BounceEvent.id)
-        )
+        for b in held.bounces
     ]
     # an erasure leaves the person's events under the hash of the address; they are still theirs
-    events = sorted([*_events_about(session, key), *session.scalars(
-        sa.select(AuditEvent).where(AuditEvent.subject == address_hash(key)))], key=lambda e: (e.at, e.id))
+    events = sorted([*held.events, *held.erased_events], key=lambda e: (e.at, e.id))
     data["audit_events"] = [
         # the detail is where a click came from (IP, user agent) when no other row records it
         {"at": _iso(e.at), "action": e.action, "actor": e.actor, "reason": e.reason, "detail": e.detail}
         for e in events
     ]
     # an erased address is named by its hash only, even when someone types it in again
-    held = subscriber.email if subscriber else (suppression.email if suppression else None)
-    record_event(session, "export", actor, subject=held or address_hash(key),
+    named = subscriber.email if subscriber else (suppression.email if suppression else None)
+    record_event(session, "export", actor, subject=named or held.digest,
                  reason=reason or "access and portability request (GDPR art. 15, 20)")
     return data
 
@@ -283,34 +341,35 @@ class ErasureReport:
         }
 
 
-def _scrub(value: Any, needle: str) -> Any:
-    """The value with every case-insensitive occurrence of the address replaced, and any other
-    address in it too: text about an erased person may quote an address they had before a
-    correction, which is kept nowhere else to search for."""
+# a name part shorter than this ("Li", "de") is too likely to be an ordinary word in a server's reply
+_MIN_NAME_PART = 3
+
+
+def _identifying_text(held: HeldAboutPerson) -> re.Pattern[str]:
+    """What names the person inside kept text: the address in any case, any other address
+    (one they had before a correction), and the display name and its longer parts as whole words."""
+    # at one position the address wins over a name part: "ANA@x.org" goes whole, not as "[erased]@x.org"
+    alternatives = [re.escape(held.key), _ANY_ADDRESS.pattern]
+    if held.subscriber is not None:
+        name = " ".join(held.subscriber.name.split())
+        parts = {name, *name.split(" ")} if name else set()
+        alternatives += [r"(?<!\w)" + r"\s+".join(map(re.escape, part.split(" "))) + r"(?!\w)"
+                         for part in sorted(parts, key=len, reverse=True)
+                         if part == name or len(part) >= _MIN_NAME_PART]
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
+def _scrub(value: Any, needles: re.Pattern[str]) -> Any:
+    """The value with every case-insensitive occurrence of the person's address and name
+    replaced, and any other address in it too: text about an erased person may quote an
+    address they had before a correction, which is kept nowhere else to search for."""
     if isinstance(value, str):
-        if needle not in value.lower():
-            return _ANY_ADDRESS.sub(ERASED_MARK, value)
-        lowered = value.lower()
-        out, start = [], 0
-        while (at := lowered.find(needle, start)) != -1:
-            out.append(value[start:at])
-            out.append(ERASED_MARK)
-            start = at + len(needle)
-        out.append(value[start:])
-        return _ANY_ADDRESS.sub(ERASED_MARK, "".join(out))
+        return needles.sub(ERASED_MARK, value)
     if isinstance(value, dict):
-        return {k: _scrub(v, needle) for k, v in value.items()}
+        return {k: _scrub(v, needles) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub(v, needle) for v in value]
+        return [_scrub(v, needles) for v in value]
     return value
-
-
-def _keep_only_hash(session: Session, digest: str) -> None:
-    entry = session.scalar(sa.select(Suppression).where(Suppression.address_hash == digest))
-    if entry is not None:
-        entry.email = None
-        entry.ip = None
-        entry.user_agent = None
 
 
 def forget_subscriber(session: Session, email: str, actor: str, reason: str = "") -> ErasureReport:
@@ -319,35 +378,20 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
 
     Raises NotFoundError when nothing is held about the address.
     """
-    key = normalize_email(email)
-    digest = address_hash(key)
-    subscriber = find_subscriber(session, key)
-    suppression = _find_suppression(session, key)
-    if subscriber is None and suppression is None:
-        raise NotFoundError(f"nothing is held about {email.strip()!r}")
-    report = ErasureReport(address_hash=digest)
-    events = _events_about(session, key)
-    # the hashes of addresses the person had before a correction: their bounces are theirs too
-    person_hashes = {digest} | {
-        earlier for e in events if e.action == "rectify"
-        and isinstance(earlier := e.detail.get("previous_address_hash"), str)
-    }
-    theirs: sa.ColumnElement[bool] = BounceEvent.address_hash.in_(person_hashes)
-    if subscriber is not None:
-        own_deliveries = sa.select(Delivery.id).where(Delivery.subscriber_id == subscriber.id)
-        theirs = sa.or_(theirs, BounceEvent.delivery_id.in_(own_deliveries))
     # read before the deliveries are detached from the person below
-    bounces = list(session.scalars(sa.select(BounceEvent).where(theirs)))
+    held = find_held_about(session, email)
+    digest, subscriber, suppression = held.digest, held.subscriber, held.suppression
+    report = ErasureReport(address_hash=digest)
+    needles = _identifying_text(held)
     if subscriber is not None:
         report.profile = True
         report.attributes = len(subscriber.attributes)
         report.subscriptions = sorted(sub.mailing_list.name for sub in subscriber.subscriptions)
-        deliveries = list(session.scalars(sa.select(Delivery).where(Delivery.subscriber_id == subscriber.id)))
-        for delivery in deliveries:
+        for delivery in held.deliveries:
             # an SMTP reply often quotes the recipient ("550 <ana@...>: no such user")
-            delivery.last_response = _scrub(delivery.last_response, key)
+            delivery.last_response = _scrub(delivery.last_response, needles)
             delivery.subscriber_id = None
-        report.deliveries = len(deliveries)
+        report.deliveries = len(held.deliveries)
         session.flush()
         session.delete(subscriber)  # its subscriptions, with their consent records, go with it
     if suppression is None:
@@ -362,21 +406,46 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
         suppression.source = "erasure"
         report.suppression = "kept as hash"
     # bounce events are kept by hash for the soft-bounce count; their server replies quote the address
-    for bounce in bounces:
-        bounce.diagnostic = _scrub(bounce.diagnostic, key)
-    for earlier in person_hashes - {digest}:
-        _keep_only_hash(session, earlier)  # the person's earlier address, if it opted out
-    for event in events:
+    for bounce in held.bounces:
+        bounce.diagnostic = _scrub(bounce.diagnostic, needles)
+    for earlier in held.earlier_suppressions:
+        # the person's earlier address opted out: keep the opt-out, not who or where from
+        earlier.email = None
+        earlier.ip = None
+        earlier.user_agent = None
+    for event in held.events:
         event.subject = digest
-        event.reason = _scrub(event.reason, key)
+        event.reason = _scrub(event.reason, needles)
         # where a click came from identifies a person as much as the address did
         event.detail = {k: (None if k in _IDENTIFYING_DETAIL else v)
-                        for k, v in _scrub(dict(event.detail), key).items()}
+                        for k, v in _scrub(dict(event.detail), needles).items()}
         report.audit_events += 1
     record_event(session, "erase", actor, subject=digest,
                  reason=reason or "erasure request (GDPR art. 17)", detail=report.as_dict())
     session.flush()
     return report
+
+
+# every table an erasure deletes from or rewrites
+_ERASURE_TABLES = (Subscriber, Subscription, Suppression, Delivery, BounceEvent, AuditEvent)
+
+
+def purge_erased_from_disk(database: Database) -> DiskPurge:
+    """After an erasure has committed, take the old copies of the rows off the disk.
+
+    SQLite overwrites deleted content (secure_delete, set on every connection) but the WAL
+    still holds earlier copies of the pages until a checkpoint truncates it; PostgreSQL keeps
+    deleted rows as dead tuples until VACUUM prunes them. Reports, never raises, when it
+    cannot finish: the erasure itself stands.
+    """
+    if database.is_sqlite:
+        path = sqlite_path(database.url)
+        result = truncate_sqlite_wal(database.engine)
+        if result.done or path is None:
+            return result
+        return DiskPurge(False, f"{result.reason}, so old copies of the erased rows stay in {path}-wal "
+                                "until every process using the database has closed it")
+    return vacuum_tables(database.engine, [model.__table__ for model in _ERASURE_TABLES])  # type: ignore[misc]
 
 
 def opted_out_member_ids(session: Session, list_name: str) -> set[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -81,8 +82,17 @@ def web_context() -> WebContext:
 pages = Blueprint("web", __name__)
 
 
-def create_app(config: Config | None = None, test_config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(
+    config: Config | None = None,
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    server_reads_proxy_headers: bool = False,
+) -> Flask:
     """The WSGI app; `config` defaults to load_config() ($MAILER_CONFIG, then ./mailer.toml).
+
+    `server_reads_proxy_headers`: the WSGI server already turned a trusted proxy's
+    X-Forwarded-* into the client's address and scheme (`mailer serve` has waitress do it,
+    see waitress_proxy_settings), so the app must not apply them a second time.
 
     Raises ConfigError when the config is invalid or has no signing key.
     """
@@ -99,8 +109,8 @@ def create_app(config: Config | None = None, test_config: Mapping[str, Any] | No
         app.config.from_mapping(test_config)
     app.extensions["mailer"] = WebContext(config, Database.from_config(config))
     hops = config.unsubscribe.trusted_proxies
-    if hops:
-        # behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
+    if hops and not server_reads_proxy_headers:
+        # under another WSGI server (gunicorn...): behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.register_blueprint(pages)
     from mailer.confirm_web import confirm_pages  # imported here: it imports this module
@@ -110,6 +120,28 @@ def create_app(config: Config | None = None, test_config: Mapping[str, Any] | No
     app.after_request(_add_security_headers)
     app.context_processor(_page_context)
     return app
+
+
+def waitress_proxy_settings(config: Config) -> dict[str, Any]:
+    """waitress settings that make it believe X-Forwarded-For and -Proto from the configured proxy only.
+
+    waitress, not the app, reads these headers under `mailer serve`: it knows which peer sent
+    them, so a client that reaches the port directly cannot claim another address or https,
+    while ProxyFix would believe whoever connects. Without a trusted proxy waitress removes the
+    headers before the app sees them.
+    """
+    hops = config.unsubscribe.trusted_proxies
+    if not hops:
+        return {"clear_untrusted_proxy_headers": True}
+    address = config.unsubscribe.trusted_proxy_address
+    return {
+        # waitress compares the peer's address as text; "::0001" must still match "::1"
+        "trusted_proxy": address if address == "*" else str(ipaddress.ip_address(address)),
+        "trusted_proxy_count": hops,
+        # the Host is not taken from the proxy: links are built from unsubscribe.base_url
+        "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+        "clear_untrusted_proxy_headers": True,
+    }
 
 
 def _page_context() -> dict[str, Any]:

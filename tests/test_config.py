@@ -74,6 +74,8 @@ def test_secrets_come_from_the_environment(tmp_path: Path) -> None:
         ('[sender]\nfrom = "news@harmonymails.com"\ndomain = "other.com"\n', "sender.from", "sending domain"),
         ('[unsubscribe]\nscope = "some"\n', "unsubscribe.scope", "all, list"),
         ('[unsubscribe]\nsecret_keys = ["short"]\n', "unsubscribe.secret_keys", "16 characters"),
+        ('[unsubscribe]\ntrusted_proxy_address = "nginx.local"\n', "unsubscribe.trusted_proxy_address",
+         "IP address"),
         ('[dkim]\ndomain = "harmonymails.com"\n', "dkim", "together"),
         ("[company\n", "-", "not valid TOML"),
     ],

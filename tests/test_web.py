@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import re
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -35,9 +37,12 @@ from recipient_helpers import (
 )
 
 from mailer.config import Config, UnsubscribeScope, load_config
+from mailer.confirm import confirm_url
 from mailer.db import Database, address_hash
 from mailer.errors import ConfigError
-from mailer.models import SubscriptionStatus, SuppressionReason
+from mailer.lists import create_list
+from mailer.models import Subscription, SubscriptionStatus, SuppressionReason
+from mailer.subscribers import Consent, add_subscriber
 from mailer.tokens import UNSUBSCRIBE_SALT, make_unsubscribe_token
 from mailer.web import create_app
 
@@ -399,6 +404,62 @@ def test_mailer_serve_stopped_by_sigterm_records_the_opt_out_in_flight(
         click.join(timeout=15)
     assert len(suppressions(database)) == 1
     assert len(audit_events(database)) == 1
+
+
+def _post_from(source: str, port: int, path: str, headers: dict[str, str],
+               body: bytes = b"List-Unsubscribe=One-Click") -> http.client.HTTPResponse:
+    """A form POST whose TCP connection comes from `source` (any 127.x address is this host)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    connection.request("POST", path, body=body,
+                       headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def test_mailer_serve_believes_forwarded_headers_only_from_the_trusted_proxy(
+    config_path: Path, database: Database, ana: Person
+) -> None:
+    # nginx on 127.0.0.2 is the trusted proxy; anyone else reaching the port (here 127.0.0.1) is not
+    config_path.write_text(config_path.read_text(encoding="utf-8").replace(
+        "[unsubscribe]\n", '[unsubscribe]\ntrusted_proxies = 1\ntrusted_proxy_address = "127.0.0.2"\n'),
+        encoding="utf-8")
+    config = load_config(config_path, environ={})
+    bob = add_person(database, "bob@example.org", "news")
+    eve = add_person(database, "eve@example.org", "news")
+    with database.session() as session:
+        club = create_list(session, "club", double_opt_in=True)
+        zoe, _ = add_subscriber(session, "zoe@example.org", "club", Consent(source="test"))
+        assert zoe is not None
+        confirm_path = urllib.parse.urlsplit(confirm_url(config, zoe.id, club.id)).path
+    port = _free_port()
+    server = _start_serve(config_path, port)
+    https = {"X-Forwarded-Proto": "https"}
+    try:
+        proxied = _post_from("127.0.0.2", port, f"/u/{ana.token(config)}",
+                             {"X-Forwarded-For": "198.51.100.23", **https})
+        # a client that writes its own X-Forwarded-For gets one more hop than the proxy adds
+        spoofed = _post_from("127.0.0.2", port, f"/u/{bob.token(config)}",
+                             {"X-Forwarded-For": "203.0.113.66, 198.51.100.24", **https})
+        direct = _post_from("127.0.0.1", port, f"/u/{eve.token(config)}",
+                            {"X-Forwarded-For": "203.0.113.67", **https})
+        # the double opt-in click records the consent IP the same way
+        confirmed = _post_from("127.0.0.2", port, confirm_path, {"X-Forwarded-For": "198.51.100.30"}, b"")
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+    assert [proxied.status, spoofed.status, direct.status, confirmed.status] == [200, 200, 200, 200]
+    with database.session() as session:
+        assert session.scalar(sa.select(Subscription.confirmed_ip).where(Subscription.list_id == club.id)) \
+            == "198.51.100.30"
+    assert {s.email: s.ip for s in suppressions(database)} == {
+        "ana.lima@example.com": "198.51.100.23",
+        "bob@example.org": "198.51.100.24",
+        "eve@example.org": "127.0.0.1",
+    }
+    assert proxied.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert direct.headers["Strict-Transport-Security"] is None
 
 
 def test_mailer_serve_on_a_port_in_use_says_so_in_one_line(config_path: Path, database: Database) -> None:

@@ -28,6 +28,7 @@ from mailer.privacy import (
     export_subscriber,
     forget_subscriber,
     parse_attribute_changes,
+    purge_erased_from_disk,
     update_subscriber,
 )
 from mailer.send import send_campaign_now
@@ -96,7 +97,9 @@ def subscriber_forget(app: AppContext, email: str, yes: bool, reason: str) -> No
     """Erase EMAIL (GDPR art. 17): profile, attributes, consent, subscriptions, the address
     in deliveries; only a hash stays on the suppression list so it is never mailed again.
 
-    Campaign counts are kept. This cannot be undone.
+    Campaign counts are kept. This cannot be undone. On SQLite the write-ahead log is then
+    truncated so no old copy stays on disk (a warning says when another process's open read
+    prevents it); on PostgreSQL the touched tables are vacuumed.
 
     \b
     Example:
@@ -106,6 +109,7 @@ def subscriber_forget(app: AppContext, email: str, yes: bool, reason: str) -> No
         subscriptions and their consent records: news
         address removed from 3 deliveries (campaign counts kept)
         suppression kept as a hash only: 3f1c9a0be7d2…
+        old copies overwritten in the database files
     """
     shown = email.strip()
     if not yes:
@@ -122,6 +126,12 @@ def subscriber_forget(app: AppContext, email: str, yes: bool, reason: str) -> No
     click.echo(f"  suppression {report.suppression} only: {report.address_hash[:12]}…")
     if report.audit_events:
         click.echo(f"  {report.audit_events} earlier audit events now name only the hash")
+    purge = purge_erased_from_disk(app.db)
+    if purge.done:
+        click.echo("  old copies overwritten in the database files" if app.db.is_sqlite
+                   else "  deleted rows vacuumed from the tables")
+    else:
+        click.echo(f"warning: not yet gone from the disk: {purge.reason}", err=True)
 
 
 @subscriber_group.command("send-confirmation")

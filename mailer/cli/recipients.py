@@ -34,7 +34,8 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
 
     Serves GET/POST /u/<token> (the page and RFC 8058 one-click) and GET /healthz.
     List-Unsubscribe links must be https: put nginx or another proxy with TLS in front
-    and set unsubscribe.base_url to its public address.
+    and set unsubscribe.base_url to its public address. With unsubscribe.trusted_proxies set,
+    X-Forwarded-For and -Proto are believed only from unsubscribe.trusted_proxy_address.
 
     \b
     Example:
@@ -43,10 +44,10 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     """
     from waitress.server import create_server
 
-    from mailer.web import create_app
+    from mailer.web import create_app, waitress_proxy_settings
 
     app.db  # noqa: B018 -- refuse to start on an uninitialized database, with the usual message
-    wsgi_app = create_app(app.config)
+    wsgi_app = create_app(app.config, server_reads_proxy_headers=True)
     try:
         server = create_server(
             wsgi_app,
@@ -62,6 +63,7 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
             # reading at once, so no one can make it buffer a gigabyte
             max_request_body_size=1024 * 1024,
             expose_tracebacks=False,
+            **waitress_proxy_settings(app.config),
         )
     except OSError as exc:
         # a port already taken or a host that is not ours: one line, not a traceback
