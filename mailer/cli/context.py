@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from mailer.config import Config, load_config
+from mailer.config import public_url as public_url  # commands import it from here
 from mailer.db import Database
 from mailer.errors import MailerError
 
@@ -44,13 +45,6 @@ class AppContext:
         database = self.__dict__.pop("db", None)
         if database is not None:
             database.dispose()
-
-
-def public_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 pass_app = click.make_pass_decorator(AppContext)
