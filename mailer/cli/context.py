@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from mailer.cli.terminal import json_terminal_safe
 from mailer.config import Config, load_config
 from mailer.config import public_url as public_url  # commands import it from here
 from mailer.db import Database
@@ -56,4 +57,4 @@ def json_option(func: F) -> F:
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    click.echo(json_terminal_safe(json.dumps(data, indent=2, ensure_ascii=False, default=str)))

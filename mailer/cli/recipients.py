@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.terminal import echo_line
 from mailer.inbound import InboundKind, process_inbound
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
@@ -143,5 +144,5 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
     if report.left_alone:
         click.echo("left alone:")
         for item in report.left_alone:
-            click.echo(f"  {item.message_id or '(no Message-ID)'} from {item.sender or '(no From)'} "
+            echo_line(f"  {item.message_id or '(no Message-ID)'} from {item.sender or '(no From)'} "
                        f"{json.dumps(item.subject, ensure_ascii=False)}: {item.note}")
