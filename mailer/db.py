@@ -33,12 +33,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
         engine = sa.create_engine(url, **kwargs)
-        path = sqlite_path(url)
-
-        @event.listens_for(engine, "do_connect")
-        def _sqlite_private_file(*_args: Any) -> None:
-            if path is not None:
-                create_private_file(path)
+        _create_files_private(engine, url)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -132,6 +127,17 @@ def create_private_file(path: Path) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def _create_files_private(engine: Engine, url: str) -> None:
+    """Whichever connection comes first, the database file it creates is private."""
+    path = sqlite_path(url)
+    if path is None or sa.engine.make_url(url).query.get("uri"):
+        return  # a "file:" URI names its file in SQLite's own syntax: leave it to SQLite
+
+    @event.listens_for(engine, "do_connect")
+    def _create_private_file(*_args: Any) -> None:
+        create_private_file(path)
 
 
 def shared_sqlite_files(url: str) -> list[Path]:

@@ -83,6 +83,9 @@ def subscriber_import(app: AppContext, file: str, list_name: str, dry_run: bool,
     `consent_ip` and `consent_source` record consent, and any other column is kept as
     an attribute. The import is one transaction: all valid rows, or nothing.
 
+    A row is one line: a quote left open at the end of a line makes that line a bad row,
+    not the rest of the file; a line over 1 MiB is a bad row too.
+
     \b
     Example:
       $ mailer subscriber import people.csv --list news
