@@ -29,6 +29,27 @@ _FEEDBACK_LOOP_SENDER = re.compile(
 )
 
 
+def public_url(url: str) -> str:
+    """The database URL without its password, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    if not _parses_as_url(url):
+        # no telling which part of it is the password: show none of it
+        return "<not a database URL>"
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _parses_as_url(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        return False
+    return True
+
+
 class StartTLS(enum.StrEnum):
     """How the SMTP connection is protected."""
 
@@ -47,6 +68,10 @@ class UnsubscribeScope(enum.StrEnum):
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = "sqlite:///mailer.db"
+
+    def __repr__(self) -> str:
+        # a PostgreSQL URL may carry a password; a config ends up in logs and tracebacks
+        return f"DatabaseConfig(url={public_url(self.url)!r})"
 
 
 @dataclass(frozen=True)
@@ -147,6 +172,8 @@ class InboundConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, one frozen section per table of mailer.toml."""
+
     database: DatabaseConfig = DatabaseConfig()
     company: CompanyConfig = CompanyConfig()
     sender: SenderConfig = SenderConfig()
@@ -168,6 +195,14 @@ class Config:
                 "no signing key set; add one to the file or set MAILER_SECRET_KEYS",
             )
         return self.unsubscribe.secret_keys
+
+
+def is_secret(section: type[Any], attr: str) -> bool:
+    """True for a value never shown: a field kept out of repr, or a URL that may hold a password."""
+    if (section, attr) == (DatabaseConfig, "url"):
+        return True
+    found = section.__dataclass_fields__.get(attr)
+    return found is not None and not found.repr
 
 
 # key in the file -> attribute name where they differ (`from` is a Python keyword)
@@ -247,15 +282,17 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any], source: st
         renamed_away = (name, key) not in _RENAMED and attr in _RENAMED_ATTRS
         if attr not in cls.__dataclass_fields__ or renamed_away:
             raise ConfigError(source, f"{name}.{key}", "unknown key")
-        kwargs[attr] = _coerce(f"{name}.{key}", getattr(defaults, attr), raw, source)
+        kwargs[attr] = _coerce(f"{name}.{key}", getattr(defaults, attr), raw, source, is_secret(cls, attr))
     return cls(**kwargs)
 
 
-def _coerce(key: str, default: Any, raw: Any, source: str) -> Any:
+def _coerce(key: str, default: Any, raw: Any, source: str, secret: bool = False) -> Any:
+    # a secret of the wrong type is still a secret: its error names only the type it has
+    got = f"got {_kind(raw)}" if secret else f"got {raw!r}"
     if isinstance(default, enum.Enum):
         choices = [m.value for m in type(default)]
         if raw not in choices:
-            raise ConfigError(source, key, f"must be one of {', '.join(choices)}; got {raw!r}")
+            raise ConfigError(source, key, f"must be one of {', '.join(choices)}; {got}")
         return type(default)(raw)
     if isinstance(default, bool):
         if not isinstance(raw, bool):
@@ -263,11 +300,11 @@ def _coerce(key: str, default: Any, raw: Any, source: str) -> Any:
         return raw
     if isinstance(default, int):
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ConfigError(source, key, f"must be a whole number; got {raw!r}")
+            raise ConfigError(source, key, f"must be a whole number; {got}")
         return raw
     if isinstance(default, float):
         if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise ConfigError(source, key, f"must be a number; got {raw!r}")
+            raise ConfigError(source, key, f"must be a number; {got}")
         return float(raw)
     if isinstance(default, tuple):
         if isinstance(raw, str):
@@ -276,8 +313,15 @@ def _coerce(key: str, default: Any, raw: Any, source: str) -> Any:
             raise ConfigError(source, key, "must be a list of strings")
         return tuple(raw)
     if not isinstance(raw, str):
-        raise ConfigError(source, key, f"must be a string; got {raw!r}")
+        raise ConfigError(source, key, f"must be a string; {got}")
     return raw
+
+
+def _kind(raw: Any) -> str:
+    """What TOML type a value has, in words, for an error that must not show the value."""
+    kinds = {bool: "true or false", int: "a number", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return next((word for kind, word in kinds.items() if isinstance(raw, kind)), "a date or time")
 
 
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
@@ -307,6 +351,8 @@ def validate_config(config: Config) -> None:
     src = config.source
     if not config.database.url.strip():
         raise ConfigError(src, "database.url", "must not be empty")
+    if not _parses_as_url(config.database.url):
+        raise ConfigError(src, "database.url", "not a database URL such as sqlite:///mailer.db")
     if not config.company.name.strip():
         raise ConfigError(src, "company.name", "must not be empty")
     if is_placeholder_address(config.company.postal_address):

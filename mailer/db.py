@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
         engine = sa.create_engine(url, **kwargs)
         _overwrite_deleted_content(engine)
+        _create_files_private(engine, url)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -108,6 +110,47 @@ def alembic_config(url: str) -> Any:
     cfg.set_main_option("script_location", str(resource_path("migrations")))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+PRIVATE_FILE_MODE = 0o600  # subscribers' addresses and consent records: for the mailer's own user only
+
+
+def create_private_file(path: Path) -> bool:
+    """Create an empty database file readable by its owner only, if it does not exist yet.
+
+    SQLite gives the -wal, -shm and -journal files it makes later the mode of the database
+    file, so they are private too. Creating the file ourselves, rather than changing the umask
+    around the first connect, leaves the process's umask alone for other threads. Returns
+    True when it created the file.
+    """
+    if not path.parent.is_dir():
+        return False  # SQLite reports the missing folder in its own words
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _create_files_private(engine: Engine, url: str) -> None:
+    """Whichever connection comes first, the database file it creates is private."""
+    path = sqlite_path(url)
+    if path is None or sa.engine.make_url(url).query.get("uri"):
+        return  # a "file:" URI names its file in SQLite's own syntax: leave it to SQLite
+
+    @event.listens_for(engine, "do_connect")
+    def _create_private_file(*_args: Any) -> None:
+        create_private_file(path)
+
+
+def shared_sqlite_files(url: str) -> list[Path]:
+    """The database file and its companions that users other than the owner may read."""
+    path = sqlite_path(url)
+    if path is None:
+        return []
+    candidates = [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+    return [p for p in candidates if p.exists() and p.stat().st_mode & 0o077]
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -121,6 +121,9 @@ def _fold_list(names: list[str]) -> str:
 
 def load_private_key(path: str, source: str = "<config>") -> rsa.RSAPrivateKey:
     """An RSA private key from a PEM file; raises ConfigError naming the file and the reason."""
+    if "-----BEGIN" in path or "\n" in path:
+        # the key itself where its path belongs: an error must not print it
+        raise ConfigError(source, "dkim.private_key", "must be the path to a PEM file, not the key itself")
     try:
         stat = os.stat(path)
         return _load_cached(path, stat.st_mtime_ns, stat.st_size)

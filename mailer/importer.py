@@ -24,6 +24,9 @@ from mailer.subscribers import check_attribute_key, check_attribute_value, check
 CHUNK_ROWS = 2000  # rows resolved per round of queries; bounds memory, not the file size
 MAX_REPORTED_PROBLEMS = 1000  # per-row problems kept for the report; the rest are counted
 CONSENT_COLUMNS = ("consent_at", "consent_ip", "consent_source")
+# no value may hold a line break, so no row needs more; a longer line is refused unread
+MAX_LINE_BYTES = 1024 * 1024
+_SKIP_BYTES = 64 * 1024  # how much of an overlong line is read at a time while it is skipped
 # Core tables: plain executemany, without the ORM's per-row bookkeeping
 _SUBSCRIBERS = Base.metadata.tables["subscribers"]
 _SUBSCRIPTIONS = Base.metadata.tables["subscriptions"]
@@ -108,9 +111,9 @@ def import_csv(
         transaction = session.begin()
         try:
             mailing_list = get_list(session, list_name)
-            reader = csv.reader(_decoded_lines(handle, file))
-            columns = _read_header(reader, file)
-            for chunk in _chunks(_parse_rows(reader, columns, report, file)):
+            lines = _decoded_lines(handle, file)
+            columns = _read_header(lines, file)
+            for chunk in _chunks(_parse_rows(lines, columns, report, file)):
                 _apply_chunk(session, chunk, mailing_list.id, mailing_list.double_opt_in, source, report)
         except BaseException:
             transaction.rollback()
@@ -122,23 +125,64 @@ def import_csv(
     return report
 
 
-def _decoded_lines(handle: BinaryIO, file: Path) -> Iterator[str]:
-    """Decode line by line, so that a non-UTF-8 byte is reported with its line number."""
-    for number, raw in enumerate(handle, 1):
+def _decoded_lines(handle: BinaryIO, file: Path) -> Iterator[tuple[int, str | None]]:
+    """Each physical line (ended by LF or CRLF) with its number; None for one over MAX_LINE_BYTES.
+
+    Lines are read with a cap and decoded one at a time, so a non-UTF-8 byte is reported with
+    its line number and a gigabyte without a line break never sits in memory.
+    """
+    number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := handle.readline(_SKIP_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield number, None
+            continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ImportFileError(f"{file}: line {number}: not UTF-8 text; save the file as UTF-8") from None
-        yield text.removeprefix("\ufeff") if number == 1 else text
+        yield number, text.removeprefix("\ufeff") if number == 1 else text
 
 
-def _read_header(reader: Any, file: Path) -> list[str]:
+def _split_line(text: str | None) -> list[str]:
+    """The fields of one physical line; raises InvalidInputError when it is not one row.
+
+    Python's csv module lets a quoted field run on over the following lines until a closing
+    quote, so one stray quote would swallow the rows after it. Since no value may hold a line
+    break, a row is exactly one line: a quote still open at its end makes that line invalid,
+    and the next line is read as a row of its own.
+    """
+    if text is None:
+        raise InvalidInputError(f"the line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB")
+    body = text.removesuffix("\n").removesuffix("\r")
+    if '"' not in body and "\r" not in body:
+        return body.split(",")  # what the csv module makes of it, several times faster
     try:
-        header = next(reader, None)
+        record = next(csv.reader((text if text.endswith("\n") else text + "\n",)))
     except csv.Error as exc:
-        raise ImportFileError(f"{file}: line 1: {exc}") from None
-    if not header:
+        raise InvalidInputError(f"not a CSV row: {exc}") from None
+    if any("\n" in cell or "\r" in cell for cell in record):
+        raise InvalidInputError(
+            "a quoted value is not closed on this line (a row is one line: values cannot hold line breaks)"
+        )
+    return record
+
+
+def _is_blank(text: str | None) -> bool:
+    """A line of nothing but spaces and commas (a spreadsheet's empty row) is not a row."""
+    return text is not None and not text.replace(",", "").strip()
+
+
+def _read_header(lines: Iterator[tuple[int, str | None]], file: Path) -> list[str]:
+    _number, text = next(lines, (1, ""))
+    if text is not None and not text.strip():
         raise ImportFileError(f"{file}: the file is empty; it needs a header row with an 'email' column")
+    try:
+        header = _split_line(text)
+    except InvalidInputError as exc:
+        raise ImportFileError(f"{file}: line 1: {exc}") from None
     columns = [c.strip().lower() for c in header]
     if "email" not in columns:
         raise ImportFileError(
@@ -149,10 +193,23 @@ def _read_header(reader: Any, file: Path) -> list[str]:
         if column in seen and column:
             raise ImportFileError(f"{file}: the header row names the column {column!r} twice")
         seen.add(column)
+    attributes: dict[str, str] = {}
+    for column in columns:
+        if column and column not in ("email", "name", *CONSENT_COLUMNS):
+            key = _attribute_key(column, file)
+            if key in attributes:
+                # two values for one attribute: whichever won, the other would be lost unseen
+                raise ImportFileError(
+                    f"{file}: line 1: the columns {attributes[key]!r} and {column!r} both become the "
+                    f"attribute {key!r}; rename or remove one"
+                )
+            attributes[key] = column
     return columns
 
 
-def _parse_rows(reader: Any, columns: list[str], report: ImportReport, file: Path) -> Iterator[_Row]:
+def _parse_rows(
+    lines: Iterator[tuple[int, str | None]], columns: list[str], report: ImportReport, file: Path
+) -> Iterator[_Row]:
     width = len(columns)
     email_at = columns.index("email")
     attribute_columns = [
@@ -161,30 +218,31 @@ def _parse_rows(reader: Any, columns: list[str], report: ImportReport, file: Pat
     ]
     name_at = columns.index("name") if "name" in columns else None
     consent_at = {c: columns.index(c) for c in CONSENT_COLUMNS if c in columns}
-    try:
-        for record in reader:
-            line = reader.line_num
-            if not record or all(not cell.strip() for cell in record):
-                continue  # blank lines are not rows
-            report.rows += 1
-            if len(record) != width:
-                report.reject(line, f"has {len(record)} fields; the header has {width}")
-                continue
-            try:
-                email = check_email(record[email_at])
-                name = check_name(record[name_at]) if name_at is not None else None
-                attributes = {
-                    key: check_attribute_value(key, record[i].strip())
-                    for i, key in attribute_columns if record[i].strip()
-                }
-                consent = _parse_consent(record, consent_at)
-            except InvalidInputError as exc:
-                report.reject(line, str(exc))
-                continue
-            key = normalize_email(email)
-            yield _Row(line, email, key, address_hash(key), name or None, attributes, *consent)
-    except csv.Error as exc:
-        raise ImportFileError(f"{file}: line {reader.line_num}: {exc}") from None
+    for line, text in lines:
+        if _is_blank(text):
+            continue
+        report.rows += 1
+        try:
+            record = _split_line(text)
+        except InvalidInputError as exc:
+            report.reject(line, str(exc))
+            continue
+        if len(record) != width:
+            report.reject(line, f"has {len(record)} fields; the header has {width}")
+            continue
+        try:
+            email = check_email(record[email_at])
+            name = check_name(record[name_at]) if name_at is not None else None
+            attributes = {
+                key: check_attribute_value(key, record[i].strip())
+                for i, key in attribute_columns if record[i].strip()
+            }
+            consent = _parse_consent(record, consent_at)
+        except InvalidInputError as exc:
+            report.reject(line, str(exc))
+            continue
+        key = normalize_email(email)
+        yield _Row(line, email, key, address_hash(key), name or None, attributes, *consent)
 
 
 def _attribute_key(column: str, file: Path) -> str:

@@ -100,3 +100,56 @@ def test_missing_signing_key_is_reported_only_when_needed(tmp_path: Path) -> Non
 def test_named_config_file_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[smtp]\npassword = ["hunter2-secret"]\n', "smtp.password"),
+        ("[smtp]\npassword = 4242424242\n", "smtp.password"),
+        ('[smtp]\npassword = { value = "hunter2-secret" }\n', "smtp.password"),
+        ('[unsubscribe]\nsecret_keys = ["hunter2-secret-long", 42]\n', "unsubscribe.secret_keys"),
+        ('[database]\nurl = ["postgresql://mailer:hunter2-secret@db/mail"]\n', "database.url"),
+        ('[database]\nurl = "mailer:hunter2-secret@db/mail"\n', "database.url"),
+    ],
+)
+def test_an_error_about_a_secret_names_file_and_key_but_never_the_value(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    from click.testing import CliRunner
+
+    from mailer.cli import main
+
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(main, ["--config", str(path), "list", "ls"], env={"MAILER_CONFIG": None})
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {path}: {key}: ")
+    assert result.output.count("\n") == 1
+    assert "hunter2" not in result.output
+    assert "4242" not in result.output
+
+
+def test_a_wrong_type_of_an_ordinary_key_still_shows_the_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"smtp.port: must be a whole number; got 'twenty-five'"):
+        load_config(write(tmp_path, '[smtp]\nport = "twenty-five"\n'), environ={})
+
+
+def test_repr_and_str_of_a_config_hide_the_database_password(tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\nurl = "postgresql+psycopg://mailer:hunter2-secret@db.internal/mail"\n')
+    config = load_config(path, environ={"MAILER_SMTP_PASSWORD": "smtp-hunter2",
+                                        "MAILER_SECRET_KEYS": "key-hunter2-0123456789"})
+    for shown in (repr(config), str(config), repr(config.database), str(config.database)):
+        assert "hunter2" not in shown
+        assert "postgresql+psycopg://mailer:***@db.internal/mail" in shown
+    assert config.database.url.endswith(":hunter2-secret@db.internal/mail")  # the real value is intact
+
+
+def test_a_dkim_key_put_where_its_path_belongs_is_refused_without_printing_it() -> None:
+    from mailer.dkim import load_private_key
+
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvhunter2secretmaterial\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(ConfigError) as caught:
+        load_private_key(pem, "/etc/mailer.toml")
+    assert str(caught.value) == (
+        "/etc/mailer.toml: dkim.private_key: must be the path to a PEM file, not the key itself"
+    )

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import Cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailer.db import Database
 from mailer.importer import import_csv
@@ -78,7 +80,9 @@ def test_text_report_names_lines(news: Cli, tmp_path: Path) -> None:
 def test_name_with_line_break_is_an_invalid_row_not_a_header(news: Cli, tmp_path: Path) -> None:
     path = write_csv(tmp_path, 'email,name\n"ana@example.com","Ana\r\nBcc: victim@example.com"\n')
     report = imported(news, path)
-    assert report["invalid"] == 1 and report["added"] == 0
+    assert report["invalid"] == 2 and report["added"] == 0
+    # a row is one line: the opened quote makes line 2 invalid, and line 3 is judged on its own
+    assert [p["line"] for p in report["problems"]] == [2, 3]
     assert "line breaks" in report["problems"][0]["reason"]
 
 
@@ -188,3 +192,116 @@ def test_headers_from_other_tools_become_attribute_names(news: Cli, tmp_path: Pa
     assert imported(news, path)["added"] == 1
     assert members(news)["ana@example.com"]["attributes"] == {
         "first_name": "Ana", "last_name": "Lima", "col_2nd_phone": "555"}
+
+
+def test_a_stray_quote_makes_its_own_line_invalid_and_loses_no_row_after_it(news: Cli, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, (
+        "email,name\n"
+        "ana@example.com,Ana\n"
+        '"bob@example.com,Bob\n'        # the quote is never closed
+        "carl@example.com,Carl\n"
+        'dora@example.com,"Dora\r\n'    # nor here, before a CRLF
+        "eve@example.com,Eve"           # the last line, without a line break
+    ))
+    output = news("subscriber", "import", str(path), "--list", "news").output
+    assert "4 rows" not in output and "5 rows" in output
+    assert "line 3: a quoted value is not closed on this line" in output
+    assert "line 5: a quoted value is not closed on this line" in output
+    assert set(members(news)) == {"ana@example.com", "carl@example.com", "eve@example.com"}
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("email,First Name,first-name", "the columns 'first name' and 'first-name' both become the attribute 'first_name'"),
+        ("email,City,CITY ", "names the column 'city' twice"),
+        ("Email,name,EMAIL", "names the column 'email' twice"),
+    ],
+)
+def test_columns_that_collide_are_refused_at_the_header(
+    news: Cli, tmp_path: Path, header: str, expected: str
+) -> None:
+    path = write_csv(tmp_path, f"{header}\nana@example.com,Ana,Lima\n")
+    result = news("subscriber", "import", str(path), "--list", "news", ok=False)
+    assert result.exit_code == 1
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert members(news) == {}
+
+
+def test_a_line_over_one_mib_is_a_bad_row_and_is_never_held_in_memory(
+    database: Database, tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    from mailer.lists import create_list
+
+    with database.session() as session:
+        create_list(session, "news")
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as fh:
+        fh.write(b"email,name\nana@example.com,Ana\nbob@example.com,")
+        for _ in range(48):  # a 48 MiB name, and a quote that never closes, on line 3
+            fh.write(b'"' + b"x" * (1024 * 1024 - 1))
+        fh.write(b"\ncarl@example.com,Carl\n")
+    tracemalloc.start()
+    try:
+        report = import_csv(database, path, "news")
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (report.rows, report.added, report.invalid) == (3, 2, 1)
+    assert (report.problems[0].line, report.problems[0].reason) == (3, "the line is longer than 1 MiB")
+    assert peak < 16 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+
+
+# lines made of the characters that trouble CSV readers, plus rows that are plainly fine
+_TRICKY = st.lists(st.sampled_from(
+    [*'",; \t\r\x00xa@.', "é", "\ufeff", "\u202e", "\x85", "\u2028", "ana@example.com", "Zoë"]
+), max_size=12).map("".join)
+_GOOD = st.integers(0, 30).map(lambda i: f"p{i}@example.com,Person {i}")
+_LINE = st.one_of(_TRICKY, _GOOD, st.integers(60, 200).map(lambda n: "y" * n))
+_ENDING = st.sampled_from(["\n", "\r\n", "\r\n", "\n"])
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@given(lines=st.lists(st.tuples(_LINE, _ENDING), max_size=25), bom=st.booleans(), last_newline=st.booleans())
+@settings(max_examples=120)
+def test_every_line_with_content_is_accounted_for(
+    database: Database, tmp_path: Path, lines: list[tuple[str, str]], bom: bool, last_newline: bool
+) -> None:
+    from mailer import importer
+    from mailer.errors import AlreadyExistsError, ImportFileError
+    from mailer.lists import create_list
+
+    try:
+        with database.session() as session:
+            create_list(session, "news")  # once: the imports below are dry runs
+    except AlreadyExistsError:
+        pass
+    text = ("\ufeff" if bom else "") + "email,name\n" + "".join(line + end for line, end in lines)
+    if lines and not last_newline:
+        text = text.removesuffix(lines[-1][1])
+    path = tmp_path / "prop.csv"
+    path.write_bytes(text.encode("utf-8"))
+    original_cap = importer.MAX_LINE_BYTES
+    importer.MAX_LINE_BYTES = 64  # long lines without writing megabytes
+    try:
+        report = import_csv(database, path, "news", dry_run=True)
+    except ImportFileError as exc:
+        assert "\n" not in str(exc)
+        raise AssertionError(f"a file-level error for a file with a good header: {exc}") from exc
+    finally:
+        importer.MAX_LINE_BYTES = original_cap
+    physical = text.encode("utf-8").split(b"\n")[1:]
+    if physical and physical[-1] == b"":
+        physical.pop()  # the line break ends the last line; it does not start another
+    with_content = [n for n, raw in enumerate(physical, 2)
+                    if len(raw) > 64 or raw.decode("utf-8").replace(",", "").strip()]
+    accounted = (report.added + report.updated + report.unchanged + report.suppressed
+                 + report.unsubscribed + report.invalid)
+    assert report.rows == len(with_content)
+    assert accounted == report.rows
+    assert {p.line for p in report.problems} <= set(with_content)
+    assert len({p.line for p in report.problems}) == report.invalid
+

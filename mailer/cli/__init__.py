@@ -9,6 +9,7 @@ import click
 
 from mailer import __version__
 from mailer.cli.context import AppContext
+from mailer.cli.terminal import terminal_safe
 from mailer.errors import MailerError
 
 # every top-level command: the modules that define it, imported when it runs, and its one-line
@@ -65,7 +66,12 @@ class MailerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MailerError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(terminal_safe(str(exc))) from exc
+        except click.ClickException as exc:
+            if type(exc) is not click.ClickException:
+                raise  # usage errors quote only what the person typed on this command line
+            # a command's own refusal may quote stored text, such as the reply that paused a send
+            raise click.ClickException(terminal_safe(exc.format_message())) from exc
 
 
 @click.group(cls=MailerGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,7 @@ import click
 from mailer.cli import main
 from mailer.cli.context import AppContext, pass_app, public_url
 from mailer.config import DEFAULT_CONFIG_NAME
-from mailer.db import Database, sqlite_path
+from mailer.db import Database, shared_sqlite_files, sqlite_path
 
 INITIAL_CONFIG = """\
 # harmony-mailer configuration; every key is documented in config.example.toml.
@@ -77,4 +77,14 @@ def _upgrade(app: AppContext) -> None:
     database.upgrade()
     click.echo(f"database {public_url(database.url)} is at revision {database.current_revision()}")
     database.dispose()
+    _warn_shared_files(database.url)
+
+
+def _warn_shared_files(url: str) -> None:
+    # new files are created private; an older one is only reported, since its owner may share it
+    # with a group on purpose (a web server's user, a backup job)
+    for path in shared_sqlite_files(url):
+        mode = path.stat().st_mode & 0o777
+        click.echo(f"warning: {path} holds subscribers' data and other users may open it (mode {mode:04o}); "
+                   f"`chmod 600 {path}` keeps it private", err=True)
 

@@ -16,6 +16,7 @@ from mailer.campaigns import (
 )
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.compliance import message_parts, parse_message
 from mailer.dkim import generate_key
 
@@ -73,7 +74,7 @@ def campaign_create(
     else:
         click.echo(campaign_id)
     for problem in created.problems:
-        click.echo(f"warning: {problem}", err=True)
+        echo_line(f"warning: {problem}", err=True)
     if created.problems:
         click.echo(f"`mailer campaign check {campaign_id}` refuses to send until these are fixed", err=True)
 
@@ -99,10 +100,11 @@ def campaign_ls(app: AppContext, as_json: bool) -> None:
         click.echo("no campaigns yet; create one with `mailer campaign create`")
         return
     id_width = max(2, *(len(str(s.id)) for s in summaries))
-    list_width = max(4, *(len(s.list_name) for s in summaries))
+    list_width = max(4, *(len(terminal_safe(s.list_name)) for s in summaries))
     click.echo(f"{'ID':>{id_width}}  {'STATUS':<9}  {'KIND':<8}  {'LIST':<{list_width}}  SUBJECT")
     for s in summaries:
-        click.echo(f"{s.id:>{id_width}}  {s.status:<9}  {s.kind:<8}  {s.list_name:<{list_width}}  {s.subject}")
+        echo_line(f"{s.id:>{id_width}}  {s.status:<9}  {s.kind:<8}  {terminal_safe(s.list_name):<{list_width}}"
+                  f"  {s.subject}")
 
 
 @campaign_group.command("check")
@@ -128,7 +130,7 @@ def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, as_jso
     elif problems:
         click.echo(f"campaign {campaign_id} fails the compliance gate:", err=True)
         for problem in problems:
-            click.echo(f"  - {problem}", err=True)
+            echo_line(f"  - {problem}", err=True)
     else:
         click.echo(f"campaign {campaign_id} passes the compliance gate")
     if problems:
@@ -164,15 +166,16 @@ def campaign_preview(
         sys.stdout.buffer.write(message.data)
         sys.stdout.flush()
         return
-    click.echo(f"Envelope: MAIL FROM:<{message.envelope_from}> RCPT TO:<{message.recipient}>")
+    echo_line(f"Envelope: MAIL FROM:<{message.envelope_from}> RCPT TO:<{message.recipient}>")
     for name in PREVIEW_HEADERS:
         for value in parsed.get_all(name, []):
-            click.echo(f"{name}: {' '.join(str(value).split())}")
+            echo_line(f"{name}: {' '.join(str(value).split())}")
     if "DKIM-Signature" in parsed:
         click.echo(f"DKIM-Signature: d={app.config.dkim.domain} s={app.config.dkim.selector} (signed)")
     click.echo("")
     click.echo("----- text part -----")
-    click.echo(text.rstrip("\n"))
+    for line in text.rstrip("\n").split("\n"):
+        echo_line(line.removesuffix("\r"))
     click.echo("")
     where = f"written to {html_path}" if html_path else "add --html FILE to open it in a browser"
     click.echo(f"----- HTML part: {len(html):,} characters, {where} -----")
@@ -195,7 +198,7 @@ def campaign_test(app: AppContext, campaign_id: int, to: str) -> None:
     """
     with app.db.session() as session:
         message = send_test(session, app.config, campaign_id, to)
-    click.echo(f"sent a test of campaign {campaign_id} to {message.recipient} ({message.message_id})")
+    echo_line(f"sent a test of campaign {campaign_id} to {message.recipient} ({message.message_id})")
 
 
 @main.group("dkim")

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from mailer.cli.terminal import json_terminal_safe
 from mailer.config import Config, load_config
+from mailer.config import public_url as public_url  # commands import it from here
 from mailer.errors import MailerError
 
 if TYPE_CHECKING:
@@ -51,13 +53,6 @@ class AppContext:
             database.dispose()
 
 
-def public_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 pass_app = click.make_pass_decorator(AppContext)
 
 
@@ -67,4 +62,4 @@ def json_option(func: F) -> F:
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    click.echo(json_terminal_safe(json.dumps(data, indent=2, ensure_ascii=False, default=str)))

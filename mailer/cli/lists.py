@@ -6,6 +6,7 @@ import click
 
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.lists import create_list, summarize_lists
 
 
@@ -61,11 +62,11 @@ def list_ls(app: AppContext, as_json: bool) -> None:
     if not summaries:
         click.echo("no lists yet; create one with `mailer list create NAME`")
         return
-    width = max(4, *(len(s.name) for s in summaries))
+    width = max(4, *(len(terminal_safe(s.name)) for s in summaries))
     click.echo(f"{'NAME':<{width}}  ACTIVE  UNCONFIRMED  UNSUBSCRIBED  SUPPRESSED  TITLE")
     for s in summaries:
         doi = " (double opt-in)" if s.double_opt_in else ""
-        click.echo(
-            f"{s.name:<{width}}  {s.active:>6}  {s.unconfirmed:>11}  {s.unsubscribed:>12}  {s.suppressed:>10}"
+        echo_line(
+            f"{terminal_safe(s.name):<{width}}  {s.active:>6}  {s.unconfirmed:>11}  {s.unsubscribed:>12}  {s.suppressed:>10}"
             f"  {s.title}{doi}"
         )

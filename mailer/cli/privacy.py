@@ -13,6 +13,7 @@ from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.sending import describe_send, describe_status
 from mailer.cli.subscribers import subscriber_group
+from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.confirm import prepare_confirmation, send_confirmation
 from mailer.errors import InvalidInputError
 from mailer.lifecycle import campaign_status
@@ -81,11 +82,11 @@ def subscriber_update(
         result = update_subscriber(session, email, cli_actor(), new_email=new_email, name=name,
                                    attributes=changes, reason=reason)
     if not result.changed:
-        click.echo(f"{result.email}: nothing changed")
+        echo_line(f"{result.email}: nothing changed")
         return
-    click.echo(f"updated {result.email}: {', '.join(result.changed)}")
+    echo_line(f"updated {result.email}: {', '.join(result.changed)}")
     if result.suppression_carried:
-        click.echo(f"  {result.email} stays suppressed: the old address had opted out")
+        echo_line(f"  {result.email} stays suppressed: the old address had opted out")
 
 
 @subscriber_group.command("forget")
@@ -113,14 +114,14 @@ def subscriber_forget(app: AppContext, email: str, yes: bool, reason: str) -> No
     """
     shown = email.strip()
     if not yes:
-        click.confirm(f"Erase everything held about {shown}? This cannot be undone.", abort=True)
+        click.confirm(f"Erase everything held about {terminal_safe(shown)}? This cannot be undone.", abort=True)
     with app.db.session() as session:
         report = forget_subscriber(session, shown, cli_actor(), reason)
-    click.echo(f"erased {shown}:")
+    echo_line(f"erased {shown}:")
     if report.profile:
         click.echo(f"  profile: name and {report.attributes} attribute{'s' if report.attributes != 1 else ''}")
     if report.subscriptions:
-        click.echo(f"  subscriptions and their consent records: {', '.join(report.subscriptions)}")
+        echo_line(f"  subscriptions and their consent records: {', '.join(report.subscriptions)}")
     if report.deliveries:
         click.echo(f"  address removed from {report.deliveries} deliveries (campaign counts kept)")
     click.echo(f"  suppression {report.suppression} only: {report.address_hash[:12]}…")
@@ -150,7 +151,7 @@ def subscriber_send_confirmation(app: AppContext, email: str, list_name: str) ->
     with app.db.session() as session:
         request = prepare_confirmation(session, app.config, email, list_name)
     send_confirmation(app.config, request)
-    click.echo(f"sent {request.email} a confirmation link for {list_name}")
+    echo_line(f"sent {request.email} a confirmation link for {list_name}")
 
 
 @main.group("audit")
@@ -206,7 +207,7 @@ def audit_ls(app: AppContext, since: str | None, action: str | None, as_json: bo
         # one event, one line: a typed reason with line breaks must not pass for another event
         reason = " ".join(e["reason"].split())
         line = f"{e['at'][:19].replace('T', ' ')}  {e['action']:<11}  {e['actor']:<14}  {subject}  {reason}"
-        click.echo(line.rstrip())
+        echo_line(line.rstrip())
 
 
 @main.group("notice")
@@ -289,7 +290,7 @@ def notice_check(app: AppContext, notice_id: int) -> None:
         problems = check_notice(app.config, get_notice(session, notice_id))
     if problems:
         for problem in problems:
-            click.echo(f"  - {problem}", err=True)
+            echo_line(f"  - {problem}", err=True)
         raise click.ClickException(f"notice {notice_id} may not be sent: {len(problems)} problems")
     click.echo(f"notice {notice_id} may be sent")
 
@@ -347,4 +348,4 @@ def notice_ls(app: AppContext, as_json: bool) -> None:
     if not rows:
         click.echo("no notices yet")
     for row in rows:
-        click.echo(f"{row['id']}  {row['status']:<9}  {row['subject']}  ({row['reason']})")
+        echo_line(f"{row['id']}  {row['status']:<9}  {row['subject']}  ({row['reason']})")

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.terminal import echo_line
 from mailer.inbound import InboundKind, InboundReport, process_inbound
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
@@ -165,9 +166,9 @@ def _print_inbound_report(report: InboundReport) -> None:
     if report.left_alone:
         click.echo("left alone:")
         for item in report.left_alone:
-            click.echo(f"  {item.name} from {item.sender or '(no From)'} "
-                       f"{json.dumps(item.subject, ensure_ascii=False)}: {item.note}")
+            echo_line(f"  {item.name} from {item.sender or '(no From)'} "
+                      f"{json.dumps(item.subject, ensure_ascii=False)}: {item.note}")
     if report.failed:
         click.echo("failed:")
         for item in report.failed:
-            click.echo(f"  {item.name} from {item.sender or '(no From)'}: {item.note}")
+            echo_line(f"  {item.name} from {item.sender or '(no From)'}: {item.note}")

@@ -15,6 +15,7 @@ from mailer.audit import cli_actor
 from mailer.cli import main
 from mailer.cli.campaigns import campaign_group
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.lifecycle import (
     CampaignStatusReport,
     campaign_status,
@@ -75,7 +76,7 @@ def describe_status(status: CampaignStatusReport) -> str:
     counts = ", ".join(f"{n} {state.value}" for state, n in status.counts.items() if n) or "no deliveries"
     line = f"status: {status.status.value} ({counts})"
     if status.reason:
-        line += f"\nreason: {status.reason}"
+        line += f"\nreason: {terminal_safe(status.reason)}"
     if status.scheduled_at and status.status.value == "scheduled":
         line += f"\nscheduled for {status.scheduled_at.isoformat()}"
     if status.counts[DeliveryState.DEFERRED] and status.next_retry_at:
@@ -243,7 +244,7 @@ def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) ->
     if as_json:
         echo_json(status.as_dict())
         return
-    click.echo(f'campaign {status.id} "{status.subject}"')
+    echo_line(f'campaign {status.id} "{status.subject}"')
     click.echo(describe_status(status))
 
 
@@ -284,7 +285,7 @@ def send_due_command(app: AppContext, max_seconds: float | None, as_json: bool) 
         echo_json(report.as_dict())
     else:
         for line in describe_due(report):
-            click.echo(line)
+            echo_line(line)
 
 
 @main.command("worker")
@@ -302,7 +303,7 @@ def worker_command(app: AppContext, poll_seconds: float) -> None:
 
     def on_cycle(report: DueReport) -> None:
         for line in describe_due(report):
-            click.echo(line)
+            echo_line(line)
 
     asyncio.run(run_worker(app.config, app.db, poll_seconds=poll_seconds, on_cycle=on_cycle))
     click.echo("worker stopped", err=True)

@@ -6,6 +6,7 @@ import click
 
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.terminal import echo_line
 from mailer.confirm import pending_confirmation, send_confirmation
 from mailer.errors import SuppressedError
 from mailer.importer import ImportReport, import_csv
@@ -63,10 +64,10 @@ def subscriber_add(
         AddOutcome.UPDATED: f"updated {address} (already on {list_name})",
         AddOutcome.UNCHANGED: f"{address} is already subscribed to {list_name}",
     }
-    click.echo(messages[outcome])
+    echo_line(messages[outcome])
     if confirmation is not None:
         send_confirmation(app.config, confirmation)
-        click.echo(f"sent {address} a confirmation link; no campaign reaches them until they follow it")
+        echo_line(f"sent {address} a confirmation link; no campaign reaches them until they follow it")
 
 
 @subscriber_group.command("import")
@@ -81,6 +82,9 @@ def subscriber_import(app: AppContext, file: str, list_name: str, dry_run: bool,
     The header needs an `email` column; `name` is the display name, `consent_at`,
     `consent_ip` and `consent_source` record consent, and any other column is kept as
     an attribute. The import is one transaction: all valid rows, or nothing.
+
+    A row is one line: a quote left open at the end of a line makes that line a bad row,
+    not the rest of the file; a line over 1 MiB is a bad row too.
 
     \b
     Example:
@@ -105,7 +109,7 @@ def _print_report(report: ImportReport) -> None:
     heading = f"{report.file} -> {report.list_name}: {report.rows} rows"
     if report.dry_run:
         heading += " (dry run: nothing was written)"
-    click.echo(heading)
+    echo_line(heading)
     for label, value in (
         ("added", report.added),
         ("updated", report.updated),
@@ -116,7 +120,7 @@ def _print_report(report: ImportReport) -> None:
     ):
         click.echo(f"  {label:<22}{value}")
     for problem in report.problems:
-        click.echo(f"    line {problem.line}: {problem.reason}")
+        echo_line(f"    line {problem.line}: {problem.reason}")
     if report.invalid > len(report.problems):
         click.echo(f"    ... and {report.invalid - len(report.problems)} more invalid rows")
 
@@ -146,9 +150,9 @@ def subscriber_ls(app: AppContext, list_name: str, as_json: bool) -> None:
             count = 0
             for subscriber, subscription in members:
                 count += 1
-                click.echo(f"{subscriber.email}  {subscription.status.value}  {subscriber.name}".rstrip())
+                echo_line(f"{subscriber.email}  {subscription.status.value}  {subscriber.name}".rstrip())
             if count == 0 and not hidden:
-                click.echo(f"{list_name} has no subscribers yet", err=True)
+                echo_line(f"{list_name} has no subscribers yet", err=True)
     if hidden:
         click.echo(f"{len(hidden)} opted-out members not listed: opted-out addresses are never exported",
                    err=True)
@@ -170,12 +174,12 @@ def subscriber_show(app: AppContext, email: str, as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
-    click.echo(f"{data['email']}  {data['name']}".rstrip())
+    echo_line(f"{data['email']}  {data['name']}".rstrip())
     for key, value in sorted(data["attributes"].items()):
-        click.echo(f"  {key}: {value}")
+        echo_line(f"  {key}: {value}")
     for sub in data["subscriptions"]:
         consent = sub["consent"]
-        click.echo(f"  list {sub['list']}: {sub['status']} (consent {consent['at'][:19]} via {consent['source']})")
+        echo_line(f"  list {sub['list']}: {sub['status']} (consent {consent['at'][:19]} via {consent['source']})")
     if data["suppression"]:
         s = data["suppression"]
-        click.echo(f"  suppressed: {s['reason']} ({s['source']}, {s['at'][:19]})")
+        echo_line(f"  suppressed: {s['reason']} ({s['source']}, {s['at'][:19]})")

@@ -7,6 +7,7 @@ import click
 from mailer.audit import cli_actor, record_event
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.terminal import echo_line
 from mailer.models import SuppressionReason
 from mailer.subscribers import check_email
 from mailer.suppression import lift_suppression, list_suppressions, suppress_address
@@ -43,7 +44,7 @@ def suppress_add(app: AppContext, email: str, reason: str) -> None:
         )
         if created:
             record_event(session, "suppress", cli_actor(), subject=address, reason=reason or "manual")
-    click.echo(f"suppressed {address}" if created else f"{address} was already suppressed")
+    echo_line(f"suppressed {address}" if created else f"{address} was already suppressed")
 
 
 @suppress_group.command("rm")
@@ -71,7 +72,7 @@ def suppress_rm(app: AppContext, email: str, reason: str, erased: bool) -> None:
     with app.db.session() as session:
         entry = lift_suppression(session, address, reason, cli_actor(), erased=erased)
         shown, was = entry.email or address, entry.reason.value
-    click.echo(f"{shown} may be mailed again (was: {was})")
+    echo_line(f"{shown} may be mailed again (was: {was})")
 
 
 @suppress_group.command("ls")
@@ -103,4 +104,4 @@ def suppress_ls(app: AppContext, as_json: bool) -> None:
         click.echo("no suppressed addresses")
     for e in entries:
         shown = e["email"] or f"(erased) {e['address_hash'][:16]}…"
-        click.echo(f"{e['at'][:16].replace('T', ' ')}  {e['reason']:<12}  {shown}  {e['source']}")
+        echo_line(f"{e['at'][:16].replace('T', ' ')}  {e['reason']:<12}  {shown}  {e['source']}")
