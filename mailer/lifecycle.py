@@ -107,6 +107,7 @@ def resume_campaign(session: Session, campaign_id: int) -> Campaign:
         raise _refuse(campaign, "resume")
     campaign.status = CampaignStatus.SENDING
     campaign.status_reason = ""
+    campaign.policy_counted_from = utcnow()
     return campaign
 
 
