@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -80,7 +81,9 @@ def pause_for_policy_blocks(session: Session, campaign_id: int, rule: PolicyPaus
         .where(BounceEvent.campaign_id == campaign_id, BounceEvent.kind == BounceKind.POLICY)
         .order_by(BounceEvent.id.desc()).limit(1)
     ).one()
-    said = " ".join(f"{example.status} {example.diagnostic}".split())[:160]
+    said = example.diagnostic if example.status in example.diagnostic else f"{example.status} {example.diagnostic}"
+    # "smtp; 550 ..." as a DSN writes it: the diagnostic type means nothing to the marketer
+    said = re.sub(r"^[\w-]+;\s*", "", " ".join(said.split()))[:160]
     reason = (f"{blocked} of {tried} deliveries were refused by policy (e.g. {said}): check your "
               f"sending reputation and DNS (SPF, DKIM, DMARC), then `mailer campaign resume {campaign_id}`")
     # a conditional UPDATE: a marketer's pause or cancel committed meanwhile is left as it is
