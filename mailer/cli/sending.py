@@ -98,7 +98,9 @@ def describe_status(status: CampaignStatusReport) -> str:
 def campaign_send(app: AppContext, campaign_id: int, as_json: bool) -> None:
     """Send campaign ID now (after the compliance gate), with a progress bar and a summary.
 
-    Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on.
+    Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on. Refusals by
+    policy (5.7.x, blocklists) fail without suppressing anyone, and enough of them
+    (sending.policy_block_pause_share) pause the campaign with the reason.
 
     \b
     Example:
