@@ -23,7 +23,7 @@ blocklists, DMARC/SPF/DKIM and policy rejections make a POLICY_BLOCK, and checke
 the phrases of a missing mailbox ("user unknown", "no such user") make MAILBOX_GONE; otherwise
 FAILED. A 2xx reply is DELIVERED and a 4xx or 552 reply TRANSIENT whatever the rest says: the
 reply code decides what is retried (RFC 5321 made "too many recipients" a 452; old servers
-still say 552).
+still say 552); any other code that is not 5xx is FAILED.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def classify(code: int | None = None, status: str = "", text: str = "") -> Bounc
         return BounceClass.DELIVERED
     if code is not None and (400 <= code < 500 or code == 552):
         return BounceClass.TRANSIENT
+    if code is not None and not 500 <= code < 600:
+        return BounceClass.FAILED  # no refusal SMTP defines: it says nothing about the mailbox
     text = text[:MAX_TEXT]
     parsed = _ENHANCED.fullmatch(status.strip()) or _ENHANCED.match(text.lstrip())
     if parsed is not None:

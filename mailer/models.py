@@ -244,8 +244,8 @@ class AuditEvent(Base):
 class BounceKind(enum.StrEnum):
     """What a receiving server or mailbox provider reported about one delivery."""
 
-    HARD = "hard"  # permanent failure (DSN 5.x.x): the delivery failed, the address is suppressed
-    SOFT = "soft"  # transient failure (4.x.x, delayed): counted toward sending.soft_bounce_limit
+    HARD = "hard"  # the mailbox is gone (5.1.x, 5.2.1, 5.4.4): the delivery failed, the address is suppressed
+    SOFT = "soft"  # a failure not about the mailbox (4.x.x, other 5.x.x): counted toward sending.soft_bounce_limit
     COMPLAINT = "complaint"  # the recipient reported the message as spam (ARF abuse report)
     POLICY = "policy"  # refused by policy (5.7.x, a blocklist): the delivery failed, the address is kept
 

@@ -45,6 +45,7 @@ GONE, POLICY, FAILED, TRANSIENT, DELIVERED = (BounceClass.MAILBOX_GONE, BounceCl
     (452, "", "4.5.3 Too many recipients", TRANSIENT),
     (552, "", "5.5.3 Too many recipients", TRANSIENT),
     (250, "", "2.0.0 OK", DELIVERED),
+    (354, "", "user unknown", FAILED),  # not a refusal SMTP defines
     # DSNs: the Status field, and the diagnostic when it is x.0.0
     (None, "5.7.1", "blocked using zen.spamhaus.org", POLICY),
     (None, "5.1.1", "", GONE),
@@ -96,8 +97,8 @@ def test_nothing_but_a_gone_mailbox_ever_suppresses(code: int | None, status: st
     found = classify(code, status, text)  # never raises, whatever it is given
     if not found.suppresses:
         return
-    # never a reply that is retried or accepted
-    assert code is None or not (200 <= code < 500 or code == 552)
+    # only a permanent refusal (5xx, but not 552, which is retried) or a DSN's status without one
+    assert code is None or (500 <= code < 600 and code != 552)
     parsed = re.fullmatch(_STATUS, status.strip()) or re.match(_STATUS, text.lstrip())
     if parsed is not None and _GONE_STATUS.fullmatch(parsed.group(0)):
         return  # 5.1.x, 5.2.1, 5.4.4
