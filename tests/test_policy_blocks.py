@@ -228,3 +228,21 @@ def test_pause_settings_out_of_range_are_refused(tmp_path: Path, key: str, value
     with pytest.raises(ConfigError, match=f"sending.{key}"):
         load_config(path, environ={})
 
+
+
+def test_a_classic_bounce_without_a_delivery_status_part_is_classified_by_the_servers_words(
+    database: Database, config_path: Path
+) -> None:
+    sent = Sent(database, 2)
+    config = load_config(config_path, environ={})
+    blocked, gone = sent.addresses
+    policy = dsn("exim_classic_bounce", config_path, blocked, sent.deliveries[blocked]).replace(
+        f"550 5.1.1 <{blocked}>: mailbox unavailable".encode(),
+        b"550 5.7.1 Client host [203.0.113.5] blocked using zen.spamhaus.org").replace(
+        b"Message-Id: <", b"Message-Id: <policy.")
+    [item] = process_inbound(database, config, io.BytesIO(policy)).items
+    assert item.kind is InboundKind.POLICY_BLOCK, item.note
+    [item] = process_inbound(database, config, io.BytesIO(
+        dsn("exim_classic_bounce", config_path, gone, sent.deliveries[gone]))).items
+    assert item.kind is InboundKind.HARD_BOUNCE, item.note
+    assert suppressed(database) == {gone: SuppressionReason.HARD_BOUNCE}
