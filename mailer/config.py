@@ -125,6 +125,8 @@ class SendingConfig:
     soft_bounce_limit: int = 3  # transient bounces from different campaigns before suppression
     claim_timeout: float = 300.0  # seconds without a heartbeat before another host takes a claim as in doubt
     render_processes: int = 1  # helper processes rendering ahead in large sends; 0: render in the sender
+    policy_block_pause_share: float = 0.05  # share of tried deliveries refused by policy that pauses; 0: never
+    policy_block_pause_min: int = 20  # deliveries tried before that share is weighed
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,10 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "sending.claim_timeout", "must be at least 10 seconds")
     if config.sending.soft_bounce_limit < 1:
         raise ConfigError(src, "sending.soft_bounce_limit", "must be at least 1")
+    if not 0 <= config.sending.policy_block_pause_share <= 1:
+        raise ConfigError(src, "sending.policy_block_pause_share", "must be from 0 (never pause) to 1")
+    if config.sending.policy_block_pause_min < 1:
+        raise ConfigError(src, "sending.policy_block_pause_min", "must be at least 1")
     if not config.unsubscribe.base_url.startswith(("https://", "http://")):
         raise ConfigError(src, "unsubscribe.base_url", "must be an http(s) URL")
     if config.unsubscribe.mailto and "@" not in config.unsubscribe.mailto:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.audit import record_event
+from mailer.bounce_class import MAX_TEXT, BounceClass, classify, reply_code
 from mailer.config import Config
 from mailer.db import Database, address_hash, normalize_email
 from mailer.errors import TokenError
@@ -38,8 +39,10 @@ from mailer.models import (
     InboundMessage,
     Subscriber,
     SuppressionReason,
+    utcnow,
 )
 from mailer.optout import OptOutSource, mask_email, unsubscribe
+from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
 from mailer.subscribers import find_subscriber
 from mailer.suppression import suppress_address
 from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
@@ -54,8 +57,10 @@ logging.getLogger("flufl.bounce").propagate = False
 class InboundKind(enum.StrEnum):
     """What one inbound message turned out to be, and so what was done with it."""
 
-    HARD_BOUNCE = "hard_bounce"  # permanent failure: delivery marked failed, address suppressed
-    SOFT_BOUNCE = "soft_bounce"  # transient failure: counted; suppressed at sending.soft_bounce_limit
+    HARD_BOUNCE = "hard_bounce"  # the mailbox is gone (5.1.x, 5.2.1, 5.4.4): delivery failed, address suppressed
+    SOFT_BOUNCE = "soft_bounce"  # other failure: counted; suppressed at sending.soft_bounce_limit
+    POLICY_BLOCK = "policy_block"  # refused by policy (5.7.x): delivery failed, counted per campaign, kept
+    DELAYED = "delayed"  # a delay warning: the server is still trying, nothing counted
     COMPLAINT = "complaint"  # ARF abuse report: address suppressed
     UNSUBSCRIBE = "unsubscribe"  # mail to the unsubscribe address: opted out like the web page
     AUTO_REPLY = "auto_reply"  # vacation and other automatic replies: ignored
@@ -66,9 +71,10 @@ class InboundKind(enum.StrEnum):
     ALREADY_PROCESSED = "already_processed"  # acted on in an earlier run: nothing done again
 
 
-# the kinds that change the database; their messages are remembered so a rerun skips them
-_ACTED = frozenset({InboundKind.HARD_BOUNCE, InboundKind.SOFT_BOUNCE, InboundKind.COMPLAINT,
-                    InboundKind.UNSUBSCRIBE})
+# the kinds that change the database (and delay warnings, read once like the bounces they
+# may become); their messages are remembered so a rerun skips them
+_ACTED = frozenset({InboundKind.HARD_BOUNCE, InboundKind.SOFT_BOUNCE, InboundKind.POLICY_BLOCK,
+                    InboundKind.DELAYED, InboundKind.COMPLAINT, InboundKind.UNSUBSCRIBE})
 # what a person should look at after a run
 LEFT_ALONE = frozenset({InboundKind.UNMATCHED, InboundKind.OTHER, InboundKind.UNVERIFIED_COMPLAINT})
 
@@ -286,20 +292,19 @@ class RecipientStatus:
         # opensmtpd writes the non-standard "error"
         return self.action.startswith(("failed", "error"))
 
-    @property
-    def permanent(self) -> bool:
-        """Action failed with a 5.x.x status (or, lacking one, a 5xx reply): the address is dead."""
-        if not self.failed:
-            return False
-        if self.status[:1] in ("4", "5"):
-            return self.status.startswith("5")
-        code = _SMTP_CODE.search(self.diagnostic)
-        return code is None or code.group(1).startswith("5")
+    def bounce_class(self, notification: str = "") -> BounceClass | None:
+        """What the report says about the address (mailer.bounce_class); None when nothing failed.
 
-    @property
-    def transient(self) -> bool:
-        """Delayed, or given up on after 4.x.x failures: the mailbox may well come back."""
-        return self.action.startswith("delayed") or (self.failed and not self.permanent)
+        `notification` is the report's text for people, read when there is no Diagnostic-Code
+        (Exim writes "5.0.0" and puts "No Such User Here" only there)."""
+        if self.action.startswith("delayed"):
+            return BounceClass.TRANSIENT
+        if not self.failed:
+            return None
+        text = _diagnostic_text(self.diagnostic) if self.diagnostic.strip() else notification
+        found = classify(reply_code(self.diagnostic), self.status, text)
+        # "failed" with a 2.x.x status contradicts itself; the mailbox may well be fine
+        return BounceClass.TRANSIENT if found is BounceClass.DELIVERED else found
 
 
 @dataclass
@@ -317,6 +322,7 @@ class Analysis:
     user_agent: str = ""  # the software that sent a complaint
     still_trying: bool = False  # only `Action: delayed`: the message may yet be delivered
     from_feedback_loop: bool = False  # a complaint from a sender in inbound.feedback_loop_senders
+    permanent: bool = False  # the delivery failed for good, whatever it means for the address
 
 
 def analyse(config: Config, msg: Message, raw: bytes) -> Analysis:
@@ -400,21 +406,41 @@ def is_auto_reply(msg: Message) -> bool:
 
 
 def _analyse_dsn(config: Config, msg: Message, raw: bytes, statuses: list[RecipientStatus]) -> Analysis:
-    permanent = [s for s in statuses if s.permanent]
-    transient = [s for s in statuses if s.transient]
-    chosen = (permanent or transient or statuses)[0]
-    if permanent:
-        kind = InboundKind.HARD_BOUNCE
-    elif transient:
-        kind = InboundKind.SOFT_BOUNCE
-    else:
+    notification = _body_text(msg)[:MAX_TEXT]
+    classes = [s.bounce_class(notification) for s in statuses]
+    # one report may list several recipients: the gravest class decides for the delivery
+    found = min(classes, key=_GRAVITY.index)
+    chosen = statuses[classes.index(found)]
+    if found is None:
         return Analysis(InboundKind.OTHER, note=f"delivery report without a failure ({chosen.action})")
+    transient = [s for s, c in zip(statuses, classes, strict=True) if c is BounceClass.TRANSIENT]
     return Analysis(
-        kind, status=chosen.status, diagnostic=chosen.diagnostic,
+        _KIND_OF_CLASS[found], status=chosen.status, diagnostic=chosen.diagnostic,
         delivery_ids=_verp_deliveries(config, msg, raw), claims=_claims_in(config, [raw_text(raw)]),
         named_addresses=[a for s in statuses for a in (s.recipient, s.original_recipient) if a],
-        still_trying=not permanent and all(s.action.startswith("delayed") for s in transient),
+        still_trying=found is BounceClass.TRANSIENT and all(s.action.startswith("delayed") for s in transient),
+        permanent=found.permanent,
     )
+
+
+# the order in which one report's recipients decide what it was
+_GRAVITY: tuple[BounceClass | None, ...] = (BounceClass.MAILBOX_GONE, BounceClass.POLICY_BLOCK, BounceClass.FAILED,
+                                            BounceClass.TRANSIENT, BounceClass.DELIVERED, None)
+_KIND_OF_CLASS = {
+    BounceClass.MAILBOX_GONE: InboundKind.HARD_BOUNCE,
+    BounceClass.POLICY_BLOCK: InboundKind.POLICY_BLOCK,
+    # a permanent failure that is not about the mailbox (5.3.x, 5.5.x, 5.6.x...) fails the
+    # delivery and counts like a transient one: only the same failure in several campaigns suppresses
+    BounceClass.FAILED: InboundKind.SOFT_BOUNCE,
+    BounceClass.TRANSIENT: InboundKind.SOFT_BOUNCE,
+    BounceClass.DELIVERED: InboundKind.OTHER,
+}
+
+
+def _diagnostic_text(diagnostic: str) -> str:
+    """`smtp; 550 5.7.1 blocked` -> `5.7.1 blocked`: the server's words after the type and the reply code."""
+    text = diagnostic.partition(";")[2] if ";" in diagnostic[:20] else diagnostic
+    return re.sub(r"^\s*[245][0-9][0-9][ -]?", "", text)
 
 
 def _heuristic_bounce(config: Config, msg: Message, raw: bytes) -> Analysis | None:
@@ -435,8 +461,19 @@ def _heuristic_bounce(config: Config, msg: Message, raw: bytes) -> Analysis | No
     # answered 4xx until the retry time ran out: what the receiver said decides, as in a DSN
     reply = status_match.group(1) if status_match else code_match.group(1) if code_match else ""
     gave_up = reply.startswith("4") or "retry timeout exceeded" in body.lower()
+    found = BounceClass.TRANSIENT
+    if permanent and not gave_up:
+        # only the server's words, from its reply code on, decide: never the returned original
+        # below them, whose footer (a "privacy policy" link) is our own text
+        anchor = code_match or status_match
+        said = body[anchor.start():anchor.start() + 300].split("\n\n")[0] if anchor else ""
+        found = classify(int(code_match.group(1)) if code_match else None,
+                         status_match.group(1) if status_match else "", _diagnostic_text(said))
+        if found is BounceClass.DELIVERED:
+            found = BounceClass.TRANSIENT
     return Analysis(
-        InboundKind.HARD_BOUNCE if permanent and not gave_up else InboundKind.SOFT_BOUNCE,
+        _KIND_OF_CLASS[found],
+        permanent=found.permanent,
         status=status_match.group(1) if status_match else "",
         diagnostic=(code_match.group(0) if code_match else "") + " (bounce without a delivery-status part)",
         delivery_ids=_verp_deliveries(config, msg, raw),
@@ -633,7 +670,7 @@ def _unfold(value: object) -> str:
 
 
 def _act(session: Session, config: Config, analysis: Analysis) -> tuple[InboundKind, str]:
-    if analysis.kind in (InboundKind.HARD_BOUNCE, InboundKind.SOFT_BOUNCE):
+    if analysis.kind in (InboundKind.HARD_BOUNCE, InboundKind.SOFT_BOUNCE, InboundKind.POLICY_BLOCK):
         return _record_bounce(session, config, analysis)
     if analysis.kind is InboundKind.COMPLAINT:
         return _record_complaint(session, config, analysis)
@@ -675,13 +712,15 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
     digest = address_hash(email or (analysis.named_addresses or ["unknown"])[0])
     code = _SMTP_CODE.search(analysis.diagnostic)
     status = analysis.status or (code.group(1) if code else "no status")
+    if analysis.permanent and delivery.state in _BOUNCEABLE_STATES:
+        # the one place a sent delivery becomes failed after the fact: the receiver said so later
+        delivery.state = DeliveryState.FAILED
+        delivery.last_code = int(code.group(1)) if code else delivery.last_code
+        delivery.last_response = f"bounced: {status} {analysis.diagnostic}".strip()[:1000]
+    if analysis.kind is InboundKind.POLICY_BLOCK:
+        return _record_policy_block(session, config, analysis, delivery, digest, status, who)
     if analysis.kind is InboundKind.HARD_BOUNCE:
         _add_bounce_event(session, BounceKind.HARD, delivery, digest, analysis)
-        if delivery.state in _BOUNCEABLE_STATES:
-            # the one place a sent delivery becomes failed after the fact: the receiver said so later
-            delivery.state = DeliveryState.FAILED
-            delivery.last_code = int(code.group(1)) if code else delivery.last_code
-            delivery.last_response = f"bounced: {status} {analysis.diagnostic}".strip()[:1000]
         if not email:
             return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who}"
         _entry, created = suppress_address(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}"[:100])
@@ -692,15 +731,16 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
         # a delay warning is no bounce: the server still holds the message (Gmail sends them when
         # a big send arrives faster than it accepts), so counting it would suppress healthy inboxes;
         # if the server gives up, its `Action: failed` report is counted then
-        return InboundKind.SOFT_BOUNCE, (f"delivery {delivery.id} delayed ({status}); {who}: the server "
-                                         "is still trying, not counted")
+        return InboundKind.DELAYED, (f"delivery {delivery.id} delayed ({status}); {who}: the server "
+                                     "is still trying, not counted")
     added = _add_bounce_event(session, BounceKind.SOFT, delivery, digest, analysis)
     campaigns = session.scalar(
         sa.select(sa.func.count(sa.distinct(BounceEvent.campaign_id)))
         .where(BounceEvent.address_hash == digest, BounceEvent.kind == BounceKind.SOFT)
     ) or 0
     limit = config.sending.soft_bounce_limit
-    note = f"delivery {delivery.id} delayed or failed for now ({status}); {who}: {campaigns} of {limit}"
+    how = "failed, not for a missing mailbox" if analysis.permanent else "delayed or failed for now"
+    note = f"delivery {delivery.id} {how} ({status}); {who}: {campaigns} of {limit}"
     if not added:
         note += " (this delivery was already counted)"
     if campaigns >= limit and email:
@@ -711,6 +751,20 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
             note += "; suppressed"
             _audit_suppression(session, email, f"{campaigns} campaigns soft-bounced, the last {status}", delivery)
     return InboundKind.SOFT_BOUNCE, note
+
+
+def _record_policy_block(session: Session, config: Config, analysis: Analysis, delivery: Delivery,
+                         digest: str, status: str, who: str) -> tuple[InboundKind, str]:
+    # the receiver distrusts the sender (blocklist, DMARC...), not the address: nobody is suppressed
+    added = record_policy_block(session, delivery.id, delivery.campaign_id, digest, analysis.status,
+                                analysis.diagnostic, utcnow())
+    note = f"delivery {delivery.id} refused by policy ({status}); {who} not suppressed"
+    if not added:
+        note += " (this delivery was already counted)"
+    paused = pause_for_policy_blocks(session, delivery.campaign_id, PolicyPauseRule.from_config(config.sending))
+    if paused:
+        note += f"; campaign {delivery.campaign_id} paused"
+    return InboundKind.POLICY_BLOCK, note
 
 
 def _audit_suppression(session: Session, email: str, reason: str, delivery: Delivery | None) -> None:

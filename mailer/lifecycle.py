@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from mailer.audit import cli_actor, record_event
 from mailer.errors import DeliveryError, NotFoundError
 from mailer.models import Campaign, CampaignKind, CampaignStatus, Delivery, DeliveryState, utcnow
+from mailer.policy_blocks import count_policy_blocks
 from mailer.store import cancel_queued_deliveries, count_deliveries, snapshot_audience
 
 # states in which a delivery may still go out
@@ -107,6 +108,7 @@ def resume_campaign(session: Session, campaign_id: int) -> Campaign:
         raise _refuse(campaign, "resume")
     campaign.status = CampaignStatus.SENDING
     campaign.status_reason = ""
+    campaign.policy_counted_from = utcnow()
     return campaign
 
 
@@ -177,6 +179,7 @@ class CampaignStatusReport:
     finished_at: dt.datetime | None
     counts: dict[DeliveryState, int]
     next_retry_at: dt.datetime | None
+    policy_blocks: int = 0  # deliveries refused by policy (5.7.x), at send time or by a later DSN
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -184,6 +187,7 @@ class CampaignStatusReport:
             "scheduled_at": _iso(self.scheduled_at), "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at), "next_retry_at": _iso(self.next_retry_at),
             "deliveries": {state.value: n for state, n in self.counts.items()},
+            "policy_blocks": self.policy_blocks,
         }
 
 
@@ -202,5 +206,5 @@ def campaign_status(session: Session, campaign_id: int) -> CampaignStatusReport:
         id=campaign.id, subject=campaign.subject, status=campaign.status, reason=campaign.status_reason,
         scheduled_at=campaign.scheduled_at, started_at=campaign.started_at,
         finished_at=campaign.finished_at, counts=count_deliveries(session, campaign_id),
-        next_retry_at=next_retry,
+        next_retry_at=next_retry, policy_blocks=count_policy_blocks(session, campaign_id),
     )

@@ -192,6 +192,9 @@ class Campaign(Base):
     scheduled_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    # policy blocks are weighed from here (the last resume; NULL: from the start), so a resumed
+    # campaign is not paused again by the blocks that paused it (migration 0006_policy_blocks)
+    policy_counted_from: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     mailing_list: Mapped[MailingList | None] = relationship()
@@ -241,16 +244,21 @@ class AuditEvent(Base):
 class BounceKind(enum.StrEnum):
     """What a receiving server or mailbox provider reported about one delivery."""
 
-    HARD = "hard"  # permanent failure (DSN 5.x.x): the delivery failed, the address is suppressed
-    SOFT = "soft"  # transient failure (4.x.x, delayed): counted toward sending.soft_bounce_limit
+    HARD = "hard"  # the mailbox is gone (5.1.x, 5.2.1, 5.4.4): the delivery failed, the address is suppressed
+    SOFT = "soft"  # a failure not about the mailbox (4.x.x, other 5.x.x): counted toward sending.soft_bounce_limit
     COMPLAINT = "complaint"  # the recipient reported the message as spam (ARF abuse report)
+    POLICY = "policy"  # refused by policy (5.7.x, a blocklist): the delivery failed, the address is kept
 
 
 class BounceEvent(Base):
     """One bounce or complaint, at most one of each kind per delivery (reprocessing adds nothing)."""
 
     __tablename__ = "bounce_events"
-    __table_args__ = (sa.UniqueConstraint("delivery_id", "kind"),)
+    __table_args__ = (
+        sa.UniqueConstraint("delivery_id", "kind"),
+        # a campaign's policy blocks are counted after every batch that had one
+        sa.Index("ix_bounce_events_campaign_kind", "campaign_id", "kind"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind, "bounce_kind"))

@@ -19,6 +19,7 @@ from mailer.db import Database
 from mailer.errors import DeliveryError, MailerError
 from mailer.lifecycle import OPEN_STATES, finish_if_done, get_campaign, start_campaign
 from mailer.models import CampaignStatus, DeliveryState, utcnow
+from mailer.policy_blocks import PolicyPauseRule
 from mailer.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
 from mailer.store import Batch, Outcome, SqlDeliveryStore, count_deliveries, mark_abandoned_claims
 from mailer.transport import SendResult, SendStatus, SmtpTransport
@@ -36,7 +37,7 @@ class DeliveryStore(Protocol):
     def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
                     finished: Sequence[Outcome] = ()) -> Batch: ...
 
-    def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None: ...
+    def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> str: ...
 
     def refresh_claims(self, now: dt.datetime) -> None: ...
 
@@ -70,8 +71,9 @@ class SendReport:
     failed: int = 0
     suppressed: int = 0  # opted out after the audience snapshot, found at claim time
     hard_bounces: int = 0  # failed with 5.1.x and added to the suppression list
+    policy_blocks: int = 0  # failed with 5.7.x (blocklist, DMARC...): counted, nobody suppressed
     released: int = 0  # claimed but never handed over (stop signal, relay down): pending again
-    paused_reason: str = ""  # set when the relay kept failing and the campaign paused itself
+    paused_reason: str = ""  # set when the relay kept failing or refusing by policy and the campaign paused itself
     interrupted: bool = False  # a signal or --max-seconds stopped the run; the rest stays queued
     campaign_stopped: bool = False  # the campaign was paused or cancelled by someone else
 
@@ -195,7 +197,10 @@ class Pipeline:
                 if done and self.on_batch is not None:
                     self.on_batch(self.report)
                 if batch.stopped:
-                    self.report.campaign_stopped = True
+                    if batch.paused_reason:
+                        self.report.paused_reason = batch.paused_reason
+                    else:
+                        self.report.campaign_stopped = True
                     break
                 attempts.update(batch.attempts)
                 self._render_ahead(batch.recipients)
@@ -216,7 +221,8 @@ class Pipeline:
             for _ in workers:
                 work.put_nowait(None)
             await asyncio.gather(*workers)
-            self.store.record_outcomes(campaign_id, finished, self.clock())
+            paused = self.store.record_outcomes(campaign_id, finished, self.clock())
+            self.report.paused_reason = self.report.paused_reason or paused
             finished.clear()
             self._ahead.clear()
             if self.on_batch is not None:
@@ -291,8 +297,11 @@ class Pipeline:
         self.report.failed += 1
         if result.hard_bounce:
             self.report.hard_bounces += 1
+        if result.policy_block:
+            self.report.policy_blocks += 1
         return Outcome(delivery_id, DeliveryState.FAILED, result.code, result.response,
-                       hard_bounce=recipient.email if result.hard_bounce else None)
+                       hard_bounce=recipient.email if result.hard_bounce else None,
+                       policy_block=recipient.email if result.policy_block else None)
 
     async def _heartbeat(self) -> None:
         # a batch may take long under a low rate cap; refreshing the claim tells other hosts we live
@@ -326,7 +335,7 @@ class CampaignSender:
         self.handle_signals = handle_signals
         self.clock = clock
         self.on_batch = on_batch
-        self.store = SqlDeliveryStore(database)
+        self.store = SqlDeliveryStore(database, policy_pause=PolicyPauseRule.from_config(config.sending))
         self.transport: Transport = transport or SmtpTransport(config.smtp)
         self.stopped = False
         self._pipeline: Pipeline | None = None

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.audit import record_event
+from mailer.bounce_class import enhanced_status
 from mailer.compose import Recipient
 from mailer.db import Database, address_hash
 from mailer.models import (
@@ -27,6 +28,7 @@ from mailer.models import (
     Suppression,
     SuppressionReason,
 )
+from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
 from mailer.suppression import suppress_address
 
 # a notice (breach, terms) reaches people who opted out of marketing, but never these
@@ -68,6 +70,7 @@ class Outcome:
     response: str = ""
     next_attempt_at: dt.datetime | None = None
     hard_bounce: str | None = None  # the address to suppress: the relay said it does not exist
+    policy_block: str | None = None  # the address refused by policy (5.7.x): counted, never suppressed
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Batch:
     attempts: dict[int, int] = field(default_factory=dict)  # delivery id -> attempts before this one
     suppressed: int = 0  # claimed but opted out since the snapshot: marked, not sent
     stopped: bool = False
+    paused_reason: str = ""  # the outcomes just recorded paused the campaign (policy blocks)
 
 
 # -- audience snapshots -------------------------------------------------------------------------
@@ -151,19 +155,24 @@ def insert_notice_audience(session: Session, campaign_id: int, now: dt.datetime)
 class SqlDeliveryStore:
     """Deliveries in the mailer's database, claimed by one sender process at a time per batch."""
 
-    def __init__(self, database: Database, worker_id: str | None = None) -> None:
+    def __init__(self, database: Database, worker_id: str | None = None,
+                 policy_pause: PolicyPauseRule | None = None) -> None:
         self.database = database
         self.worker_id = worker_id or make_worker_id()
+        self.policy_pause = policy_pause or PolicyPauseRule()
 
     def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
                     finished: Sequence[Outcome] = ()) -> Batch:
         """Record `finished` outcomes, then claim up to `limit` due deliveries, in one transaction.
 
         Opted-out recipients are marked suppressed, not returned. `stopped` when the campaign is
-        no longer sending (paused, cancelled); the outcomes are recorded all the same."""
+        no longer sending (paused, cancelled); the outcomes are recorded all the same, and
+        `paused_reason` says when they themselves paused it."""
         with self.database.session() as session:
             if finished:
-                _record(session, campaign_id, finished, now)
+                reason = _record(session, campaign_id, finished, now, self.policy_pause)
+                if reason:
+                    return Batch(stopped=True, paused_reason=reason)
             if limit <= 0:
                 return Batch()
             campaign = session.execute(
@@ -176,12 +185,14 @@ class SqlDeliveryStore:
                 return Batch()
             return _load_recipients(session, ids, campaign.kind, campaign.list_id, now)
 
-    def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
-        """Write what happened to each claimed delivery in one transaction; suppress hard bounces."""
+    def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> str:
+        """Write what happened to each claimed delivery in one transaction; suppress hard bounces.
+
+        Returns why the campaign paused when these outcomes passed its share of policy blocks, else ""."""
         if not outcomes:
-            return
+            return ""
         with self.database.session() as session:
-            _record(session, campaign_id, outcomes, now)
+            return _record(session, campaign_id, outcomes, now, self.policy_pause)
 
     def refresh_claims(self, now: dt.datetime) -> None:
         """Heartbeat: our claims are alive, so no other host takes them as in doubt."""
@@ -205,7 +216,8 @@ class SqlDeliveryStore:
             record_event(session, "pause", "mailer", subject=f"campaign {campaign_id}", reason=reason[:1000])
 
 
-def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime,
+            policy_pause: PolicyPauseRule) -> str:
     update_delivery_outcomes(session, outcomes, now)
     if any(o.state in (DeliveryState.PENDING, DeliveryState.DEFERRED) for o in outcomes):
         # cancelled while these were in flight: what was released or deferred never goes out
@@ -225,6 +237,11 @@ def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now
                 record_event(session, "suppress", "mailer", subject=outcome.hard_bounce,
                              reason=f"hard bounce: {outcome.response}"[:1000],
                              detail={"campaign_id": campaign_id, "code": outcome.code})
+    blocked = [o for o in outcomes if o.policy_block]
+    for outcome in blocked:
+        record_policy_block(session, outcome.delivery_id, campaign_id, address_hash(outcome.policy_block or ""),
+                            enhanced_status(outcome.response), outcome.response, now)
+    return pause_for_policy_blocks(session, campaign_id, policy_pause) if blocked else ""
 
 
 def claim_due_deliveries(

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import re
 from dataclasses import dataclass
 
 import aiosmtplib
 
+from mailer.bounce_class import BounceClass, classify
 from mailer.config import SmtpConfig, StartTLS
-
-# RFC 3463 enhanced status at the start of a reply text, e.g. "5.1.1 <x@y>: no such user"
-_ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class SendStatus(enum.StrEnum):
@@ -31,21 +28,23 @@ class SendResult:
     status: SendStatus
     code: int | None = None
     response: str = ""
-    hard_bounce: bool = False  # a 5.1.x reply: the mailbox or domain does not exist
+    hard_bounce: bool = False  # 5.1.x, 5.2.1, 5.4.4: the mailbox or domain does not exist
+    policy_block: bool = False  # 5.7.x or a blocklist's words: refused because of the sender, not the address
     connection_failed: bool = False  # the relay itself failed (counts toward pausing the campaign)
 
 
 def classify_reply(code: int, text: str) -> SendResult:
-    """Map one SMTP reply to an outcome (COMPLIANCE 30, RFC 3463)."""
+    """Map one SMTP reply to an outcome (COMPLIANCE 27 and 30, RFC 3463; see mailer.bounce_class)."""
     response = f"{code} {text}".strip()
     if 200 <= code < 300:
         return SendResult(SendStatus.SENT, code, response)
     # 552 was "too many recipients" before RFC 5321 made that 452; both mean "not now"
     if 400 <= code < 500 or code == 552:
         return SendResult(SendStatus.TRANSIENT, code, response, connection_failed=code == 421)
-    enhanced = _ENHANCED_STATUS.match(text)
-    hard = enhanced is not None and enhanced.group(1) == "5" and enhanced.group(2) == "1"
-    return SendResult(SendStatus.PERMANENT, code, response, hard_bounce=hard)
+    # permanent is not "suppress": a 550 5.7.1 blocklisting says nothing about the mailbox
+    refusal = classify(code, text=text)
+    return SendResult(SendStatus.PERMANENT, code, response, hard_bounce=refusal.suppresses,
+                      policy_block=refusal is BounceClass.POLICY_BLOCK)
 
 
 class RateLimiter:

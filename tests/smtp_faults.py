@@ -24,6 +24,7 @@ class Faults:
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply, e.g. "550 5.1.1 ..."
     drop_data: int = 0  # hang up in the middle of DATA this many next times
     stall_data_seconds: float = 0.0  # sleep this long before answering the end of DATA
+    data_reply: str = ""  # answer the end of DATA with this instead of accepting, e.g. "554 5.7.1 ..."
 
 
 @dataclass
@@ -55,6 +56,8 @@ class FaultyHandler:
         if self.faults.stall_data_seconds:
             await asyncio.sleep(self.faults.stall_data_seconds)
             return "451 4.4.2 too slow"  # the client has long given up
+        if self.faults.data_reply:
+            return self.faults.data_reply
         received = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content))
         with self.lock:
             self.messages.append(received)

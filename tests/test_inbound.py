@@ -178,7 +178,7 @@ def test_delay_warnings_from_many_campaigns_never_suppress(world: World) -> None
         raw = world.fixture("postfix_delayed", delivery_id=delivery, campaign_id=campaign)
         [item] = process_bytes(world.database, world.config,
                                raw.replace(b"Message-Id: <", f"Message-Id: <c{campaign}.".encode())).items
-        assert item.kind is InboundKind.SOFT_BOUNCE and "not counted" in item.note, item.note
+        assert item.kind is InboundKind.DELAYED and "not counted" in item.note, item.note
     assert suppressions(world.database) == []
     assert bounce_event_count(world.database) == 0
     # the same delivery given up on later is counted then
@@ -350,7 +350,8 @@ def test_processing_the_same_maildir_twice_changes_nothing_the_second_time(
     maildir = write_maildir(tmp_path / "Maildir", messages)
     first = process_inbound(world.database, world.config, maildir)
     assert first.counts[InboundKind.HARD_BOUNCE] == 1
-    assert first.counts[InboundKind.SOFT_BOUNCE] == 1
+    assert first.counts[InboundKind.DELAYED] == 1
+    assert first.counts[InboundKind.SOFT_BOUNCE] == 0
     assert first.counts[InboundKind.COMPLAINT] == 1
     assert first.counts[InboundKind.UNSUBSCRIBE] == 1
     assert first.counts[InboundKind.AUTO_REPLY] == 3

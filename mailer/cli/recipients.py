@@ -89,6 +89,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 _LABELS = {
     InboundKind.HARD_BOUNCE: "hard bounces",
     InboundKind.SOFT_BOUNCE: "soft bounces",
+    InboundKind.POLICY_BLOCK: "policy blocks",
+    InboundKind.DELAYED: "delay warnings",
     InboundKind.COMPLAINT: "complaints",
     InboundKind.UNSUBSCRIBE: "unsubscribes",
     InboundKind.AUTO_REPLY: "auto-replies",
@@ -118,11 +120,14 @@ def inbound_group() -> None:
 def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
     """Sort and act on a Maildir, an mbox, one message file, or one message on stdin (-).
 
-    Permanent bounces fail the delivery and suppress the address; transient ones are counted
-    (sending.soft_bounce_limit campaigns suppress; delay warnings are not counted, the server
-    is still trying); spam complaints suppress the person our own token or return path in
-    the report names, or the address a feedback loop in inbound.feedback_loop_senders names;
-    any other complaint is listed as unverified and changes nothing. Mail to the
+    Bounces saying the mailbox is gone (5.1.x, 5.2.1, 5.4.4) fail the delivery and suppress
+    the address; policy blocks (5.7.x: blocklists, DMARC, SPF) fail it and are counted per
+    campaign, suppressing nobody (sending.policy_block_pause_share of them pauses the
+    campaign); other failures are counted (sending.soft_bounce_limit campaigns suppress; delay
+    warnings are not counted, the server is still trying); spam complaints suppress the person
+    our own token or return path in the report names, or the address a feedback loop in
+    inbound.feedback_loop_senders names; any other complaint is listed as unverified and
+    changes nothing. Mail to the
     unsubscribe address unsubscribes; auto-replies are ignored; anything else is left alone
     and listed. A message too large (over 10 MiB), too deeply nested or unreadable is listed
     as failed and the run goes on. A Maildir message handled moves from new/ to cur/, marked
@@ -138,6 +143,7 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
       $ mailer inbound process ~/Maildir/bounces
       hard bounces: 2
       soft bounces: 1
+      policy blocks: 0
       ...
       left alone:
         <question-1@example.com> from carla@example.com "Shipping?": not a bounce, ...

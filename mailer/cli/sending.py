@@ -62,7 +62,9 @@ def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool) -> Non
 
 
 def describe_send(report: SendReport) -> str:
-    hard = f" ({report.hard_bounces} hard bounces suppressed)" if report.hard_bounces else ""
+    why = [f"{report.hard_bounces} hard bounces suppressed"] if report.hard_bounces else []
+    why += [f"{report.policy_blocks} refused by policy, not suppressed"] if report.policy_blocks else []
+    hard = f" ({'; '.join(why)})" if why else ""
     line = (f"campaign {report.campaign_id}: {report.sent} sent, {report.deferred} deferred, "
             f"{report.failed} failed{hard}, {report.suppressed} suppressed")
     if report.interrupted:
@@ -75,6 +77,9 @@ def describe_send(report: SendReport) -> str:
 def describe_status(status: CampaignStatusReport) -> str:
     counts = ", ".join(f"{n} {state.value}" for state, n in status.counts.items() if n) or "no deliveries"
     line = f"status: {status.status.value} ({counts})"
+    if status.policy_blocks:
+        line += (f"\npolicy blocks: {status.policy_blocks} (refused for the sender's reputation or "
+                 "authentication, not the address; nobody suppressed)")
     if status.reason:
         line += f"\nreason: {terminal_safe(status.reason)}"
     if status.scheduled_at and status.status.value == "scheduled":
@@ -94,7 +99,9 @@ def describe_status(status: CampaignStatusReport) -> str:
 def campaign_send(app: AppContext, campaign_id: int, as_json: bool) -> None:
     """Send campaign ID now (after the compliance gate), with a progress bar and a summary.
 
-    Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on.
+    Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on. Refusals by
+    policy (5.7.x, blocklists) fail without suppressing anyone, and enough of them
+    (sending.policy_block_pause_share) pause the campaign with the reason.
 
     \b
     Example:
@@ -231,13 +238,18 @@ def campaign_retry(app: AppContext, campaign_id: int, in_doubt: bool, later: boo
 @json_option
 @pass_app
 def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) -> None:
-    """Show a campaign's state and its deliveries counted by state.
+    """Show a campaign's state, its deliveries counted by state, and its policy blocks.
+
+    A policy block is a delivery the receiver refused for the sender's sake (5.7.x: a
+    blocklist, DMARC, SPF); the address is kept. sending.policy_block_pause_share of them
+    pauses the campaign, with the reason shown here.
 
     \b
     Example:
       $ mailer campaign status 3
       campaign 3 "December news"
       status: sent (4990 sent, 6 failed, 4 suppressed)
+      policy blocks: 2 (refused for the sender's reputation or authentication, not the address; nobody suppressed)
     """
     with app.db.session() as session:
         status = campaign_status(session, campaign_id)
