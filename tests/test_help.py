@@ -84,3 +84,16 @@ def test_help_and_a_piped_bounce_do_not_load_what_they_do_not_use(tmp_path: Path
                            capture_output=True)
     assert b"unmatched: 1" in piped.stdout
     assert piped.stderr.decode().strip().splitlines()[-1] == "sqlalchemy"
+
+
+def test_examples_name_the_revision_a_new_database_is_at(tmp_path: Path) -> None:
+    config = tmp_path / "mailer.toml"
+    database = tmp_path / "m.db"
+    config.write_text(f'[database]\nurl = "sqlite:///{database}"\n', encoding="utf-8")
+    done = CliRunner().invoke(main, ["--config", str(config), "db", "upgrade"])
+    head = done.output.strip().rpartition(" ")[2]
+    assert head.startswith("0"), done.output
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for shown in (CliRunner().invoke(main, ["init", "--help"]).output,
+                  CliRunner().invoke(main, ["db", "upgrade", "--help"]).output, readme):
+        assert f"is at revision {head}\n" in shown
