@@ -57,6 +57,10 @@ _ATTRIBUTE_PREFIXES = ("aria-", "data-")
 # comments and the doctype carry nothing a reader sees; lexbor names those nodes so
 _NOT_ELEMENTS = frozenset({"-comment", "!doctype", "-doctype"})
 _COMBINATORS = frozenset({"~", "+", ",", "|"})
+# a stylesheet from elsewhere is not the template's to inline or check: refused at `campaign create`
+EXTERNAL_LINK = "external stylesheets (<link rel=stylesheet>) are not allowed: put the rules in a <style>"
+EXTERNAL_IMPORT = "@import is not allowed in a template's <style>: put the rules in the <style> itself"
+EXTERNAL_STYLESHEETS = frozenset({EXTERNAL_LINK, EXTERNAL_IMPORT})
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def _take_stylesheets(document: LexborHTMLParser, left_out: dict[str, None]) -> 
     kept: list[str] = []
     for link in document.css("link"):
         if "stylesheet" in (link.attributes.get("rel") or "").lower():
-            left_out["external stylesheets (<link rel=stylesheet>) are not allowed: put the rules in a <style>"] = None
+            left_out[EXTERNAL_LINK] = None
         link.decompose()
     for style in document.css("style"):
         rules = tinycss2.parse_stylesheet(style.text(deep=True), skip_comments=True, skip_whitespace=True)
@@ -120,7 +124,7 @@ def _media_rule_problems(rule: tinycss2.ast.AtRule, left_out: dict[str, None]) -
     """True (and the reason noted) unless the at-rule is an @media whose rules all select inside the box."""
     keyword = rule.lower_at_keyword
     if keyword == "import":
-        left_out["@import is not allowed in a template's <style>: put the rules in the <style> itself"] = None
+        left_out[EXTERNAL_IMPORT] = None
         return True
     if keyword != "media":
         left_out[
