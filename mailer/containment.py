@@ -215,7 +215,7 @@ def _clean_children(root: LexborNode, left_out: dict[str, None]) -> None:
             _clean_attributes(node, tag, left_out)
         stack.extend(_children(node))
     for node in reversed(unwrap):  # innermost first, each one's children already clean
-        node.unwrap()
+        node.unwrap(delete_empty=True)
 
 
 def _children(node: LexborNode) -> Iterable[LexborNode]:
