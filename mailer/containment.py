@@ -10,6 +10,7 @@ left out).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,9 +23,10 @@ from mailer.errors import TemplateError
 
 CONTAINER_ID = "hm-content"
 # the box around the template: a containing block for fixed and absolute descendants that clips
-# their paint, keeps their stacking and blending inside and stops margins from collapsing out
+# their paint, keeps their stacking and blending inside, stops margins from collapsing out and
+# takes its width from the layout, not from content that would push the footer sideways
 CONTAINER_STYLE = (
-    "position:relative !important;overflow:hidden !important;contain:paint !important;"
+    "position:relative !important;overflow:hidden !important;contain:inline-size paint !important;"
     "isolation:isolate !important;display:block !important;"
 )
 
@@ -57,6 +59,12 @@ _ATTRIBUTE_PREFIXES = ("aria-", "data-")
 # comments and the doctype carry nothing a reader sees; lexbor names those nodes so
 _NOT_ELEMENTS = frozenset({"-comment", "!doctype", "-doctype"})
 _COMBINATORS = frozenset({"~", "+", ",", "|"})
+# HTML tree building slows with the square of the nesting and the inliner's stack ends near
+# 20,000 levels; a newsletter has a few thousand tags, nested a few dozen deep (Chromium
+# itself flattens past 512)
+MAX_TAGS = 10_000
+MAX_DEPTH = 512
+_START_TAG = re.compile(r"<[A-Za-z]")
 # a stylesheet from elsewhere is not the template's to inline or check: refused at `campaign create`
 EXTERNAL_LINK = "external stylesheets (<link rel=stylesheet>) are not allowed: put the rules in a <style>"
 EXTERNAL_IMPORT = "@import is not allowed in a template's <style>: put the rules in the <style> itself"
@@ -73,10 +81,18 @@ class ContainedHtml:
 
 
 def contain_html(html: str) -> ContainedHtml:
-    """The template's rendered HTML as it goes inside the box; raises TemplateError when its CSS cannot be inlined."""
+    """The template's rendered HTML as it goes inside the box.
+
+    Raises TemplateError when it has too many tags or nests them too deep, or its CSS cannot be inlined.
+    """
+    tags = sum(1 for _ in _START_TAG.finditer(html))
+    if tags > MAX_TAGS:
+        raise TemplateError(f"the template's HTML has {tags:,} tags; at most {MAX_TAGS:,} are allowed")
     left_out: dict[str, None] = {}
     # parsed in no-quirks mode, as in the layout it goes into: a <table> closes an open <p> alike
     document = LexborHTMLParser("<!DOCTYPE html>" + html)
+    if document.root is not None and _deeper_than(document.root, MAX_DEPTH):
+        raise TemplateError(f"the template's HTML nests elements more than {MAX_DEPTH} deep")
     inline_css, kept_css = _take_stylesheets(document, left_out)
     if inline_css:
         try:
@@ -96,6 +112,19 @@ def contain_html(html: str) -> ContainedHtml:
     if wrapper:
         inner = f"<div{wrapper}>{inner}</div>"
     return ContainedHtml(body=inner, css=kept_css, left_out=tuple(left_out))
+
+
+def _deeper_than(root: LexborNode, limit: int) -> bool:
+    stack = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        child = node.child
+        while child is not None:
+            stack.append((child, depth + 1))
+            child = child.next
+    return False
 
 
 def _take_stylesheets(document: LexborHTMLParser, left_out: dict[str, None]) -> tuple[str, str]:

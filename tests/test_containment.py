@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from compose_helpers import make_campaign, make_config, make_recipient, render
+from compose_helpers import make_campaign, make_config, make_list, make_recipient, render
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
-from mailer.compliance import FooterHtml, check_message, message_parts, parse_message
+from mailer.compliance import (
+    FooterHtml,
+    check_campaign,
+    check_message,
+    message_parts,
+    parse_message,
+)
 from mailer.containment import contain_html
 
 TAGS = ["div", "p", "table", "tr", "td", "a", "b", "span", "style", "title", "textarea", "plaintext", "xmp",
@@ -80,3 +86,17 @@ def test_a_subscriber_value_is_text_wherever_the_template_puts_it(value: str) ->
     assert paragraph.attributes == {"class": value, "title": value}
     assert paragraph.text() == f"Hello {value}"
     assert [node.tag for node in box.traverse() if node.tag not in {"-text"}] == ["div", "p", "a"]
+
+
+def test_html_nested_past_what_browsers_build_is_refused_with_one_line_not_a_crash() -> None:
+    # css-inline's stack ends near 20,000 levels and tree building slows with the square of the depth
+    html = "<div>" * 9_000 + "<style>p { color: red }</style><p>Deep</p>"
+    problems = check_campaign(make_config(), make_campaign(html, "Deep"), make_list())
+    assert problems == ["the campaign cannot be rendered: the template's HTML nests elements more than 512 deep"]
+    assert contain_html("<div>" * 400 + "<style>p { color: red }</style><p>Deep</p>").body.count("<div>") == 400
+
+
+def test_html_with_more_tags_than_a_newsletter_is_refused_before_it_is_parsed() -> None:
+    problems = check_campaign(make_config(), make_campaign("<b>x</b>" * 10_001, "x"), make_list())
+    assert problems == ["the campaign cannot be rendered: the template's HTML has 10,001 tags; at most 10,000 "
+                        "are allowed"]

@@ -59,6 +59,7 @@ TRICKS: dict[str, str] = {
     "inline-absolute-overlay": BODY + '<div style="position:absolute;top:0;left:0;width:3000px;height:5000px;'
                                'background:#fff;z-index:99">x</div>',
     "inline-negative-margin": BODY + '<div style="margin-bottom:-2000px;height:10px"></div>',
+    "inline-very-wide": BODY + '<div style="width:20000px;min-width:20000px">x</div><img width="9000" src="x.png">',
     "inline-transform-scale": BODY + '<div style="transform:scale(60);background:#fff">x</div>',
     "full-document-attributes": '<html style="font-size:0"><head><base href="https://evil.example/">'
                                 '<meta http-equiv="refresh" content="0;url=about:blank"></head>'
@@ -185,6 +186,8 @@ def test_no_template_trick_hides_the_footer_in_chromium(browser: Any, tmp_path: 
     page, url = html_part(config, html, TEXT)
     open_in_browser(browser, tmp_path, page)
     assert_footer_visible(browser, config, url)
+    # nor does it push the footer sideways, out of a reader's view
+    assert browser.execute_script("return document.documentElement.scrollWidth <= innerWidth")
 
 
 @pytest.mark.parametrize("html", list(TRICKS.values()), ids=list(TRICKS))
