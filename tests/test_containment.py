@@ -100,3 +100,40 @@ def test_html_with_more_tags_than_a_newsletter_is_refused_before_it_is_parsed() 
     problems = check_campaign(make_config(), make_campaign("<b>x</b>" * 10_001, "x"), make_list())
     assert problems == ["the campaign cannot be rendered: the template's HTML has 10,001 tags; at most 10,000 "
                         "are allowed"]
+
+
+def test_markup_a_template_lets_through_from_a_subscriber_stays_in_the_box() -> None:
+    # `|safe` on a subscriber's value is the template's choice; the value still cannot reach the footer
+    value = '</p></td></tr></table><div popover style="display:none"><table><tr><td><!--'
+    rendered = render(campaign=make_campaign("<p>Hello {{ subscriber.name|safe }}</p>", "Hello"),
+                      recipient=make_recipient(name=value))
+    _, html = message_parts(parse_message(rendered.data))
+    footer = FooterHtml.read(html)
+    assert footer.found and "Unsubscribe with one click" in footer.text
+    assert "popover" not in html and "<!--" not in html
+
+
+PERSONAL = ('<h1 title="{{ subscriber.name }}">Hi {{ subscriber.name }}</h1><p>News for {{ subscriber.attributes.city }}'
+            ' &amp; you</p><a href="https://harmonymails.com/?to={{ subscriber.email }}">{{ unsubscribe_url }}</a>'
+            "<style>h1 { color: #123 }</style>")
+
+
+@settings(max_examples=100)
+@given(name=st.text(max_size=30), city=st.text(max_size=30))
+def test_the_once_per_campaign_path_builds_what_containing_each_message_builds(name: str, city: str) -> None:
+    from mailer.compose import Composer
+    from mailer.templating import compile_template, render_template
+
+    composer = Composer(make_config(), make_campaign(PERSONAL, None), make_list())
+    recipient = make_recipient(name=name, attributes={"city": city})
+    fast, _ = composer.campaign_bodies(recipient)
+    context = {"campaign": {"list_title": "Harmony News"}, "company": {}, "unsubscribe_url": "u",
+               "subscriber": {"name": name, "email": recipient.email, "attributes": {"city": city}}}
+    url = fast.rpartition('">')[2].partition("</a>")[0]  # the same signed link in both
+    context["unsubscribe_url"] = LexborHTMLParser(url).text() if url else ""
+    slow = contain_html(render_template(compile_template(PERSONAL, html=True, label="t"), context, label="t")).body
+
+    def tree(html: str) -> str:
+        return LexborHTMLParser(html).html or ""
+
+    assert tree(fast) == tree(slow)
