@@ -29,6 +29,7 @@ from markupsafe import Markup
 from mailer.compliance import check_message
 from mailer.compose import Composer, Recipient, RenderedMessage
 from mailer.config import Config, config_from_dict
+from mailer.containment import CONTAINER_ID, CONTAINER_STYLE
 from mailer.dkim import generate_key
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.templating import layout_environment
@@ -113,6 +114,9 @@ class Baseline:
             "company": config.company, "subject": "Spring at Harmony: café concerts", "notice": False,
             "notice_reason": "", "ad_label": config.compliance.ad_label, "list_title": "Harmony News",
             "recipient_email": recipient.email, "subscribed_on": " on 17 May 2025",
+            # the baseline skips containing the template: the ratio shows what the Composer's costs
+            "document": False, "container_id": CONTAINER_ID, "container_style": CONTAINER_STYLE,
+            "template_css": "",
         }
         html = self.html_layout.render({**context, "body": Markup(self.html.render(context))})
         text = self.text_layout.render({**context, "body": self.text.render(context)})

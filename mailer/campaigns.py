@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from mailer.compliance import check_campaign, check_from, render_for_check
 from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.config import Config, StartTLS
+from mailer.containment import EXTERNAL_STYLESHEETS
 from mailer.db import normalize_email
 from mailer.errors import (
     ComplianceError,
@@ -70,8 +71,8 @@ def create_campaign(
 ) -> CreatedCampaign:
     """Store a draft campaign with its template text, so later edits to the file change nothing.
 
-    Raises TemplateError for a template that is missing, does not parse or uses an unknown
-    variable, InvalidInputError for a subject with a line break or a From outside the sending
+    Raises TemplateError for a template that is missing, does not parse, uses an unknown
+    variable or loads an external stylesheet, InvalidInputError for a subject with a line break or a From outside the sending
     domain, and NotFoundError for an unknown list. Nothing is stored when it raises.
     """
     mailing_list = get_list(session, list_name)
@@ -106,6 +107,9 @@ def create_campaign(
             render_for_check(composer, recipient)
         except TemplateError as exc:
             raise TemplateError(f"the template fails for subscriber {recipient.email}: {exc}") from None
+        for problem in composer.left_out(recipient):
+            if problem in EXTERNAL_STYLESHEETS:  # never stored: nothing of another site's goes in the mail
+                raise TemplateError(problem)
     problems = check_campaign(config, campaign, mailing_list, recipients=recipients)
     return CreatedCampaign(campaign, problems)
 

@@ -11,10 +11,12 @@ import unicodedata
 from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
-from html.parser import HTMLParser
+
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.config import Config, is_placeholder_address
+from mailer.containment import CONTAINER_ID
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_unsubscribe_token
@@ -35,39 +37,13 @@ MIN_SHARED_WORDS = 0.5
 _WORD = re.compile(r"[^\W_]{3,}")
 _MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
 _LIST_UNSUBSCRIBE = re.compile(r"^<(https://[^>\s]+)>(?:\s*,\s*<(mailto:[^>\s]+)>)?$")
-_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-                   "param", "source", "track", "wbr"})
 # content of these never shows as text in a mail client
 _HIDDEN_TAGS = frozenset({"head", "title", "script", "style", "template", "noscript", "textarea",
                           "select", "iframe", "object", "svg", "noembed", "noframes"})
-# browsers show the content of these only when they carry `open`
-_CLOSED_UNLESS_OPEN = frozenset({"details", "dialog"})
-# browsers read everything after these start tags as plain text up to their own end tag,
-# so one left open swallows the footer, tags and links included
-_RAW_TEXT_TAGS = ("script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes", "noscript",
-                  "plaintext")
-_HIDING_STYLE = re.compile(
-    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|max-height\s*:\s*0|"
-    r"opacity\s*:\s*0(?![.\d]*[1-9])|color\s*:\s*transparent|mso-hide\s*:\s*all|"
-    r"transform\s*:[^;]*scale\(\s*0(?![.\d]*[1-9])|clip\s*:\s*rect\((?:\s*0(?:px)?[\s,]*){4}\)|"
-    r"clip-path\s*:\s*inset\(\s*(?:[5-9]\d|100)%|font-size\s*:\s*[01](?:\.\d+)?(?:px|pt)|"
-    r"(?<![\w-])(?:left|top|right|margin-left|margin-top)\s*:\s*-\s*\d{4,}",  # off the screen
-    re.IGNORECASE,
-)
-# a box of no height or width hides what it holds only when it also clips it
-_ZERO_BOX = re.compile(r"(?<![\w-])(?:max-)?(?:height|width)\s*:\s*0(?![.\d]*[1-9])", re.IGNORECASE)
-_CLIPPED = re.compile(r"overflow(?:-[xy])?\s*:\s*hidden", re.IGNORECASE)
-_STYLE_BLOCK = re.compile(r"<style[^>]*>(.*?)(?:</style\s*>|$)", re.IGNORECASE | re.DOTALL)
-# a stylesheet rule that hides these elements could hide the footer the system appends
-# the footer is made of these elements; a rule whose target is one of them, bare, can hide it
-_FOOTER_ELEMENTS = frozenset({"*", "html", "body", "table", "tbody", "tr", "td", "div", "p", "a", "strong"})
-_COMBINATOR = re.compile(r"[\s>+~]+")
-_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
-_BRACKETED = re.compile(r"\[[^\[\]]*\]|\([^()]*\)")
-_OWN_NAME = re.compile(r"[.#]-?[^\W\d]")  # a class or an id
-# Outlook's conditional comments: <!--[if mso]>...<![endif]--> and <!--[if !mso]><!-->...<!--<![endif]-->
-_CONDITIONAL = re.compile(r"<!--\[if\s([^\]]*)\]>(.*?)<!\[endif\]\s*-->", re.IGNORECASE | re.DOTALL)
-_EXACT_NAME = re.compile(r"""\[\s*(class|id)\s*~?=\s*["']?([-\w]+)["']?\s*\]""", re.IGNORECASE)
+_INLINE_HIDDEN = re.compile(r"display\s*:\s*none", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<html[\s>]", re.IGNORECASE)
+_COMMENT = re.compile(r"<!--.*?(?:--!?>|$)", re.DOTALL)
+FOOTER_CLASS = "hm-footer"
 
 
 def check_subject(subject: str) -> list[str]:
@@ -125,9 +101,7 @@ def check_campaign(
     if campaign.kind is CampaignKind.CAMPAIGN and mailing_list is None:
         problems.append("the campaign has no mailing list")
     notice = campaign.kind is CampaignKind.NOTICE
-    if not notice:
-        problems += _check_stylesheets(campaign.html_template)
-    else:
+    if notice:
         from mailer.notices import notice_problems  # notices builds on this module
 
         problems += notice_problems(config, campaign)
@@ -146,9 +120,8 @@ def check_campaign(
             problems.append(f"no message can be built for {recipient.email}: {exc}")
             continue
         problems += check_message(config, rendered, notice=notice)
+        problems += composer.left_out(recipient)
         html_body, text_body = composer.campaign_bodies(recipient)
-        if not notice:
-            problems += _check_stylesheets(html_body)  # a template can write a <style> tag out of parts
         problems += check_equivalence(html_body, text_body)
     return _unique(problems)
 
@@ -224,12 +197,12 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
     text, html = message_parts(message)
     if not text.strip() or not html.strip():
         problems.append("the message lacks a non-empty text part and HTML part")
-    unclosed = html.rfind("<!--")
-    if unclosed != -1 and html.find("-->", unclosed) == -1:
-        problems.append("the HTML has an unclosed <!-- comment that hides what follows it")
     visible = VisibleHtml.read(html)
     if not visible.has_html_tag:
         problems.append("the HTML part has no <html> tag")
+    footer = FooterHtml.read(html)
+    if not footer.found:
+        problems.append("the HTML part has no footer after the campaign's content")
     company = config.company
     wanted = {
         "the company name": company.name,
@@ -248,38 +221,19 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
         unsubscribe_url = _check_list_unsubscribe(config, message, problems)
         if unsubscribe_url:
             links["the unsubscribe link"] = unsubscribe_url
+    # the footer is the system's, after the template's box where nothing of the template reaches:
+    # what it says is what a reader sees
     for what, phrase in wanted.items():
         if not _has_phrase(text, phrase):
             problems.append(f"{what} is missing from the text part")
-        if not _has_phrase(visible.text, phrase):
-            problems.append(f"{what} is missing from the visible HTML part")
+        if not _has_phrase(footer.text, phrase):
+            problems.append(f"{what} is missing from the footer of the HTML part")
     for what, url in links.items():
         if url not in text:
             problems.append(f"{what} is missing from the text part")
-        if url not in visible.hrefs:
-            problems.append(f"{what} is missing from the visible HTML part")
-    if _CONDITIONAL.search(html):
-        outlook = VisibleHtml.read(outlook_view(html))
-        for what, phrase in wanted.items():
-            if _has_phrase(visible.text, phrase) and not _has_phrase(outlook.text, phrase):
-                problems.append(f"{what} is missing from the HTML part as Outlook for Windows shows it")
-        for what, url in links.items():
-            if url in visible.hrefs and url not in outlook.hrefs:
-                problems.append(f"{what} is missing from the HTML part as Outlook for Windows shows it")
+        if url not in footer.hrefs:
+            problems.append(f"{what} is missing from the footer of the HTML part")
     return problems
-
-
-def outlook_view(html: str) -> str:
-    """The HTML as Outlook for Windows reads it: what its conditional comments hold for it in, the rest out."""
-
-    def opened(match: re.Match[str]) -> str:
-        condition, content = match[1], match[2]
-        for_outlook = bool(re.search(r"(?<![!\w(])\(?\s*(?:[lg]te?\s+)?mso\b", condition, re.IGNORECASE))
-        if content.startswith("<!-->") and content.endswith("<!--"):  # shown to everyone else too
-            content = content[5:-4]
-        return content if for_outlook else ""
-
-    return _CONDITIONAL.sub(opened, html)
 
 
 def check_equivalence(html_body: str, text_body: str) -> list[str]:
@@ -324,48 +278,6 @@ def _check_list_unsubscribe(config: Config, message: EmailMessage, problems: lis
     return url
 
 
-def _check_stylesheets(html_template: str) -> list[str]:
-    """A <style> rule hiding elements the footer is made of could hide the footer itself."""
-    problems = []
-    for block in _STYLE_BLOCK.findall(html_template):
-        for rule in _CSS_COMMENT.sub("", block).split("}"):
-            selector, _, declarations = rule.rpartition("{")
-            selector = selector.rpartition("{")[2] if "{" in selector else selector
-            if hides(declarations) and _may_match_footer(selector):
-                problems.append(
-                    f"the stylesheet rule '{selector.strip()}' can hide the footer; "
-                    "hide elements with a class of your own or an inline style instead"
-                )
-    return problems
-
-
-def hides(style: str) -> bool:
-    """True when CSS declarations take an element and its content out of sight."""
-    style = _CSS_COMMENT.sub("", style)  # `display:/**/none` is `display:none` to a browser
-    return bool(_HIDING_STYLE.search(style) or (_ZERO_BOX.search(style) and _CLIPPED.search(style)))
-
-
-def _may_match_footer(selector: str) -> bool:
-    """True when a selector list may select an element of the footer."""
-    if "hm-" in selector or "\\" in selector:  # a CSS escape can spell any name
-        return True
-    # `[class=hide]` is `.hide` (older templates write it for Yahoo); other attribute values and
-    # pseudo-class arguments (`:not(.promo)`) do not confine a rule to own elements
-    selector = _EXACT_NAME.sub(lambda m: ("#" if m[1].lower() == "id" else ".") + m[2], selector)
-    while (bare := _BRACKETED.sub("", selector)) != selector:
-        selector = bare
-    for one in selector.split(","):
-        parts = _COMBINATOR.split(one.strip())
-        target = parts[-1].lower() if parts else ""
-        # the target is what a rule styles: `div`, `*` or `[role]` reaches the footer, `div.promo` does not
-        if _OWN_NAME.search(target):
-            continue
-        element = re.split(r"[:.#]", target, maxsplit=1)[0]
-        if not element or element in _FOOTER_ELEMENTS:
-            return True
-    return False
-
-
 def _has_phrase(haystack: str, phrase: str) -> bool:
     return " ".join(phrase.split()).casefold() in " ".join(haystack.split()).casefold()
 
@@ -374,65 +286,71 @@ def _unique(problems: list[str]) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-class VisibleHtml(HTMLParser):
+class VisibleHtml:
     """The text and link targets a reader can see: no head, comments, or hidden elements."""
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self._stack: list[tuple[str, bool]] = []
-        self._chunks: list[str] = []
-        self.hrefs: set[str] = set()
-        self.has_html_tag = False  # an <html> start tag, not one in a comment or a script
+    def __init__(self, text: str, hrefs: set[str], has_html_tag: bool) -> None:
+        self.text = text
+        self.hrefs = hrefs
+        self.has_html_tag = has_html_tag  # an <html> start tag, not one in a comment
 
     @classmethod
     def read(cls, html: str) -> VisibleHtml:
-        parser = cls()
-        parser.feed(html)
-        parser.close()
-        return parser
+        document = LexborHTMLParser(html)
+        chunks: list[str] = []
+        hrefs: set[str] = set()
+        if document.body is not None:
+            _visible(document.body, chunks, hrefs)
+        has_html_tag = _HTML_TAG.search(_COMMENT.sub("", html)) is not None
+        return cls(" ".join(" ".join(chunks).split()), hrefs, has_html_tag)
 
-    @property
-    def text(self) -> str:
-        return " ".join("".join(self._chunks).split())
 
-    @property
-    def _hidden(self) -> bool:
-        return bool(self._stack) and self._stack[-1][1]
+class FooterHtml:
+    """The system's footer in a finished HTML part: after the campaign's box, outside it."""
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {name: value or "" for name, value in attrs}
-        self.has_html_tag = self.has_html_tag or tag == "html"
-        hidden = (
-            self._hidden
-            or tag in _HIDDEN_TAGS
-            or "hidden" in values
-            or (tag in _CLOSED_UNLESS_OPEN and "open" not in values)
-            or hides(values.get("style", ""))
-        )
-        if tag == "a" and not hidden and values.get("href"):
-            self.hrefs.add(values["href"])
-        if tag not in _VOID:
-            self._stack.append((tag, hidden))
-        if tag in _RAW_TEXT_TAGS:
-            self.set_cdata_mode(tag)
-        self._chunks.append(" ")
+    def __init__(self, found: bool, text: str, hrefs: set[str]) -> None:
+        self.found = found
+        self.text = text
+        self.hrefs = hrefs
 
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag not in _RAW_TEXT_TAGS:  # browsers ignore the slash: <title/> opens a title all the same
-            self.handle_endtag(tag)
+    @classmethod
+    def read(cls, html: str) -> FooterHtml:
+        document = LexborHTMLParser(html)
+        box = document.css_first(f"#{CONTAINER_ID}")
+        for footer in document.css(f"div.{FOOTER_CLASS}"):
+            if box is None or _inside(footer, box):
+                continue
+            chunks: list[str] = []
+            hrefs: set[str] = set()
+            _visible(footer, chunks, hrefs)
+            return cls(True, " ".join(" ".join(chunks).split()), hrefs)
+        return cls(False, "", set())
 
-    def handle_endtag(self, tag: str) -> None:
-        # close the nearest open element of that name; browsers forgive missing end tags too,
-        # but an end tag never reaches past a <template>: its content is a document of its own
-        for index in range(len(self._stack) - 1, -1, -1):
-            if self._stack[index][0] == tag:
-                del self._stack[index:]
-                break
-            if self._stack[index][0] == "template":
-                break
-        self._chunks.append(" ")
 
-    def handle_data(self, data: str) -> None:
-        if not self._hidden:
-            self._chunks.append(data)
+def _inside(node: LexborNode, ancestor: LexborNode) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.mem_id == ancestor.mem_id:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _visible(root: LexborNode, chunks: list[str], hrefs: set[str]) -> None:
+    """Text and link targets under root, leaving out elements a reader does not see; iterative for deep trees."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        tag = node.tag or ""
+        if tag == "-text":
+            chunks.append(node.text_content or "")
+            continue
+        if tag.startswith("-") or tag in _HIDDEN_TAGS:
+            continue
+        attributes = node.attributes
+        if "hidden" in attributes or _INLINE_HIDDEN.search(attributes.get("style") or ""):
+            continue
+        if tag == "a" and attributes.get("href"):
+            hrefs.add(attributes["href"] or "")
+        chunks.append(" ")
+        stack.extend(reversed(list(node.iter(include_text=True))))

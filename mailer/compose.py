@@ -19,6 +19,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from mailer.config import Config
+from mailer.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
 from mailer.dkim import DkimSigner, signer_from_config
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
@@ -43,12 +44,13 @@ DEFAULT_NOTICE_REASON = "it concerns your account or your subscription with us"
 
 _SLOT = "\x00{}\x00"  # markers in the pre-rendered layout; no template or escaping produces NUL
 _SLOT_RE = re.compile("\x00([a-z_]+)\x00")
-# markers for subscriber values in a probe rendering of an HTML-only template (see _TextProbe)
+# markers for subscriber values in a probe rendering of a personal HTML template (see _Probe)
 _PROBE = "\x01{}\x01"
 _PROBE_RE = re.compile("\x01([a-z0-9]+)\x01")
+# a style attribute holding a marker: a value there could write CSS, so the probe does not hold
+_MARKER_IN_STYLE = re.compile('style="[^"]*\x01')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _ADDRESS_SPEC = re.compile(r"^[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+$")
-_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _HEADER_POLICY = email.policy.SMTP
 
 
@@ -212,38 +214,56 @@ class _ProbeAttributes(dict[str, Any]):
         return self[key]
 
 
-class _TextProbe:
-    """The text part of an HTML-only template, derived once from a rendering with markers.
+class _Probe:
+    """A personal HTML template rendered once with markers, for what stays the same for everyone.
 
-    Deriving text from HTML is slow (milliseconds a message). When a recipient's HTML equals the probe's
-    HTML with their values in place of the markers, their text is the probe's text with the
-    same values in place: no conversion. Any other HTML (a branch on a value, a filter that
-    changed one) is converted as usual.
+    Parsing, inlining and deriving text cost milliseconds a message. When a recipient's rendering
+    equals the probe's with their values in place of the markers, the template took the same
+    path for them: their contained HTML is the probe's with their escaped values in place, and
+    their derived text the probe's with their values in place. Any other rendering (a branch
+    on a value, a filter that changed one) is contained and converted as usual.
     """
 
-    def __init__(self, template: jinja2.Template, context: Mapping[str, Any]) -> None:
+    def __init__(self, template: jinja2.Template, context: Mapping[str, Any], *, derive_text: bool) -> None:
         self._attributes = _ProbeAttributes()
         subscriber = {"email": _PROBE.format("e"), "name": _PROBE.format("n"), "attributes": self._attributes}
-        html = render_template(
+        raw = render_template(
             template, {**context, "subscriber": subscriber, "unsubscribe_url": _PROBE.format("u")},
             label="HTML template",
         )
-        self._html = _Skeleton(html, _PROBE_RE)
-        self._text = _Skeleton(html_to_text(html), _PROBE_RE)
+        self._raw = _Skeleton(raw, _PROBE_RE)
+        contained = contain_html(raw)
+        self._left_out = contained.left_out
+        self._css = contained.css
+        # a value may go only where its escaped text cannot change the structure: text and plain
+        # attribute values, not CSS, and every marker still in place after the parse
+        self._html: _Skeleton | None = None
+        if (
+            sorted(_PROBE_RE.findall(contained.body)) == sorted(_PROBE_RE.findall(raw))
+            and not _PROBE_RE.search(contained.css)
+            and not _MARKER_IN_STYLE.search(contained.body)
+        ):
+            self._html = _Skeleton(contained.body, _PROBE_RE)
+        self._text = _Skeleton(html_to_text(contained.body), _PROBE_RE) if derive_text else None
 
-    def text_for(self, html: str, recipient: Recipient, url: str) -> str | None:
+    def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None]:
+        """The recipient's contained HTML and derived text when the probe holds for them, else None for each."""
         values = {"e": recipient.email, "n": recipient.name, "u": url}
         for index, key in enumerate(self._attributes.asked):
             if key not in recipient.attributes:
-                return None
+                return None, None
             values[f"a{index}"] = str(recipient.attributes[key])
-        # the converter folds runs of blanks as a browser would; values holding them take the slow path
-        if any(" ".join(value.split()) != value for value in values.values()):
-            return None
         escaped = {slot: str(escape(value)) for slot, value in values.items()}
-        if self._html.fill(escaped) != html:
-            return None
-        return self._text.fill(values)
+        if self._raw.fill(escaped) != raw:
+            return None, None
+        html = None
+        if self._html is not None:
+            html = ContainedHtml(body=self._html.fill(escaped), css=self._css, left_out=self._left_out)
+        text = None
+        # the converter folds runs of blanks as a browser would; values holding them take the slow path
+        if self._text is not None and all(" ".join(value.split()) == value for value in values.values()):
+            text = self._text.fill(values)
+        return html, text
 
 
 class Composer:
@@ -290,18 +310,20 @@ class Composer:
                 "privacy_url": config.company.privacy_url,
             },
         }
-        # templates that use no per-recipient name are rendered once, here
-        self._static_html = None if self._html_personal else self._render_html(self._context)
+        # templates that use no per-recipient name are rendered, contained and converted once, here
+        self._static_html: ContainedHtml | None = None
+        if not self._html_personal:
+            self._static_html = contain_html(self._render_html(self._context))
         self._static_text: str | None = None
         if self._text_template is not None and not self._text_personal:
             self._static_text = self._render_text(self._context)
         elif self._text_template is None and self._static_html is not None:
-            self._static_text = html_to_text(self._static_html)
-        self._text_probe: _TextProbe | None = None
-        if self._text_template is None and self._static_html is None:
-            # a template that needs real values (say a number) cannot be probed; each text is converted
+            self._static_text = html_to_text(self._static_html.body)
+        self._probe: _Probe | None = None
+        if self._static_html is None:
+            # a template that needs real values (say a number) cannot be probed; each one is contained
             with contextlib.suppress(TemplateError):
-                self._text_probe = _TextProbe(self._html_template, self._context)
+                self._probe = _Probe(self._html_template, self._context, derive_text=self._text_template is None)
         self._build_layout(list_title, campaign.notice_reason)
         self._build_headers(campaign, mailing_list, list_title)
 
@@ -319,13 +341,14 @@ class Composer:
             "subscribed_on": _SLOT.format("subscribed_on"),
         }
         try:
-            if self._full_document:
-                # the template brings its own document; the footer goes in before its </body>
-                html = env.get_template("footer.html.j2").render(context)
-            else:
-                html = env.get_template("layout.html.j2").render(
-                    {**context, "body": Markup(_SLOT.format("body"))}
-                )
+            html = env.get_template("layout.html.j2").render({
+                **context,
+                "document": self._full_document,
+                "container_id": CONTAINER_ID,
+                "container_style": CONTAINER_STYLE,
+                "body": Markup(_SLOT.format("body")),
+                "template_css": Markup(_SLOT.format("template_css")),
+            })
             text = env.get_template("layout.txt.j2").render({**context, "body": _SLOT.format("body")})
         except jinja2.TemplateError as exc:  # our own templates: a packaging fault, not user input
             raise RuntimeError(f"the email layout templates are broken: {exc}") from exc
@@ -393,11 +416,9 @@ class Composer:
         html_body, text_body = self._bodies(recipient, url)
         phrase = subscribed_phrase(recipient.subscribed_at)
         html = self._html_layout.fill(
-            {"body": html_body, "unsubscribe_url": str(escape(url)),
-             "recipient_email": str(escape(address)), "subscribed_on": phrase}
+            {"body": html_body.body, "template_css": _style_element(html_body.css),
+             "unsubscribe_url": str(escape(url)), "recipient_email": str(escape(address)), "subscribed_on": phrase}
         )
-        if self._full_document:
-            html = _insert_footer(html_body, html)
         text = self._text_layout.fill(
             {"body": text_body.rstrip("\n"), "unsubscribe_url": url,
              "recipient_email": address, "subscribed_on": phrase}
@@ -434,25 +455,33 @@ class Composer:
         )
 
     def campaign_bodies(self, recipient: Recipient) -> tuple[str, str]:
-        """The campaign's own HTML and text for a recipient, without layout and footer."""
-        return self._bodies(recipient, self._unsubscribe_base + self.unsubscribe_token(recipient))
+        """The campaign's own HTML (as it goes in the box) and text for a recipient, without layout and footer."""
+        html, text = self._bodies(recipient, self._unsubscribe_base + self.unsubscribe_token(recipient))
+        return html.body, text
 
-    def _bodies(self, recipient: Recipient, url: str) -> tuple[str, str]:
+    def left_out(self, recipient: Recipient) -> tuple[str, ...]:
+        """What the template may not do and what is left out of its HTML for this recipient, one line each."""
+        html, _ = self._bodies(recipient, self._unsubscribe_base + self.unsubscribe_token(recipient))
+        return html.left_out
+
+    def _bodies(self, recipient: Recipient, url: str) -> tuple[ContainedHtml, str]:
         context: dict[str, Any] | None = None
+        probed_text: str | None = None
         if self._static_html is not None:
             html_body = self._static_html
         else:
             context = self._personal_context(recipient, url)
-            html_body = self._render_html(context)
+            raw = self._render_html(context)
+            probed_html = None
+            if self._probe is not None:
+                probed_html, probed_text = self._probe.bodies(raw, recipient, url)
+            html_body = probed_html if probed_html is not None else contain_html(raw)
         if self._static_text is not None:
             text_body = self._static_text
         elif self._text_template is not None:
             text_body = self._render_text(context or self._personal_context(recipient, url))
         else:
-            probed = None
-            if self._text_probe is not None:
-                probed = self._text_probe.text_for(html_body, recipient, url)
-            text_body = probed if probed is not None else html_to_text(html_body)
+            text_body = probed_text if probed_text is not None else html_to_text(html_body.body)
         return html_body, text_body
 
     def _personal_context(self, recipient: Recipient, url: str) -> dict[str, Any]:
@@ -468,10 +497,6 @@ class Composer:
         return self._date_cache[1]
 
 
-def _insert_footer(document: str, footer: str) -> str:
-    """The footer just before the document's last </body>, or at its end when there is none."""
-    matches = list(_BODY_END.finditer(document))
-    if not matches:
-        return document + footer
-    at = matches[-1].start()
-    return document[:at] + footer + document[at:]
+def _style_element(css: str) -> str:
+    """The template's kept @media rules for the <head>; they may select only inside the box."""
+    return f"<style>\n{css}\n</style>" if css else ""

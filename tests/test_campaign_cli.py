@@ -84,8 +84,11 @@ def test_html_only_template_gets_a_derived_text_part(news: Cli, tmp_path: Path) 
         (["--template", "welcome", "--subject", "Hello\nBcc: x@evil.test"], "line break"),
         (["--template", "welcome", "--from", "Deals <deals@elsewhere.example>"], "sending domain"),
         (["--template", "welcome", "--list", "nope"], "no list named 'nope'"),
+        (["--template", "{link}"], "Error: external stylesheets (<link rel=stylesheet>) are not allowed"),
+        (["--template", "{import}"], "Error: @import is not allowed in a template's <style>"),
     ],
-    ids=["missing", "syntax", "unknown-variable", "attribute-some-lack", "subject-crlf", "from-domain", "list"],
+    ids=["missing", "syntax", "unknown-variable", "attribute-some-lack", "subject-crlf", "from-domain", "list",
+         "link-stylesheet", "import"],
 )
 def test_bad_input_is_one_clear_line_and_stores_nothing(
     news: Cli, tmp_path: Path, args: list[str], expected: str
@@ -94,6 +97,8 @@ def test_bad_input_is_one_clear_line_and_stores_nothing(
         "{syntax}": "<p>{% if %}</p>",
         "{unknown}": "<p>{{ discount_code }}</p>",
         "{attr}": "<p>Hello from {{ subscriber.attributes.city }}</p>",  # bo has no city
+        "{link}": '<link rel="stylesheet" href="https://fonts.example/a.css"><p>Spring concerts</p>',
+        "{import}": "<style>@import url(https://fonts.example/a.css);</style><p>Spring concerts</p>",
     }
     resolved = []
     for arg in args:
