@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 from mailer.config import Config
 from mailer.dkim import DkimSigner, signer_from_config
 from mailer.errors import InvalidInputError, TemplateError
+from mailer.mailbox import parse_mailbox
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.templating import (
     TemplateSource,
@@ -145,6 +146,16 @@ def format_mailbox(name: str, address: str) -> str:
     return f"{phrase} <{address}>" if phrase else address
 
 
+def mailbox_line(name: str, value: str) -> bytes:
+    """A From or Reply-To line built from the mailbox's parts, never from the string as typed.
+
+    Raises InvalidInputError when the value is not one plain mailbox (see parse_mailbox).
+    """
+    mailbox = parse_mailbox(value)
+    header = format_mailbox(mailbox.display_name, header_address(mailbox.addr_spec))
+    return f"{name}: {header}\r\n".encode("ascii")
+
+
 def fold_header(name: str, value: str) -> bytes:
     """A header line folded and RFC 2047-encoded by the standard library, for values fixed per campaign."""
     _, header = _HEADER_POLICY.header_store_parse(name, one_line(value))
@@ -262,7 +273,8 @@ class Composer:
     ) -> None:
         """Parse/compile the campaign's templates ONCE (raises TemplateError); `test=True` marks the subject.
 
-        Raises ConfigError when no signing key is set or the DKIM key cannot be read.
+        Raises ConfigError when no signing key is set or the DKIM key cannot be read, and
+        InvalidInputError when From or Reply-To is not one plain mailbox.
         """
         self._config = config
         self._keys = config.require_secret_keys()
@@ -343,11 +355,11 @@ class Composer:
     def _build_headers(self, campaign: Campaign, mailing_list: MailingList | None, list_title: str) -> None:
         config = self._config
         self._boundary = f"=_hm_{uuid.uuid4().hex}"  # '=_' never occurs in quoted-printable text
-        self._from_line = fold_header("From", campaign.from_address or config.sender.from_address)
+        self._from_line = mailbox_line("From", campaign.from_address or config.sender.from_address)
         self._subject_line = subject_header(self.subject)
         middle = [b"MIME-Version: 1.0\r\n"]
         if config.sender.reply_to:
-            middle.append(fold_header("Reply-To", config.sender.reply_to))
+            middle.append(mailbox_line("Reply-To", config.sender.reply_to))
         if mailing_list is not None and not self.is_notice:
             # RFC 2919: an optional phrase, then the list's unique id in angle brackets
             list_id = f"{mailing_list.name}.{self._domain}"

@@ -8,12 +8,12 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from mailer.errors import ConfigError
+from mailer.errors import ConfigError, InvalidInputError
+from mailer.mailbox import parse_mailbox
 
 DEFAULT_CONFIG_NAME = "mailer.toml"
 DEFAULT_POSTAL_ADDRESS = (
@@ -351,12 +351,7 @@ def validate_config(config: Config) -> None:
 
 
 def _check_mailbox(source: str, key: str, value: str) -> None:
-    if "\r" in value or "\n" in value:
-        raise ConfigError(source, key, "must not contain a line break")
-    name, addr = parseaddr(value)
-    if not addr or addr.count("@") != 1 or "," in value:
-        raise ConfigError(source, key, f"must be one mailbox such as 'Name <user@example.com>'; got {value!r}")
     try:
-        Address(display_name=name, addr_spec=addr)
-    except (ValueError, IndexError) as exc:
-        raise ConfigError(source, key, f"not a valid address: {exc}") from None
+        parse_mailbox(value)
+    except InvalidInputError as exc:
+        raise ConfigError(source, key, str(exc)) from None
