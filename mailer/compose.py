@@ -23,6 +23,7 @@ from mailer.dkim import DkimSigner, signer_from_config
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.mailbox import parse_mailbox
 from mailer.models import Campaign, CampaignKind, MailingList
+from mailer.plus_tag import make_unsubscribe_address
 from mailer.templating import (
     TemplateSource,
     compile_campaign_templates,
@@ -32,7 +33,7 @@ from mailer.templating import (
     referenced_names,
     render_template,
 )
-from mailer.tokens import make_unsubscribe_token
+from mailer.tokens import UnsubscribeClaim, make_unsubscribe_token
 from mailer.verp import make_return_path
 
 TEST_SUBJECT_PREFIX = "[TEST] "
@@ -285,6 +286,7 @@ class Composer:
         self._domain = config.sender.sending_domain
         self._unsubscribe_base = config.unsubscribe.base_url.rstrip("/") + "/u/"
         self._mailto = config.unsubscribe.mailto
+        self._plus_tag = config.unsubscribe.mailto_plus_tag and bool(self._mailto)
         self.subject = (TEST_SUBJECT_PREFIX if test else "") + one_line(campaign.subject)
         self._signer: DkimSigner | None = signer_from_config(config)
 
@@ -434,7 +436,11 @@ class Composer:
         if not self.is_notice:
             unsubscribe = f"List-Unsubscribe: <{url}>"
             if self._mailto:
-                unsubscribe += f",\r\n <mailto:{self._mailto}?subject=unsubscribe%20{token}>"
+                mailto = self._mailto
+                if self._plus_tag:
+                    claim = UnsubscribeClaim(recipient.subscriber_id, self._list_id, self.campaign_id)
+                    mailto = make_unsubscribe_address(self._keys[0], mailto, claim)
+                unsubscribe += f",\r\n <mailto:{mailto}?subject=unsubscribe%20{token}>"
             lines.append(unsubscribe.encode("ascii") + b"\r\n")
         lines += [
             self._tail_lines,

@@ -14,6 +14,7 @@ from typing import Any
 
 from mailer.errors import ConfigError, InvalidInputError
 from mailer.mailbox import parse_mailbox
+from mailer.plus_tag import MAX_LOCAL_PART_OCTETS, ROOM_NEEDED, room_for_tag
 
 DEFAULT_CONFIG_NAME = "mailer.toml"
 DEFAULT_POSTAL_ADDRESS = (
@@ -104,6 +105,8 @@ class UnsubscribeConfig:
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     scope: UnsubscribeScope = UnsubscribeScope.ALL
     trusted_proxies: int = 0  # reverse proxies in front of `mailer serve` whose X-Forwarded-* to believe
+    # tag the mailto address per recipient (unsubscribe+TAG@...): the relay must deliver plus-addresses
+    mailto_plus_tag: bool = False
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "unsubscribe.base_url", "must be an http(s) URL")
     if config.unsubscribe.mailto and "@" not in config.unsubscribe.mailto:
         raise ConfigError(src, "unsubscribe.mailto", "must be an email address")
+    _check_mailto_room(config)
     if not 0 <= config.unsubscribe.trusted_proxies <= 10:
         raise ConfigError(src, "unsubscribe.trusted_proxies", "must be from 0 to 10")
     for key in config.unsubscribe.secret_keys:
@@ -348,6 +352,26 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "compliance.ad_label", "must not be empty")
     if config.consent.confirm_expiry <= 0:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
+
+
+def _check_mailto_room(config: Config) -> None:
+    """The mailto local part fits RFC 5321's 64 octets, with room for a plus-tag when one is added."""
+    src, mailto = config.source, config.unsubscribe.mailto
+    local = mailto.rpartition("@")[0]
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
+        raise ConfigError(src, "unsubscribe.mailto", f"the part before @ is longer than {MAX_LOCAL_PART_OCTETS} octets")
+    if not config.unsubscribe.mailto_plus_tag:
+        return
+    if not mailto:
+        raise ConfigError(src, "unsubscribe.mailto_plus_tag", "needs unsubscribe.mailto")
+    if "+" in local:
+        raise ConfigError(src, "unsubscribe.mailto", "must not contain + when mailto_plus_tag is on")
+    if room_for_tag(mailto) < ROOM_NEEDED:
+        raise ConfigError(
+            src, "unsubscribe.mailto",
+            f"the part before @ leaves {max(room_for_tag(mailto), 0)} of the {ROOM_NEEDED} octets a plus-tag "
+            f"needs within {MAX_LOCAL_PART_OCTETS}; shorten it or set mailto_plus_tag = false",
+        )
 
 
 def _check_mailbox(source: str, key: str, value: str) -> None:
