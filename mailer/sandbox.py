@@ -21,6 +21,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 # past any real campaign, and small enough that building and checking it takes a blink
 MAX_VALUE_CHARS = 1_000_000
 MAX_OUTPUT_CHARS = 1_000_000
+# all the values one render builds together: many values each under the limit (a list of
+# big strings mapped through a filter) must not add up to gigabytes either
+MAX_BUILT_CHARS = 20 * MAX_VALUE_CHARS
 # a campaign renders in milliseconds; seconds mean a runaway loop. Wall-clock, generous for a
 # loaded machine, and short enough that `campaign check` answers while the marketer waits
 MAX_RENDER_SECONDS = 5.0
@@ -59,8 +62,14 @@ def _size(value: Any) -> int:
 
 def check_size(value: Any, what: str = "a value") -> Any:
     """The value itself when it is within the limits; raises SecurityError otherwise."""
-    if _size(value) > MAX_VALUE_CHARS:
+    size = _size(value)
+    if size > MAX_VALUE_CHARS:
         raise _refuse(what)
+    if size:
+        _local.built = getattr(_local, "built", 0) + size
+        if _local.built > MAX_BUILT_CHARS:
+            raise SecurityError(f"the template builds more than {MAX_BUILT_CHARS:,} characters in all; "
+                                "it builds runaway values")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_POWER_BITS:
         raise SecurityError(f"a number would have more than {MAX_POWER_BITS:,} bits; "
                             "the template builds a runaway value")
@@ -273,6 +282,7 @@ def render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> str
     """
     chunks: list[str] = []
     size = 0
+    _local.built = 0
     with render_clock():
         for chunk in template.generate(context):
             size += len(chunk)

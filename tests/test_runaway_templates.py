@@ -41,6 +41,7 @@ RUNAWAYS = {
     "output": ('{% for i in range(100000) %}{{ "y" * 1000 }}{% endfor %}', "rendered text would be longer"),
     "macro-recursion": ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "calls itself"),
     "batch-fill": ('{{ [1]|batch(10**9, "x")|list }}', "would be longer than"),
+    "many-big-values": ('{{ "".join((["x" * 999999] * 1000)|map("upper")) }}', "characters in all"),
 }
 
 
