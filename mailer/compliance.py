@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 from mailer.compose import Composer, Recipient, RenderedMessage, header_address, sample_recipient
 from mailer.config import Config, is_placeholder_address
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
-from mailer.mailbox import parse_mailbox
+from mailer.mailbox import is_plain_address, parse_mailbox
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_unsubscribe_token
 
@@ -146,7 +146,8 @@ def _careless_addresses(raw_value: str) -> list[str] | None:
         decoded = str(email.header.make_header(email.header.decode_header(raw_value)))
     except (email.errors.HeaderParseError, UnicodeError, ValueError, LookupError):
         return None
-    return [address.lower() for _, address in getaddresses([decoded]) if "@" in address]
+    # a misread name yields debris such as '"¡ <news@...>'; only a well-formed address is another sender
+    return [address.lower() for _, address in getaddresses([decoded]) if is_plain_address(address)]
 
 
 def check_campaign(

@@ -19,6 +19,11 @@ _ADDRESS_SPEC = re.compile(r"^[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\
 _ADDRESS_LOOKALIKE = re.compile(r"[<>@]")
 
 
+def is_plain_address(text: str) -> bool:
+    """True for a bare `user@domain` with nothing a parser would read as structure."""
+    return _ADDRESS_SPEC.match(text) is not None
+
+
 def parse_mailbox(value: str) -> Address:
     """One mailbox, `Name <user@example.com>` or `user@example.com`, as a display name and an address.
 

@@ -21,7 +21,7 @@ from mailer.compose import one_line
 from mailer.config import load_config
 from mailer.db import Database
 from mailer.errors import ConfigError, InvalidInputError
-from mailer.mailbox import parse_mailbox
+from mailer.mailbox import is_plain_address, parse_mailbox
 from mailer.models import Campaign
 
 SENDER = "news@harmonymails.com"
@@ -48,7 +48,7 @@ def news(cli: Cli) -> Cli:
 def careless_read(raw_value: str) -> list[str]:
     """What a reader that decodes encoded words before parsing takes for the addresses."""
     decoded = str(email.header.make_header(email.header.decode_header(raw_value)))
-    return [address.lower() for _, address in getaddresses([decoded]) if "@" in address]
+    return [address.lower() for _, address in getaddresses([decoded]) if is_plain_address(address)]
 
 
 def raw_header(data: bytes, name: str) -> str:
