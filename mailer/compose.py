@@ -167,9 +167,10 @@ def subject_header(subject: str) -> bytes:
     """The Subject line; text that looks like an encoded word is itself encoded, so readers show it as typed.
 
     The standard library would take `=?utf-8?q?Re:_hi?=` for an encoded word and send it on as
-    "Re: hi", past the gate that judged the subject as typed.
+    "Re: hi", past the gate that judged the subject as typed; and folding non-ASCII text it can
+    drop a blank between two encoded words. Our own words decode back exactly.
     """
-    if "=?" in subject:
+    if "=?" in subject or not subject.isascii():
         return b"Subject: " + encoded_words(one_line(subject)).encode("ascii") + b"\r\n"
     return fold_header("Subject", subject)
 
