@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import email.errors
+import email.header
 import email.parser
 import email.policy
 import email.utils
@@ -10,14 +12,15 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from email.message import EmailMessage
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
+from mailer.compose import Composer, Recipient, RenderedMessage, header_address, sample_recipient
 from mailer.config import Config, is_placeholder_address
 from mailer.containment import CONTAINER_ID
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
+from mailer.mailbox import is_plain_address, parse_mailbox
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_unsubscribe_token
 
@@ -65,21 +68,62 @@ def check_subject(subject: str) -> list[str]:
 def check_from(config: Config, from_address: str) -> list[str]:
     """From must be one mailbox on the sending domain."""
     value = from_address or config.sender.from_address
-    if "\r" in value or "\n" in value:
-        return ["the From address contains a line break"]
-    mailboxes = getaddresses([value])
-    # as receivers parse it: a trailing comma, a group or an unclosed "<" is not one plain mailbox
-    header = email.policy.default.header_factory("From", value)
-    if (
-        len(mailboxes) != 1 or not mailboxes[0][1] or mailboxes[0][1].count("@") != 1
-        or header.defects or len(header.groups) != 1 or header.groups[0].display_name is not None
-        or value.strip().endswith(",")
-    ):
-        return [f"From {value!r} is not one mailbox such as 'Name <user@{config.sender.sending_domain}>'"]
-    domain = parseaddr(value)[1].rpartition("@")[2].lower()
-    if domain != config.sender.sending_domain:
-        return [f"From {value!r} is not on the sending domain {config.sender.sending_domain}"]
+    try:
+        mailbox = parse_mailbox(value)
+    except InvalidInputError as exc:
+        return [f"From {exc}"]
+    if mailbox.domain.lower() != config.sender.sending_domain:
+        return [f"From {value.strip()!r} is not on the sending domain {config.sender.sending_domain}"]
     return []
+
+
+def check_sender_headers(config: Config, data: bytes, from_address: str) -> list[str]:
+    """The finished From (and Reply-To) read back as receivers read them: one mailbox each, ours.
+
+    Read twice: by the strict header parser, which must find exactly the sender's mailbox, and
+    as a careless reader does, decoding encoded words first and parsing what they say, which
+    must find no address but the sender's.
+    """
+    problems: list[str] = []
+    wanted = {"From": from_address or config.sender.from_address}
+    if config.sender.reply_to:
+        wanted["Reply-To"] = config.sender.reply_to
+    strict = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+    raw = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+    for name in ("From", "Reply-To"):
+        values = strict.get_all(name, [])
+        if name not in wanted:
+            if values:
+                problems.append(f"the message has a {name} header, but none is configured")
+            continue
+        try:
+            expected = header_address(parse_mailbox(wanted[name]).addr_spec).lower()
+        except InvalidInputError as exc:
+            problems.append(f"{name} {exc}")
+            continue
+        if len(values) != 1:
+            continue  # check_message reports a missing or repeated From; a Reply-To is counted here
+        header = values[0]
+        strict_read = [a.addr_spec.lower() for a in header.addresses]
+        naive_read = _careless_addresses(str(raw.get(name, "")))
+        # a careless reader may lose the address in a name it misreads, but must find no other
+        careless_foreign = naive_read is None or any(address != expected for address in naive_read)
+        if header.defects or len(header.groups) != 1 or strict_read != [expected] or careless_foreign:
+            shown = " ".join(str(raw.get(name, "")).split())
+            problems.append(f"the {name} header {shown!r} does not read as the one mailbox {expected}")
+    if "Reply-To" in wanted and len(strict.get_all("Reply-To", [])) != 1:
+        problems.append(f"the message has {len(strict.get_all('Reply-To', []))} Reply-To headers, not 1")
+    return problems
+
+
+def _careless_addresses(raw_value: str) -> list[str] | None:
+    """The addresses a reader sees that decodes encoded words before it parses the header."""
+    try:
+        decoded = str(email.header.make_header(email.header.decode_header(raw_value)))
+    except (email.errors.HeaderParseError, UnicodeError, ValueError, LookupError):
+        return None
+    # a misread name yields debris such as '"¡ <news@...>'; only a well-formed address is another sender
+    return [address.lower() for _, address in getaddresses([decoded]) if is_plain_address(address)]
 
 
 def check_campaign(
@@ -121,6 +165,7 @@ def check_campaign(
             continue
         problems += check_message(config, rendered, notice=notice)
         problems += composer.left_out(recipient)
+        problems += check_sender_headers(config, rendered.data, campaign.from_address)
         html_body, text_body = composer.campaign_bodies(recipient)
         problems += check_equivalence(html_body, text_body)
     return _unique(problems)

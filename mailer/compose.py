@@ -22,7 +22,9 @@ from mailer.config import Config
 from mailer.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
 from mailer.dkim import DkimSigner, signer_from_config
 from mailer.errors import InvalidInputError, TemplateError
+from mailer.mailbox import parse_mailbox
 from mailer.models import Campaign, CampaignKind, MailingList
+from mailer.plus_tag import make_unsubscribe_address
 from mailer.templating import (
     TemplateSource,
     compile_campaign_templates,
@@ -32,7 +34,7 @@ from mailer.templating import (
     referenced_names,
     render_template,
 )
-from mailer.tokens import make_unsubscribe_token
+from mailer.tokens import UnsubscribeClaim, make_unsubscribe_token
 from mailer.verp import make_return_path
 
 TEST_SUBJECT_PREFIX = "[TEST] "
@@ -147,6 +149,16 @@ def format_mailbox(name: str, address: str) -> str:
     return f"{phrase} <{address}>" if phrase else address
 
 
+def mailbox_line(name: str, value: str) -> bytes:
+    """A From or Reply-To line built from the mailbox's parts, never from the string as typed.
+
+    Raises InvalidInputError when the value is not one plain mailbox (see parse_mailbox).
+    """
+    mailbox = parse_mailbox(value)
+    header = format_mailbox(mailbox.display_name, header_address(mailbox.addr_spec))
+    return f"{name}: {header}\r\n".encode("ascii")
+
+
 def fold_header(name: str, value: str) -> bytes:
     """A header line folded and RFC 2047-encoded by the standard library, for values fixed per campaign."""
     _, header = _HEADER_POLICY.header_store_parse(name, one_line(value))
@@ -157,9 +169,10 @@ def subject_header(subject: str) -> bytes:
     """The Subject line; text that looks like an encoded word is itself encoded, so readers show it as typed.
 
     The standard library would take `=?utf-8?q?Re:_hi?=` for an encoded word and send it on as
-    "Re: hi", past the gate that judged the subject as typed.
+    "Re: hi", past the gate that judged the subject as typed; and folding non-ASCII text it can
+    drop a blank between two encoded words. Our own words decode back exactly.
     """
-    if "=?" in subject:
+    if "=?" in subject or not subject.isascii():
         return b"Subject: " + encoded_words(one_line(subject)).encode("ascii") + b"\r\n"
     return fold_header("Subject", subject)
 
@@ -274,7 +287,8 @@ class Composer:
     ) -> None:
         """Parse/compile the campaign's templates ONCE (raises TemplateError); `test=True` marks the subject.
 
-        Raises ConfigError when no signing key is set or the DKIM key cannot be read.
+        Raises ConfigError when no signing key is set or the DKIM key cannot be read, and
+        InvalidInputError when From or Reply-To is not one plain mailbox.
         """
         self._config = config
         self._keys = config.require_secret_keys()
@@ -285,6 +299,7 @@ class Composer:
         self._domain = config.sender.sending_domain
         self._unsubscribe_base = config.unsubscribe.base_url.rstrip("/") + "/u/"
         self._mailto = config.unsubscribe.mailto
+        self._plus_tag = config.unsubscribe.mailto_plus_tag and bool(self._mailto)
         self.subject = (TEST_SUBJECT_PREFIX if test else "") + one_line(campaign.subject)
         self._signer: DkimSigner | None = signer_from_config(config)
 
@@ -358,11 +373,11 @@ class Composer:
     def _build_headers(self, campaign: Campaign, mailing_list: MailingList | None, list_title: str) -> None:
         config = self._config
         self._boundary = f"=_hm_{uuid.uuid4().hex}"  # '=_' never occurs in quoted-printable text
-        self._from_line = fold_header("From", campaign.from_address or config.sender.from_address)
+        self._from_line = mailbox_line("From", campaign.from_address or config.sender.from_address)
         self._subject_line = subject_header(self.subject)
         middle = [b"MIME-Version: 1.0\r\n"]
         if config.sender.reply_to:
-            middle.append(fold_header("Reply-To", config.sender.reply_to))
+            middle.append(mailbox_line("Reply-To", config.sender.reply_to))
         if mailing_list is not None and not self.is_notice:
             # RFC 2919: an optional phrase, then the list's unique id in angle brackets
             list_id = f"{mailing_list.name}.{self._domain}"
@@ -435,7 +450,11 @@ class Composer:
         if not self.is_notice:
             unsubscribe = f"List-Unsubscribe: <{url}>"
             if self._mailto:
-                unsubscribe += f",\r\n <mailto:{self._mailto}?subject=unsubscribe%20{token}>"
+                mailto = self._mailto
+                if self._plus_tag:
+                    claim = UnsubscribeClaim(recipient.subscriber_id, self._list_id, self.campaign_id)
+                    mailto = make_unsubscribe_address(self._keys[0], mailto, claim)
+                unsubscribe += f",\r\n <mailto:{mailto}?subject=unsubscribe%20{token}>"
             lines.append(unsubscribe.encode("ascii") + b"\r\n")
         lines += [
             self._tail_lines,

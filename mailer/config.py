@@ -9,12 +9,13 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from mailer.errors import ConfigError
+from mailer.errors import ConfigError, InvalidInputError
+from mailer.mailbox import parse_mailbox
+from mailer.plus_tag import MAX_LOCAL_PART_OCTETS, ROOM_NEEDED, room_for_tag
 
 DEFAULT_CONFIG_NAME = "mailer.toml"
 DEFAULT_POSTAL_ADDRESS = (
@@ -138,6 +139,8 @@ class UnsubscribeConfig:
     trusted_proxies: int = 0  # reverse proxies in front of `mailer serve` whose X-Forwarded-* to believe
     # the peer `mailer serve` takes X-Forwarded-* from (the proxy next to it); "*": any peer
     trusted_proxy_address: str = "127.0.0.1"
+    # tag the mailto address per recipient (unsubscribe+TAG@...): the relay must deliver plus-addresses
+    mailto_plus_tag: bool = False
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "unsubscribe.base_url", "must be an http(s) URL")
     if config.unsubscribe.mailto and "@" not in config.unsubscribe.mailto:
         raise ConfigError(src, "unsubscribe.mailto", "must be an email address")
+    _check_mailto_room(config)
     if not 0 <= config.unsubscribe.trusted_proxies <= 10:
         raise ConfigError(src, "unsubscribe.trusted_proxies", "must be from 0 to 10")
     _check_proxy_address(src, config.unsubscribe.trusted_proxy_address)
@@ -441,13 +445,28 @@ def _check_proxy_address(source: str, value: str) -> None:
                           f'must be an IP address such as "127.0.0.1", or "*"; got {value!r}') from None
 
 
+def _check_mailto_room(config: Config) -> None:
+    """The mailto local part fits RFC 5321's 64 octets, with room for a plus-tag when one is added."""
+    src, mailto = config.source, config.unsubscribe.mailto
+    local = mailto.rpartition("@")[0]
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
+        raise ConfigError(src, "unsubscribe.mailto", f"the part before @ is longer than {MAX_LOCAL_PART_OCTETS} octets")
+    if not config.unsubscribe.mailto_plus_tag:
+        return
+    if not mailto:
+        raise ConfigError(src, "unsubscribe.mailto_plus_tag", "needs unsubscribe.mailto")
+    if "+" in local:
+        raise ConfigError(src, "unsubscribe.mailto", "must not contain + when mailto_plus_tag is on")
+    if room_for_tag(mailto) < ROOM_NEEDED:
+        raise ConfigError(
+            src, "unsubscribe.mailto",
+            f"the part before @ leaves {max(room_for_tag(mailto), 0)} of the {ROOM_NEEDED} octets a plus-tag "
+            f"needs within {MAX_LOCAL_PART_OCTETS}; shorten it or set mailto_plus_tag = false",
+        )
+
+
 def _check_mailbox(source: str, key: str, value: str) -> None:
-    if "\r" in value or "\n" in value:
-        raise ConfigError(source, key, "must not contain a line break")
-    name, addr = parseaddr(value)
-    if not addr or addr.count("@") != 1 or "," in value:
-        raise ConfigError(source, key, f"must be one mailbox such as 'Name <user@example.com>'; got {value!r}")
     try:
-        Address(display_name=name, addr_spec=addr)
-    except (ValueError, IndexError) as exc:
-        raise ConfigError(source, key, f"not a valid address: {exc}") from None
+        parse_mailbox(value)
+    except InvalidInputError as exc:
+        raise ConfigError(source, key, str(exc)) from None

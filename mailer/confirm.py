@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass, replace
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, make_msgid
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -20,6 +20,7 @@ from mailer.config import Config
 from mailer.dkim import signer_from_config
 from mailer.errors import DeliveryError, NotFoundError, TokenError
 from mailer.lists import get_list
+from mailer.mailbox import parse_mailbox
 from mailer.models import MailingList, Subscriber, Subscription, SubscriptionStatus, utcnow
 from mailer.optout import mask_email
 from mailer.subscribers import get_subscriber
@@ -128,15 +129,14 @@ def build_confirmation_message(config: Config, request: ConfirmationRequest) -> 
         "</body></html>\n"
     )
     message = EmailMessage()
-    from_name, from_addr = parseaddr(config.sender.from_address)
-    message["From"] = Address(display_name=from_name, addr_spec=from_addr)
+    message["From"] = parse_mailbox(config.sender.from_address)
     # a structured Address encodes a non-ASCII name and can never carry a line break
     message["To"] = Address(display_name=request.name, addr_spec=request.recipient)
     message["Subject"] = f"Please confirm your subscription to {request.list_title}"
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = make_msgid("confirm", domain=config.sender.sending_domain)
     if config.sender.reply_to:
-        message["Reply-To"] = config.sender.reply_to
+        message["Reply-To"] = parse_mailbox(config.sender.reply_to)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
     message.set_content(text)
     message.add_alternative(body, subtype="html")

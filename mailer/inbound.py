@@ -42,6 +42,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.optout import OptOutSource, mask_email, unsubscribe
+from mailer.plus_tag import read_unsubscribe_tag
 from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
 from mailer.subscribers import find_subscriber
 from mailer.suppression import suppress_address
@@ -536,7 +537,9 @@ def _claims_for_mailto(config: Config, msg: Message) -> list[UnsubscribeClaim]:
     # most deliberate first: the plus-tag and the subject the mailto: link filled in, then the body
     plus_tags = [addr.rpartition("@")[0].partition("+")[2] for addr in _unsubscribe_mailbox_addresses(config, msg)]
     subject = _header_text(msg, "Subject")
-    return _claims_in(config, [*plus_tags, unquote(subject), subject, _body_text(msg)])
+    tagged = [claim for tag in plus_tags if (claim := read_unsubscribe_tag(config.require_secret_keys(), tag))]
+    found = _claims_in(config, [*plus_tags, unquote(subject), subject, _body_text(msg)])
+    return [*dict.fromkeys([*tagged, *found])]
 
 
 def _claims_in(config: Config, texts: Iterable[str]) -> list[UnsubscribeClaim]:

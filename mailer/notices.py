@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.compliance import VisibleHtml, check_campaign, message_parts, parse_message
+from mailer.compliance import VisibleHtml, check_campaign, check_from, message_parts, parse_message
 from mailer.compose import Composer, sample_recipient
 from mailer.config import Config
 from mailer.db import Database
@@ -122,16 +122,21 @@ def create_notice(
 ) -> Campaign:
     """Store a draft notice (kind NOTICE, no list) with its template text.
 
-    Raises InvalidInputError for a missing reason, TemplateError for a bad template and
+    Raises InvalidInputError for a missing reason or a From that is not one mailbox on the
+    sending domain, TemplateError for a bad template and
     ComplianceError for a campaign template.
     """
     clean_reason = check_reason(reason)
+    sender = (from_address or config.sender.from_address).strip()
+    problems = check_from(config, sender)
+    if problems:
+        raise InvalidInputError(problems[0])
     source = load_notice_template(template)
     notice = Campaign(
         kind=CampaignKind.NOTICE,
         list_id=None,
         subject=subject,
-        from_address=from_address or config.sender.from_address,
+        from_address=sender,
         template_name=source.name,
         html_template=source.html,
         text_template=source.text,

@@ -14,10 +14,10 @@ from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailer.errors import TemplateError
 from mailer.resources import resource_path
+from mailer.sandbox import MAX_RENDER_SECONDS, BoundedSandbox, RenderTimeout, render_bounded
 
 HTML_SUFFIXES = (".html.j2", ".html")
 TEXT_SUFFIXES = {".html.j2": ".txt.j2", ".html": ".txt"}
@@ -112,9 +112,9 @@ def campaign_environment(html: bool) -> jinja2.Environment:
     """The sandbox campaign templates run in: autoescaped for HTML, undefined names are errors.
 
     Campaign templates are data from the database, so they run sandboxed and cannot reach
-    Python internals through attribute access.
+    Python internals through attribute access, nor build values or output without bound.
     """
-    return ImmutableSandboxedEnvironment(
+    return BoundedSandbox(
         autoescape=html,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -140,6 +140,8 @@ def compile_template(source: str, *, html: bool, label: str) -> jinja2.Template:
         return campaign_environment(html).from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{label} does not parse: line {exc.lineno}: {exc.message}") from None
+    except RecursionError:
+        raise TemplateError(f"{label} does not parse: it is nested too deeply") from None
 
 
 def compile_campaign_templates(source: TemplateSource) -> tuple[jinja2.Template, jinja2.Template | None]:
@@ -166,9 +168,21 @@ def referenced_names(source: str, *, html: bool) -> set[str]:
 
 
 def render_template(template: jinja2.Template, context: Mapping[str, Any], *, label: str) -> str:
-    """Render; an undefined variable, a failing filter or a sandbox refusal raises TemplateError."""
+    """Render; an undefined variable, a failing filter, a sandbox refusal or a runaway raises TemplateError.
+
+    A runaway is a render past the sandbox's time, value or output limits.
+    """
     try:
-        return template.render(context)
+        return render_bounded(template, context)
+    except RenderTimeout:
+        raise TemplateError(
+            f"{label}: rendering took longer than {MAX_RENDER_SECONDS:g} seconds; "
+            "a loop in the template runs away"
+        ) from None
+    except RecursionError:
+        raise TemplateError(f"{label}: a macro calls itself without end") from None
+    except MemoryError:
+        raise TemplateError(f"{label}: rendering ran out of memory; the template builds a runaway value") from None
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"{label}: undefined variable: {exc.message}") from None
     except jinja2.TemplateError as exc:

@@ -45,7 +45,8 @@ def campaign_group() -> None:
 @click.option("--template", required=True, metavar="PATH|NAME",
               help="An .html.j2 file (a sibling .txt.j2 is the text part) or a shipped template name.")
 @click.option("--from", "from_address", default=None, metavar="ADDR",
-              help="Sender on the sending domain (default: sender.from).")
+              help="One sender mailbox on the sending domain, 'Name <user@domain>' with the name as "
+                   "plain text (default: sender.from).")
 @json_option
 @pass_app
 def campaign_create(
@@ -62,6 +63,9 @@ def campaign_create(
       1
       $ mailer campaign create --list news --subject "Summer concerts" --template ./summer.html.j2
       2
+      $ mailer campaign create --list news --subject "Autumn tour" --template welcome \\
+          --from "Harmony Événements <events@harmonymails.com>"
+      3
     """
     with app.db.session() as session:
         created = create_campaign(

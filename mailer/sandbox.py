@@ -1,0 +1,293 @@
+"""The bounded sandbox campaign templates run in: no value, output or render grows without limit."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# an email is read in an inbox: Gmail clips a message at 102 KB, so a million characters is far
+# past any real campaign, and small enough that building and checking it takes a blink
+MAX_VALUE_CHARS = 1_000_000
+MAX_OUTPUT_CHARS = 1_000_000
+# all the values one render builds together: many values each under the limit (a list of
+# big strings mapped through a filter) must not add up to gigabytes either
+MAX_BUILT_CHARS = 20 * MAX_VALUE_CHARS
+# a campaign renders in milliseconds; seconds mean a runaway loop. Wall-clock, generous for a
+# loaded machine, and short enough that `campaign check` answers while the marketer waits
+MAX_RENDER_SECONDS = 5.0
+# a power whose result needs more bits than this is no number a newsletter shows; Python would
+# compute it in C without ever looking at the clock
+MAX_POWER_BITS = 64_000
+
+_DIGITS = re.compile(r"\d+")
+# the width and precision of a %-format, and the spec after the colon of a {}-format
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?")
+_BRACE_SPEC = re.compile(r"\{[^{}:]*:((?:[^{}]|\{[^{}]*\})*)\}")
+# str methods whose result can be far longer than the string and their arguments
+_GROWING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "join", "replace",
+                              "format", "format_map"})
+_local = threading.local()
+
+
+class RenderTimeout(BaseException):
+    """Raised into a render that ran past MAX_RENDER_SECONDS.
+
+    A BaseException, so that no `except Exception` inside a filter swallows it.
+    """
+
+
+def _refuse(what: str) -> SecurityError:
+    return SecurityError(f"{what} would be longer than {MAX_VALUE_CHARS:,} characters; "
+                         "the template builds a runaway value")
+
+
+def _size(value: Any) -> int:
+    """The length that counts against the limits: characters of a string, items of a collection."""
+    if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
+        return len(value)
+    return 0
+
+
+def check_size(value: Any, what: str = "a value") -> Any:
+    """The value itself when it is within the limits; raises SecurityError otherwise."""
+    size = _size(value)
+    if size > MAX_VALUE_CHARS:
+        raise _refuse(what)
+    if size:
+        _local.built = getattr(_local, "built", 0) + size
+        if _local.built > MAX_BUILT_CHARS:
+            raise SecurityError(f"the template builds more than {MAX_BUILT_CHARS:,} characters in all; "
+                                "it builds runaway values")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_POWER_BITS:
+        raise SecurityError(f"a number would have more than {MAX_POWER_BITS:,} bits; "
+                            "the template builds a runaway value")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_repeat(left: Any, right: Any) -> None:
+    for sequence, count in ((left, right), (right, left)):
+        if _size(sequence) and _is_count(count) and _size(sequence) * count > MAX_VALUE_CHARS:
+            raise _refuse("a repeated value")
+    if _is_count(left) and _is_count(right) and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
+        raise _refuse("a product")
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if _is_count(base) and _is_count(exponent) and exponent > 0 and abs(base) > 1 and (
+        exponent > MAX_POWER_BITS or abs(base).bit_length() * exponent > MAX_POWER_BITS
+    ):
+        raise SecurityError(f"a power would have more than {MAX_POWER_BITS:,} bits; "
+                            "the template builds a runaway value")
+
+
+def _check_format(template: Any, arguments: Any) -> None:
+    """A %- or {}-format with a width or precision past the limit, written in or passed in."""
+    if not isinstance(template, str):
+        return
+    specs = [m[0] for m in _PERCENT_SPEC.finditer(template)] + _BRACE_SPEC.findall(template)
+    if any(len(run) > 9 or int(run) > MAX_VALUE_CHARS for spec in specs for run in _DIGITS.findall(spec)):
+        raise _refuse("a formatted value")
+    if isinstance(arguments, Mapping):
+        values: list[Any] = list(arguments.values())
+    elif isinstance(arguments, tuple | list):
+        values = list(arguments)
+    else:
+        values = [arguments]
+    passed_in = any("*" in spec or "{" in spec for spec in specs)
+    if passed_in and any(_is_count(v) and abs(v) > MAX_VALUE_CHARS for v in values):
+        raise _refuse("a formatted value")
+
+
+def _check_join(items: Any, separator: Any = "") -> None:
+    if isinstance(items, list | tuple):
+        total = len(str(separator)) * len(items)
+        for item in items:
+            total += len(item) if isinstance(item, str) else len(str(item))
+            if total > MAX_VALUE_CHARS:
+                raise _refuse("a joined value")
+
+
+def _check_replace(text: Any, old: Any, new: Any, count: Any = -1) -> None:
+    if isinstance(text, str) and isinstance(new, str) and isinstance(old, str):
+        hits = text.count(old) if old else len(text) + 1
+        if _is_count(count) and count >= 0:
+            hits = min(hits, count)
+        if len(text) + hits * max(len(new) - len(old), 0) > MAX_VALUE_CHARS:
+            raise _refuse("a replaced value")
+
+
+def _check_width(width: Any, text: Any = "") -> None:
+    if _is_count(width) and width > MAX_VALUE_CHARS:
+        raise _refuse("a padded value")
+
+
+def _check_method(name: str, owner: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    if name in ("center", "ljust", "rjust", "zfill"):
+        _check_width(args[0] if args else kwargs.get("width"))
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if _is_count(size) and size * owner.count("\t") + len(owner) > MAX_VALUE_CHARS:
+            raise _refuse("an expanded value")
+    elif name == "join" and args:
+        _check_join(list(args[0]) if isinstance(args[0], list | tuple) else args[0], owner)
+    elif name == "replace" and len(args) >= 2:
+        _check_replace(owner, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count", -1))
+    elif name in ("format", "format_map"):
+        passed = [*args, *kwargs.values()]
+        if name == "format_map" and args and isinstance(args[0], Mapping):
+            passed = list(args[0].values())
+        _check_format(owner, passed)
+
+
+def _filter_check(name: str) -> Callable[..., None] | None:
+    """The argument check of a built-in filter whose result can be far bigger than its input."""
+
+    def center(value: Any, width: Any = 80, *_: Any, **__: Any) -> None:
+        _check_width(width)
+
+    def indent(value: Any, width: Any = 4, *_: Any, **__: Any) -> None:
+        if _is_count(width) and width * (str(value).count("\n") + 1) + len(str(value)) > MAX_VALUE_CHARS:
+            raise _refuse("an indented value")
+        if isinstance(width, str) and len(width) * (str(value).count("\n") + 1) > MAX_VALUE_CHARS:
+            raise _refuse("an indented value")
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> None:
+        _check_format(value, [*args, *kwargs.values()])
+
+    def join(value: Any, d: Any = "", *_: Any, **__: Any) -> None:
+        _check_join(value, d)
+
+    def replace(value: Any, old: Any = "", new: Any = "", count: Any = None, *_: Any, **__: Any) -> None:
+        _check_replace(str(value), old, new, -1 if count is None else count)
+
+    def batch(value: Any, linecount: Any = 1, *_: Any, **__: Any) -> None:
+        _check_width(linecount)
+
+    def slice_(value: Any, slices: Any = 1, *_: Any, **__: Any) -> None:
+        _check_width(slices)
+
+    checks: dict[str, Callable[..., None]] = {
+        "center": center, "indent": indent, "format": format_, "join": join, "replace": replace,
+        "batch": batch, "slice": slice_,
+    }
+    return checks.get(name)
+
+
+def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    check = _filter_check(name)
+    # filters that receive the context or environment first take it as their first argument
+    skip = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0
+
+    @functools.wraps(function)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if check is not None:
+            check(*args[skip:], **kwargs)
+        return check_size(function(*args, **kwargs), f"the result of the {name} filter")
+
+    return bounded
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles `a ~ b` through the environment, so a string doubled in a loop is caught."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with every way a template grows a value checked against the limits."""
+
+    # intercepted operators are also never folded at compile time, where no limit would apply
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        # lipsum(n) writes n paragraphs: placeholder text has no place in a sent campaign
+        self.globals.pop("lipsum", None)
+
+    def bounded_concat(self, value: Any) -> Any:
+        return check_size(value, "a joined value")
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            _check_repeat(left, right)
+        elif operator == "**":
+            _check_power(left, right)
+        elif operator == "%":
+            _check_format(left, right)
+        elif operator == "+" and _size(left) + _size(right) > MAX_VALUE_CHARS:
+            raise _refuse("a sum")
+        return check_size(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(__obj, "__wrapped__", __obj)
+        owner = getattr(target, "__self__", None)
+        name = getattr(target, "__name__", "")
+        if isinstance(owner, str) and name in _GROWING_METHODS:
+            _check_method(name, owner, args, kwargs)
+        return check_size(super().call(__context, __obj, *args, **kwargs), f"the result of {name or 'a call'}")
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise RenderTimeout
+
+
+@contextlib.contextmanager
+def render_clock(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
+    """Raises RenderTimeout into the block once it has run `seconds`.
+
+    A timer signal rather than a child process: it costs two system calls per render, where
+    a process per message would cost more than the message. Every render (the gate, a
+    preview, the sender and its render helpers) runs in a main thread, where signals land;
+    elsewhere the block runs unbounded in time but the size limits still hold.
+    """
+    if threading.current_thread() is not threading.main_thread() or getattr(_local, "armed", False):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    _local.armed = True
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        _local.armed = False
+
+
+def render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    """Render within MAX_RENDER_SECONDS and MAX_OUTPUT_CHARS.
+
+    Raises RenderTimeout, SecurityError for output past the limit, and what rendering raises.
+    """
+    chunks: list[str] = []
+    size = 0
+    _local.built = 0
+    with render_clock():
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > MAX_OUTPUT_CHARS:
+                raise SecurityError(f"the rendered text would be longer than {MAX_OUTPUT_CHARS:,} "
+                                    "characters; the template writes runaway output")
+            chunks.append(chunk)
+    return "".join(chunks)

@@ -1,0 +1,127 @@
+"""A runaway campaign template fails in seconds with one line: no hang, no MemoryError, no traceback."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from compose_helpers import make_campaign, make_config, make_recipient, render
+from conftest import Cli
+
+from mailer.db import Database
+from mailer.errors import TemplateError
+from mailer.models import Campaign
+from mailer.templating import compile_template, render_template
+
+# the render limit is 5 seconds; a loaded two-core machine may take a good deal longer to get there
+BOUND = 60.0
+
+RUNAWAYS = {
+    "nested-loops": ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+                     "took longer than 5 seconds"),
+    "repeat": ('{{ "x" * 10**10 }}', "would be longer than 1,000,000 characters"),
+    "format-filter": ('{{ "%99999999999s"|format("x") }}', "would be longer than"),
+    "format-star": ('{{ "%*s" % (10**9, "x") }}', "would be longer than"),
+    "format-method": ('{{ "{:>{w}}".format(1, w=10**9) }}', "would be longer than"),
+    "range-list": ("{{ range(10**6)|list }}", "Range too big"),
+    "center": ('{{ "x"|center(10**10) }}', "would be longer than"),
+    "ljust": ('{{ "x".ljust(10**10) }}', "would be longer than"),
+    "join": ('{{ (["x" * 100000] * 100)|join("-") }}', "would be longer than"),
+    "concat-doubling": ('{% set ns = namespace(s="x") %}{% for i in range(64) %}'
+                        "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", "would be longer than"),
+    "plus-doubling": ('{% set ns = namespace(s="x") %}{% for i in range(64) %}'
+                      "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}", "would be longer than"),
+    "power": ("{{ 7 ** 9999999 }}", "more than 64,000 bits"),
+    "squaring": ("{% set ns = namespace(n=3) %}{% for i in range(64) %}"
+                 "{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n }}", "would be longer than"),
+    "output": ('{% for i in range(100000) %}{{ "y" * 1000 }}{% endfor %}', "rendered text would be longer"),
+    "macro-recursion": ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "calls itself"),
+    "batch-fill": ('{{ [1]|batch(10**9, "x")|list }}', "would be longer than"),
+    "many-big-values": ('{{ "".join((["x" * 999999] * 1000)|map("upper")) }}', "characters in all"),
+}
+
+
+@pytest.fixture
+def news(cli: Cli) -> Cli:
+    cli("list", "create", "news")
+    cli("subscriber", "add", "ana@example.com", "--list", "news", "--name", "Ana Lima")
+    return cli
+
+
+def one_line_error(stderr: str) -> str:
+    assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stderr and "MemoryError" not in stderr
+    return stderr
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("case", RUNAWAYS, ids=list(RUNAWAYS))
+def test_create_refuses_a_runaway_template_in_seconds(news: Cli, tmp_path: Path, case: str) -> None:
+    source, expected = RUNAWAYS[case]
+    template = tmp_path / "runaway.html.j2"
+    template.write_text(f"<p>Hello {{{{ subscriber.name }}}}</p>{source}", encoding="utf-8")
+    started = time.monotonic()
+    result = news("campaign", "create", "--list", "news", "--subject", "Spring concerts",
+                  "--template", str(template), ok=False)
+    assert time.monotonic() - started < BOUND
+    assert result.exit_code == 1
+    assert expected in one_line_error(result.stderr)
+    assert json.loads(news("campaign", "ls", "--json").output) == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("case", ["nested-loops", "repeat", "output"])
+def test_check_send_and_preview_refuse_a_stored_runaway(news: Cli, database: Database, case: str) -> None:
+    news("campaign", "create", "--list", "news", "--subject", "Spring concerts", "--template", "welcome")
+    with database.session() as session:  # stored by an older version, or edited in the database
+        session.execute(sa.update(Campaign).values(html_template=RUNAWAYS[case][0], text_template=None))
+    for command in (["campaign", "check", "1"], ["campaign", "preview", "1"], ["campaign", "send", "1"]):
+        started = time.monotonic()
+        result = news(*command, ok=False)
+        assert time.monotonic() - started < BOUND * 2, command
+        assert result.exit_code == 1, command
+        assert RUNAWAYS[case][1] in result.stderr, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+    [campaign] = json.loads(news("campaign", "ls", "--json").output)
+    assert campaign["status"] == "draft"  # the send never started
+
+
+def test_a_subscriber_whose_data_makes_the_template_run_away_fails_alone() -> None:
+    # the gate renders a sample; a real value can still drive the loop
+    html = ('<p>Hi {{ subscriber.name }}</p>{% for i in range(subscriber.attributes.get("n", 1)|int) %}'
+            '{% for j in range(subscriber.attributes.get("n", 1)|int) %}{% endfor %}{% endfor %}')
+    campaign = make_campaign(html=html, text=None)
+    render(make_config(), campaign, make_recipient(attributes={"n": "1"}))
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="took longer than 5 seconds"):
+        render(make_config(), campaign, make_recipient(attributes={"n": "99999"}))
+    assert time.monotonic() - started < BOUND
+
+
+def _render_in_child(source: str) -> str:
+    # what a render helper does: a spawned process renders in its main thread
+    try:
+        return render_template(compile_template(source, html=True, label="HTML template t"), {},
+                               label="HTML template t")
+    except TemplateError as exc:
+        return f"error: {exc}"
+
+
+def test_a_spawned_render_helper_is_bounded_too() -> None:
+    context = multiprocessing.get_context("spawn")
+    started = time.monotonic()
+    with context.Pool(1) as pool:
+        answer = pool.apply(_render_in_child, (RUNAWAYS["nested-loops"][0],))
+    assert answer.startswith("error: HTML template t: rendering took longer than 5 seconds")
+    assert time.monotonic() - started < BOUND
+
+
+def test_ordinary_templates_still_render() -> None:
+    source = ('{{ "%5s"|format("x") }} {{ 2 ** 10 }} {{ "a" ~ "b" }} {{ [1, 2]|join(",") }} '
+              '{{ "ab"|center(6) }} {{ ("x" * 3)|upper }} {{ "{:>4}".format(7) }} {{ "%d%%" % 25 }}')
+    rendered = render_template(compile_template(source, html=False, label="t"), {}, label="t")
+    assert rendered == '    x 1024 ab 1,2   ab   XXX    7 25%'
