@@ -26,13 +26,13 @@ import dkim
 import jinja2
 from markupsafe import Markup
 
-from mailer.compliance import check_message
-from mailer.compose import Composer, Recipient, RenderedMessage
 from mailer.config import Config, config_from_dict
-from mailer.containment import CONTAINER_ID, CONTAINER_STYLE
-from mailer.dkim import generate_key
+from mailer.content.compliance import check_message
+from mailer.content.compose import Composer, Recipient, RenderedMessage
+from mailer.content.containment import CONTAINER_ID, CONTAINER_STYLE
+from mailer.content.dkim import generate_key
+from mailer.content.templating import layout_environment
 from mailer.models import Campaign, CampaignKind, MailingList
-from mailer.templating import layout_environment
 from mailer.tokens import make_unsubscribe_token
 from mailer.verp import make_return_path
 

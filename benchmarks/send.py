@@ -30,10 +30,10 @@ import psutil
 import sqlalchemy as sa
 
 from mailer.campaigns import create_campaign
-from mailer.compose import Composer, sample_recipient
 from mailer.config import load_config
+from mailer.content.compose import Composer, sample_recipient
 from mailer.db import Database, normalize_email
-from mailer.lists import create_list
+from mailer.delivery.pipeline import CampaignSender, start_send
 from mailer.models import (
     Campaign,
     MailingList,
@@ -42,7 +42,7 @@ from mailer.models import (
     SubscriptionStatus,
     utcnow,
 )
-from mailer.send import CampaignSender, start_send
+from mailer.recipients.lists import create_list
 
 SECRET = "benchmark-signing-key-0123456789"
 

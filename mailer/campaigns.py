@@ -11,10 +11,11 @@ import aiosmtplib
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.compliance import check_campaign, check_from, render_for_check
-from mailer.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.config import Config, StartTLS
-from mailer.containment import EXTERNAL_STYLESHEETS
+from mailer.content.compliance import check_campaign, check_from, render_for_check
+from mailer.content.compose import Composer, Recipient, RenderedMessage, sample_recipient
+from mailer.content.containment import EXTERNAL_STYLESHEETS
+from mailer.content.templating import load_template_source
 from mailer.db import normalize_email
 from mailer.errors import (
     ComplianceError,
@@ -24,7 +25,6 @@ from mailer.errors import (
     SuppressedError,
     TemplateError,
 )
-from mailer.lists import get_list
 from mailer.models import (
     Campaign,
     CampaignKind,
@@ -35,9 +35,9 @@ from mailer.models import (
     Subscription,
     SubscriptionStatus,
 )
-from mailer.subscribers import check_email
-from mailer.suppression import is_suppressed
-from mailer.templating import load_template_source
+from mailer.recipients.lists import get_list
+from mailer.recipients.subscribers import check_email
+from mailer.recipients.suppression import is_suppressed
 
 # the check renders the campaign once per distinct set of attribute names on the list, up to this many
 MAX_CHECK_RECIPIENTS = 50

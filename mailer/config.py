@@ -13,8 +13,8 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from mailer.addresses import parse_mailbox
 from mailer.errors import ConfigError, InvalidInputError
-from mailer.mailbox import parse_mailbox
 from mailer.plus_tag import MAX_LOCAL_PART_OCTETS, ROOM_NEEDED, room_for_tag
 
 DEFAULT_CONFIG_NAME = "mailer.toml"

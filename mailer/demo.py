@@ -21,12 +21,12 @@ from typing import Any
 from mailer.campaigns import create_campaign
 from mailer.config import Config, load_config
 from mailer.db import Database
+from mailer.delivery.pipeline import CampaignSender, SendReport, start_send
 from mailer.errors import MailerError
-from mailer.lists import create_list
 from mailer.models import SuppressionReason
-from mailer.send import CampaignSender, SendReport, start_send
-from mailer.subscribers import Consent, add_subscriber
-from mailer.suppression import suppress_address
+from mailer.recipients.lists import create_list
+from mailer.recipients.subscribers import Consent, add_subscriber
+from mailer.recipients.suppression import suppress_address
 
 DEMO_MARKER = ".mailer-demo"  # only a directory holding this is ever cleared by a new demo run
 DEMO_PEOPLE = [

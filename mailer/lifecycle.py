@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.audit import cli_actor, record_event
+from mailer.delivery.store import cancel_queued_deliveries, count_deliveries, snapshot_audience
 from mailer.errors import DeliveryError, NotFoundError
 from mailer.models import Campaign, CampaignKind, CampaignStatus, Delivery, DeliveryState, utcnow
 from mailer.policy_blocks import count_policy_blocks
-from mailer.store import cancel_queued_deliveries, count_deliveries, snapshot_audience
 
 # states in which a delivery may still go out
 OPEN_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEFERRED)

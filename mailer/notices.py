@@ -9,9 +9,24 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.compliance import VisibleHtml, check_campaign, check_from, message_parts, parse_message
-from mailer.compose import Composer, sample_recipient
 from mailer.config import Config
+from mailer.content.compliance import (
+    VisibleHtml,
+    check_campaign,
+    check_from,
+    message_parts,
+    parse_message,
+)
+from mailer.content.compose import Composer, sample_recipient
+from mailer.content.templating import (
+    HTML_SUFFIXES,
+    TEXT_SUFFIXES,
+    TemplateSource,
+    campaign_templates_dir,
+    compile_campaign_templates,
+    read_template_file,
+    templates_dir,
+)
 from mailer.db import Database
 from mailer.errors import (
     ComplianceError,
@@ -21,15 +36,6 @@ from mailer.errors import (
     TemplateError,
 )
 from mailer.models import Campaign, CampaignKind, CampaignStatus
-from mailer.templating import (
-    HTML_SUFFIXES,
-    TEXT_SUFFIXES,
-    TemplateSource,
-    campaign_templates_dir,
-    compile_campaign_templates,
-    read_template_file,
-    templates_dir,
-)
 
 MAX_REASON = 1000
 # the shipped example notices mark each fact the sender must fill in like this
@@ -208,7 +214,7 @@ def start_notice(config: Config, database: Database, notice_id: int) -> int:
     The engine records the start in the audit trail, whichever command starts a notice.
     Raises ComplianceError, TemplateError, NotFoundError or DeliveryError.
     """
-    from mailer.send import start_send
+    from mailer.delivery.pipeline import start_send
 
     with database.session() as session:
         notice = get_notice(session, notice_id)

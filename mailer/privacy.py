@@ -22,7 +22,6 @@ from mailer.db import (
     vacuum_tables,
 )
 from mailer.errors import AlreadyExistsError, NotFoundError, SuppressedError
-from mailer.lists import get_list
 from mailer.models import (
     AuditEvent,
     BounceEvent,
@@ -35,14 +34,15 @@ from mailer.models import (
     SuppressionReason,
     utcnow,
 )
-from mailer.subscribers import (
+from mailer.recipients.lists import get_list
+from mailer.recipients.subscribers import (
     check_attributes,
     check_email,
     check_name,
     find_subscriber,
     split_attribute_options,
 )
-from mailer.suppression import is_suppressed, suppress_address
+from mailer.recipients.suppression import is_suppressed, suppress_address
 
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
 # suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind

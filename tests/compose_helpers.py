@@ -12,9 +12,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from mailer.compose import Composer, Recipient, RenderedMessage
 from mailer.config import Config, config_from_dict
-from mailer.dkim import DnsRecord, generate_key
+from mailer.content.compose import Composer, Recipient, RenderedMessage
+from mailer.content.dkim import DnsRecord, generate_key
 from mailer.models import Campaign, CampaignKind, MailingList
 
 SECRET = "compose-test-key-0123456789abcdef"

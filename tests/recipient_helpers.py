@@ -8,7 +8,6 @@ import sqlalchemy as sa
 
 from mailer.config import Config
 from mailer.db import Database
-from mailer.lists import create_list, get_list
 from mailer.models import (
     AuditEvent,
     Subscriber,
@@ -16,7 +15,8 @@ from mailer.models import (
     SubscriptionStatus,
     Suppression,
 )
-from mailer.subscribers import Consent, add_subscriber
+from mailer.recipients.lists import create_list, get_list
+from mailer.recipients.subscribers import Consent, add_subscriber
 from mailer.tokens import make_unsubscribe_token
 
 

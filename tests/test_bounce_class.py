@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.bounce_class import BounceClass, classify, enhanced_status, reply_code
-from mailer.transport import SendStatus, classify_reply
+from mailer.delivery.transport import SendStatus, classify_reply
 
 GONE, POLICY, FAILED, TRANSIENT, DELIVERED = (BounceClass.MAILBOX_GONE, BounceClass.POLICY_BLOCK,
                                               BounceClass.FAILED, BounceClass.TRANSIENT, BounceClass.DELIVERED)

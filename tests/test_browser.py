@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 from mailer.config import Config
 from mailer.db import Database, address_hash
 from mailer.models import SubscriptionStatus, SuppressionReason
-from mailer.web import create_app
+from mailer.web.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

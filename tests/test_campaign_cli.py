@@ -14,12 +14,12 @@ from compose_helpers import parse, parts
 from conftest import Cli, SmtpServer, write_config
 from test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
 
-from mailer.compliance import check_message
-from mailer.compose import SAMPLE_SUBSCRIBER_ID, RenderedMessage
 from mailer.config import UnsubscribeScope, load_config
+from mailer.content.compliance import check_message
+from mailer.content.compose import SAMPLE_SUBSCRIBER_ID, RenderedMessage
 from mailer.db import Database
 from mailer.models import Subscriber
-from mailer.optout import unsubscribe
+from mailer.recipients.optout import unsubscribe
 from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
 from mailer.verp import parse_return_path
 
@@ -327,8 +327,8 @@ def test_a_subscriber_no_header_can_address_does_not_block_the_campaign(
 ) -> None:
     # a non-ASCII mailbox name needs SMTPUTF8: add and import refuse one, but a database filled
     # by other means may hold one; that one delivery fails at send time, the campaign goes
-    from mailer.lists import get_list
     from mailer.models import Subscription, SubscriptionStatus
+    from mailer.recipients.lists import get_list
 
     cli("list", "create", "intl")
     with database.session() as session:

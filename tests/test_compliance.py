@@ -9,10 +9,10 @@ from email.policy import SMTP
 import pytest
 from compose_helpers import make_campaign, make_config, make_list, make_recipient, parse, render
 
-from mailer.compliance import check_campaign, check_message, check_subject, ensure_compliant
+from mailer.content.compliance import check_campaign, check_message, check_subject, ensure_compliant
+from mailer.content.templating import load_template_source, shipped_campaign_templates
 from mailer.errors import ComplianceError
 from mailer.models import Campaign, CampaignKind
-from mailer.templating import load_template_source, shipped_campaign_templates
 
 
 @pytest.mark.parametrize(

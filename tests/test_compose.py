@@ -20,11 +20,11 @@ from compose_helpers import (
     token_of,
 )
 
-from mailer.compliance import VisibleHtml, check_message
-from mailer.compose import Composer, RenderedMessage
+from mailer.content.compliance import VisibleHtml, check_message
+from mailer.content.compose import Composer, RenderedMessage
+from mailer.content.templating import html_to_text
 from mailer.errors import InvalidInputError, TemplateError, TokenError
 from mailer.models import CampaignKind
-from mailer.templating import html_to_text
 from mailer.tokens import read_unsubscribe_token
 from mailer.verp import parse_return_path
 

@@ -145,7 +145,7 @@ def test_repr_and_str_of_a_config_hide_the_database_password(tmp_path: Path) -> 
 
 
 def test_a_dkim_key_put_where_its_path_belongs_is_refused_without_printing_it() -> None:
-    from mailer.dkim import load_private_key
+    from mailer.content.dkim import load_private_key
 
     pem = "-----BEGIN PRIVATE KEY-----\nMIIEvhunter2secretmaterial\n-----END PRIVATE KEY-----\n"
     with pytest.raises(ConfigError) as caught:

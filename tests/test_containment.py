@@ -8,14 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
-from mailer.compliance import (
+from mailer.content.compliance import (
     FooterHtml,
     check_campaign,
     check_message,
     message_parts,
     parse_message,
 )
-from mailer.containment import contain_html
+from mailer.content.containment import contain_html
 
 TAGS = ["div", "p", "table", "tr", "td", "a", "b", "span", "style", "title", "textarea", "plaintext", "xmp",
         "noscript", "template", "svg", "math", "mtext", "foreignObject", "select", "option", "iframe", "script",
@@ -121,8 +121,8 @@ PERSONAL = ('<h1 title="{{ subscriber.name }}">Hi {{ subscriber.name }}</h1><p>N
 @settings(max_examples=100)
 @given(name=st.text(max_size=30), city=st.text(max_size=30))
 def test_the_once_per_campaign_path_builds_what_containing_each_message_builds(name: str, city: str) -> None:
-    from mailer.compose import Composer
-    from mailer.templating import compile_template, render_template
+    from mailer.content.compose import Composer
+    from mailer.content.templating import compile_template, render_template
 
     composer = Composer(make_config(), make_campaign(PERSONAL, None), make_list())
     recipient = make_recipient(name=name, attributes={"city": city})

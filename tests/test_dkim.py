@@ -20,10 +20,10 @@ from compose_helpers import (
 )
 from conftest import Cli
 
-from mailer.compliance import check_message
-from mailer.compose import Composer
 from mailer.config import load_config
-from mailer.dkim import canonical_body, load_private_key
+from mailer.content.compliance import check_message
+from mailer.content.compose import Composer
+from mailer.content.dkim import canonical_body, load_private_key
 from mailer.errors import ConfigError
 
 REQUIRED = {"from", "to", "subject", "date", "message-id", "mime-version", "content-type",

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from mailer.config import Config, load_config
 from mailer.db import Database
-from mailer.web import create_app
+from mailer.web.app import create_app
 
 ANA = "ana@example.com"
 
@@ -247,7 +247,7 @@ def test_the_confirmation_message_is_dkim_signed_when_dkim_is_configured(
     import dkim
     from compose_helpers import dns_for
 
-    from mailer.dkim import generate_key
+    from mailer.content.dkim import generate_key
 
     record = generate_key(tmp_path / "hm1.pem", "harmonymails.com", "hm1")
     cli = Cli(write_config(

@@ -23,8 +23,7 @@ from serve_helpers import free_port, start_serve, stop_serve
 
 from mailer.config import Config, load_config
 from mailer.db import Database, address_hash
-from mailer.inbound import process_inbound
-from mailer.lists import create_list
+from mailer.inbound.process import process_inbound
 from mailer.models import (
     BounceEvent,
     BounceKind,
@@ -35,7 +34,8 @@ from mailer.models import (
     MailingList,
 )
 from mailer.privacy import ERASED_MARK, forget_subscriber
-from mailer.subscribers import Consent, add_subscriber
+from mailer.recipients.lists import create_list
+from mailer.recipients.subscribers import Consent, add_subscriber
 from mailer.tokens import make_unsubscribe_token
 from mailer.verp import make_return_path
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from compose_helpers import make_campaign, make_config, make_list, make_recipient, parse
 
-from mailer.compliance import check_campaign
-from mailer.compose import Composer, Recipient
 from mailer.config import Config
-from mailer.templating import load_template_source, shipped_campaign_templates
+from mailer.content.compliance import check_campaign
+from mailer.content.compose import Composer, Recipient
+from mailer.content.templating import load_template_source, shipped_campaign_templates
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.db import Database
-from mailer.importer import import_csv
 from mailer.models import Subscriber, Subscription
+from mailer.recipients.importer import import_csv
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "people.csv", encoding: str = "utf-8") -> Path:
@@ -134,8 +134,8 @@ def test_not_utf8_late_in_a_large_file_leaves_nothing_half_written(news: Cli, tm
 
 def test_interrupted_import_leaves_nothing(database: Database, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailer import importer
-    from mailer.lists import create_list
+    from mailer.recipients import importer
+    from mailer.recipients.lists import create_list
 
     with database.session() as session:
         create_list(session, "news")
@@ -172,7 +172,7 @@ def test_consent_columns_are_recorded(news: Cli, tmp_path: Path) -> None:
 
 
 def test_import_into_postgres_and_sqlite_alike(database: Database, tmp_path: Path) -> None:
-    from mailer.lists import create_list
+    from mailer.recipients.lists import create_list
 
     with database.session() as session:
         create_list(session, "news")
@@ -234,7 +234,7 @@ def test_a_line_over_one_mib_is_a_bad_row_and_is_never_held_in_memory(
 ) -> None:
     import tracemalloc
 
-    from mailer.lists import create_list
+    from mailer.recipients.lists import create_list
 
     with database.session() as session:
         create_list(session, "news")
@@ -270,9 +270,9 @@ _ENDING = st.sampled_from(["\n", "\r\n", "\r\n", "\n"])
 def test_every_line_with_content_is_accounted_for(
     database: Database, tmp_path: Path, lines: list[tuple[str, str]], bom: bool, last_newline: bool
 ) -> None:
-    from mailer import importer
     from mailer.errors import AlreadyExistsError, ImportFileError
-    from mailer.lists import create_list
+    from mailer.recipients import importer
+    from mailer.recipients.lists import create_list
 
     try:
         with database.session() as session:

@@ -24,7 +24,7 @@ from recipient_helpers import (
 from mailer.config import Config, InboundConfig, UnsubscribeScope
 from mailer.db import Database, address_hash
 from mailer.errors import InvalidInputError
-from mailer.inbound import InboundKind, InboundReport, process_inbound
+from mailer.inbound.process import InboundKind, InboundReport, process_inbound
 from mailer.models import (
     BounceEvent,
     Campaign,

@@ -17,7 +17,7 @@ from test_inbound import World, process_bytes
 from mailer.config import Config, InboundConfig, config_from_dict
 from mailer.db import Database, address_hash
 from mailer.errors import ConfigError
-from mailer.inbound import InboundKind, process_inbound, process_message
+from mailer.inbound.process import InboundKind, process_inbound, process_message
 from mailer.models import SubscriptionStatus, SuppressionReason
 from mailer.verp import make_return_path
 

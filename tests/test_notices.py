@@ -16,11 +16,11 @@ from conftest import Cli, SmtpServer, write_config
 from mailer.config import load_config
 from mailer.db import Database
 from mailer.models import Campaign, Subscriber, SuppressionReason, utcnow
-from mailer.optout import OptOutSource, unsubscribe
+from mailer.recipients.optout import OptOutSource, unsubscribe
+from mailer.recipients.suppression import suppress_address
 from mailer.resources import resource_path
-from mailer.suppression import suppress_address
 from mailer.tokens import UnsubscribeClaim
-from mailer.web import create_app
+from mailer.web.app import create_app
 
 REASON = "we must tell you about a security incident that affected your data"
 NOTICE_HTML = """<p>Dear {{ subscriber.name or "subscriber" }},</p>

@@ -19,8 +19,8 @@ from recipient_helpers import (
 from mailer.config import Config, UnsubscribeScope
 from mailer.db import Database
 from mailer.models import Subscriber, SubscriptionStatus, SuppressionReason
-from mailer.optout import OptOutSource, mask_email, unsubscribe
-from mailer.suppression import suppress_address
+from mailer.recipients.optout import OptOutSource, mask_email, unsubscribe
+from mailer.recipients.suppression import suppress_address
 from mailer.tokens import UnsubscribeClaim
 
 

@@ -25,8 +25,9 @@ from smtp_faults import FaultyServer, faulty_smtp_server
 
 from mailer.config import load_config
 from mailer.db import Database
+from mailer.delivery.pipeline import send_campaign_now, start_send
 from mailer.errors import ConfigError
-from mailer.inbound import InboundKind, process_inbound
+from mailer.inbound.process import InboundKind, process_inbound
 from mailer.models import (
     BounceEvent,
     BounceKind,
@@ -37,7 +38,6 @@ from mailer.models import (
     SuppressionReason,
     utcnow,
 )
-from mailer.send import send_campaign_now, start_send
 from mailer.verp import make_return_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inbound"

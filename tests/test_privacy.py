@@ -132,7 +132,7 @@ def test_export_shows_where_a_list_unsubscribe_came_from(
     from dataclasses import replace
 
     from mailer.config import UnsubscribeScope, load_config
-    from mailer.optout import OptOutSource, unsubscribe
+    from mailer.recipients.optout import OptOutSource, unsubscribe
     from mailer.tokens import UnsubscribeClaim
 
     cli("list", "create", "news")
@@ -229,7 +229,7 @@ def test_a_new_address_for_someone_who_opted_out_stays_suppressed(cli: Cli, data
 def test_correcting_an_address_that_hard_bounced_makes_the_person_mailable_again(
     cli: Cli, database: Database
 ) -> None:
-    from mailer.suppression import suppress_address
+    from mailer.recipients.suppression import suppress_address
 
     cli("list", "create", "news")
     cli("subscriber", "add", "ana@exmaple.com", "--list", "news")
@@ -321,7 +321,7 @@ def test_forget_replaces_an_unsubscribe_with_a_hash_and_pseudonymizes_the_trail(
     cli: Cli, database: Database, config_path: Path
 ) -> None:
     from mailer.config import load_config
-    from mailer.optout import OptOutSource, unsubscribe
+    from mailer.recipients.optout import OptOutSource, unsubscribe
     from mailer.tokens import UnsubscribeClaim
 
     cli("list", "create", "news")
@@ -389,7 +389,7 @@ def test_an_address_erased_mid_campaign_is_never_mailed(
     tmp_path: Path, database: Database, smtp_server: SmtpServer
 ) -> None:
     from mailer.config import load_config
-    from mailer.send import start_send
+    from mailer.delivery.pipeline import start_send
 
     cli = Cli(write_config(tmp_path / "smtp.toml", database.url, smtp_server))
     cli("list", "create", "news")
@@ -410,7 +410,7 @@ def test_an_address_erased_mid_campaign_is_never_mailed(
 
 def test_subscriber_ls_never_lists_opted_out_addresses(cli: Cli, database: Database, config_path: Path) -> None:
     from mailer.config import load_config
-    from mailer.optout import OptOutSource, unsubscribe
+    from mailer.recipients.optout import OptOutSource, unsubscribe
     from mailer.tokens import UnsubscribeClaim
 
     cli("list", "create", "news")

@@ -12,8 +12,8 @@ from conftest import Cli, SmtpServer, write_config
 
 from mailer.config import load_config
 from mailer.db import Database
-from mailer.inbound import InboundKind, process_inbound
-from mailer.web import create_app
+from mailer.inbound.process import InboundKind, process_inbound
+from mailer.web.app import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inbound"
 

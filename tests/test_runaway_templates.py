@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from compose_helpers import make_campaign, make_config, make_recipient, render
 from conftest import Cli
 
+from mailer.content.templating import compile_template, render_template
 from mailer.db import Database
 from mailer.errors import TemplateError
 from mailer.models import Campaign
-from mailer.templating import compile_template, render_template
 
 # the render limit is 5 seconds; a loaded two-core machine may take a good deal longer to get there
 BOUND = 60.0

@@ -25,8 +25,8 @@ from smtp_faults import FaultyServer, faulty_smtp_server
 
 from mailer.config import load_config
 from mailer.db import Database
+from mailer.delivery.due import send_due
 from mailer.models import CampaignStatus, DeliveryState, utcnow
-from mailer.schedule import send_due
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ from smtp_faults import FaultyServer, Received, faulty_smtp_server
 
 from mailer.config import Config, load_config
 from mailer.db import Database
+from mailer.delivery.due import send_due
+from mailer.delivery.pipeline import CampaignSender, send_campaign_now, start_send
+from mailer.delivery.store import snapshot_audience
 from mailer.models import (
     Campaign,
     CampaignKind,
@@ -35,10 +38,7 @@ from mailer.models import (
     SuppressionReason,
     utcnow,
 )
-from mailer.schedule import send_due
-from mailer.send import CampaignSender, send_campaign_now, start_send
-from mailer.store import snapshot_audience
-from mailer.suppression import suppress_address
+from mailer.recipients.suppression import suppress_address
 
 
 @pytest.fixture
@@ -366,9 +366,9 @@ def test_notice_audience_reaches_opted_out_people_but_not_hard_bounces(database:
 def test_the_render_helper_renders_what_the_composer_renders(
     tmp_path: Path, database: Database, server: FaultyServer
 ) -> None:
-    from mailer.compose import Composer, Recipient
+    from mailer.content.compose import Composer, Recipient
+    from mailer.delivery.render_ahead import RenderAhead
     from mailer.lifecycle import get_campaign
-    from mailer.render_ahead import RenderAhead
 
     list_id = add_audience(database, "news", emails(2))
     campaign_id = make_campaign(database, list_id)
@@ -387,7 +387,7 @@ def test_the_render_helper_renders_what_the_composer_renders(
         finally:
             helper.close()
 
-    from mailer.compliance import message_parts, parse_message
+    from mailer.content.compliance import message_parts, parse_message
 
     for ahead, person in zip(asyncio.run(render_in_helper()), people, strict=True):
         here = composer.render(person)
@@ -404,9 +404,9 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 ) -> None:
     # a sender killed, or stopped while a job was being rendered: the helper's answer has no
     # reader any more, and that must not put a traceback on the operator's terminal or cron mail
-    from mailer.compose import Composer, Recipient
+    from mailer.content.compose import Composer, Recipient
+    from mailer.delivery.render_ahead import RenderAhead
     from mailer.lifecycle import get_campaign
-    from mailer.render_ahead import RenderAhead
 
     list_id = add_audience(database, "news", emails(1))
     campaign_id = make_campaign(database, list_id)
@@ -432,7 +432,7 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 def test_a_send_goes_on_when_its_render_helper_dies(
     tmp_path: Path, database: Database, server: FaultyServer
 ) -> None:
-    from mailer.render_ahead import RenderAhead
+    from mailer.delivery.render_ahead import RenderAhead
 
     list_id = add_audience(database, "news", emails(300))
     campaign_id = make_campaign(database, list_id)

@@ -16,12 +16,12 @@ from conftest import Cli, SmtpServer, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer.compliance import check_from, check_message, check_sender_headers
-from mailer.compose import one_line
+from mailer.addresses import is_plain_address, parse_mailbox
 from mailer.config import load_config
+from mailer.content.compliance import check_from, check_message, check_sender_headers
+from mailer.content.compose import one_line
 from mailer.db import Database
 from mailer.errors import ConfigError, InvalidInputError
-from mailer.mailbox import is_plain_address, parse_mailbox
 from mailer.models import Campaign
 
 SENDER = "news@harmonymails.com"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailer.templating import html_to_text
+from mailer.content.templating import html_to_text
 
 
 def test_derived_text_keeps_links_lists_and_tables_and_drops_hidden_preheaders() -> None:

@@ -11,7 +11,7 @@ import pytest
 from smtp_faults import FaultyServer, faulty_smtp_server
 
 from mailer.config import SmtpConfig, StartTLS
-from mailer.transport import SendStatus, SmtpTransport, classify_reply, start_tls_mode
+from mailer.delivery.transport import SendStatus, SmtpTransport, classify_reply, start_tls_mode
 
 MESSAGE = b"From: news@harmonymails.com\r\nTo: a@example.com\r\nSubject: hi\r\n\r\nHello\r\n"
 

@@ -37,14 +37,14 @@ from recipient_helpers import (
 )
 
 from mailer.config import Config, UnsubscribeScope, load_config
-from mailer.confirm import confirm_url
 from mailer.db import Database, address_hash
 from mailer.errors import ConfigError
-from mailer.lists import create_list
 from mailer.models import Subscription, SubscriptionStatus, SuppressionReason
-from mailer.subscribers import Consent, add_subscriber
+from mailer.recipients.confirm import confirm_url
+from mailer.recipients.lists import create_list
+from mailer.recipients.subscribers import Consent, add_subscriber
 from mailer.tokens import UNSUBSCRIBE_SALT, make_unsubscribe_token
-from mailer.web import create_app
+from mailer.web.app import create_app
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 GMAIL_UA = "Mozilla/5.0 (compatible; Google-Unsubscribe)"

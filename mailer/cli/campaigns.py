@@ -17,8 +17,8 @@ from mailer.campaigns import (
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line, terminal_safe
-from mailer.compliance import message_parts, parse_message
-from mailer.dkim import generate_key
+from mailer.content.compliance import message_parts, parse_message
+from mailer.content.dkim import generate_key
 
 # headers a person wants to see in a preview, in this order
 PREVIEW_HEADERS = ("From", "Reply-To", "To", "Subject", "Date", "Message-ID", "List-Id",

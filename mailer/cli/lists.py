@@ -7,7 +7,7 @@ import click
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line, terminal_safe
-from mailer.lists import create_list, summarize_lists
+from mailer.recipients.lists import create_list, summarize_lists
 
 
 @main.group("list")

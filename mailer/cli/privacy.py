@@ -14,7 +14,7 @@ from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.sending import describe_send, describe_status
 from mailer.cli.subscribers import subscriber_group
 from mailer.cli.terminal import echo_line, terminal_safe
-from mailer.confirm import prepare_confirmation, send_confirmation
+from mailer.delivery.pipeline import send_campaign_now
 from mailer.errors import InvalidInputError
 from mailer.lifecycle import campaign_status
 from mailer.notices import (
@@ -32,7 +32,7 @@ from mailer.privacy import (
     purge_erased_from_disk,
     update_subscriber,
 )
-from mailer.send import send_campaign_now
+from mailer.recipients.confirm import prepare_confirmation, send_confirmation
 
 
 @subscriber_group.command("export")

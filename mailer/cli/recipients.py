@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line
-from mailer.inbound import InboundKind, InboundReport, process_inbound
+from mailer.inbound.process import InboundKind, InboundReport, process_inbound
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
 # sysexits.h EX_DATAERR: some messages could not be read; the others were handled. An MTA
@@ -45,7 +45,7 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     """
     from waitress.server import create_server
 
-    from mailer.web import create_app, waitress_proxy_settings
+    from mailer.web.app import create_app, waitress_proxy_settings
 
     app.db  # noqa: B018 -- refuse to start on an uninitialized database, with the usual message
     wsgi_app = create_app(app.config, server_reads_proxy_headers=True)

@@ -16,6 +16,8 @@ from mailer.cli import main
 from mailer.cli.campaigns import campaign_group
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line, terminal_safe
+from mailer.delivery.due import DueReport, run_worker, send_due
+from mailer.delivery.pipeline import SendReport, send_campaign_now, start_send
 from mailer.lifecycle import (
     CampaignStatusReport,
     campaign_status,
@@ -26,8 +28,6 @@ from mailer.lifecycle import (
     schedule_campaign,
 )
 from mailer.models import DeliveryState
-from mailer.schedule import DueReport, run_worker, send_due
-from mailer.send import SendReport, send_campaign_now, start_send
 
 
 def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool) -> None:
@@ -143,7 +143,7 @@ def campaign_schedule(app: AppContext, campaign_id: int, at_text: str) -> None:
 def start_check(app: AppContext, campaign_id: int) -> None:
     # the gate runs at schedule time too, so a broken campaign is found now and not at 3 a.m.
     from mailer.campaigns import ensure_stored_campaign_compliant
-    from mailer.compose import Composer
+    from mailer.content.compose import Composer
     from mailer.lifecycle import get_campaign
 
     with app.db.session() as session:

@@ -7,11 +7,11 @@ import click
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line
-from mailer.confirm import pending_confirmation, send_confirmation
 from mailer.errors import SuppressedError
-from mailer.importer import ImportReport, import_csv
 from mailer.privacy import opted_out_member_ids
-from mailer.subscribers import (
+from mailer.recipients.confirm import pending_confirmation, send_confirmation
+from mailer.recipients.importer import ImportReport, import_csv
+from mailer.recipients.subscribers import (
     AddOutcome,
     Consent,
     add_subscriber,

@@ -9,8 +9,8 @@ from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line
 from mailer.models import SuppressionReason
-from mailer.subscribers import check_email
-from mailer.suppression import lift_suppression, list_suppressions, suppress_address
+from mailer.recipients.subscribers import check_email
+from mailer.recipients.suppression import lift_suppression, list_suppressions, suppress_address
 
 
 @main.group("suppress")

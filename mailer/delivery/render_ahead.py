@@ -11,8 +11,8 @@ import signal
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from mailer.compose import Composer, Recipient, RenderedMessage
 from mailer.config import Config
+from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.errors import MailerError
 
 # below this many messages a helper process costs more to start than it saves

@@ -16,11 +16,17 @@ from email.utils import getaddresses
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from mailer.compose import Composer, Recipient, RenderedMessage, header_address, sample_recipient
+from mailer.addresses import is_plain_address, parse_mailbox
 from mailer.config import Config, is_placeholder_address
-from mailer.containment import CONTAINER_ID
+from mailer.content.compose import (
+    Composer,
+    Recipient,
+    RenderedMessage,
+    header_address,
+    sample_recipient,
+)
+from mailer.content.containment import CONTAINER_ID
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
-from mailer.mailbox import is_plain_address, parse_mailbox
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_unsubscribe_token
 

@@ -29,8 +29,8 @@ from mailer.bounce_class import MAX_TEXT, BounceClass, classify, reply_code
 from mailer.config import Config
 from mailer.db import Database, address_hash, normalize_email
 from mailer.errors import TokenError
-from mailer.feedback_loops import is_trusted_feedback_loop
-from mailer.inbound_sources import MAX_MESSAGE_BYTES, RawMessage, read_sources
+from mailer.inbound.feedback_loops import is_trusted_feedback_loop
+from mailer.inbound.sources import MAX_MESSAGE_BYTES, RawMessage, read_sources
 from mailer.models import (
     BounceEvent,
     BounceKind,
@@ -41,11 +41,11 @@ from mailer.models import (
     SuppressionReason,
     utcnow,
 )
-from mailer.optout import OptOutSource, mask_email, unsubscribe
 from mailer.plus_tag import read_unsubscribe_tag
 from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
-from mailer.subscribers import find_subscriber
-from mailer.suppression import suppress_address
+from mailer.recipients.optout import OptOutSource, mask_email, unsubscribe
+from mailer.recipients.subscribers import find_subscriber
+from mailer.recipients.suppression import suppress_address
 from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
 from mailer.verp import parse_return_path
 

@@ -12,17 +12,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailer.campaigns import ensure_stored_campaign_compliant
-from mailer.compliance import ensure_compliant
-from mailer.compose import Composer, Recipient, RenderedMessage
 from mailer.config import Config
+from mailer.content.compliance import ensure_compliant
+from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
+from mailer.delivery.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
+from mailer.delivery.store import (
+    Batch,
+    Outcome,
+    SqlDeliveryStore,
+    count_deliveries,
+    mark_abandoned_claims,
+)
+from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
 from mailer.errors import DeliveryError, MailerError
 from mailer.lifecycle import OPEN_STATES, finish_if_done, get_campaign, start_campaign
 from mailer.models import CampaignStatus, DeliveryState, utcnow
 from mailer.policy_blocks import PolicyPauseRule
-from mailer.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
-from mailer.store import Batch, Outcome, SqlDeliveryStore, count_deliveries, mark_abandoned_claims
-from mailer.transport import SendResult, SendStatus, SmtpTransport
 
 # growing delays between attempts of a deferred message: 1 min, 2, 4, ... then every 4 hours
 FIRST_RETRY_DELAY = 60.0
@@ -32,7 +38,7 @@ RENDER_CHUNK = 25
 
 
 class DeliveryStore(Protocol):
-    """Where deliveries are claimed and their outcomes recorded (mailer.store.SqlDeliveryStore)."""
+    """Where deliveries are claimed and their outcomes recorded (mailer.delivery.store.SqlDeliveryStore)."""
 
     def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
                     finished: Sequence[Outcome] = ()) -> Batch: ...
@@ -45,7 +51,7 @@ class DeliveryStore(Protocol):
 
 
 class Transport(Protocol):
-    """Hands messages to a relay (mailer.transport.SmtpTransport)."""
+    """Hands messages to a relay (mailer.delivery.transport.SmtpTransport)."""
 
     @property
     def concurrency(self) -> int: ...
@@ -56,7 +62,7 @@ class Transport(Protocol):
 
 
 class Renderer(Protocol):
-    """Builds one recipient's message (mailer.compose.Composer)."""
+    """Builds one recipient's message (mailer.content.compose.Composer)."""
 
     def render(self, recipient: Recipient) -> RenderedMessage: ...
 

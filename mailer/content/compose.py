@@ -18,14 +18,11 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
+from mailer.addresses import parse_mailbox
 from mailer.config import Config
-from mailer.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
-from mailer.dkim import DkimSigner, signer_from_config
-from mailer.errors import InvalidInputError, TemplateError
-from mailer.mailbox import parse_mailbox
-from mailer.models import Campaign, CampaignKind, MailingList
-from mailer.plus_tag import make_unsubscribe_address
-from mailer.templating import (
+from mailer.content.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
+from mailer.content.dkim import DkimSigner, signer_from_config
+from mailer.content.templating import (
     TemplateSource,
     compile_campaign_templates,
     html_to_text,
@@ -34,6 +31,9 @@ from mailer.templating import (
     referenced_names,
     render_template,
 )
+from mailer.errors import InvalidInputError, TemplateError
+from mailer.models import Campaign, CampaignKind, MailingList
+from mailer.plus_tag import make_unsubscribe_address
 from mailer.tokens import UnsubscribeClaim, make_unsubscribe_token
 from mailer.verp import make_return_path
 

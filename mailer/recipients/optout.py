@@ -21,7 +21,7 @@ from mailer.models import (
     SuppressionReason,
     utcnow,
 )
-from mailer.suppression import add_suppression
+from mailer.recipients.suppression import add_suppression
 from mailer.tokens import UnsubscribeClaim
 
 # the widths of the columns these values land in

@@ -20,7 +20,7 @@ from mailer.config import Config, UnsubscribeScope, load_config
 from mailer.db import Database
 from mailer.errors import TokenError
 from mailer.models import MailingList, Subscriber, Subscription
-from mailer.optout import OptOutSource, mask_email, unsubscribe
+from mailer.recipients.optout import OptOutSource, mask_email, unsubscribe
 from mailer.resources import resource_path
 from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
 
@@ -113,7 +113,7 @@ def create_app(
         # under another WSGI server (gunicorn...): behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.register_blueprint(pages)
-    from mailer.confirm_web import confirm_pages  # imported here: it imports this module
+    from mailer.web.confirm import confirm_pages  # imported here: it imports this module
 
     app.register_blueprint(confirm_pages)
     app.register_error_handler(HTTPException, _error_page)

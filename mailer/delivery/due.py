@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from mailer.config import Config
 from mailer.db import Database
+from mailer.delivery.pipeline import CampaignSender, SendReport
+from mailer.delivery.store import mark_abandoned_claims
 from mailer.errors import MailerError
 from mailer.lifecycle import finish_if_done, start_campaign
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryState, utcnow
-from mailer.send import CampaignSender, SendReport
-from mailer.store import mark_abandoned_claims
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,14 @@ from sqlalchemy.orm import Session
 
 from mailer.db import Database, address_hash, normalize_email
 from mailer.errors import ImportFileError, InvalidInputError
-from mailer.lists import get_list
 from mailer.models import Base, Subscriber, Subscription, SubscriptionStatus, Suppression, utcnow
-from mailer.subscribers import check_attribute_key, check_attribute_value, check_email, check_name
+from mailer.recipients.lists import get_list
+from mailer.recipients.subscribers import (
+    check_attribute_key,
+    check_attribute_value,
+    check_email,
+    check_name,
+)
 
 CHUNK_ROWS = 2000  # rows resolved per round of queries; bounds memory, not the file size
 MAX_REPORTED_PROBLEMS = 1000  # per-row problems kept for the report; the rest are counted

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
-from mailer.confirm import ConfirmOutcome, confirm_subscription, inspect_confirmation
 from mailer.errors import TokenError
-from mailer.web import web_context
+from mailer.recipients.confirm import ConfirmOutcome, confirm_subscription, inspect_confirmation
+from mailer.web.app import web_context
 
 # real tokens are under 100 characters; anything far longer is not worth an HMAC
 MAX_TOKEN_CHARS = 512

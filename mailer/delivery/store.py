@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from mailer.audit import record_event
 from mailer.bounce_class import enhanced_status
-from mailer.compose import Recipient
+from mailer.content.compose import Recipient
 from mailer.db import Database, address_hash
 from mailer.models import (
     Campaign,
@@ -29,7 +29,7 @@ from mailer.models import (
     SuppressionReason,
 )
 from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
-from mailer.suppression import suppress_address
+from mailer.recipients.suppression import suppress_address
 
 # a notice (breach, terms) reaches people who opted out of marketing, but never these
 NOTICE_BLOCKING_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.ERASED})

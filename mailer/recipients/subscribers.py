@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from mailer.db import address_hash, normalize_email
 from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
-from mailer.lists import get_list
 from mailer.models import (
     MailingList,
     Subscriber,
@@ -25,7 +24,8 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
-from mailer.suppression import is_suppressed
+from mailer.recipients.lists import get_list
+from mailer.recipients.suppression import is_suppressed
 
 MAX_NAME_LENGTH = 200
 MAX_ATTRIBUTE_KEY = 64

@@ -15,9 +15,9 @@ from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from jinja2 import meta
 
+from mailer.content.sandbox import MAX_RENDER_SECONDS, BoundedSandbox, RenderTimeout, render_bounded
 from mailer.errors import TemplateError
 from mailer.resources import resource_path
-from mailer.sandbox import MAX_RENDER_SECONDS, BoundedSandbox, RenderTimeout, render_bounded
 
 HTML_SUFFIXES = (".html.j2", ".html")
 TEXT_SUFFIXES = {".html.j2": ".txt.j2", ".html": ".txt"}

@@ -14,19 +14,19 @@ from email.utils import format_datetime, make_msgid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from mailer.addresses import parse_mailbox
 from mailer.audit import record_event
-from mailer.compose import header_address
 from mailer.config import Config
-from mailer.dkim import signer_from_config
+from mailer.content.compose import header_address
+from mailer.content.dkim import signer_from_config
+from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
 from mailer.errors import DeliveryError, NotFoundError, TokenError
-from mailer.lists import get_list
-from mailer.mailbox import parse_mailbox
 from mailer.models import MailingList, Subscriber, Subscription, SubscriptionStatus, utcnow
-from mailer.optout import mask_email
-from mailer.subscribers import get_subscriber
-from mailer.suppression import is_suppressed
+from mailer.recipients.lists import get_list
+from mailer.recipients.optout import mask_email
+from mailer.recipients.subscribers import get_subscriber
+from mailer.recipients.suppression import is_suppressed
 from mailer.tokens import make_confirm_token, read_confirm_token
-from mailer.transport import SendResult, SendStatus, SmtpTransport
 
 _MAX_IP = 45
 _MAX_USER_AGENT = 500

@@ -1,0 +1,1 @@
+"""Content: templates, the message itself (MIME, footer, DKIM) and the compliance gate."""

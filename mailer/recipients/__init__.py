@@ -1,0 +1,1 @@
+"""Recipients: lists, subscribers and their import, suppression, opt-outs and confirmation."""
