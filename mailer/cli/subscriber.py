@@ -1,15 +1,23 @@
-"""`mailer subscriber add|import|ls|show`."""
+"""`mailer subscriber add|import|ls|show|export|update|forget|send-confirmation`."""
 
 from __future__ import annotations
 
 import click
 
+from mailer.audit import cli_actor
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
-from mailer.cli.terminal import echo_line
-from mailer.errors import SuppressedError
-from mailer.privacy import opted_out_member_ids
-from mailer.recipients.confirm import pending_confirmation, send_confirmation
+from mailer.cli.terminal import echo_line, terminal_safe
+from mailer.errors import InvalidInputError, SuppressedError
+from mailer.privacy import (
+    export_subscriber,
+    forget_subscriber,
+    opted_out_member_ids,
+    parse_attribute_changes,
+    purge_erased_from_disk,
+    update_subscriber,
+)
+from mailer.recipients.confirm import pending_confirmation, prepare_confirmation, send_confirmation
 from mailer.recipients.importer import ImportReport, import_csv
 from mailer.recipients.subscribers import (
     AddOutcome,
@@ -183,3 +191,122 @@ def subscriber_show(app: AppContext, email: str, as_json: bool) -> None:
     if data["suppression"]:
         s = data["suppression"]
         echo_line(f"  suppressed: {s['reason']} ({s['source']}, {s['at'][:19]})")
+
+
+@subscriber_group.command("export")
+@click.argument("email")
+@click.option("--reason", default="", help="Why, for the audit trail (e.g. the request's reference).")
+@pass_app
+def subscriber_export(app: AppContext, email: str, reason: str) -> None:
+    """Print, as JSON, everything held about EMAIL (GDPR access and portability).
+
+    Profile, attributes, subscriptions with their consent records, deliveries,
+    suppression and audit events. The export itself is recorded in the audit trail.
+
+    \b
+    Example:
+      $ mailer subscriber export ana@example.com > ana.json
+    """
+    with app.db.session() as session:
+        data = export_subscriber(session, app.config, email, cli_actor(), reason)
+    echo_json(data)
+
+
+@subscriber_group.command("update")
+@click.argument("email")
+@click.option("--email", "new_email", default=None, metavar="NEW", help="Correct the address.")
+@click.option("--name", default=None, help="Correct the display name (\"\" clears it).")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
+              help="Set an attribute; KEY= removes it. Repeatable.")
+@click.option("--reason", default="", help="Why, for the audit trail.")
+@pass_app
+def subscriber_update(
+    app: AppContext, email: str, new_email: str | None, name: str | None,
+    attrs: tuple[str, ...], reason: str,
+) -> None:
+    """Rectify what is held about EMAIL (GDPR art. 16).
+
+    A new address that has opted out, was erased, or is another subscriber's is refused.
+
+    \b
+    Example:
+      $ mailer subscriber update ana@exmaple.com --email ana@example.com --attr city=Porto
+      updated ana@example.com: email, attribute city
+    """
+    if new_email is None and name is None and not attrs:
+        raise InvalidInputError("nothing to change: give --email, --name or --attr")
+    changes = parse_attribute_changes(attrs)
+    with app.db.session() as session:
+        result = update_subscriber(session, email, cli_actor(), new_email=new_email, name=name,
+                                   attributes=changes, reason=reason)
+    if not result.changed:
+        echo_line(f"{result.email}: nothing changed")
+        return
+    echo_line(f"updated {result.email}: {', '.join(result.changed)}")
+    if result.suppression_carried:
+        echo_line(f"  {result.email} stays suppressed: the old address had opted out")
+
+
+@subscriber_group.command("forget")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--reason", default="", help="Why, for the audit trail (e.g. the request's reference).")
+@pass_app
+def subscriber_forget(app: AppContext, email: str, yes: bool, reason: str) -> None:
+    """Erase EMAIL (GDPR art. 17): profile, attributes, consent, subscriptions, the address
+    in deliveries; only a hash stays on the suppression list so it is never mailed again.
+
+    Campaign counts are kept. This cannot be undone. On SQLite the write-ahead log is then
+    truncated so no old copy stays on disk (a warning says when another process's open read
+    prevents it); on PostgreSQL the touched tables are vacuumed.
+
+    \b
+    Example:
+      $ mailer subscriber forget ana@example.com --yes
+      erased ana@example.com:
+        profile: name and 1 attribute
+        subscriptions and their consent records: news
+        address removed from 3 deliveries (campaign counts kept)
+        suppression kept as a hash only: 3f1c9a0be7d2…
+        old copies overwritten in the database files
+    """
+    shown = email.strip()
+    if not yes:
+        click.confirm(f"Erase everything held about {terminal_safe(shown)}? This cannot be undone.", abort=True)
+    with app.db.session() as session:
+        report = forget_subscriber(session, shown, cli_actor(), reason)
+    echo_line(f"erased {shown}:")
+    if report.profile:
+        click.echo(f"  profile: name and {report.attributes} attribute{'s' if report.attributes != 1 else ''}")
+    if report.subscriptions:
+        echo_line(f"  subscriptions and their consent records: {', '.join(report.subscriptions)}")
+    if report.deliveries:
+        click.echo(f"  address removed from {report.deliveries} deliveries (campaign counts kept)")
+    click.echo(f"  suppression {report.suppression} only: {report.address_hash[:12]}…")
+    if report.audit_events:
+        click.echo(f"  {report.audit_events} earlier audit events now name only the hash")
+    purge = purge_erased_from_disk(app.db)
+    if purge.done:
+        click.echo("  old copies overwritten in the database files" if app.db.is_sqlite
+                   else "  deleted rows vacuumed from the tables")
+    else:
+        click.echo(f"warning: not yet gone from the disk: {purge.reason}", err=True)
+
+
+@subscriber_group.command("send-confirmation")
+@click.argument("email")
+@click.option("--list", "list_name", required=True, help="The double opt-in list EMAIL waits to join.")
+@pass_app
+def subscriber_send_confirmation(app: AppContext, email: str, list_name: str) -> None:
+    """Send EMAIL a new confirmation link for a double opt-in list (the old one stays valid
+    until it expires).
+
+    \b
+    Example:
+      $ mailer subscriber send-confirmation ana@example.com --list news
+      sent ana@example.com a confirmation link for news
+    """
+    with app.db.session() as session:
+        request = prepare_confirmation(session, app.config, email, list_name)
+    send_confirmation(app.config, request)
+    echo_line(f"sent {request.email} a confirmation link for {list_name}")

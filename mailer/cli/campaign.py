@@ -1,0 +1,417 @@
+"""`mailer campaign`: write, check, preview, test, send, schedule and follow a campaign."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailer.audit import cli_actor
+from mailer.campaigns import (
+    check_campaign_by_id,
+    create_campaign,
+    list_campaigns,
+    preview_campaign,
+    send_test,
+)
+from mailer.cli import main
+from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.reports import describe_send, describe_status
+from mailer.cli.terminal import echo_line, terminal_safe
+from mailer.content.compliance import message_parts, parse_message
+from mailer.delivery.pipeline import SendReport, send_campaign_now, start_send
+from mailer.lifecycle import (
+    campaign_status,
+    cancel_campaign,
+    pause_campaign,
+    resume_campaign,
+    retry_campaign,
+    schedule_campaign,
+)
+
+# headers a person wants to see in a preview, in this order
+PREVIEW_HEADERS = ("From", "Reply-To", "To", "Subject", "Date", "Message-ID", "List-Id",
+                   "List-Unsubscribe", "List-Unsubscribe-Post")
+
+
+@main.group("campaign")
+def campaign_group() -> None:
+    """Campaigns: write, check, send and follow them.
+
+    \b
+    Example:
+      $ mailer campaign create --list news --subject "Welcome to Harmony News" --template welcome
+      1
+      $ mailer campaign check 1
+      $ mailer campaign preview 1 --email ana@example.com
+      $ mailer campaign send 1
+    """
+
+
+@campaign_group.command("create")
+@click.option("--list", "list_name", required=True, help="The list the campaign goes to.")
+@click.option("--subject", required=True, help="The subject line; it must describe the content.")
+@click.option("--template", required=True, metavar="PATH|NAME",
+              help="An .html.j2 file (a sibling .txt.j2 is the text part) or a shipped template name.")
+@click.option("--from", "from_address", default=None, metavar="ADDR",
+              help="One sender mailbox on the sending domain, 'Name <user@domain>' with the name as "
+                   "plain text (default: sender.from).")
+@json_option
+@pass_app
+def campaign_create(
+    app: AppContext, list_name: str, subject: str, template: str, from_address: str | None, as_json: bool
+) -> None:
+    """Create a draft campaign and print its id.
+
+    The template text is stored with the campaign, so editing the file later changes
+    nothing. Problems the compliance gate will refuse are reported on stderr.
+
+    \b
+    Example:
+      $ mailer campaign create --list news --subject "Welcome to Harmony News" --template welcome
+      1
+      $ mailer campaign create --list news --subject "Summer concerts" --template ./summer.html.j2
+      2
+      $ mailer campaign create --list news --subject "Autumn tour" --template welcome \\
+          --from "Harmony Événements <events@harmonymails.com>"
+      3
+    """
+    with app.db.session() as session:
+        created = create_campaign(
+            session, app.config, list_name=list_name, subject=subject, template=template,
+            from_address=from_address,
+        )
+        campaign_id = created.campaign.id
+    if as_json:
+        echo_json({"id": campaign_id, "problems": created.problems})
+    else:
+        click.echo(campaign_id)
+    for problem in created.problems:
+        echo_line(f"warning: {problem}", err=True)
+    if created.problems:
+        click.echo(f"`mailer campaign check {campaign_id}` refuses to send until these are fixed", err=True)
+
+
+@campaign_group.command("ls")
+@json_option
+@pass_app
+def campaign_ls(app: AppContext, as_json: bool) -> None:
+    """Show every campaign, newest first.
+
+    \b
+    Example:
+      $ mailer campaign ls
+      ID  STATUS  KIND      LIST  SUBJECT
+       1  draft   campaign  news  Welcome to Harmony News
+    """
+    with app.db.session() as session:
+        summaries = list_campaigns(session)
+    if as_json:
+        echo_json([s.__dict__ for s in summaries])
+        return
+    if not summaries:
+        click.echo("no campaigns yet; create one with `mailer campaign create`")
+        return
+    id_width = max(2, *(len(str(s.id)) for s in summaries))
+    list_width = max(4, *(len(terminal_safe(s.list_name)) for s in summaries))
+    click.echo(f"{'ID':>{id_width}}  {'STATUS':<9}  {'KIND':<8}  {'LIST':<{list_width}}  SUBJECT")
+    for s in summaries:
+        echo_line(f"{s.id:>{id_width}}  {s.status:<9}  {s.kind:<8}  {terminal_safe(s.list_name):<{list_width}}"
+                  f"  {s.subject}")
+
+
+@campaign_group.command("check")
+@click.argument("campaign_id", type=int)
+@json_option
+@pass_app
+@click.pass_context
+def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Run the compliance gate; list every problem and exit 1 when there is any.
+
+    The campaign is rendered for a subscriber of each kind on its list and every
+    message is checked: subject, sender, footer in both parts, unsubscribe headers.
+
+    \b
+    Example:
+      $ mailer campaign check 1
+      campaign 1 passes the compliance gate
+    """
+    with app.db.session() as session:
+        problems = check_campaign_by_id(session, app.config, campaign_id)
+    if as_json:
+        echo_json({"id": campaign_id, "ok": not problems, "problems": problems})
+    elif problems:
+        click.echo(f"campaign {campaign_id} fails the compliance gate:", err=True)
+        for problem in problems:
+            echo_line(f"  - {problem}", err=True)
+    else:
+        click.echo(f"campaign {campaign_id} passes the compliance gate")
+    if problems:
+        ctx.exit(1)
+
+
+@campaign_group.command("preview")
+@click.argument("campaign_id", type=int)
+@click.option("--email", default=None, metavar="ADDR", help="Render for this subscriber of the list.")
+@click.option("--raw", is_flag=True, help="Print the exact bytes that would be sent.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the HTML part to this file, to open in a browser.")
+@pass_app
+def campaign_preview(
+    app: AppContext, campaign_id: int, email: str | None, raw: bool, html_path: Path | None
+) -> None:
+    """Show one subscriber's message (a sample subscriber without --email).
+
+    \b
+    Example:
+      $ mailer campaign preview 1 --email ana@example.com
+      $ mailer campaign preview 1 --raw > message.eml
+      $ mailer campaign preview 1 --html preview.html
+    """
+    with app.db.session() as session:
+        preview = preview_campaign(session, app.config, campaign_id, email)
+    message = preview.message
+    parsed = parse_message(message.data)
+    text, html = message_parts(parsed)
+    if html_path is not None:
+        html_path.write_text(html, encoding="utf-8")
+    if raw:
+        sys.stdout.buffer.write(message.data)
+        sys.stdout.flush()
+        return
+    echo_line(f"Envelope: MAIL FROM:<{message.envelope_from}> RCPT TO:<{message.recipient}>")
+    for name in PREVIEW_HEADERS:
+        for value in parsed.get_all(name, []):
+            echo_line(f"{name}: {' '.join(str(value).split())}")
+    if "DKIM-Signature" in parsed:
+        click.echo(f"DKIM-Signature: d={app.config.dkim.domain} s={app.config.dkim.selector} (signed)")
+    click.echo("")
+    click.echo("----- text part -----")
+    for line in text.rstrip("\n").split("\n"):
+        echo_line(line.removesuffix("\r"))
+    click.echo("")
+    where = f"written to {html_path}" if html_path else "add --html FILE to open it in a browser"
+    click.echo(f"----- HTML part: {len(html):,} characters, {where} -----")
+
+
+@campaign_group.command("test")
+@click.argument("campaign_id", type=int)
+@click.option("--to", "to", required=True, metavar="ADDR", help="Where to send the test message.")
+@pass_app
+def campaign_test(app: AppContext, campaign_id: int, to: str) -> None:
+    """Send one real message, its subject marked [TEST], through the SMTP settings.
+
+    The message uses the data of the list's subscriber with that address, or of a
+    sample subscriber; it is not counted as a delivery.
+
+    \b
+    Example:
+      $ mailer campaign test 1 --to me@harmonymails.com
+      sent a test of campaign 1 to me@harmonymails.com
+    """
+    with app.db.session() as session:
+        message = send_test(session, app.config, campaign_id, to)
+    echo_line(f"sent a test of campaign {campaign_id} to {message.recipient} ({message.message_id})")
+
+
+def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Start (or go on with) a campaign and send it here, with a progress bar on a terminal."""
+    total = start_send(app.config, app.db, campaign_id)
+    bar: Any = None
+    on_batch: Callable[[SendReport], None] | None = None
+    if not as_json and sys.stdout.isatty() and total:
+        bar = click.progressbar(length=total, label=f"campaign {campaign_id}", show_pos=True)
+        bar.__enter__()
+        done = [0]
+
+        def on_batch(report: SendReport) -> None:
+            now = report.handed_over + report.suppressed
+            bar.update(now - done[0])
+            done[0] = now
+
+    try:
+        report = send_campaign_now(app.config, app.db, campaign_id, handle_signals=True, on_batch=on_batch)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    with app.db.session() as session:
+        status = campaign_status(session, campaign_id)
+    if as_json:
+        echo_json({"send": report.__dict__, "status": status.as_dict()})
+        return
+    click.echo(describe_send(report))
+    click.echo(describe_status(status))
+    if report.paused_reason:
+        raise click.ClickException(f"campaign {campaign_id} paused: {report.paused_reason}")
+
+
+@campaign_group.command("send")
+@click.argument("campaign_id", type=int)
+@json_option
+@pass_app
+def campaign_send(app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Send campaign ID now (after the compliance gate), with a progress bar and a summary.
+
+    Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on. Refusals by
+    policy (5.7.x, blocklists) fail without suppressing anyone, and enough of them
+    (sending.policy_block_pause_share) pause the campaign with the reason.
+
+    \b
+    Example:
+      $ mailer campaign send 3
+      campaign 3: 1200 sent, 2 deferred, 1 failed, 4 suppressed
+      status: sending (1200 sent, 2 deferred, 1 failed, 4 suppressed)
+    """
+    _send_in_foreground(app, campaign_id, as_json)
+
+
+@campaign_group.command("schedule")
+@click.argument("campaign_id", type=int)
+@click.option("--at", "at_text", required=True, metavar="ISO-8601",
+              help="When to send; without an offset it is this machine's local time.")
+@pass_app
+def campaign_schedule(app: AppContext, campaign_id: int, at_text: str) -> None:
+    """Schedule campaign ID; `mailer send-due` (cron) sends it when its time comes.
+
+    \b
+    Example:
+      $ mailer campaign schedule 3 --at 2026-12-01T09:00+01:00
+      campaign 3 scheduled for 2026-12-01T08:00:00+00:00
+    """
+    try:
+        at = dt.datetime.fromisoformat(at_text)
+    except ValueError:
+        raise click.BadParameter(f"{at_text!r} is not an ISO-8601 time such as 2026-12-01T09:00+01:00",
+                                 param_hint="--at") from None
+    if at.tzinfo is None:
+        at = at.astimezone()  # the machine's local zone, as a person at this terminal means it
+    start_check(app, campaign_id)
+    with app.db.session() as session:
+        campaign = schedule_campaign(session, campaign_id, at)
+        when = campaign.scheduled_at
+    assert when is not None
+    click.echo(f"campaign {campaign_id} scheduled for {when.isoformat()}")
+
+
+def start_check(app: AppContext, campaign_id: int) -> None:
+    # the gate runs at schedule time too, so a broken campaign is found now and not at 3 a.m.
+    from mailer.campaigns import ensure_stored_campaign_compliant
+    from mailer.content.compose import Composer
+    from mailer.lifecycle import get_campaign
+
+    with app.db.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        ensure_stored_campaign_compliant(session, app.config, campaign)
+        Composer(app.config, campaign, campaign.mailing_list)
+
+
+@campaign_group.command("pause")
+@click.argument("campaign_id", type=int)
+@click.option("--reason", default="", help="Why; shown by `campaign status`.")
+@pass_app
+def campaign_pause(app: AppContext, campaign_id: int, reason: str) -> None:
+    """Pause a sending campaign; senders stop after the batch in flight.
+
+    \b
+    Example:
+      $ mailer campaign pause 3 --reason "wrong price in the header"
+      campaign 3 paused
+    """
+    with app.db.session() as session:
+        pause_campaign(session, campaign_id, reason or f"paused by {cli_actor()}")
+    click.echo(f"campaign {campaign_id} paused; `mailer campaign resume {campaign_id}` goes on")
+
+
+@campaign_group.command("resume")
+@click.argument("campaign_id", type=int)
+@click.option("--later", is_flag=True, help="Only mark it sending; cron or a worker sends it.")
+@json_option
+@pass_app
+def campaign_resume(app: AppContext, campaign_id: int, later: bool, as_json: bool) -> None:
+    """Resume a paused campaign where it stopped, and send the rest now.
+
+    \b
+    Example:
+      $ mailer campaign resume 3
+      campaign 3: 800 sent, 0 deferred, 0 failed, 0 suppressed
+    """
+    with app.db.session() as session:
+        resume_campaign(session, campaign_id)
+    if later:
+        click.echo(f"campaign {campaign_id} is sending again; send-due or a worker sends the rest")
+        return
+    _send_in_foreground(app, campaign_id, as_json)
+
+
+@campaign_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@click.option("--reason", default="", help="Why; shown by `campaign status`.")
+@pass_app
+def campaign_cancel(app: AppContext, campaign_id: int, reason: str) -> None:
+    """Cancel a campaign for good: queued messages never go out.
+
+    \b
+    Example:
+      $ mailer campaign cancel 3
+      campaign 3 cancelled; 5000 queued messages will not be sent
+    """
+    with app.db.session() as session:
+        count = cancel_campaign(session, campaign_id, reason or f"cancelled by {cli_actor()}")
+    click.echo(f"campaign {campaign_id} cancelled; {count} queued messages will not be sent")
+
+
+@campaign_group.command("retry")
+@click.argument("campaign_id", type=int)
+@click.option("--in-doubt", is_flag=True,
+              help="Re-send the messages a crash left in doubt (some recipients may get them twice).")
+@click.option("--later", is_flag=True, help="Only queue them; cron or a worker sends them.")
+@json_option
+@pass_app
+def campaign_retry(app: AppContext, campaign_id: int, in_doubt: bool, later: bool, as_json: bool) -> None:
+    """Queue failed and deferred deliveries again (or those in doubt) and send them now.
+
+    \b
+    Example:
+      $ mailer campaign retry 3
+      3 deliveries queued again
+      campaign 3: 3 sent, 0 deferred, 0 failed, 0 suppressed
+      $ mailer campaign retry 3 --in-doubt
+    """
+    with app.db.session() as session:
+        count = retry_campaign(session, campaign_id, in_doubt=in_doubt)
+    if not as_json:
+        click.echo(f"{count} deliveries queued again")
+    if later or not count:
+        return
+    _send_in_foreground(app, campaign_id, as_json)
+
+
+@campaign_group.command("status")
+@click.argument("campaign_id", type=int)
+@json_option
+@pass_app
+def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Show a campaign's state, its deliveries counted by state, and its policy blocks.
+
+    A policy block is a delivery the receiver refused for the sender's sake (5.7.x: a
+    blocklist, DMARC, SPF); the address is kept. sending.policy_block_pause_share of them
+    pauses the campaign, with the reason shown here.
+
+    \b
+    Example:
+      $ mailer campaign status 3
+      campaign 3 "December news"
+      status: sent (4990 sent, 6 failed, 4 suppressed)
+      policy blocks: 2 (refused for the sender's reputation or authentication, not the address; nobody suppressed)
+    """
+    with app.db.session() as session:
+        status = campaign_status(session, campaign_id)
+    if as_json:
+        echo_json(status.as_dict())
+        return
+    echo_line(f'campaign {status.id} "{status.subject}"')
+    click.echo(describe_status(status))
