@@ -10,13 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.config import Config
-from mailer.content.compliance import (
-    VisibleHtml,
-    check_campaign,
-    check_from,
-    message_parts,
-    parse_message,
-)
+from mailer.content.compliance import check_campaign, check_from
 from mailer.content.compose import Composer, sample_recipient
 from mailer.content.templating import (
     HTML_SUFFIXES,
@@ -27,6 +21,7 @@ from mailer.content.templating import (
     read_template_file,
     templates_dir,
 )
+from mailer.content.visible import VisibleHtml, message_parts, parse_message
 from mailer.db import Database
 from mailer.errors import (
     ComplianceError,

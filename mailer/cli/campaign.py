@@ -22,7 +22,7 @@ from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.reports import describe_send, describe_status
 from mailer.cli.terminal import echo_line, terminal_safe
-from mailer.content.compliance import message_parts, parse_message
+from mailer.content.visible import message_parts, parse_message
 from mailer.delivery.pipeline import SendReport, send_campaign_now, start_send
 from mailer.lifecycle import (
     campaign_status,
