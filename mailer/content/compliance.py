@@ -23,6 +23,7 @@ from mailer.content.compose import (
     header_address,
     sample_recipient,
 )
+from mailer.content.notice_rules import notice_problems
 from mailer.content.visible import FooterHtml, VisibleHtml, message_parts, parse_message
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
@@ -143,8 +144,6 @@ def check_campaign(
         problems.append("the campaign has no mailing list")
     notice = campaign.kind is CampaignKind.NOTICE
     if notice:
-        from mailer.notices import notice_problems  # notices builds on this module
-
         problems += notice_problems(config, campaign)
     try:
         composer = Composer(config, campaign, mailing_list)
