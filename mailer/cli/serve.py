@@ -36,7 +36,7 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     """
     from waitress.server import create_server
 
-    from mailer.web.app import create_app, waitress_proxy_settings
+    from mailer.web import create_app, waitress_proxy_settings
 
     app.db  # noqa: B018 -- refuse to start on an uninitialized database, with the usual message
     wsgi_app = create_app(app.config, server_reads_proxy_headers=True)

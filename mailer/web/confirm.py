@@ -6,10 +6,7 @@ from flask import Blueprint, render_template, request
 
 from mailer.errors import TokenError
 from mailer.recipients.confirm import ConfirmOutcome, confirm_subscription, inspect_confirmation
-from mailer.web.app import web_context
-
-# real tokens are under 100 characters; anything far longer is not worth an HMAC
-MAX_TOKEN_CHARS = 512
+from mailer.web.context import MAX_TOKEN_CHARS, web_context
 
 confirm_pages = Blueprint("confirm", __name__)
 
