@@ -194,15 +194,39 @@ def ensure_compliant(
 
 def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = False) -> list[str]:
     """What a finished message breaks of COMPLIANCE 1, 5, 8, 11, 12 and 13."""
-    problems: list[str] = []
     data = rendered.data
+    problems = _check_wire_form(data)
+    message = parse_message(data)
+    if message.defects:
+        problems.append(f"the message does not parse cleanly: {message.defects}")
+    problems += _check_headers(message)
+    if message.get_content_type() != "multipart/alternative":
+        problems.append(f"the message is {message.get_content_type()}, not multipart/alternative")
+    text, html = message_parts(message)
+    if not text.strip() or not html.strip():
+        problems.append("the message lacks a non-empty text part and HTML part")
+    visible = VisibleHtml.read(html)
+    if not visible.has_html_tag:
+        problems.append("the HTML part has no <html> tag")
+    footer = FooterHtml.read(html)
+    if not footer.found:
+        problems.append("the HTML part has no footer after the campaign's content")
+    return problems + _check_footer(config, message, text, visible, footer, notice=notice)
+
+
+def _check_wire_form(data: bytes) -> list[str]:
+    """Line ends and line lengths as SMTP carries them."""
+    problems: list[str] = []
     if b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b""):
         problems.append("the message has a bare CR or LF")
     if any(len(line) > MAX_LINE_OCTETS for line in data.split(b"\r\n")):
         problems.append(f"the message has a line longer than {MAX_LINE_OCTETS} octets")
-    message = parse_message(data)
-    if message.defects:
-        problems.append(f"the message does not parse cleanly: {message.defects}")
+    return problems
+
+
+def _check_headers(message: EmailMessage) -> list[str]:
+    """Each header a message has once, well-formed, and no copies to anyone else."""
+    problems: list[str] = []
     for name in ONCE_HEADERS:
         if len(message.get_all(name, [])) != 1:
             problems.append(f"the message has {len(message.get_all(name, []))} {name} headers, not 1")
@@ -215,17 +239,15 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
     for name in ("Cc", "Bcc"):
         if message.get_all(name):
             problems.append(f"the message has a {name} header")
-    if message.get_content_type() != "multipart/alternative":
-        problems.append(f"the message is {message.get_content_type()}, not multipart/alternative")
-    text, html = message_parts(message)
-    if not text.strip() or not html.strip():
-        problems.append("the message lacks a non-empty text part and HTML part")
-    visible = VisibleHtml.read(html)
-    if not visible.has_html_tag:
-        problems.append("the HTML part has no <html> tag")
-    footer = FooterHtml.read(html)
-    if not footer.found:
-        problems.append("the HTML part has no footer after the campaign's content")
+    return problems
+
+
+def _check_footer(
+    config: Config, message: EmailMessage, text: str, visible: VisibleHtml, footer: FooterHtml, *, notice: bool
+) -> list[str]:
+    """What the footer must say in both parts: for a campaign the ad label and the unsubscribe
+    link, for a notice neither; for both, who sends it, from where, and the privacy policy."""
+    problems: list[str] = []
     company = config.company
     wanted = {
         "the company name": company.name,
