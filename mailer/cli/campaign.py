@@ -14,6 +14,7 @@ from mailer.audit import cli_actor
 from mailer.campaigns import (
     check_campaign_by_id,
     create_campaign,
+    ensure_campaign_may_start,
     list_campaigns,
     preview_campaign,
     send_test,
@@ -289,24 +290,12 @@ def campaign_schedule(app: AppContext, campaign_id: int, at_text: str) -> None:
                                  param_hint="--at") from None
     if at.tzinfo is None:
         at = at.astimezone()  # the machine's local zone, as a person at this terminal means it
-    start_check(app, campaign_id)
+    ensure_campaign_may_start(app.config, app.db, campaign_id)
     with app.db.session() as session:
         campaign = schedule_campaign(session, campaign_id, at)
         when = campaign.scheduled_at
     assert when is not None
     click.echo(f"campaign {campaign_id} scheduled for {when.isoformat()}")
-
-
-def start_check(app: AppContext, campaign_id: int) -> None:
-    # the gate runs at schedule time too, so a broken campaign is found now and not at 3 a.m.
-    from mailer.campaigns import ensure_stored_campaign_compliant
-    from mailer.content.compose import Composer
-    from mailer.lifecycle import get_campaign
-
-    with app.db.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        ensure_stored_campaign_compliant(session, app.config, campaign)
-        Composer(app.config, campaign, campaign.mailing_list)
 
 
 @campaign_group.command("pause")

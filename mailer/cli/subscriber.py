@@ -8,7 +8,7 @@ from mailer.audit import cli_actor
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line, terminal_safe
-from mailer.errors import InvalidInputError, SuppressedError
+from mailer.errors import InvalidInputError
 from mailer.privacy import (
     export_subscriber,
     forget_subscriber,
@@ -17,12 +17,11 @@ from mailer.privacy import (
     purge_erased_from_disk,
     update_subscriber,
 )
-from mailer.recipients.confirm import pending_confirmation, prepare_confirmation, send_confirmation
+from mailer.recipients.confirm import prepare_confirmation, send_confirmation
 from mailer.recipients.importer import ImportReport, import_csv
+from mailer.recipients.signup import add_by_hand
 from mailer.recipients.subscribers import (
     AddOutcome,
-    Consent,
-    add_subscriber,
     describe_subscriber,
     iter_list_members,
     parse_attribute_options,
@@ -56,25 +55,17 @@ def subscriber_add(
       $ mailer subscriber add ana@example.com --list news --name "Ana Lima" --attr city=Lisbon
       added ana@example.com to news
     """
-    attributes = parse_attribute_options(attrs)
-    with app.db.session() as session:
-        subscriber, outcome = add_subscriber(
-            session, email, list_name, Consent(source="cli"), name=name, attributes=attributes
-        )
-        address = subscriber.email if subscriber else email
-        # a double opt-in list: the new subscriber gets nothing but this link until they follow it
-        confirmation = (pending_confirmation(session, app.config, address, list_name)
-                        if outcome is AddOutcome.ADDED else None)
-    if outcome is AddOutcome.UNSUBSCRIBED:
-        raise SuppressedError(f"{address} unsubscribed from {list_name} and is not re-subscribed")
+    added = add_by_hand(app.config, app.db, email, list_name, name=name,
+                        attributes=parse_attribute_options(attrs))
+    address = added.address
     messages = {
         AddOutcome.ADDED: f"added {address} to {list_name}",
         AddOutcome.UPDATED: f"updated {address} (already on {list_name})",
         AddOutcome.UNCHANGED: f"{address} is already subscribed to {list_name}",
     }
-    echo_line(messages[outcome])
-    if confirmation is not None:
-        send_confirmation(app.config, confirmation)
+    echo_line(messages[added.outcome])
+    if added.confirmation is not None:
+        send_confirmation(app.config, added.confirmation)
         echo_line(f"sent {address} a confirmation link; no campaign reaches them until they follow it")
 
 
