@@ -67,6 +67,19 @@ def web_context() -> WebContext:
     return cast(WebContext, current_app.extensions["mailer"])
 
 
+def client_ip() -> str | None:
+    """The requester's address as the record of a consent or an opt-out keeps it.
+
+    Behind a trusted proxy this is already the recipient's, not the proxy's: waitress or
+    ProxyFix (see create_app) rewrote it from X-Forwarded-For.
+    """
+    return request.remote_addr
+
+
+def client_user_agent() -> str | None:
+    return request.user_agent.string or None
+
+
 def page_context() -> dict[str, Any]:
     config = web_context().config
     return {"company": config.company, "unsubscribe_mailto": config.unsubscribe.mailto}

@@ -10,7 +10,7 @@ from mailer.errors import TokenError
 from mailer.models import MailingList, Subscriber, Subscription
 from mailer.recipients.optout import OptOutSource, mask_email, unsubscribe
 from mailer.tokens import UnsubscribeClaim, read_unsubscribe_token
-from mailer.web.context import MAX_TOKEN_CHARS, web_context
+from mailer.web.context import MAX_TOKEN_CHARS, client_ip, client_user_agent, web_context
 
 unsubscribe_pages = Blueprint("unsubscribe", __name__)
 
@@ -66,8 +66,8 @@ def unsubscribe_post(token: str) -> tuple[str, int]:
             context.config,
             claim,
             OptOutSource.PAGE if via_page else OptOutSource.ONE_CLICK,
-            ip=request.remote_addr,
-            user_agent=request.user_agent.string or None,
+            ip=client_ip(),
+            user_agent=client_user_agent(),
         )
     return render_template(
         "web/unsubscribed.html",
