@@ -14,12 +14,9 @@ from mailer.cli.terminal import echo_line
 from mailer.inbound.process import InboundKind, InboundReport, process_inbound
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
-
-
 # sysexits.h EX_DATAERR: some messages could not be read; the others were handled. An MTA
 # piping the message in returns it to its sender rather than retrying what will never work
 EX_DATAERR = 65
-
 
 # how each kind is counted in the summary, in the order people care about
 _LABELS = {
