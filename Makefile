@@ -19,6 +19,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check mailer tests benchmarks migrations
 	$(BIN)/mypy --strict mailer
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 clean:

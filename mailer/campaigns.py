@@ -16,7 +16,7 @@ from mailer.content.compliance import check_campaign, check_from, render_for_che
 from mailer.content.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.content.containment import EXTERNAL_STYLESHEETS
 from mailer.content.templating import load_template_source
-from mailer.db import normalize_email
+from mailer.db import Database, normalize_email
 from mailer.errors import (
     ComplianceError,
     DeliveryError,
@@ -202,6 +202,17 @@ def ensure_stored_campaign_compliant(session: Session, config: Config, campaign:
     problems = check_stored_campaign(session, config, campaign)
     if problems:
         raise ComplianceError(problems)
+
+
+def ensure_campaign_may_start(config: Config, database: Database, campaign_id: int) -> None:
+    """The gate at schedule time too, so a broken campaign is found now and not at 3 a.m.
+
+    Raises NotFoundError, ComplianceError or TemplateError.
+    """
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        ensure_stored_campaign_compliant(session, config, campaign)
+        Composer(config, campaign, campaign.mailing_list)
 
 
 def check_campaign_by_id(session: Session, config: Config, campaign_id: int) -> list[str]:

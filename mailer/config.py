@@ -354,10 +354,30 @@ def is_placeholder_address(text: str) -> bool:
 def validate_config(config: Config) -> None:
     """Refuse values that would make a message non-compliant or a send unsafe."""
     src = config.source
+    _check_database(src, config)
+    _check_company(src, config)
+    _check_sender(src, config)
+    _check_smtp(src, config)
+    _check_sending(src, config)
+    _check_unsubscribe(src, config)
+    _check_dkim(src, config)
+    if not config.compliance.ad_label.strip():
+        raise ConfigError(src, "compliance.ad_label", "must not be empty")
+    if config.consent.confirm_expiry <= 0:
+        raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
+    _check_inbound(src, config)
+
+
+def _check_database(src: str, config: Config) -> None:
+    """The database URL."""
     if not config.database.url.strip():
         raise ConfigError(src, "database.url", "must not be empty")
     if not _parses_as_url(config.database.url):
         raise ConfigError(src, "database.url", "not a database URL such as sqlite:///mailer.db")
+
+
+def _check_company(src: str, config: Config) -> None:
+    """Who the mail is from, as every message must say: name, postal address, privacy policy."""
     if not config.company.name.strip():
         raise ConfigError(src, "company.name", "must not be empty")
     if is_placeholder_address(config.company.postal_address):
@@ -367,6 +387,10 @@ def validate_config(config: Config) -> None:
         )
     if not config.company.privacy_url.startswith(("https://", "http://")):
         raise ConfigError(src, "company.privacy_url", "must be an http(s) URL")
+
+
+def _check_sender(src: str, config: Config) -> None:
+    """From and Reply-To as one mailbox each on the sending domain, and the bounce domain."""
     _check_mailbox(src, "sender.from", config.sender.from_address)
     if config.sender.reply_to:
         _check_mailbox(src, "sender.reply_to", config.sender.reply_to)
@@ -377,6 +401,10 @@ def validate_config(config: Config) -> None:
         )
     if not config.sender.bounce_domain or "@" in config.sender.bounce_domain:
         raise ConfigError(src, "sender.bounce_domain", "must be a domain name such as bounces.example.com")
+
+
+def _check_smtp(src: str, config: Config) -> None:
+    """The relay: where it is and how hard to push it."""
     if not 1 <= config.smtp.port <= 65535:
         raise ConfigError(src, "smtp.port", "must be from 1 to 65535")
     if config.smtp.timeout <= 0:
@@ -389,6 +417,10 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "smtp.retry_for", "must be 0 or more seconds")
     if config.smtp.max_consecutive_errors < 1:
         raise ConfigError(src, "smtp.max_consecutive_errors", "must be at least 1")
+
+
+def _check_sending(src: str, config: Config) -> None:
+    """The sending engine's limits."""
     if not 1 <= config.sending.batch_size <= 10_000:
         raise ConfigError(src, "sending.batch_size", "must be from 1 to 10000")
     if config.sending.max_lateness < 0:
@@ -403,6 +435,10 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "sending.policy_block_pause_share", "must be from 0 (never pause) to 1")
     if config.sending.policy_block_pause_min < 1:
         raise ConfigError(src, "sending.policy_block_pause_min", "must be at least 1")
+
+
+def _check_unsubscribe(src: str, config: Config) -> None:
+    """The unsubscribe links, the proxies in front of the web app and the signing keys."""
     if not config.unsubscribe.base_url.startswith(("https://", "http://")):
         raise ConfigError(src, "unsubscribe.base_url", "must be an http(s) URL")
     if config.unsubscribe.mailto and "@" not in config.unsubscribe.mailto:
@@ -414,6 +450,10 @@ def validate_config(config: Config) -> None:
     for key in config.unsubscribe.secret_keys:
         if len(key) < 16:
             raise ConfigError(src, "unsubscribe.secret_keys", "each key must be at least 16 characters")
+
+
+def _check_dkim(src: str, config: Config) -> None:
+    """DKIM set all together or not at all, on a domain aligned with From."""
     dkim = config.dkim
     if any((dkim.domain, dkim.selector, dkim.private_key)) and not dkim.enabled:
         raise ConfigError(src, "dkim", "set domain, selector and private_key together, or none")
@@ -421,10 +461,10 @@ def validate_config(config: Config) -> None:
         config.sender.sending_domain.endswith("." + dkim.domain.lower())
     ):
         raise ConfigError(src, "dkim.domain", f"must align with the sending domain {config.sender.sending_domain}")
-    if not config.compliance.ad_label.strip():
-        raise ConfigError(src, "compliance.ad_label", "must not be empty")
-    if config.consent.confirm_expiry <= 0:
-        raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
+
+
+def _check_inbound(src: str, config: Config) -> None:
+    """Who may send feedback loop reports and whose authentication results are believed."""
     for sender in config.inbound.feedback_loop_senders:
         if not _FEEDBACK_LOOP_SENDER.fullmatch(sender.strip()):
             raise ConfigError(src, "inbound.feedback_loop_senders",

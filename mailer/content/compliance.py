@@ -14,8 +14,6 @@ from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import getaddresses
 
-from selectolax.lexbor import LexborHTMLParser, LexborNode
-
 from mailer.addresses import is_plain_address, parse_mailbox
 from mailer.config import Config, is_placeholder_address
 from mailer.content.compose import (
@@ -25,7 +23,8 @@ from mailer.content.compose import (
     header_address,
     sample_recipient,
 )
-from mailer.content.containment import CONTAINER_ID
+from mailer.content.notice_rules import notice_problems
+from mailer.content.visible import FooterHtml, VisibleHtml, message_parts, parse_message
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_unsubscribe_token
@@ -46,13 +45,6 @@ MIN_SHARED_WORDS = 0.5
 _WORD = re.compile(r"[^\W_]{3,}")
 _MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
 _LIST_UNSUBSCRIBE = re.compile(r"^<(https://[^>\s]+)>(?:\s*,\s*<(mailto:[^>\s]+)>)?$")
-# content of these never shows as text in a mail client
-_HIDDEN_TAGS = frozenset({"head", "title", "script", "style", "template", "noscript", "textarea",
-                          "select", "iframe", "object", "svg", "noembed", "noframes"})
-_INLINE_HIDDEN = re.compile(r"display\s*:\s*none", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<html[\s>]", re.IGNORECASE)
-_COMMENT = re.compile(r"<!--.*?(?:--!?>|$)", re.DOTALL)
-FOOTER_CLASS = "hm-footer"
 
 
 def check_subject(subject: str) -> list[str]:
@@ -152,8 +144,6 @@ def check_campaign(
         problems.append("the campaign has no mailing list")
     notice = campaign.kind is CampaignKind.NOTICE
     if notice:
-        from mailer.notices import notice_problems  # notices builds on this module
-
         problems += notice_problems(config, campaign)
     try:
         composer = Composer(config, campaign, mailing_list)
@@ -202,35 +192,41 @@ def ensure_compliant(
         raise ComplianceError(problems)
 
 
-def parse_message(data: bytes) -> EmailMessage:
-    """A message as a standards-following reader parses it."""
-    parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
-
-
-def message_parts(message: EmailMessage) -> tuple[str, str]:
-    """The decoded text/plain and text/html parts with LF line ends ('' when missing)."""
-    text = message.get_body(("plain",))
-    html = message.get_body(("html",))
-    # quoted-printable decodes to the CRLF line ends of the wire; readers see lines
-    return (
-        str(text.get_content()).replace("\r\n", "\n") if isinstance(text, EmailMessage) else "",
-        str(html.get_content()).replace("\r\n", "\n") if isinstance(html, EmailMessage) else "",
-    )
-
-
 def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = False) -> list[str]:
     """What a finished message breaks of COMPLIANCE 1, 5, 8, 11, 12 and 13."""
-    problems: list[str] = []
     data = rendered.data
+    problems = _check_wire_form(data)
+    message = parse_message(data)
+    if message.defects:
+        problems.append(f"the message does not parse cleanly: {message.defects}")
+    problems += _check_headers(message)
+    if message.get_content_type() != "multipart/alternative":
+        problems.append(f"the message is {message.get_content_type()}, not multipart/alternative")
+    text, html = message_parts(message)
+    if not text.strip() or not html.strip():
+        problems.append("the message lacks a non-empty text part and HTML part")
+    visible = VisibleHtml.read(html)
+    if not visible.has_html_tag:
+        problems.append("the HTML part has no <html> tag")
+    footer = FooterHtml.read(html)
+    if not footer.found:
+        problems.append("the HTML part has no footer after the campaign's content")
+    return problems + _check_footer(config, message, text, visible, footer, notice=notice)
+
+
+def _check_wire_form(data: bytes) -> list[str]:
+    """Line ends and line lengths as SMTP carries them."""
+    problems: list[str] = []
     if b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b""):
         problems.append("the message has a bare CR or LF")
     if any(len(line) > MAX_LINE_OCTETS for line in data.split(b"\r\n")):
         problems.append(f"the message has a line longer than {MAX_LINE_OCTETS} octets")
-    message = parse_message(data)
-    if message.defects:
-        problems.append(f"the message does not parse cleanly: {message.defects}")
+    return problems
+
+
+def _check_headers(message: EmailMessage) -> list[str]:
+    """Each header a message has once, well-formed, and no copies to anyone else."""
+    problems: list[str] = []
     for name in ONCE_HEADERS:
         if len(message.get_all(name, [])) != 1:
             problems.append(f"the message has {len(message.get_all(name, []))} {name} headers, not 1")
@@ -243,17 +239,15 @@ def check_message(config: Config, rendered: RenderedMessage, *, notice: bool = F
     for name in ("Cc", "Bcc"):
         if message.get_all(name):
             problems.append(f"the message has a {name} header")
-    if message.get_content_type() != "multipart/alternative":
-        problems.append(f"the message is {message.get_content_type()}, not multipart/alternative")
-    text, html = message_parts(message)
-    if not text.strip() or not html.strip():
-        problems.append("the message lacks a non-empty text part and HTML part")
-    visible = VisibleHtml.read(html)
-    if not visible.has_html_tag:
-        problems.append("the HTML part has no <html> tag")
-    footer = FooterHtml.read(html)
-    if not footer.found:
-        problems.append("the HTML part has no footer after the campaign's content")
+    return problems
+
+
+def _check_footer(
+    config: Config, message: EmailMessage, text: str, visible: VisibleHtml, footer: FooterHtml, *, notice: bool
+) -> list[str]:
+    """What the footer must say in both parts: for a campaign the ad label and the unsubscribe
+    link, for a notice neither; for both, who sends it, from where, and the privacy policy."""
+    problems: list[str] = []
     company = config.company
     wanted = {
         "the company name": company.name,
@@ -335,73 +329,3 @@ def _has_phrase(haystack: str, phrase: str) -> bool:
 
 def _unique(problems: list[str]) -> list[str]:
     return list(dict.fromkeys(problems))
-
-
-class VisibleHtml:
-    """The text and link targets a reader can see: no head, comments, or hidden elements."""
-
-    def __init__(self, text: str, hrefs: set[str], has_html_tag: bool) -> None:
-        self.text = text
-        self.hrefs = hrefs
-        self.has_html_tag = has_html_tag  # an <html> start tag, not one in a comment
-
-    @classmethod
-    def read(cls, html: str) -> VisibleHtml:
-        document = LexborHTMLParser(html)
-        chunks: list[str] = []
-        hrefs: set[str] = set()
-        if document.body is not None:
-            _visible(document.body, chunks, hrefs)
-        has_html_tag = _HTML_TAG.search(_COMMENT.sub("", html)) is not None
-        return cls(" ".join(" ".join(chunks).split()), hrefs, has_html_tag)
-
-
-class FooterHtml:
-    """The system's footer in a finished HTML part: after the campaign's box, outside it."""
-
-    def __init__(self, found: bool, text: str, hrefs: set[str]) -> None:
-        self.found = found
-        self.text = text
-        self.hrefs = hrefs
-
-    @classmethod
-    def read(cls, html: str) -> FooterHtml:
-        document = LexborHTMLParser(html)
-        box = document.css_first(f"#{CONTAINER_ID}")
-        for footer in document.css(f"div.{FOOTER_CLASS}"):
-            if box is None or _inside(footer, box):
-                continue
-            chunks: list[str] = []
-            hrefs: set[str] = set()
-            _visible(footer, chunks, hrefs)
-            return cls(True, " ".join(" ".join(chunks).split()), hrefs)
-        return cls(False, "", set())
-
-
-def _inside(node: LexborNode, ancestor: LexborNode) -> bool:
-    parent = node.parent
-    while parent is not None:
-        if parent.mem_id == ancestor.mem_id:
-            return True
-        parent = parent.parent
-    return False
-
-
-def _visible(root: LexborNode, chunks: list[str], hrefs: set[str]) -> None:
-    """Text and link targets under root, leaving out elements a reader does not see; iterative for deep trees."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        tag = node.tag or ""
-        if tag == "-text":
-            chunks.append(node.text_content or "")
-            continue
-        if tag.startswith("-") or tag in _HIDDEN_TAGS:
-            continue
-        attributes = node.attributes
-        if "hidden" in attributes or _INLINE_HIDDEN.search(attributes.get("style") or ""):
-            continue
-        if tag == "a" and attributes.get("href"):
-            hrefs.add(attributes["href"] or "")
-        chunks.append(" ")
-        stack.extend(reversed(list(node.iter(include_text=True))))

@@ -1,5 +1,5 @@
-"""The web app (`mailer serve`): unsubscribe and confirmation pages."""
+"""The web app (`mailer serve`): an app factory and one blueprint per page family."""
 
-from mailer.web.app import create_app
+from mailer.web.app import create_app, waitress_proxy_settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "waitress_proxy_settings"]

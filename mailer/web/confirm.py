@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, render_template
 
 from mailer.errors import TokenError
 from mailer.recipients.confirm import ConfirmOutcome, confirm_subscription, inspect_confirmation
-from mailer.web.app import web_context
-
-# real tokens are under 100 characters; anything far longer is not worth an HMAC
-MAX_TOKEN_CHARS = 512
+from mailer.web.context import MAX_TOKEN_CHARS, client_ip, client_user_agent, web_context
 
 confirm_pages = Blueprint("confirm", __name__)
 
@@ -43,7 +40,7 @@ def confirm_post(token: str) -> tuple[str, int]:
         with context.write_session() as session:
             result = confirm_subscription(
                 session, context.config, token,
-                ip=request.remote_addr, user_agent=request.user_agent.string or None,
+                ip=client_ip(), user_agent=client_user_agent(),
             )
     except TokenError:
         return _invalid_link()

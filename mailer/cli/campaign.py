@@ -1,24 +1,38 @@
-"""`mailer campaign create|ls|check|preview|test` and `mailer dkim keygen`."""
+"""`mailer campaign`: write, check, preview, test, send, schedule and follow a campaign."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from mailer.audit import cli_actor
 from mailer.campaigns import (
     check_campaign_by_id,
     create_campaign,
+    ensure_campaign_may_start,
     list_campaigns,
     preview_campaign,
     send_test,
 )
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
+from mailer.cli.reports import describe_send, describe_status
 from mailer.cli.terminal import echo_line, terminal_safe
-from mailer.content.compliance import message_parts, parse_message
-from mailer.content.dkim import generate_key
+from mailer.content.visible import message_parts, parse_message
+from mailer.delivery.pipeline import SendReport, send_campaign_now, start_send
+from mailer.lifecycle import (
+    campaign_status,
+    cancel_campaign,
+    pause_campaign,
+    resume_campaign,
+    retry_campaign,
+    schedule_campaign,
+)
 
 # headers a person wants to see in a preview, in this order
 PREVIEW_HEADERS = ("From", "Reply-To", "To", "Subject", "Date", "Message-ID", "List-Id",
@@ -205,42 +219,188 @@ def campaign_test(app: AppContext, campaign_id: int, to: str) -> None:
     echo_line(f"sent a test of campaign {campaign_id} to {message.recipient} ({message.message_id})")
 
 
-@main.group("dkim")
-def dkim_group() -> None:
-    """DKIM signing keys.
+def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Start (or go on with) a campaign and send it here, with a progress bar on a terminal."""
+    total = start_send(app.config, app.db, campaign_id)
+    bar: Any = None
+    on_batch: Callable[[SendReport], None] | None = None
+    if not as_json and sys.stdout.isatty() and total:
+        bar = click.progressbar(length=total, label=f"campaign {campaign_id}", show_pos=True)
+        bar.__enter__()
+        done = [0]
 
-    \b
-    Example:
-      $ mailer dkim keygen --selector hm2026
-    """
+        def on_batch(report: SendReport) -> None:
+            now = report.handed_over + report.suppressed
+            bar.update(now - done[0])
+            done[0] = now
+
+    try:
+        report = send_campaign_now(app.config, app.db, campaign_id, handle_signals=True, on_batch=on_batch)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    with app.db.session() as session:
+        status = campaign_status(session, campaign_id)
+    if as_json:
+        echo_json({"send": report.__dict__, "status": status.as_dict()})
+        return
+    click.echo(describe_send(report))
+    click.echo(describe_status(status))
+    if report.paused_reason:
+        raise click.ClickException(f"campaign {campaign_id} paused: {report.paused_reason}")
 
 
-@dkim_group.command("keygen")
-@click.option("--selector", required=True, help="The DKIM selector, e.g. hm2026.")
-@click.option("--domain", default=None, help="The signing domain (default: dkim.domain, else the sending domain).")
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the private key (default: ./dkim-SELECTOR.pem); never overwritten.")
+@campaign_group.command("send")
+@click.argument("campaign_id", type=int)
+@json_option
 @pass_app
-def dkim_keygen(app: AppContext, selector: str, domain: str | None, out: Path | None) -> None:
-    """Write a new 2048-bit RSA key and print the DNS TXT record to publish.
+def campaign_send(app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Send campaign ID now (after the compliance gate), with a progress bar and a summary.
+
+    Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on. Refusals by
+    policy (5.7.x, blocklists) fail without suppressing anyone, and enough of them
+    (sending.policy_block_pause_share) pause the campaign with the reason.
 
     \b
     Example:
-      $ mailer dkim keygen --selector hm2026
-      wrote dkim-hm2026.pem (keep it secret; mode 0600)
-      publish this TXT record, then set [dkim] in mailer.toml:
-      hm2026._domainkey.harmonymails.com. IN TXT ( "v=DKIM1; k=rsa; p=MIIBIjAN..." )
+      $ mailer campaign send 3
+      campaign 3: 1200 sent, 2 deferred, 1 failed, 4 suppressed
+      status: sending (1200 sent, 2 deferred, 1 failed, 4 suppressed)
     """
-    config = app.config
-    domain = domain or config.dkim.domain or config.sender.sending_domain
-    path = out or Path(f"dkim-{selector}.pem")
-    record = generate_key(path, domain, selector)
-    click.echo(f"wrote {path} (keep it secret; mode 0600)")
-    click.echo("publish this TXT record, then set [dkim] in mailer.toml:")
-    click.echo(record.zone_line())
-    click.echo("")
-    click.echo("[dkim]")
-    click.echo(f'domain = "{domain}"')
-    click.echo(f'selector = "{selector}"')
-    click.echo(f'private_key = "{path.resolve()}"')
+    _send_in_foreground(app, campaign_id, as_json)
 
+
+@campaign_group.command("schedule")
+@click.argument("campaign_id", type=int)
+@click.option("--at", "at_text", required=True, metavar="ISO-8601",
+              help="When to send; without an offset it is this machine's local time.")
+@pass_app
+def campaign_schedule(app: AppContext, campaign_id: int, at_text: str) -> None:
+    """Schedule campaign ID; `mailer send-due` (cron) sends it when its time comes.
+
+    \b
+    Example:
+      $ mailer campaign schedule 3 --at 2026-12-01T09:00+01:00
+      campaign 3 scheduled for 2026-12-01T08:00:00+00:00
+    """
+    try:
+        at = dt.datetime.fromisoformat(at_text)
+    except ValueError:
+        raise click.BadParameter(f"{at_text!r} is not an ISO-8601 time such as 2026-12-01T09:00+01:00",
+                                 param_hint="--at") from None
+    if at.tzinfo is None:
+        at = at.astimezone()  # the machine's local zone, as a person at this terminal means it
+    ensure_campaign_may_start(app.config, app.db, campaign_id)
+    with app.db.session() as session:
+        campaign = schedule_campaign(session, campaign_id, at)
+        when = campaign.scheduled_at
+    assert when is not None
+    click.echo(f"campaign {campaign_id} scheduled for {when.isoformat()}")
+
+
+@campaign_group.command("pause")
+@click.argument("campaign_id", type=int)
+@click.option("--reason", default="", help="Why; shown by `campaign status`.")
+@pass_app
+def campaign_pause(app: AppContext, campaign_id: int, reason: str) -> None:
+    """Pause a sending campaign; senders stop after the batch in flight.
+
+    \b
+    Example:
+      $ mailer campaign pause 3 --reason "wrong price in the header"
+      campaign 3 paused
+    """
+    with app.db.session() as session:
+        pause_campaign(session, campaign_id, reason or f"paused by {cli_actor()}")
+    click.echo(f"campaign {campaign_id} paused; `mailer campaign resume {campaign_id}` goes on")
+
+
+@campaign_group.command("resume")
+@click.argument("campaign_id", type=int)
+@click.option("--later", is_flag=True, help="Only mark it sending; cron or a worker sends it.")
+@json_option
+@pass_app
+def campaign_resume(app: AppContext, campaign_id: int, later: bool, as_json: bool) -> None:
+    """Resume a paused campaign where it stopped, and send the rest now.
+
+    \b
+    Example:
+      $ mailer campaign resume 3
+      campaign 3: 800 sent, 0 deferred, 0 failed, 0 suppressed
+    """
+    with app.db.session() as session:
+        resume_campaign(session, campaign_id)
+    if later:
+        click.echo(f"campaign {campaign_id} is sending again; send-due or a worker sends the rest")
+        return
+    _send_in_foreground(app, campaign_id, as_json)
+
+
+@campaign_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@click.option("--reason", default="", help="Why; shown by `campaign status`.")
+@pass_app
+def campaign_cancel(app: AppContext, campaign_id: int, reason: str) -> None:
+    """Cancel a campaign for good: queued messages never go out.
+
+    \b
+    Example:
+      $ mailer campaign cancel 3
+      campaign 3 cancelled; 5000 queued messages will not be sent
+    """
+    with app.db.session() as session:
+        count = cancel_campaign(session, campaign_id, reason or f"cancelled by {cli_actor()}")
+    click.echo(f"campaign {campaign_id} cancelled; {count} queued messages will not be sent")
+
+
+@campaign_group.command("retry")
+@click.argument("campaign_id", type=int)
+@click.option("--in-doubt", is_flag=True,
+              help="Re-send the messages a crash left in doubt (some recipients may get them twice).")
+@click.option("--later", is_flag=True, help="Only queue them; cron or a worker sends them.")
+@json_option
+@pass_app
+def campaign_retry(app: AppContext, campaign_id: int, in_doubt: bool, later: bool, as_json: bool) -> None:
+    """Queue failed and deferred deliveries again (or those in doubt) and send them now.
+
+    \b
+    Example:
+      $ mailer campaign retry 3
+      3 deliveries queued again
+      campaign 3: 3 sent, 0 deferred, 0 failed, 0 suppressed
+      $ mailer campaign retry 3 --in-doubt
+    """
+    with app.db.session() as session:
+        count = retry_campaign(session, campaign_id, in_doubt=in_doubt)
+    if not as_json:
+        click.echo(f"{count} deliveries queued again")
+    if later or not count:
+        return
+    _send_in_foreground(app, campaign_id, as_json)
+
+
+@campaign_group.command("status")
+@click.argument("campaign_id", type=int)
+@json_option
+@pass_app
+def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Show a campaign's state, its deliveries counted by state, and its policy blocks.
+
+    A policy block is a delivery the receiver refused for the sender's sake (5.7.x: a
+    blocklist, DMARC, SPF); the address is kept. sending.policy_block_pause_share of them
+    pauses the campaign, with the reason shown here.
+
+    \b
+    Example:
+      $ mailer campaign status 3
+      campaign 3 "December news"
+      status: sent (4990 sent, 6 failed, 4 suppressed)
+      policy blocks: 2 (refused for the sender's reputation or authentication, not the address; nobody suppressed)
+    """
+    with app.db.session() as session:
+        status = campaign_status(session, campaign_id)
+    if as_json:
+        echo_json(status.as_dict())
+        return
+    echo_line(f'campaign {status.id} "{status.subject}"')
+    click.echo(describe_status(status))

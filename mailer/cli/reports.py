@@ -1,0 +1,39 @@
+"""How a send and a campaign's state read on a terminal, shared by `campaign`, `notice` and `send-due`."""
+
+from __future__ import annotations
+
+from mailer.cli.terminal import terminal_safe
+from mailer.delivery.pipeline import SendReport
+from mailer.lifecycle import CampaignStatusReport
+from mailer.models import DeliveryState
+
+
+def describe_send(report: SendReport) -> str:
+    why = [f"{report.hard_bounces} hard bounces suppressed"] if report.hard_bounces else []
+    why += [f"{report.policy_blocks} refused by policy, not suppressed"] if report.policy_blocks else []
+    hard = f" ({'; '.join(why)})" if why else ""
+    line = (f"campaign {report.campaign_id}: {report.sent} sent, {report.deferred} deferred, "
+            f"{report.failed} failed{hard}, {report.suppressed} suppressed")
+    if report.interrupted:
+        line += "; stopped early, the rest stays queued"
+    if report.campaign_stopped:
+        line += "; the campaign was paused or cancelled meanwhile"
+    return line
+
+
+def describe_status(status: CampaignStatusReport) -> str:
+    counts = ", ".join(f"{n} {state.value}" for state, n in status.counts.items() if n) or "no deliveries"
+    line = f"status: {status.status.value} ({counts})"
+    if status.policy_blocks:
+        line += (f"\npolicy blocks: {status.policy_blocks} (refused for the sender's reputation or "
+                 "authentication, not the address; nobody suppressed)")
+    if status.reason:
+        line += f"\nreason: {terminal_safe(status.reason)}"
+    if status.scheduled_at and status.status.value == "scheduled":
+        line += f"\nscheduled for {status.scheduled_at.isoformat()}"
+    if status.counts[DeliveryState.DEFERRED] and status.next_retry_at:
+        line += f"\nnext retry of deferred messages at {status.next_retry_at.isoformat()} (by send-due)"
+    if status.counts[DeliveryState.IN_DOUBT]:
+        line += (f"\n{status.counts[DeliveryState.IN_DOUBT]} in doubt: they may have been delivered; "
+                 f"`mailer campaign retry {status.id} --in-doubt` sends them again")
+    return line
