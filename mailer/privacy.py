@@ -42,7 +42,7 @@ from mailer.recipients.subscribers import (
     find_subscriber,
     split_attribute_options,
 )
-from mailer.recipients.suppression import is_suppressed, suppress_address
+from mailer.recipients.suppression import find_suppression, is_suppressed, suppress
 
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
 # suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind
@@ -54,10 +54,6 @@ ERASED_MARK = "[erased]"  # what replaces an erased address inside kept text (SM
 
 def _iso(value: Any) -> str | None:
     return None if value is None else str(value.isoformat())
-
-
-def _find_suppression(session: Session, email: str) -> Suppression | None:
-    return session.scalar(sa.select(Suppression).where(Suppression.address_hash == address_hash(email)))
 
 
 def _events_about(session: Session, key: str) -> list[AuditEvent]:
@@ -95,7 +91,7 @@ def find_held_about(session: Session, email: str) -> HeldAboutPerson:
     key = normalize_email(email)
     digest = address_hash(key)
     subscriber = find_subscriber(session, key)
-    suppression = _find_suppression(session, key)
+    suppression = find_suppression(session, key)
     if subscriber is None and suppression is None:
         raise NotFoundError(f"nothing is held about {email.strip()!r}")
     events = _events_about(session, key)
@@ -263,7 +259,7 @@ def update_subscriber(
             if find_subscriber(session, new_key) is not None:
                 raise AlreadyExistsError(f"{address} is already another subscriber's address")
         if address != subscriber.email:
-            old_suppression = _find_suppression(session, old_key)
+            old_suppression = find_suppression(session, old_key)
             subscriber.email = address
             subscriber.email_normalized = new_key
             result.email = address
@@ -275,8 +271,9 @@ def update_subscriber(
                 if old_suppression is not None and old_suppression.reason not in _MAILBOX_REASONS:
                     # an objection to mail is the person's, not the mailbox's; a new address must
                     # not make someone who opted out mailable again
-                    suppress_address(session, new_key, old_suppression.reason,
-                                     source="rectified from a suppressed address")
+                    # the rectify event below tells of it
+                    suppress(session, new_key, old_suppression.reason, "rectified from a suppressed address",
+                             None)
                     result.suppression_carried = True
                     carried = old_suppression.reason
     if name is not None:
@@ -395,8 +392,8 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
         session.flush()
         session.delete(subscriber)  # its subscriptions, with their consent records, go with it
     if suppression is None:
-        session.add(Suppression(address_hash=digest, email=None, reason=SuppressionReason.ERASED,
-                                source="erasure"))
+        # the erase event below tells of it
+        suppress(session, held.key, SuppressionReason.ERASED, "erasure", None)
         report.suppression = "added as hash"
     else:
         suppression.email = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audit import record_event
 from mailer.config import Config
 from mailer.db import address_hash, normalize_email
 from mailer.inbound.classify import SMTP_CODE, Analysis, InboundKind
@@ -21,7 +20,7 @@ from mailer.models import (
 from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
 from mailer.recipients.optout import OptOutSource, mask_email, unsubscribe
 from mailer.recipients.subscribers import find_subscriber
-from mailer.recipients.suppression import suppress_address
+from mailer.recipients.suppression import AuditNote, suppress
 from mailer.tokens import UnsubscribeClaim
 
 # the kinds that change the database (and delay warnings, read once like the bounces they
@@ -89,9 +88,8 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
         _add_bounce_event(session, BounceKind.HARD, delivery, digest, analysis)
         if not email:
             return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who}"
-        _entry, created = suppress_address(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}"[:100])
-        if created:
-            _audit_suppression(session, email, f"hard bounce: {status} {analysis.diagnostic}", delivery)
+        suppress(session, email, SuppressionReason.HARD_BOUNCE, f"bounce {status}",
+                 _audit_note(f"hard bounce: {status} {analysis.diagnostic}", delivery))
         return InboundKind.HARD_BOUNCE, f"delivery {delivery.id} failed ({status}); {who} suppressed"
     if analysis.still_trying:
         # a delay warning is no bounce: the server still holds the message (Gmail sends them when
@@ -109,13 +107,11 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
     note = f"delivery {delivery.id} {how} ({status}); {who}: {campaigns} of {limit}"
     if not added:
         note += " (this delivery was already counted)"
-    if campaigns >= limit and email:
-        _entry, created = suppress_address(
-            session, email, SuppressionReason.SOFT_BOUNCES, f"{campaigns} campaigns soft-bounced"
-        )
-        if created:
-            note += "; suppressed"
-            _audit_suppression(session, email, f"{campaigns} campaigns soft-bounced, the last {status}", delivery)
+    if campaigns >= limit and email and suppress(
+        session, email, SuppressionReason.SOFT_BOUNCES, f"{campaigns} campaigns soft-bounced",
+        _audit_note(f"{campaigns} campaigns soft-bounced, the last {status}", delivery),
+    ):
+        note += "; suppressed"
     return InboundKind.SOFT_BOUNCE, note
 
 
@@ -133,9 +129,8 @@ def _record_policy_block(session: Session, config: Config, analysis: Analysis, d
     return InboundKind.POLICY_BLOCK, note
 
 
-def _audit_suppression(session: Session, email: str, reason: str, delivery: Delivery | None) -> None:
-    # the privacy policy promises a record of every change to whom we may mail
-    record_event(session, "suppress", "inbound", subject=email, reason=reason.strip()[:1000], detail={
+def _audit_note(reason: str, delivery: Delivery | None) -> AuditNote:
+    return AuditNote("inbound", reason.strip(), detail={
         "delivery_id": delivery.id if delivery else None,
         "campaign_id": delivery.campaign_id if delivery else None,
     })
@@ -179,9 +174,8 @@ def _record_complaint(session: Session, config: Config, analysis: Analysis) -> t
         return InboundKind.UNMATCHED, "a spam complaint about nobody we mailed"
     subscriber, how = found
     source = f"complaint ({analysis.user_agent or analysis.from_address or 'ARF'})"[:100]
-    _entry, created = suppress_address(session, subscriber.email, SuppressionReason.COMPLAINT, source)
-    if created:
-        _audit_suppression(session, subscriber.email, f"spam complaint: {source}, identified by {how}", delivery)
+    created = suppress(session, subscriber.email, SuppressionReason.COMPLAINT, source,
+                       _audit_note(f"spam complaint: {source}, identified by {how}", delivery))
     _add_bounce_event(session, BounceKind.COMPLAINT, delivery, address_hash(subscriber.email), analysis)
     # a spam report is the strongest opt-out there is: every list, whatever unsubscribe.scope says
     unsubscribe(session, config, UnsubscribeClaim(subscriber.id, None, delivery.campaign_id if delivery else None),

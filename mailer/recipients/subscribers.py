@@ -14,18 +14,17 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
-from mailer.db import address_hash, normalize_email
+from mailer.db import normalize_email
 from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
 from mailer.models import (
     MailingList,
     Subscriber,
     Subscription,
     SubscriptionStatus,
-    Suppression,
     utcnow,
 )
 from mailer.recipients.lists import get_list
-from mailer.recipients.suppression import is_suppressed
+from mailer.recipients.suppression import find_suppression, is_suppressed
 
 MAX_NAME_LENGTH = 200
 MAX_ATTRIBUTE_KEY = 64
@@ -252,9 +251,7 @@ def iter_list_members(session: Session, list_name: str) -> Iterator[tuple[Subscr
 def describe_subscriber(session: Session, email: str) -> dict[str, Any]:
     """A subscriber's profile, subscriptions with consent, and suppression, as plain data."""
     subscriber = get_subscriber(session, email)
-    suppression = session.scalar(
-        sa.select(Suppression).where(Suppression.address_hash == address_hash(subscriber.email))
-    )
+    suppression = find_suppression(session, subscriber.email)
     return {
         "email": subscriber.email,
         "name": subscriber.name,
