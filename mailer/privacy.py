@@ -41,6 +41,7 @@ from mailer.recipients.subscribers import (
     check_name,
     find_subscriber,
     split_attribute_options,
+    update_profile,
 )
 from mailer.recipients.suppression import find_suppression, is_suppressed, suppress
 
@@ -276,23 +277,12 @@ def update_subscriber(
                              None)
                     result.suppression_carried = True
                     carried = old_suppression.reason
-    if name is not None:
-        clean_name = check_name(name)
-        if clean_name != subscriber.name:
-            subscriber.name = clean_name
-            result.changed.append("name")
-    if attributes:
-        merged = dict(subscriber.attributes)
-        to_set = check_attributes({k: v for k, v in attributes.items() if v != ""})
-        for key in attributes:
-            if attributes[key] == "" and key.strip() in merged:
-                del merged[key.strip()]
-                result.changed.append(f"attribute {key.strip()} removed")
-        for key, value in to_set.items():
-            if merged.get(key) != value:
-                merged[key] = value
-                result.changed.append(f"attribute {key}")
-        subscriber.attributes = merged
+    clean_name = check_name(name) if name is not None else None
+    attributes = attributes or {}
+    # an empty value removes the attribute
+    to_set = check_attributes({k: v for k, v in attributes.items() if v != ""})
+    removing = [key.strip() for key, value in attributes.items() if value == ""]
+    result.changed += update_profile(subscriber, clean_name, to_set, removing)
     if result.changed:
         record_event(
             session, "rectify", actor, subject=subscriber.email,

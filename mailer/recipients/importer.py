@@ -24,6 +24,8 @@ from mailer.recipients.subscribers import (
     check_attribute_value,
     check_email,
     check_name,
+    merge_profile,
+    new_subscription_status,
 )
 
 CHUNK_ROWS = 2000  # rows resolved per round of queries; bounds memory, not the file size
@@ -344,12 +346,11 @@ def _apply_chunk(
             new_people.append(row)
             continue
         sid, name, attrs = known
-        merged = {**attrs, **row.attributes}
-        changed = (row.name is not None and row.name != name) or merged != attrs
+        profile = merge_profile(name, attrs, row.name, row.attributes)
+        changed = bool(profile.changed)
         if changed:
             profile_updates.append(
-                {"b_id": sid, "name": row.name if row.name is not None else name,
-                 "attributes": merged, "updated_at": now}
+                {"b_id": sid, "name": profile.name, "attributes": profile.attributes, "updated_at": now}
             )
         status = statuses.get(sid)
         if status is None:
@@ -383,8 +384,7 @@ def _subscribe_rows(
     session: Session, rows: list[_Row], list_id: int, double_opt_in: bool, source: str, now: dt.datetime
 ) -> None:
     """Subscribe the chunk's people (all already in subscribers) to the list."""
-    status = SubscriptionStatus.UNCONFIRMED if double_opt_in else SubscriptionStatus.ACTIVE
-    confirmed_at = None if double_opt_in else now
+    status, confirmed_at = new_subscription_status(double_opt_in, now)
     columns = _SUBSCRIPTIONS.c
     plain = [r.key for r in rows if r.consent_at is None and r.consent_ip is None and r.consent_source is None]
     if plain:
