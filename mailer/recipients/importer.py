@@ -312,27 +312,7 @@ def _apply_chunk(
     report: ImportReport,
 ) -> None:
     """Resolve a chunk with three lookups, then write it with bulk statements."""
-    suppressed = set(
-        session.scalars(
-            sa.select(Suppression.address_hash).where(Suppression.address_hash.in_([r.digest for r in chunk]))
-        )
-    )
-    existing: dict[str, tuple[int, str, dict[str, Any]]] = {
-        key: (sid, name, attrs)
-        for sid, key, name, attrs in session.execute(
-            sa.select(Subscriber.id, Subscriber.email_normalized, Subscriber.name, Subscriber.attributes)
-            .where(Subscriber.email_normalized.in_([r.key for r in chunk]))
-        )
-    }
-    statuses: dict[int, SubscriptionStatus] = {
-        sid: status
-        for sid, status in session.execute(
-            sa.select(Subscription.subscriber_id, Subscription.status).where(
-                Subscription.list_id == list_id,
-                Subscription.subscriber_id.in_([sid for sid, _n, _a in existing.values()]),
-            )
-        )
-    }
+    suppressed, existing, statuses = _look_up_chunk(session, chunk, list_id)
     now = utcnow()
     new_people: list[_Row] = []
     profile_updates: list[dict[str, Any]] = []
@@ -378,6 +358,34 @@ def _apply_chunk(
     if to_subscribe:
         _subscribe_rows(session, to_subscribe, list_id, double_opt_in, source, now)
         report.added += len(to_subscribe)
+
+
+def _look_up_chunk(
+    session: Session, chunk: list[_Row], list_id: int
+) -> tuple[set[str], dict[str, tuple[int, str, dict[str, Any]]], dict[int, SubscriptionStatus]]:
+    """The chunk's suppressed hashes, its known people by address, and their status on the list."""
+    suppressed = set(
+        session.scalars(
+            sa.select(Suppression.address_hash).where(Suppression.address_hash.in_([r.digest for r in chunk]))
+        )
+    )
+    existing: dict[str, tuple[int, str, dict[str, Any]]] = {
+        key: (sid, name, attrs)
+        for sid, key, name, attrs in session.execute(
+            sa.select(Subscriber.id, Subscriber.email_normalized, Subscriber.name, Subscriber.attributes)
+            .where(Subscriber.email_normalized.in_([r.key for r in chunk]))
+        )
+    }
+    statuses: dict[int, SubscriptionStatus] = {
+        sid: status
+        for sid, status in session.execute(
+            sa.select(Subscription.subscriber_id, Subscription.status).where(
+                Subscription.list_id == list_id,
+                Subscription.subscriber_id.in_([sid for sid, _n, _a in existing.values()]),
+            )
+        )
+    }
+    return suppressed, existing, statuses
 
 
 def _subscribe_rows(

@@ -79,15 +79,9 @@ def unsubscribe(
     if not rows:
         return OptOutResult(known=False, changed=False, scope=scope)
     email: str = rows[0][0]
-    subscriptions = [_SubscriptionRow(*row[1:]) for row in rows if row[1] is not None]
-    list_title = ""
-    if scope is UnsubscribeScope.LIST:
-        on_list = [row for row in subscriptions if row.list_id == claim.list_id]
-        if claim.list_id is None or not on_list:
-            scope = UnsubscribeScope.ALL
-        else:
-            subscriptions = on_list
-            list_title = on_list[0].title
+    held = [_SubscriptionRow(*row[1:]) for row in rows if row[1] is not None]
+    scope, subscriptions = _in_scope(scope, claim, held)
+    list_title = subscriptions[0].title if scope is UnsubscribeScope.LIST else ""
 
     now = utcnow()
     ending = [row for row in subscriptions if row.status is not SubscriptionStatus.UNSUBSCRIBED]
@@ -118,6 +112,19 @@ def unsubscribe(
         lists_left=tuple(lists_left),
         list_title=list_title,
     )
+
+
+def _in_scope(
+    scope: UnsubscribeScope, claim: UnsubscribeClaim, subscriptions: list[_SubscriptionRow]
+) -> tuple[UnsubscribeScope, list[_SubscriptionRow]]:
+    """The scope a request is honoured in and the subscriptions it ends: "list" falls back to
+    "all" for a token without a list or a list the person is not on."""
+    if scope is UnsubscribeScope.ALL:
+        return scope, subscriptions
+    on_list = [row for row in subscriptions if row.list_id == claim.list_id]
+    if claim.list_id is None or not on_list:
+        return UnsubscribeScope.ALL, subscriptions
+    return scope, on_list
 
 
 def _default_actor(source: str) -> str:
