@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.models import AuditEvent
+from mailer.models import AuditEvent, utcnow
 
 
 def cli_actor() -> str:
@@ -33,6 +33,25 @@ def record_event(
     event = AuditEvent(action=action, actor=actor, subject=subject, reason=reason, detail=detail or {})
     session.add(event)
     return event
+
+
+# the row record_event adds, as one prepared INSERT: no ORM object and no flush, for the paths
+# that run once per web request (a one-click opt-out)
+_INSERT_EVENT = sa.insert(cast(sa.Table, AuditEvent.__table__))
+
+
+def insert_event(
+    session: Session,
+    action: str,
+    actor: str,
+    subject: str = "",
+    reason: str = "",
+    detail: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
+) -> None:
+    """Write one event to the trail now, in the caller's transaction; `at` defaults to now."""
+    session.execute(_INSERT_EVENT, {"at": at or utcnow(), "action": action, "actor": actor,
+                                    "subject": subject, "reason": reason, "detail": detail or {}})
 
 
 def list_events(session: Session, since: dt.datetime | None = None) -> Sequence[AuditEvent]:

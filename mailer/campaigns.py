@@ -11,12 +11,13 @@ import aiosmtplib
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.config import Config, StartTLS
+from mailer.config import Config
 from mailer.content.compliance import check_campaign, check_from, render_for_check
 from mailer.content.compose import Composer, Recipient, RenderedMessage, sample_recipient
 from mailer.content.containment import EXTERNAL_STYLESHEETS
 from mailer.content.templating import load_template_source
 from mailer.db import Database, normalize_email
+from mailer.delivery.transport import start_tls_mode
 from mailer.errors import (
     ComplianceError,
     DeliveryError,
@@ -298,13 +299,6 @@ def has_opted_out(session: Session, address: str, list_id: int | None) -> bool:
 async def deliver_one(config: Config, message: RenderedMessage) -> None:
     """Hand one message to the relay; STARTTLS as smtp.starttls says (required unless on loopback)."""
     smtp = config.smtp
-    start_tls: bool | None
-    if smtp.starttls is StartTLS.OFF:
-        start_tls = False
-    elif smtp.starttls is StartTLS.REQUIRED and not smtp.is_loopback:
-        start_tls = True
-    else:
-        start_tls = None  # use it when the relay offers it
     kwargs: dict[str, Any] = {}
     if smtp.username:
         kwargs = {"username": smtp.username, "password": smtp.password}
@@ -316,7 +310,8 @@ async def deliver_one(config: Config, message: RenderedMessage) -> None:
             hostname=smtp.host,
             port=smtp.port,
             timeout=smtp.timeout,
-            start_tls=start_tls,
+            # the same decision as every campaign's sending connections
+            start_tls=start_tls_mode(smtp),
             use_tls=False,
             **kwargs,
         )

@@ -13,11 +13,11 @@ from mailer.config import Config
 from mailer.content.compliance import check_campaign, check_from
 from mailer.content.templating import (
     HTML_SUFFIXES,
-    TEXT_SUFFIXES,
     TemplateSource,
     campaign_templates_dir,
-    compile_campaign_templates,
+    find_named_template,
     read_template_file,
+    read_template_source,
     templates_dir,
 )
 from mailer.db import Database
@@ -53,9 +53,7 @@ def load_notice_template(spec: str) -> TemplateSource:
     """
     path = Path(spec).expanduser()
     if not path.is_file():
-        folder = notice_templates_dir()
-        named = [folder / f"{spec}.html.j2", folder / spec]
-        found = next((p for p in named if "/" not in spec and p.is_file()), None)
+        found = find_named_template(spec, notice_templates_dir())
         if found is None:
             if (campaign_templates_dir() / f"{spec}.html.j2").is_file():
                 raise ComplianceError([f"{spec!r} is a campaign template; a notice needs a notice template"])
@@ -70,18 +68,9 @@ def load_notice_template(spec: str) -> TemplateSource:
     if _is_campaign_template(path):
         raise ComplianceError([f"{path.name} is a campaign template (templates/campaigns/); "
                                "a notice must not be built from marketing content"])
-    html = read_template_file(path)
-    text: str | None = None
-    for html_suffix, text_suffix in TEXT_SUFFIXES.items():
-        sibling = path.with_name(path.name.removesuffix(html_suffix) + text_suffix)
-        if path.name.endswith(html_suffix) and sibling.is_file():
-            text = read_template_file(sibling)
-            break
     in_notices = path.resolve().parent == notice_templates_dir().resolve()
     name = f"notices/{path.name.removesuffix('.html.j2')}" if in_notices else str(path)
-    source = TemplateSource(name=name[:500], html=html, text=text)
-    compile_campaign_templates(source)
-    return source
+    return read_template_source(path, name[:500])
 
 
 def check_reason(reason: str) -> str:

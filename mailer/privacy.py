@@ -41,8 +41,9 @@ from mailer.recipients.subscribers import (
     check_name,
     find_subscriber,
     split_attribute_options,
+    update_profile,
 )
-from mailer.recipients.suppression import is_suppressed, suppress_address
+from mailer.recipients.suppression import find_suppression, is_suppressed, suppress
 
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
 # suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind
@@ -54,10 +55,6 @@ ERASED_MARK = "[erased]"  # what replaces an erased address inside kept text (SM
 
 def _iso(value: Any) -> str | None:
     return None if value is None else str(value.isoformat())
-
-
-def _find_suppression(session: Session, email: str) -> Suppression | None:
-    return session.scalar(sa.select(Suppression).where(Suppression.address_hash == address_hash(email)))
 
 
 def _events_about(session: Session, key: str) -> list[AuditEvent]:
@@ -95,7 +92,7 @@ def find_held_about(session: Session, email: str) -> HeldAboutPerson:
     key = normalize_email(email)
     digest = address_hash(key)
     subscriber = find_subscriber(session, key)
-    suppression = _find_suppression(session, key)
+    suppression = find_suppression(session, key)
     if subscriber is None and suppression is None:
         raise NotFoundError(f"nothing is held about {email.strip()!r}")
     events = _events_about(session, key)
@@ -132,6 +129,55 @@ def _suppression_data(suppression: Suppression) -> dict[str, Any]:
     }
 
 
+def _subscriber_data(session: Session, subscriber: Subscriber, held: HeldAboutPerson) -> dict[str, Any]:
+    """The profile, each subscription with its consent, and each delivery, as an export shows them."""
+    profile = {
+        "email": subscriber.email,
+        "name": subscriber.name,
+        "attributes": dict(subscriber.attributes),
+        "created_at": _iso(subscriber.created_at),
+        "updated_at": _iso(subscriber.updated_at),
+    }
+    subscriptions = [
+        {
+            "list": sub.mailing_list.name,
+            "list_title": sub.mailing_list.title,
+            "status": sub.status.value,
+            "consent": {
+                "at": _iso(sub.consent_at),
+                "source": sub.consent_source,
+                "ip": sub.consent_ip,
+                "user_agent": sub.consent_user_agent,
+            },
+            # only a double opt-in list has a confirmation step to report
+            "confirmation": None if sub.confirmed_at is None or not sub.mailing_list.double_opt_in else {
+                "at": _iso(sub.confirmed_at),
+                "ip": sub.confirmed_ip,
+                "user_agent": sub.confirmed_user_agent,
+            },
+            "unsubscribed_at": _iso(sub.unsubscribed_at),
+        }
+        for sub in sorted(subscriber.subscriptions, key=lambda s: s.mailing_list.name)
+    ]
+    deliveries = [
+        {
+            "campaign_id": campaign.id,
+            "kind": campaign.kind.value,
+            "subject": campaign.subject,
+            "state": delivery.state.value,
+            "sent_at": _iso(delivery.sent_at),
+            "queued_at": _iso(delivery.created_at),
+            "attempts": delivery.attempts,
+            # what the receiving server last said about the mailbox
+            "smtp_code": delivery.last_code,
+            "smtp_reply": delivery.last_response,
+        }
+        for delivery in held.deliveries
+        if (campaign := session.get(Campaign, delivery.campaign_id)) is not None
+    ]
+    return {"profile": profile, "subscriptions": subscriptions, "deliveries": deliveries}
+
+
 def export_subscriber(
     session: Session, config: Config, email: str, actor: str, reason: str = ""
 ) -> dict[str, Any]:
@@ -157,50 +203,7 @@ def export_subscriber(
         "audit_events": [],
     }
     if subscriber is not None:
-        data["profile"] = {
-            "email": subscriber.email,
-            "name": subscriber.name,
-            "attributes": dict(subscriber.attributes),
-            "created_at": _iso(subscriber.created_at),
-            "updated_at": _iso(subscriber.updated_at),
-        }
-        data["subscriptions"] = [
-            {
-                "list": sub.mailing_list.name,
-                "list_title": sub.mailing_list.title,
-                "status": sub.status.value,
-                "consent": {
-                    "at": _iso(sub.consent_at),
-                    "source": sub.consent_source,
-                    "ip": sub.consent_ip,
-                    "user_agent": sub.consent_user_agent,
-                },
-                # only a double opt-in list has a confirmation step to report
-                "confirmation": None if sub.confirmed_at is None or not sub.mailing_list.double_opt_in else {
-                    "at": _iso(sub.confirmed_at),
-                    "ip": sub.confirmed_ip,
-                    "user_agent": sub.confirmed_user_agent,
-                },
-                "unsubscribed_at": _iso(sub.unsubscribed_at),
-            }
-            for sub in sorted(subscriber.subscriptions, key=lambda s: s.mailing_list.name)
-        ]
-        data["deliveries"] = [
-            {
-                "campaign_id": campaign.id,
-                "kind": campaign.kind.value,
-                "subject": campaign.subject,
-                "state": delivery.state.value,
-                "sent_at": _iso(delivery.sent_at),
-                "queued_at": _iso(delivery.created_at),
-                "attempts": delivery.attempts,
-                # what the receiving server last said about the mailbox
-                "smtp_code": delivery.last_code,
-                "smtp_reply": delivery.last_response,
-            }
-            for delivery in held.deliveries
-            if (campaign := session.get(Campaign, delivery.campaign_id)) is not None
-        ]
+        data.update(_subscriber_data(session, subscriber, held))
     if suppression is not None:
         data["suppression"] = _suppression_data(suppression)
     # an address the person had before a correction may have opted out on its own
@@ -252,50 +255,14 @@ def update_subscriber(
     if subscriber is None:
         raise NotFoundError(f"no subscriber with address {email.strip()!r}")
     result = UpdateResult(email=subscriber.email)
-    carried: SuppressionReason | None = None
     old_key = subscriber.email_normalized
-    if new_email is not None:
-        address = check_email(new_email)
-        new_key = normalize_email(address)
-        if new_key != old_key:
-            if is_suppressed(session, new_key):
-                raise SuppressedError(f"{address} is on the suppression list; it cannot become a subscriber's address")
-            if find_subscriber(session, new_key) is not None:
-                raise AlreadyExistsError(f"{address} is already another subscriber's address")
-        if address != subscriber.email:
-            old_suppression = _find_suppression(session, old_key)
-            subscriber.email = address
-            subscriber.email_normalized = new_key
-            result.email = address
-            result.changed.append("email")
-            if new_key != old_key:
-                # the same person: their earlier events follow them, so an erasure finds them all
-                for event in _events_about(session, old_key):
-                    event.subject = address
-                if old_suppression is not None and old_suppression.reason not in _MAILBOX_REASONS:
-                    # an objection to mail is the person's, not the mailbox's; a new address must
-                    # not make someone who opted out mailable again
-                    suppress_address(session, new_key, old_suppression.reason,
-                                     source="rectified from a suppressed address")
-                    result.suppression_carried = True
-                    carried = old_suppression.reason
-    if name is not None:
-        clean_name = check_name(name)
-        if clean_name != subscriber.name:
-            subscriber.name = clean_name
-            result.changed.append("name")
-    if attributes:
-        merged = dict(subscriber.attributes)
-        to_set = check_attributes({k: v for k, v in attributes.items() if v != ""})
-        for key in attributes:
-            if attributes[key] == "" and key.strip() in merged:
-                del merged[key.strip()]
-                result.changed.append(f"attribute {key.strip()} removed")
-        for key, value in to_set.items():
-            if merged.get(key) != value:
-                merged[key] = value
-                result.changed.append(f"attribute {key}")
-        subscriber.attributes = merged
+    carried = _change_address(session, subscriber, new_email, result) if new_email is not None else None
+    clean_name = check_name(name) if name is not None else None
+    attributes = attributes or {}
+    # an empty value removes the attribute
+    to_set = check_attributes({k: v for k, v in attributes.items() if v != ""})
+    removing = [key.strip() for key, value in attributes.items() if value == ""]
+    result.changed += update_profile(subscriber, clean_name, to_set, removing)
     if result.changed:
         record_event(
             session, "rectify", actor, subject=subscriber.email,
@@ -308,6 +275,39 @@ def update_subscriber(
         )
     session.flush()
     return result
+
+
+def _change_address(
+    session: Session, subscriber: Subscriber, new_email: str, result: UpdateResult
+) -> SuppressionReason | None:
+    """Give the subscriber a corrected address; the suppression reason carried to it, if any."""
+    old_key = subscriber.email_normalized
+    address = check_email(new_email)
+    new_key = normalize_email(address)
+    if new_key != old_key:
+        if is_suppressed(session, new_key):
+            raise SuppressedError(f"{address} is on the suppression list; it cannot become a subscriber's address")
+        if find_subscriber(session, new_key) is not None:
+            raise AlreadyExistsError(f"{address} is already another subscriber's address")
+    if address == subscriber.email:
+        return None
+    old_suppression = find_suppression(session, old_key)
+    subscriber.email = address
+    subscriber.email_normalized = new_key
+    result.email = address
+    result.changed.append("email")
+    if new_key == old_key:
+        return None
+    # the same person: their earlier events follow them, so an erasure finds them all
+    for event in _events_about(session, old_key):
+        event.subject = address
+    if old_suppression is None or old_suppression.reason in _MAILBOX_REASONS:
+        return None
+    # an objection to mail is the person's, not the mailbox's; a new address must not make
+    # someone who opted out mailable again (the rectify event tells of it)
+    suppress(session, new_key, old_suppression.reason, "rectified from a suppressed address", None)
+    result.suppression_carried = True
+    return old_suppression.reason
 
 
 def parse_attribute_changes(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -395,8 +395,8 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
         session.flush()
         session.delete(subscriber)  # its subscriptions, with their consent records, go with it
     if suppression is None:
-        session.add(Suppression(address_hash=digest, email=None, reason=SuppressionReason.ERASED,
-                                source="erasure"))
+        # the erase event below tells of it
+        suppress(session, held.key, SuppressionReason.ERASED, "erasure", None)
         report.suppression = "added as hash"
     else:
         suppression.email = None

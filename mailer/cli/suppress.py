@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from mailer.audit import cli_actor, record_event
+from mailer.audit import cli_actor
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line
 from mailer.models import SuppressionReason
 from mailer.recipients.subscribers import check_email
-from mailer.recipients.suppression import lift_suppression, list_suppressions, suppress_address
+from mailer.recipients.suppression import AuditNote, list_suppressions, suppress, unsuppress
 
 
 @main.group("suppress")
@@ -39,11 +39,8 @@ def suppress_add(app: AppContext, email: str, reason: str) -> None:
     """
     address = check_email(email)
     with app.db.session() as session:
-        _entry, created = suppress_address(
-            session, address, SuppressionReason.MANUAL, source=f"cli: {reason}".strip().rstrip(":")
-        )
-        if created:
-            record_event(session, "suppress", cli_actor(), subject=address, reason=reason or "manual")
+        created = suppress(session, address, SuppressionReason.MANUAL, f"cli: {reason}".strip().rstrip(":"),
+                           AuditNote(cli_actor(), reason or "manual"))
     echo_line(f"suppressed {address}" if created else f"{address} was already suppressed")
 
 
@@ -70,7 +67,7 @@ def suppress_rm(app: AppContext, email: str, reason: str, erased: bool) -> None:
     """
     address = check_email(email)
     with app.db.session() as session:
-        entry = lift_suppression(session, address, reason, cli_actor(), erased=erased)
+        entry = unsuppress(session, address, reason, cli_actor(), erased=erased)
         shown, was = entry.email or address, entry.reason.value
     echo_line(f"{shown} may be mailed again (was: {was})")
 

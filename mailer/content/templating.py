@@ -67,19 +67,32 @@ def load_template_source(spec: str) -> TemplateSource:
                 f"shipped names ({shipped})"
             )
         path = named
+    name = path.name if path.parent != campaign_templates_dir() else path.name.removesuffix(".html.j2")
+    return read_template_source(path, name)
+
+
+def read_template_source(path: Path, name: str) -> TemplateSource:
+    """The template in an .html.j2 file with its sibling .txt.j2 as the text part, if there is one.
+
+    Raises TemplateError when a file cannot be read or the template does not parse.
+    """
     html = read_template_file(path)
     text_path = _sibling_text(path)
     text = read_template_file(text_path) if text_path is not None and text_path.is_file() else None
-    name = path.name if path.parent != campaign_templates_dir() else path.name.removesuffix(".html.j2")
     source = TemplateSource(name=name, html=html, text=text)
     compile_campaign_templates(source)
     return source
 
 
 def _find_named(name: str) -> Path | None:
+    return find_named_template(name, campaign_templates_dir())
+
+
+def find_named_template(name: str, folder: Path) -> Path | None:
+    """The HTML template a bare name means in `folder` ("welcome" or "welcome.html.j2"), or None;
+    a name with a path separator or a leading dot means nothing there."""
     if "/" in name or "\\" in name or name.startswith("."):
         return None
-    folder = campaign_templates_dir()
     for candidate in (folder / f"{name}.html.j2", folder / name):
         if candidate.is_file() and candidate.name.endswith(HTML_SUFFIXES):
             return candidate

@@ -29,7 +29,7 @@ from mailer.models import (
     SuppressionReason,
 )
 from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
-from mailer.recipients.suppression import suppress_address
+from mailer.recipients.suppression import AuditNote, suppress
 
 # a notice (breach, terms) reaches people who opted out of marketing, but never these
 NOTICE_BLOCKING_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.ERASED})
@@ -229,14 +229,10 @@ def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now
             cancel_queued_deliveries(session, campaign_id, now)
     for outcome in outcomes:
         if outcome.hard_bounce:
-            _, created = suppress_address(
-                session, outcome.hard_bounce, SuppressionReason.HARD_BOUNCE,
-                source=f"smtp {outcome.code}: campaign {campaign_id}",
-            )
-            if created:
-                record_event(session, "suppress", "mailer", subject=outcome.hard_bounce,
-                             reason=f"hard bounce: {outcome.response}"[:1000],
-                             detail={"campaign_id": campaign_id, "code": outcome.code})
+            suppress(session, outcome.hard_bounce, SuppressionReason.HARD_BOUNCE,
+                     f"smtp {outcome.code}: campaign {campaign_id}",
+                     AuditNote("mailer", f"hard bounce: {outcome.response}",
+                               detail={"campaign_id": campaign_id, "code": outcome.code}))
     blocked = [o for o in outcomes if o.policy_block]
     for outcome in blocked:
         record_policy_block(session, outcome.delivery_id, campaign_id, address_hash(outcome.policy_block or ""),

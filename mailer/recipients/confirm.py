@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from mailer.addresses import parse_mailbox
 from mailer.audit import record_event
 from mailer.config import Config
+from mailer.consent import request_origin
 from mailer.content.compose import header_address
 from mailer.content.dkim import signer_from_config
 from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
@@ -27,9 +28,6 @@ from mailer.recipients.optout import mask_email
 from mailer.recipients.subscribers import get_subscriber
 from mailer.recipients.suppression import is_suppressed
 from mailer.tokens import make_confirm_token, read_confirm_token
-
-_MAX_IP = 45
-_MAX_USER_AGENT = 500
 
 
 class ConfirmOutcome(enum.StrEnum):
@@ -228,8 +226,7 @@ def confirm_subscription(
         return ConfirmResult(settled, mask_email(subscriber.email), title)
     subscription.status = SubscriptionStatus.ACTIVE
     subscription.confirmed_at = utcnow()
-    subscription.confirmed_ip = ip[:_MAX_IP] if ip else None
-    subscription.confirmed_user_agent = user_agent[:_MAX_USER_AGENT] if user_agent else None
+    subscription.confirmed_ip, subscription.confirmed_user_agent = request_origin(ip, user_agent)
     record_event(session, "confirm", "web", subject=subscriber.email, reason="double opt-in confirmation",
                  detail={"list": mailing_list.name})
     session.flush()

@@ -24,6 +24,8 @@ from mailer.recipients.subscribers import (
     check_attribute_value,
     check_email,
     check_name,
+    merge_profile,
+    new_subscription_status,
 )
 
 CHUNK_ROWS = 2000  # rows resolved per round of queries; bounds memory, not the file size
@@ -310,27 +312,7 @@ def _apply_chunk(
     report: ImportReport,
 ) -> None:
     """Resolve a chunk with three lookups, then write it with bulk statements."""
-    suppressed = set(
-        session.scalars(
-            sa.select(Suppression.address_hash).where(Suppression.address_hash.in_([r.digest for r in chunk]))
-        )
-    )
-    existing: dict[str, tuple[int, str, dict[str, Any]]] = {
-        key: (sid, name, attrs)
-        for sid, key, name, attrs in session.execute(
-            sa.select(Subscriber.id, Subscriber.email_normalized, Subscriber.name, Subscriber.attributes)
-            .where(Subscriber.email_normalized.in_([r.key for r in chunk]))
-        )
-    }
-    statuses: dict[int, SubscriptionStatus] = {
-        sid: status
-        for sid, status in session.execute(
-            sa.select(Subscription.subscriber_id, Subscription.status).where(
-                Subscription.list_id == list_id,
-                Subscription.subscriber_id.in_([sid for sid, _n, _a in existing.values()]),
-            )
-        )
-    }
+    suppressed, existing, statuses = _look_up_chunk(session, chunk, list_id)
     now = utcnow()
     new_people: list[_Row] = []
     profile_updates: list[dict[str, Any]] = []
@@ -344,12 +326,11 @@ def _apply_chunk(
             new_people.append(row)
             continue
         sid, name, attrs = known
-        merged = {**attrs, **row.attributes}
-        changed = (row.name is not None and row.name != name) or merged != attrs
+        profile = merge_profile(name, attrs, row.name, row.attributes)
+        changed = bool(profile.changed)
         if changed:
             profile_updates.append(
-                {"b_id": sid, "name": row.name if row.name is not None else name,
-                 "attributes": merged, "updated_at": now}
+                {"b_id": sid, "name": profile.name, "attributes": profile.attributes, "updated_at": now}
             )
         status = statuses.get(sid)
         if status is None:
@@ -379,12 +360,39 @@ def _apply_chunk(
         report.added += len(to_subscribe)
 
 
+def _look_up_chunk(
+    session: Session, chunk: list[_Row], list_id: int
+) -> tuple[set[str], dict[str, tuple[int, str, dict[str, Any]]], dict[int, SubscriptionStatus]]:
+    """The chunk's suppressed hashes, its known people by address, and their status on the list."""
+    suppressed = set(
+        session.scalars(
+            sa.select(Suppression.address_hash).where(Suppression.address_hash.in_([r.digest for r in chunk]))
+        )
+    )
+    existing: dict[str, tuple[int, str, dict[str, Any]]] = {
+        key: (sid, name, attrs)
+        for sid, key, name, attrs in session.execute(
+            sa.select(Subscriber.id, Subscriber.email_normalized, Subscriber.name, Subscriber.attributes)
+            .where(Subscriber.email_normalized.in_([r.key for r in chunk]))
+        )
+    }
+    statuses: dict[int, SubscriptionStatus] = {
+        sid: status
+        for sid, status in session.execute(
+            sa.select(Subscription.subscriber_id, Subscription.status).where(
+                Subscription.list_id == list_id,
+                Subscription.subscriber_id.in_([sid for sid, _n, _a in existing.values()]),
+            )
+        )
+    }
+    return suppressed, existing, statuses
+
+
 def _subscribe_rows(
     session: Session, rows: list[_Row], list_id: int, double_opt_in: bool, source: str, now: dt.datetime
 ) -> None:
     """Subscribe the chunk's people (all already in subscribers) to the list."""
-    status = SubscriptionStatus.UNCONFIRMED if double_opt_in else SubscriptionStatus.ACTIVE
-    confirmed_at = None if double_opt_in else now
+    status, confirmed_at = new_subscription_status(double_opt_in, now)
     columns = _SUBSCRIPTIONS.c
     plain = [r.key for r in rows if r.consent_at is None and r.consent_ip is None and r.consent_source is None]
     if plain:

@@ -10,10 +10,10 @@ from typing import NamedTuple, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audit import cli_actor
+from mailer.audit import cli_actor, insert_event
 from mailer.config import Config, UnsubscribeScope
+from mailer.consent import request_origin
 from mailer.models import (
-    AuditEvent,
     MailingList,
     Subscriber,
     Subscription,
@@ -21,12 +21,8 @@ from mailer.models import (
     SuppressionReason,
     utcnow,
 )
-from mailer.recipients.suppression import add_suppression
+from mailer.recipients.suppression import AuditNote, suppress
 from mailer.tokens import UnsubscribeClaim
-
-# the widths of the columns these values land in
-_MAX_IP = 45
-_MAX_USER_AGENT = 500
 
 
 class OptOutSource(enum.StrEnum):
@@ -76,52 +72,38 @@ def unsubscribe(
     page and one-click, "mailto" for mail, else the user at the terminal.
     """
     source = str(source)
-    ip = ip[:_MAX_IP] if ip else None
-    user_agent = user_agent[:_MAX_USER_AGENT] if user_agent else None
+    ip, user_agent = request_origin(ip, user_agent)
     scope = config.unsubscribe.scope
     # prepared column queries and one UPDATE, no ORM objects: this runs for every one-click POST
     rows = session.execute(_SELECT_SUBSCRIBER_LISTS, {"subscriber_id": claim.subscriber_id}).all()
     if not rows:
         return OptOutResult(known=False, changed=False, scope=scope)
     email: str = rows[0][0]
-    subscriptions = [_SubscriptionRow(*row[1:]) for row in rows if row[1] is not None]
-    list_title = ""
-    if scope is UnsubscribeScope.LIST:
-        on_list = [row for row in subscriptions if row.list_id == claim.list_id]
-        if claim.list_id is None or not on_list:
-            scope = UnsubscribeScope.ALL
-        else:
-            subscriptions = on_list
-            list_title = on_list[0].title
+    held = [_SubscriptionRow(*row[1:]) for row in rows if row[1] is not None]
+    scope, subscriptions = _in_scope(scope, claim, held)
+    list_title = subscriptions[0].title if scope is UnsubscribeScope.LIST else ""
 
     now = utcnow()
     ending = [row for row in subscriptions if row.status is not SubscriptionStatus.UNSUBSCRIBED]
     ended = _end_subscriptions(session, [row.id for row in ending], now) if ending else set()
     lists_left = [row.title for row in ending if row.id in ended]
 
-    suppressed = False
-    if scope is UnsubscribeScope.ALL:
-        suppressed = add_suppression(session, email, SuppressionReason.UNSUBSCRIBED, source, ip, user_agent)
-
+    audit = AuditNote(actor or _default_actor(source), source, action="unsubscribe", at=now, detail={
+        "scope": scope.value,
+        "lists": lists_left,
+        "list_id": claim.list_id,
+        "campaign_id": claim.campaign_id,
+        "ip": ip,
+        "user_agent": user_agent,
+        "at": now.isoformat(),
+    })
+    suppressed = scope is UnsubscribeScope.ALL and suppress(
+        session, email, SuppressionReason.UNSUBSCRIBED, source, audit, ip, user_agent)
     changed = suppressed or bool(lists_left)
-    if changed:
-        # the same row audit.record_event writes, as one prepared INSERT instead of an ORM flush
-        session.execute(_INSERT_AUDIT_EVENT, {
-            "at": now,
-            "action": "unsubscribe",
-            "actor": actor or _default_actor(source),
-            "subject": email,
-            "reason": source,
-            "detail": {
-                "scope": scope.value,
-                "lists": lists_left,
-                "list_id": claim.list_id,
-                "campaign_id": claim.campaign_id,
-                "ip": ip,
-                "user_agent": user_agent,
-                "at": now.isoformat(),
-            },
-        })
+    if changed and not suppressed:
+        # leaving a list is no suppression, but the trail tells of it the same way
+        insert_event(session, audit.action, audit.actor, subject=email, reason=audit.reason,
+                     detail=audit.detail, at=now)
     return OptOutResult(
         known=True,
         changed=changed,
@@ -130,6 +112,19 @@ def unsubscribe(
         lists_left=tuple(lists_left),
         list_title=list_title,
     )
+
+
+def _in_scope(
+    scope: UnsubscribeScope, claim: UnsubscribeClaim, subscriptions: list[_SubscriptionRow]
+) -> tuple[UnsubscribeScope, list[_SubscriptionRow]]:
+    """The scope a request is honoured in and the subscriptions it ends: "list" falls back to
+    "all" for a token without a list or a list the person is not on."""
+    if scope is UnsubscribeScope.ALL:
+        return scope, subscriptions
+    on_list = [row for row in subscriptions if row.list_id == claim.list_id]
+    if claim.list_id is None or not on_list:
+        return UnsubscribeScope.ALL, subscriptions
+    return scope, on_list
 
 
 def _default_actor(source: str) -> str:
@@ -172,7 +167,6 @@ _END_SUBSCRIPTIONS = (
     .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=sa.bindparam("now"))
     .returning(_SUBSCRIPTIONS.c.id)
 )
-_INSERT_AUDIT_EVENT = sa.insert(cast(sa.Table, AuditEvent.__table__))
 
 
 def _end_subscriptions(session: Session, ids: list[int], now: dt.datetime) -> set[int]:

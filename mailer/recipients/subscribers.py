@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,18 +14,17 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
-from mailer.db import address_hash, normalize_email
+from mailer.db import normalize_email
 from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
 from mailer.models import (
     MailingList,
     Subscriber,
     Subscription,
     SubscriptionStatus,
-    Suppression,
     utcnow,
 )
 from mailer.recipients.lists import get_list
-from mailer.recipients.suppression import is_suppressed
+from mailer.recipients.suppression import find_suppression, is_suppressed
 
 MAX_NAME_LENGTH = 200
 MAX_ATTRIBUTE_KEY = 64
@@ -186,7 +185,8 @@ def add_subscriber(
         )
         session.add(subscriber)
         session.flush()
-    changed = not created and _merge_profile(subscriber, clean_name, clean_attrs)
+    # an empty name in a later sign-up keeps the one held
+    changed = not created and bool(update_profile(subscriber, clean_name or None, clean_attrs))
     outcome = _subscribe(session, subscriber, mailing_list, consent)
     if outcome is AddOutcome.UNCHANGED and changed:
         outcome = AddOutcome.UPDATED
@@ -194,17 +194,60 @@ def add_subscriber(
     return subscriber, outcome
 
 
-def _merge_profile(subscriber: Subscriber, name: str | None, attributes: Mapping[str, str]) -> bool:
-    changed = False
-    if name and name != subscriber.name:
-        subscriber.name = name
-        changed = True
-    if attributes:
-        merged = {**subscriber.attributes, **attributes}
-        if merged != subscriber.attributes:
-            subscriber.attributes = merged
-            changed = True
-    return changed
+@dataclass(frozen=True)
+class ProfileChange:
+    """A subscriber's name and attributes after an update, and what changed, in order."""
+
+    name: str
+    attributes: dict[str, Any]
+    changed: list[str]  # "name", "attribute city removed", "attribute city"
+
+
+def merge_profile(
+    name: str,
+    attributes: Mapping[str, Any],
+    new_name: str | None,
+    new_attributes: Mapping[str, str],
+    removing: Iterable[str] = (),
+) -> ProfileChange:
+    """Merge checked values into a profile: a new name (None keeps it), attributes set over the
+    ones held (the others stay), and the attributes in `removing` taken out."""
+    changed: list[str] = []
+    if new_name is not None and new_name != name:
+        name = new_name
+        changed.append("name")
+    merged = dict(attributes)
+    for key in removing:
+        if key in merged:
+            del merged[key]
+            changed.append(f"attribute {key} removed")
+    for key, value in new_attributes.items():
+        if merged.get(key) != value:
+            merged[key] = value
+            changed.append(f"attribute {key}")
+    return ProfileChange(name, merged, changed)
+
+
+def update_profile(
+    subscriber: Subscriber,
+    name: str | None,
+    attributes: Mapping[str, str],
+    removing: Iterable[str] = (),
+) -> list[str]:
+    """Merge checked values into a subscriber's profile (see merge_profile); what changed."""
+    change = merge_profile(subscriber.name, subscriber.attributes, name, attributes, removing)
+    if change.changed:
+        subscriber.name = change.name
+        subscriber.attributes = change.attributes
+    return change.changed
+
+
+def new_subscription_status(double_opt_in: bool, now: dt.datetime) -> tuple[SubscriptionStatus, dt.datetime | None]:
+    """A new subscription's status and confirmation time: on a double opt-in list it is
+    unconfirmed, and gets no mail, until the person follows the link."""
+    if double_opt_in:
+        return SubscriptionStatus.UNCONFIRMED, None
+    return SubscriptionStatus.ACTIVE, now
 
 
 def _subscribe(
@@ -219,8 +262,8 @@ def _subscribe(
         if existing.status is SubscriptionStatus.UNSUBSCRIBED:
             return AddOutcome.UNSUBSCRIBED
         return AddOutcome.UNCHANGED
-    status = SubscriptionStatus.UNCONFIRMED if mailing_list.double_opt_in else SubscriptionStatus.ACTIVE
     now = utcnow()
+    status, confirmed_at = new_subscription_status(mailing_list.double_opt_in, now)
     session.add(
         Subscription(
             subscriber_id=subscriber.id,
@@ -230,7 +273,7 @@ def _subscribe(
             consent_source=consent.source,
             consent_ip=consent.ip,
             consent_user_agent=consent.user_agent,
-            confirmed_at=None if mailing_list.double_opt_in else now,
+            confirmed_at=confirmed_at,
         )
     )
     return AddOutcome.ADDED
@@ -252,9 +295,7 @@ def iter_list_members(session: Session, list_name: str) -> Iterator[tuple[Subscr
 def describe_subscriber(session: Session, email: str) -> dict[str, Any]:
     """A subscriber's profile, subscriptions with consent, and suppression, as plain data."""
     subscriber = get_subscriber(session, email)
-    suppression = session.scalar(
-        sa.select(Suppression).where(Suppression.address_hash == address_hash(subscriber.email))
-    )
+    suppression = find_suppression(session, subscriber.email)
     return {
         "email": subscriber.email,
         "name": subscriber.name,

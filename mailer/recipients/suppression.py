@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from mailer.audit import record_event
+from mailer.audit import insert_event, record_event
+from mailer.consent import request_origin
 from mailer.db import address_hash, normalize_email
 from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
 from mailer.models import Suppression, SuppressionReason, utcnow
 
 # the widths of the columns these values land in
 _MAX_SOURCE = 100
-_MAX_IP = 45
-_MAX_USER_AGENT = 500
+_MAX_REASON = 1000
 
 _SUPPRESSIONS = cast(sa.Table, Suppression.__table__)
 # one INSERT that yields to an existing entry: no read first, no savepoint, and no race between
@@ -33,28 +35,56 @@ _INSERT_SUPPRESSION = {
 }
 
 
-def add_suppression(
+@dataclass(frozen=True)
+class AuditNote:
+    """How the audit trail tells of a suppression: who did it and why, in the caller's words."""
+
+    actor: str  # "cli:<user>", "web", "inbound", "mailer"
+    reason: str  # why, as a person reads it in `audit ls`
+    action: str = "suppress"  # "unsubscribe" when a person opted out
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: dt.datetime | None = None  # when, if the caller's other rows of the act share a moment
+
+
+def suppress(
     session: Session,
     email: str,
     reason: SuppressionReason,
     source: str,
+    audit: AuditNote | None,
     ip: str | None = None,
     user_agent: str | None = None,
 ) -> bool:
-    """Suppress an address in the caller's transaction; True when this call added the entry.
+    """Suppress an address in the caller's transaction and record it in the audit trail;
+    True when this call added the entry.
 
-    An address already suppressed keeps its first entry (and reason). Safe to call from two
-    transactions at once: the second waits for the first and adds nothing.
+    An address already suppressed keeps its first entry (and reason), and the trail gets no
+    second event. Safe to call from two transactions at once: the second waits for the first
+    and adds nothing. The reason ERASED keeps only the hash of the address. `audit` is None
+    only where the caller's own event tells of a larger act the suppression is part of (an
+    erasure, a rectification).
     """
+    erased = reason is SuppressionReason.ERASED
+    ip, user_agent = (None, None) if erased else request_origin(ip, user_agent)
     values = {
         "address_hash": address_hash(email),
-        "email": normalize_email(email),
+        "email": None if erased else normalize_email(email),
         "reason": reason,
         "source": source[:_MAX_SOURCE],
-        "ip": ip[:_MAX_IP] if ip else None,
-        "user_agent": user_agent[:_MAX_USER_AGENT] if user_agent else None,
-        "created_at": utcnow(),
+        "ip": ip,
+        "user_agent": user_agent,
+        "created_at": audit.at if audit is not None and audit.at else utcnow(),
     }
+    if not _insert_suppression(session, values):
+        return False
+    if audit is not None:
+        # the privacy policy promises a record of every change to whom we may mail
+        insert_event(session, audit.action, audit.actor, subject=email, reason=audit.reason[:_MAX_REASON],
+                     detail=audit.detail, at=audit.at)
+    return True
+
+
+def _insert_suppression(session: Session, values: dict[str, Any]) -> bool:
     statement = _INSERT_SUPPRESSION.get(session.get_bind().dialect.name)
     if statement is None:
         # another database: read first (racy between writers, but correct alone)
@@ -74,11 +104,16 @@ def suppress_address(
     ip: str | None = None,
     user_agent: str | None = None,
 ) -> tuple[Suppression, bool]:
-    """Suppress an address; returns the entry and whether it is new. Repeating it is harmless."""
-    created = add_suppression(session, email, reason, source, ip, user_agent)
-    entry = session.scalar(sa.select(Suppression).where(Suppression.address_hash == address_hash(email)))
+    """Suppress an address without an audit event (seeding demo data); the entry and whether it is new."""
+    created = suppress(session, email, reason, source, None, ip, user_agent)
+    entry = find_suppression(session, email)
     assert entry is not None  # just added, or there before
     return entry, created
+
+
+def find_suppression(session: Session, email: str) -> Suppression | None:
+    """The suppression entry for an address (or its erased hash), or None."""
+    return session.scalar(sa.select(Suppression).where(Suppression.address_hash == address_hash(email)))
 
 
 def is_suppressed(session: Session, email: str) -> bool:
@@ -93,7 +128,7 @@ def list_suppressions(session: Session) -> Sequence[Suppression]:
     return session.scalars(sa.select(Suppression).order_by(Suppression.created_at.desc(), Suppression.id.desc())).all()
 
 
-def lift_suppression(session: Session, email: str, reason: str, actor: str, erased: bool = False) -> Suppression:
+def unsuppress(session: Session, email: str, reason: str, actor: str, erased: bool = False) -> Suppression:
     """Let an address be mailed again, in the audit trail with the reason; returns the entry removed.
 
     An erased person's entry keeps only the hash of their address: lifting it needs `erased`,
@@ -105,7 +140,7 @@ def lift_suppression(session: Session, email: str, reason: str, actor: str, eras
     if not reason:
         raise InvalidInputError("a reason is required: it goes into the audit trail")
     digest = address_hash(email)
-    entry = session.scalar(sa.select(Suppression).where(Suppression.address_hash == digest))
+    entry = find_suppression(session, email)
     if entry is None:
         raise NotFoundError(f"{normalize_email(email)} is not suppressed")
     was_erased = entry.email is None
