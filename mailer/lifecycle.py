@@ -10,21 +10,17 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.audit import cli_actor, record_event
-from mailer.delivery.store import cancel_queued_deliveries, count_deliveries, snapshot_audience
-from mailer.errors import DeliveryError, NotFoundError
+from mailer.campaigns import ensure_stored_campaign_compliant, get_campaign
+from mailer.config import Config
+from mailer.content.compose import Composer
+from mailer.db import Database
+from mailer.delivery.deliveries import cancel_queued_deliveries, count_deliveries, snapshot_audience
+from mailer.errors import DeliveryError
 from mailer.models import Campaign, CampaignKind, CampaignStatus, Delivery, DeliveryState, utcnow
 from mailer.policy_blocks import count_policy_blocks
 
 # states in which a delivery may still go out
 OPEN_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEFERRED)
-
-
-def get_campaign(session: Session, campaign_id: int) -> Campaign:
-    """The campaign with this id; raises NotFoundError."""
-    campaign = session.get(Campaign, campaign_id)
-    if campaign is None:
-        raise NotFoundError(f"no campaign with id {campaign_id} (see `mailer campaign ls`)")
-    return campaign
 
 
 def _refuse(campaign: Campaign, action: str) -> DeliveryError:
@@ -70,6 +66,22 @@ def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None =
                     "started_at": now.isoformat()},
         )
     return created
+
+
+def start_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> int:
+    """Run the compliance gate, then start the campaign (a no-op when already sending).
+
+    Returns how many deliveries are open. Raises ComplianceError, TemplateError or DeliveryError."""
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+            # rendered for one subscriber of each kind on the list: a template that fails for
+            # some of them is found before the first message, not in the middle of the send
+            ensure_stored_campaign_compliant(session, config, campaign)
+            Composer(config, campaign, campaign.mailing_list)  # templates that do not compile fail here
+        start_campaign(session, campaign_id, now)
+        counts = count_deliveries(session, campaign_id)
+    return sum(counts[state] for state in OPEN_STATES)
 
 
 def schedule_campaign(session: Session, campaign_id: int, at: dt.datetime,

@@ -17,7 +17,7 @@ from mailer.cli.campaigns import campaign_group
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.delivery.due import DueReport, run_worker, send_due
-from mailer.delivery.pipeline import SendReport, send_campaign_now, start_send
+from mailer.delivery.pipeline import SendReport, send_campaign_now
 from mailer.lifecycle import (
     CampaignStatusReport,
     campaign_status,
@@ -26,6 +26,7 @@ from mailer.lifecycle import (
     resume_campaign,
     retry_campaign,
     schedule_campaign,
+    start_send,
 )
 from mailer.models import DeliveryState
 
@@ -142,9 +143,8 @@ def campaign_schedule(app: AppContext, campaign_id: int, at_text: str) -> None:
 
 def start_check(app: AppContext, campaign_id: int) -> None:
     # the gate runs at schedule time too, so a broken campaign is found now and not at 3 a.m.
-    from mailer.campaigns import ensure_stored_campaign_compliant
+    from mailer.campaigns import ensure_stored_campaign_compliant, get_campaign
     from mailer.content.compose import Composer
-    from mailer.lifecycle import get_campaign
 
     with app.db.session() as session:
         campaign = get_campaign(session, campaign_id)

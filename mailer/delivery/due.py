@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from mailer.config import Config
 from mailer.db import Database
+from mailer.delivery.claims import mark_abandoned_claims
 from mailer.delivery.pipeline import CampaignSender, SendReport
-from mailer.delivery.store import mark_abandoned_claims
 from mailer.errors import MailerError
 from mailer.lifecycle import finish_if_done, start_campaign
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryState, utcnow

@@ -11,22 +11,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailer.campaigns import ensure_stored_campaign_compliant
+from mailer.campaigns import get_campaign
 from mailer.config import Config
 from mailer.content.compliance import ensure_compliant
 from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
+from mailer.delivery.claims import Batch, Outcome, SqlDeliveryStore, mark_abandoned_claims
+from mailer.delivery.deliveries import count_deliveries
 from mailer.delivery.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
-from mailer.delivery.store import (
-    Batch,
-    Outcome,
-    SqlDeliveryStore,
-    count_deliveries,
-    mark_abandoned_claims,
-)
 from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
 from mailer.errors import DeliveryError, MailerError
-from mailer.lifecycle import OPEN_STATES, finish_if_done, get_campaign, start_campaign
+from mailer.lifecycle import finish_if_done
 from mailer.models import CampaignStatus, DeliveryState, utcnow
 from mailer.policy_blocks import PolicyPauseRule
 
@@ -38,7 +33,7 @@ RENDER_CHUNK = 25
 
 
 class DeliveryStore(Protocol):
-    """Where deliveries are claimed and their outcomes recorded (mailer.delivery.store.SqlDeliveryStore)."""
+    """Where deliveries are claimed and their outcomes recorded (mailer.delivery.claims.SqlDeliveryStore)."""
 
     def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
                     finished: Sequence[Outcome] = ()) -> Batch: ...
@@ -420,22 +415,6 @@ class CampaignSender:
         with self.database.session() as session:
             finish_if_done(session, campaign_id, self.clock())
         return report
-
-
-def start_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> int:
-    """Run the compliance gate, then start the campaign (a no-op when already sending).
-
-    Returns how many deliveries are open. Raises ComplianceError, TemplateError or DeliveryError."""
-    with database.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
-            # rendered for one subscriber of each kind on the list: a template that fails for
-            # some of them is found before the first message, not in the middle of the send
-            ensure_stored_campaign_compliant(session, config, campaign)
-            Composer(config, campaign, campaign.mailing_list)  # templates that do not compile fail here
-        start_campaign(session, campaign_id, now)
-        counts = count_deliveries(session, campaign_id)
-    return sum(counts[state] for state in OPEN_STATES)
 
 
 def send_campaign_now(
