@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from mailer.audit import cli_actor, list_events
+from mailer.campaign_report import campaign_status
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.sending import describe_send, describe_status
@@ -16,7 +17,6 @@ from mailer.cli.subscribers import subscriber_group
 from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.delivery.pipeline import send_campaign_now
 from mailer.errors import InvalidInputError
-from mailer.lifecycle import campaign_status
 from mailer.notices import (
     check_notice,
     copy_example_notice,

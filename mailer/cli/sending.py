@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mailer.audit import cli_actor
+from mailer.campaign_report import CampaignStatusReport, campaign_status
 from mailer.cli import main
 from mailer.cli.campaigns import campaign_group
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
@@ -19,8 +20,6 @@ from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.delivery.due import DueReport, run_worker, send_due
 from mailer.delivery.pipeline import SendReport, send_campaign_now
 from mailer.lifecycle import (
-    CampaignStatusReport,
-    campaign_status,
     cancel_campaign,
     pause_campaign,
     resume_campaign,
