@@ -16,6 +16,7 @@ from mailer.content.compose import Recipient
 from mailer.db import Database, address_hash
 from mailer.delivery.deliveries import NOTICE_BLOCKING_REASONS, cancel_queued_deliveries
 from mailer.delivery.senders import claimer_is_dead, make_worker_id
+from mailer.lifecycle import pause_on_failure
 from mailer.models import (
     Campaign,
     CampaignKind,
@@ -111,13 +112,7 @@ class SqlDeliveryStore:
     def pause_campaign(self, campaign_id: int, reason: str) -> None:
         """The relay keeps failing: stop the campaign with a reason the marketer can read."""
         with self.database.session() as session:
-            session.execute(
-                sa.update(Campaign)
-                .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
-                .values(status=CampaignStatus.PAUSED, status_reason=reason[:1000])
-                .execution_options(synchronize_session=False)
-            )
-            record_event(session, "pause", "mailer", subject=f"campaign {campaign_id}", reason=reason[:1000])
+            pause_on_failure(session, campaign_id, reason)
 
 
 def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime,
