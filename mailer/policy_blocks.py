@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.config import SendingConfig
-from mailer.lifecycle import pause_on_failure
 from mailer.models import BounceEvent, BounceKind, Campaign, CampaignStatus, Delivery
 
 
@@ -86,6 +85,10 @@ def pause_for_policy_blocks(session: Session, campaign_id: int, rule: PolicyPaus
     said = re.sub(r"^[\w-]+;\s*", "", " ".join(said.split()))[:160]
     reason = (f"{blocked} of {tried} deliveries were refused by policy (e.g. {said}): check your "
               f"sending reputation and DNS (SPF, DKIM, DMARC), then `mailer campaign resume {campaign_id}`")
+    # imported here: lifecycle brings the compliance gate and the templates, which a DSN piped in
+    # by the MTA loads only when it pauses a campaign (lifecycle never imports this module)
+    from mailer.lifecycle import pause_on_failure
+
     if not pause_on_failure(session, campaign_id, reason, policy_blocks=blocked, tried=tried):
         return ""  # a marketer's pause or cancel committed meanwhile
     return reason
