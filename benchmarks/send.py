@@ -33,7 +33,8 @@ from mailer.campaigns import create_campaign
 from mailer.config import load_config
 from mailer.content.compose import Composer, sample_recipient
 from mailer.db import Database, normalize_email
-from mailer.delivery.pipeline import CampaignSender, start_send
+from mailer.delivery.pipeline import CampaignSender
+from mailer.lifecycle import start_send
 from mailer.models import (
     Campaign,
     MailingList,

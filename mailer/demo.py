@@ -21,8 +21,9 @@ from typing import Any
 from mailer.campaigns import create_campaign
 from mailer.config import Config, load_config
 from mailer.db import Database
-from mailer.delivery.pipeline import CampaignSender, SendReport, start_send
+from mailer.delivery.pipeline import CampaignSender, SendReport
 from mailer.errors import MailerError
+from mailer.lifecycle import start_send
 from mailer.models import SuppressionReason
 from mailer.recipients.lists import create_list
 from mailer.recipients.subscribers import Consent, add_subscriber

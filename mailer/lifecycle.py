@@ -1,30 +1,70 @@
-"""The life of a campaign once it goes out: start, pause, resume, cancel, retry, finish, and its counts."""
+"""The life of a campaign once it goes out: start, schedule, pause, resume, cancel, retry, finish."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.audit import cli_actor, record_event
-from mailer.delivery.store import cancel_queued_deliveries, count_deliveries, snapshot_audience
-from mailer.errors import DeliveryError, NotFoundError
-from mailer.models import Campaign, CampaignKind, CampaignStatus, Delivery, DeliveryState, utcnow
-from mailer.policy_blocks import count_policy_blocks
+from mailer.campaigns import ensure_stored_campaign_compliant, get_campaign
+from mailer.config import Config
+from mailer.content.compose import Composer
+from mailer.db import Database
+from mailer.delivery.deliveries import cancel_queued_deliveries, count_deliveries, snapshot_audience
+from mailer.errors import DeliveryError
+from mailer.models import (
+    AuditEvent,
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    Delivery,
+    DeliveryState,
+    utcnow,
+)
 
 # states in which a delivery may still go out
 OPEN_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEFERRED)
 
+# the actor of a transition the mailer makes on its own (a finished send, a missed schedule, a pause)
+MAILER_ACTOR = "mailer"
 
-def get_campaign(session: Session, campaign_id: int) -> Campaign:
-    """The campaign with this id; raises NotFoundError."""
-    campaign = session.get(Campaign, campaign_id)
-    if campaign is None:
-        raise NotFoundError(f"no campaign with id {campaign_id} (see `mailer campaign ls`)")
-    return campaign
+# audit actions, one per transition; README's audit section lists them
+STARTED = "campaign_started"
+SCHEDULED = "campaign_scheduled"
+PAUSED = "campaign_paused"
+RESUMED = "campaign_resumed"
+CANCELLED = "campaign_cancelled"
+RETRIED = "campaign_retried"
+FINISHED = "campaign_sent"
+MISSED = "campaign_missed"
+
+
+def _move(session: Session, campaign_id: int, old: CampaignStatus, new: CampaignStatus, action: str,
+          actor: str, reason: str = "", **values: Any) -> AuditEvent | None:
+    """Every status change passes here: a conditional UPDATE from `old`, audited only when it moved.
+
+    Returns the audit event (its detail may still be added to before the flush), or None when the
+    campaign was no longer in `old`."""
+    # conditional on the status the caller saw: of two senders or commands racing for the same
+    # change, one moves the row and records it, the other changes nothing and records nothing
+    moved = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == old)
+        .values(status=new, **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not moved:
+        return None
+    return record_event(session, action, actor, subject=f"campaign {campaign_id}", reason=reason[:1000],
+                        detail={"campaign_id": campaign_id, "from": old.value, "to": new.value})
+
+
+def _add_detail(event: AuditEvent, **detail: Any) -> None:
+    # a new dict rather than an update in place, so the JSON column sees the change
+    event.detail = {**event.detail, **detail}
 
 
 def _refuse(campaign: Campaign, action: str) -> DeliveryError:
@@ -39,7 +79,19 @@ def _refuse(campaign: Campaign, action: str) -> DeliveryError:
     )
 
 
-def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None = None) -> int | None:
+def _move_or_refuse(session: Session, campaign: Campaign, new: CampaignStatus, verb: str, action: str,
+                    actor: str | None, reason: str = "", **values: Any) -> AuditEvent:
+    # the caller checked the state it read; a command committed meanwhile is refused as if it
+    # had been seen first, with the state it left
+    event = _move(session, campaign.id, campaign.status, new, action, actor or cli_actor(), reason, **values)
+    session.refresh(campaign)
+    if event is None:
+        raise _refuse(campaign, verb)
+    return event
+
+
+def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None = None,
+                   actor: str | None = None) -> int | None:
     """Move a draft or scheduled campaign to sending and snapshot its audience; returns how many
     deliveries it created, or None when it was already sending (another sender started it).
     Raises DeliveryError in any other state."""
@@ -49,18 +101,15 @@ def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None =
         return None
     if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
         raise _refuse(campaign, "send")
-    # start_campaign: only one of several racing senders moves it; the loser sees rowcount 0
-    # and, because the snapshot commits in this same transaction, finds every delivery in place
-    moved = session.execute(
-        sa.update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status == campaign.status)
-        .values(status=CampaignStatus.SENDING, started_at=now, status_reason="")
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if not moved:
+    # only one of several racing senders moves it; the loser changes nothing and, because the
+    # snapshot commits in this same transaction, finds every delivery in place
+    event = _move(session, campaign_id, campaign.status, CampaignStatus.SENDING, STARTED,
+                  actor or cli_actor(), started_at=now, status_reason="")
+    if event is None:
         return None
     session.refresh(campaign)
     created = snapshot_audience(session, campaign, now)
+    _add_detail(event, recipients=created)
     if campaign.kind is CampaignKind.NOTICE:
         # every command that starts a notice (notice send, campaign send, send-due) passes here,
         # once, in the transaction that starts it: the trail cannot miss a notice or count it twice
@@ -72,8 +121,24 @@ def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None =
     return created
 
 
+def start_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> int:
+    """Run the compliance gate, then start the campaign (a no-op when already sending).
+
+    Returns how many deliveries are open. Raises ComplianceError, TemplateError or DeliveryError."""
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+            # rendered for one subscriber of each kind on the list: a template that fails for
+            # some of them is found before the first message, not in the middle of the send
+            ensure_stored_campaign_compliant(session, config, campaign)
+            Composer(config, campaign, campaign.mailing_list)  # templates that do not compile fail here
+        start_campaign(session, campaign_id, now)
+        counts = count_deliveries(session, campaign_id)
+    return sum(counts[state] for state in OPEN_STATES)
+
+
 def schedule_campaign(session: Session, campaign_id: int, at: dt.datetime,
-                      now: dt.datetime | None = None) -> Campaign:
+                      now: dt.datetime | None = None, actor: str | None = None) -> Campaign:
     """Schedule a draft (or move a scheduled or missed campaign) to `at`, which must be in the future."""
     now = now or utcnow()
     if at.tzinfo is None:
@@ -85,48 +150,60 @@ def schedule_campaign(session: Session, campaign_id: int, at: dt.datetime,
         raise DeliveryError(
             f"{at.isoformat()} is in the past; use `mailer campaign send {campaign_id}` to send now"
         )
-    campaign.status = CampaignStatus.SCHEDULED
-    campaign.scheduled_at = at.astimezone(dt.UTC)
-    campaign.status_reason = ""
+    at = at.astimezone(dt.UTC)
+    _move_or_refuse(session, campaign, CampaignStatus.SCHEDULED, "schedule", SCHEDULED, actor,
+                    f"for {at.isoformat()}", scheduled_at=at, status_reason="")
     return campaign
 
 
-def pause_campaign(session: Session, campaign_id: int, reason: str) -> Campaign:
+def pause_campaign(session: Session, campaign_id: int, reason: str, actor: str | None = None) -> Campaign:
     """Stop a sending campaign after the batches in flight; `resume` goes on."""
     campaign = get_campaign(session, campaign_id)
     if campaign.status is not CampaignStatus.SENDING:
         raise _refuse(campaign, "pause")
-    campaign.status = CampaignStatus.PAUSED
-    campaign.status_reason = reason[:1000]
+    _move_or_refuse(session, campaign, CampaignStatus.PAUSED, "pause", PAUSED, actor, reason,
+                    status_reason=reason[:1000])
     return campaign
 
 
-def resume_campaign(session: Session, campaign_id: int) -> Campaign:
+def pause_on_failure(session: Session, campaign_id: int, reason: str, **detail: Any) -> bool:
+    """The mailer pauses a sending campaign on its own (the relay keeps failing, too many policy
+    blocks, the gate refuses it at send time); returns whether it paused it.
+
+    A marketer's pause or cancel committed meanwhile is left as it is, and nothing is recorded."""
+    event = _move(session, campaign_id, CampaignStatus.SENDING, CampaignStatus.PAUSED, PAUSED, MAILER_ACTOR,
+                  reason, status_reason=reason[:1000])
+    if event is not None and detail:
+        _add_detail(event, **detail)
+    return event is not None
+
+
+def resume_campaign(session: Session, campaign_id: int, actor: str | None = None) -> Campaign:
     """Let a paused campaign go on where it stopped."""
     campaign = get_campaign(session, campaign_id)
     if campaign.status is not CampaignStatus.PAUSED:
         raise _refuse(campaign, "resume")
-    campaign.status = CampaignStatus.SENDING
-    campaign.status_reason = ""
-    campaign.policy_counted_from = utcnow()
+    _move_or_refuse(session, campaign, CampaignStatus.SENDING, "resume", RESUMED, actor,
+                    status_reason="", policy_counted_from=utcnow())
     return campaign
 
 
-def cancel_campaign(session: Session, campaign_id: int, reason: str) -> int:
+def cancel_campaign(session: Session, campaign_id: int, reason: str, actor: str | None = None) -> int:
     """Stop a campaign for good; returns how many queued deliveries were cancelled."""
     campaign = get_campaign(session, campaign_id)
     if campaign.status in (CampaignStatus.SENT, CampaignStatus.CANCELLED, CampaignStatus.MISSED):
         raise _refuse(campaign, "cancel")
-    campaign.status = CampaignStatus.CANCELLED
-    campaign.status_reason = reason[:1000]
-    campaign.finished_at = utcnow()
+    now = utcnow()
     # the campaign row first: a sender recording outcomes now either sees the cancel or holds
     # this until it commits, and the rows it released are then queued for the update below
-    session.flush()
-    return cancel_queued_deliveries(session, campaign_id, campaign.finished_at)
+    event = _move_or_refuse(session, campaign, CampaignStatus.CANCELLED, "cancel", CANCELLED, actor, reason,
+                            status_reason=reason[:1000], finished_at=now)
+    cancelled = cancel_queued_deliveries(session, campaign_id, now)
+    _add_detail(event, deliveries_cancelled=cancelled)
+    return cancelled
 
 
-def retry_campaign(session: Session, campaign_id: int, in_doubt: bool = False) -> int:
+def retry_campaign(session: Session, campaign_id: int, in_doubt: bool = False, actor: str | None = None) -> int:
     """Queue failed and deferred deliveries again (or, with in_doubt, those a crash left unsure).
 
     Returns how many; the campaign goes back to sending. Raises DeliveryError for a campaign that
@@ -144,8 +221,12 @@ def retry_campaign(session: Session, campaign_id: int, in_doubt: bool = False) -
         .execution_options(synchronize_session=False)
     ).rowcount)  # type: ignore[attr-defined]
     if count and campaign.status is CampaignStatus.SENT:
-        campaign.status = CampaignStatus.SENDING
-        campaign.finished_at = None
+        which = "in doubt" if in_doubt else "failed or deferred"
+        event = _move(session, campaign_id, CampaignStatus.SENT, CampaignStatus.SENDING, RETRIED,
+                      actor or cli_actor(), f"{count} {which} deliveries queued again", finished_at=None)
+        if event is not None:
+            _add_detail(event, requeued=count)
+        session.refresh(campaign)
     return count
 
 
@@ -157,54 +238,13 @@ def finish_if_done(session: Session, campaign_id: int, now: dt.datetime | None =
     )
     if open_rows:
         return False
-    moved = session.execute(
-        sa.update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
-        .values(status=CampaignStatus.SENT, finished_at=now or utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    return bool(moved)
+    event = _move(session, campaign_id, CampaignStatus.SENDING, CampaignStatus.SENT, FINISHED, MAILER_ACTOR,
+                  "no delivery left to send", finished_at=now or utcnow())
+    return event is not None
 
 
-@dataclass(frozen=True)
-class CampaignStatusReport:
-    """`campaign status`: where the campaign stands and its deliveries counted by state."""
-
-    id: int
-    subject: str
-    status: CampaignStatus
-    reason: str
-    scheduled_at: dt.datetime | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    counts: dict[DeliveryState, int]
-    next_retry_at: dt.datetime | None
-    policy_blocks: int = 0  # deliveries refused by policy (5.7.x), at send time or by a later DSN
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "subject": self.subject, "status": self.status.value, "reason": self.reason,
-            "scheduled_at": _iso(self.scheduled_at), "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at), "next_retry_at": _iso(self.next_retry_at),
-            "deliveries": {state.value: n for state, n in self.counts.items()},
-            "policy_blocks": self.policy_blocks,
-        }
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def campaign_status(session: Session, campaign_id: int) -> CampaignStatusReport:
-    """Counts by delivery state and the campaign's own state and reason."""
-    campaign = get_campaign(session, campaign_id)
-    next_retry = session.scalar(
-        sa.select(sa.func.min(Delivery.next_attempt_at))
-        .where(Delivery.campaign_id == campaign_id, Delivery.state == DeliveryState.DEFERRED)
-    )
-    return CampaignStatusReport(
-        id=campaign.id, subject=campaign.subject, status=campaign.status, reason=campaign.status_reason,
-        scheduled_at=campaign.scheduled_at, started_at=campaign.started_at,
-        finished_at=campaign.finished_at, counts=count_deliveries(session, campaign_id),
-        next_retry_at=next_retry, policy_blocks=count_policy_blocks(session, campaign_id),
-    )
+def mark_missed(session: Session, campaign_id: int, reason: str) -> bool:
+    """A scheduled campaign whose time passed too long ago is not sent; returns whether this call
+    marked it (of overlapping cron runs, one does)."""
+    return _move(session, campaign_id, CampaignStatus.SCHEDULED, CampaignStatus.MISSED, MISSED, MAILER_ACTOR,
+                 reason, status_reason=reason[:1000]) is not None

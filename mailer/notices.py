@@ -155,7 +155,7 @@ def start_notice(config: Config, database: Database, notice_id: int) -> int:
     The engine records the start in the audit trail, whichever command starts a notice.
     Raises ComplianceError, TemplateError, NotFoundError or DeliveryError.
     """
-    from mailer.delivery.pipeline import start_send
+    from mailer.lifecycle import start_send
 
     with database.session() as session:
         notice = get_notice(session, notice_id)

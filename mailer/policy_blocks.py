@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audit import record_event
 from mailer.config import SendingConfig
 from mailer.models import BounceEvent, BounceKind, Campaign, CampaignStatus, Delivery
 
@@ -86,15 +85,10 @@ def pause_for_policy_blocks(session: Session, campaign_id: int, rule: PolicyPaus
     said = re.sub(r"^[\w-]+;\s*", "", " ".join(said.split()))[:160]
     reason = (f"{blocked} of {tried} deliveries were refused by policy (e.g. {said}): check your "
               f"sending reputation and DNS (SPF, DKIM, DMARC), then `mailer campaign resume {campaign_id}`")
-    # a conditional UPDATE: a marketer's pause or cancel committed meanwhile is left as it is
-    paused = session.execute(
-        sa.update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
-        .values(status=CampaignStatus.PAUSED, status_reason=reason[:1000])
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if not paused:
-        return ""
-    record_event(session, "pause", "mailer", subject=f"campaign {campaign_id}", reason=reason[:1000],
-                 detail={"policy_blocks": blocked, "tried": tried})
+    # imported here: lifecycle brings the compliance gate and the templates, which a DSN piped in
+    # by the MTA loads only when it pauses a campaign (lifecycle never imports this module)
+    from mailer.lifecycle import pause_on_failure
+
+    if not pause_on_failure(session, campaign_id, reason, policy_blocks=blocked, tried=tried):
+        return ""  # a marketer's pause or cancel committed meanwhile
     return reason

@@ -177,7 +177,7 @@ def test_a_dead_senders_claims_are_in_doubt_even_when_its_pid_now_belongs_to_ano
     config, campaign_id = prepare(tmp_path, database, server, 10)
     Cli(config)("campaign", "send", str(campaign_id))  # gone out; now pretend 3 were in flight
     dead = subprocess.run(
-        [sys.executable, "-c", "from mailer.delivery.store import make_worker_id; print(make_worker_id())"],
+        [sys.executable, "-c", "from mailer.delivery.senders import make_worker_id; print(make_worker_id())"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     newcomer = subprocess.Popen(["sleep", "60"])

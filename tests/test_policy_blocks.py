@@ -25,9 +25,10 @@ from smtp_faults import FaultyServer, faulty_smtp_server
 
 from mailer.config import load_config
 from mailer.db import Database
-from mailer.delivery.pipeline import send_campaign_now, start_send
+from mailer.delivery.pipeline import send_campaign_now
 from mailer.errors import ConfigError
 from mailer.inbound.process import InboundKind, process_inbound
+from mailer.lifecycle import start_send
 from mailer.models import (
     BounceEvent,
     BounceKind,

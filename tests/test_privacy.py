@@ -389,7 +389,7 @@ def test_an_address_erased_mid_campaign_is_never_mailed(
     tmp_path: Path, database: Database, smtp_server: SmtpServer
 ) -> None:
     from mailer.config import load_config
-    from mailer.delivery.pipeline import start_send
+    from mailer.lifecycle import start_send
 
     cli = Cli(write_config(tmp_path / "smtp.toml", database.url, smtp_server))
     cli("list", "create", "news")

@@ -24,9 +24,10 @@ from smtp_faults import FaultyServer, Received, faulty_smtp_server
 
 from mailer.config import Config, load_config
 from mailer.db import Database
+from mailer.delivery.deliveries import snapshot_audience
 from mailer.delivery.due import send_due
-from mailer.delivery.pipeline import CampaignSender, send_campaign_now, start_send
-from mailer.delivery.store import snapshot_audience
+from mailer.delivery.pipeline import CampaignSender, send_campaign_now
+from mailer.lifecycle import start_send
 from mailer.models import (
     Campaign,
     CampaignKind,

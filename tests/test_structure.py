@@ -67,13 +67,7 @@ def import_cycles(package: str) -> list[list[str]]:
     return cycles
 
 
-# packages whose long functions are being split on branches of their own; the mark goes with the last
-_BEING_SPLIT = pytest.mark.xfail(strict=False, reason="split on another branch")
-AREAS = [
-    pytest.param("cli"), pytest.param("content"), pytest.param("web"), pytest.param("inbound"),
-    pytest.param("delivery", marks=_BEING_SPLIT), pytest.param("recipients", marks=_BEING_SPLIT),
-    pytest.param("modules", marks=_BEING_SPLIT),  # mailer/*.py: privacy.py
-]
+AREAS = ["cli", "content", "web", "inbound", "delivery", "recipients", "modules"]  # modules: mailer/*.py
 
 
 @pytest.mark.parametrize("area", AREAS)

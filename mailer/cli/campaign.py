@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mailer.audit import cli_actor
+from mailer.campaign_report import campaign_status
 from mailer.campaigns import (
     check_campaign_by_id,
     create_campaign,
@@ -24,14 +25,14 @@ from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.reports import describe_send, describe_status
 from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.content.visible import message_parts, parse_message
-from mailer.delivery.pipeline import SendReport, send_campaign_now, start_send
+from mailer.delivery.pipeline import SendReport, send_campaign_now
 from mailer.lifecycle import (
-    campaign_status,
     cancel_campaign,
     pause_campaign,
     resume_campaign,
     retry_campaign,
     schedule_campaign,
+    start_send,
 )
 
 # headers a person wants to see in a preview, in this order

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
+from mailer.campaign_report import campaign_status
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.reports import describe_send, describe_status
 from mailer.cli.terminal import echo_line
 from mailer.delivery.pipeline import send_campaign_now
-from mailer.lifecycle import campaign_status
 from mailer.notices import (
     check_notice,
     copy_example_notice,

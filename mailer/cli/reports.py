@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from mailer.campaign_report import CampaignStatusReport
 from mailer.cli.terminal import terminal_safe
 from mailer.delivery.pipeline import SendReport
-from mailer.lifecycle import CampaignStatusReport
 from mailer.models import DeliveryState
 
 

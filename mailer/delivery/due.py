@@ -14,10 +14,16 @@ from sqlalchemy.orm import Session
 
 from mailer.config import Config
 from mailer.db import Database
+from mailer.delivery.claims import mark_abandoned_claims
 from mailer.delivery.pipeline import CampaignSender, SendReport
-from mailer.delivery.store import mark_abandoned_claims
 from mailer.errors import MailerError
-from mailer.lifecycle import finish_if_done, start_campaign
+from mailer.lifecycle import (
+    MAILER_ACTOR,
+    finish_if_done,
+    mark_missed,
+    pause_on_failure,
+    start_campaign,
+)
 from mailer.models import Campaign, CampaignStatus, Delivery, DeliveryState, utcnow
 
 
@@ -68,12 +74,13 @@ def mark_missed_campaigns(session: Session, now: dt.datetime, max_lateness: floa
     for campaign in late:
         assert campaign.scheduled_at is not None  # the query selected on it
         late_by = now - campaign.scheduled_at
-        campaign.status = CampaignStatus.MISSED
-        campaign.status_reason = (
+        reason = (
             f"not sent: its time {campaign.scheduled_at.isoformat()} passed {_human(late_by)} ago, "
             f"more than sending.max_lateness allows; schedule it again to send it"
         )
-        missed.append(MissedCampaign(campaign.id, campaign.subject, campaign.scheduled_at))
+        # an overlapping run that marked it first reports it; this one does not count it twice
+        if mark_missed(session, campaign.id, reason):
+            missed.append(MissedCampaign(campaign.id, campaign.subject, campaign.scheduled_at))
     return missed
 
 
@@ -132,7 +139,7 @@ async def send_due(
         try:
             with database.session() as session:
                 # an overlapping run that started it first reports it; this one only helps send it
-                if start_campaign(session, campaign_id, now) is not None:
+                if start_campaign(session, campaign_id, now, actor=MAILER_ACTOR) is not None:
                     report.started.append(campaign_id)
         except MailerError as exc:
             report.refused[campaign_id] = str(exc)
@@ -169,12 +176,7 @@ async def send_due(
 def _pause_refused(database: Database, campaign_id: int, reason: str) -> None:
     # a campaign that fails the compliance gate at send time must not be retried every minute
     with database.session() as session:
-        session.execute(
-            sa.update(Campaign)
-            .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
-            .values(status=CampaignStatus.PAUSED, status_reason=f"refused at send time: {reason}"[:1000])
-            .execution_options(synchronize_session=False)
-        )
+        pause_on_failure(session, campaign_id, f"refused at send time: {reason}")
 
 
 async def run_worker(

@@ -11,22 +11,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailer.campaigns import ensure_stored_campaign_compliant
+from mailer.campaigns import get_campaign
 from mailer.config import Config
 from mailer.content.compliance import ensure_compliant
 from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
+from mailer.delivery.claims import Batch, Outcome, SqlDeliveryStore, mark_abandoned_claims
+from mailer.delivery.deliveries import count_deliveries
 from mailer.delivery.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
-from mailer.delivery.store import (
-    Batch,
-    Outcome,
-    SqlDeliveryStore,
-    count_deliveries,
-    mark_abandoned_claims,
-)
 from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
 from mailer.errors import DeliveryError, MailerError
-from mailer.lifecycle import OPEN_STATES, finish_if_done, get_campaign, start_campaign
+from mailer.lifecycle import finish_if_done
 from mailer.models import CampaignStatus, DeliveryState, utcnow
 from mailer.policy_blocks import PolicyPauseRule
 
@@ -38,7 +33,7 @@ RENDER_CHUNK = 25
 
 
 class DeliveryStore(Protocol):
-    """Where deliveries are claimed and their outcomes recorded (mailer.delivery.store.SqlDeliveryStore)."""
+    """Where deliveries are claimed and their outcomes recorded (mailer.delivery.claims.SqlDeliveryStore)."""
 
     def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
                     finished: Sequence[Outcome] = ()) -> Batch: ...
@@ -139,6 +134,12 @@ class Pipeline:
         self._ahead: dict[int, tuple[asyncio.Future[list[RenderedMessage | str]], int]] = {}
         self._consecutive_errors = 0
         self._last_error = ""
+        # the window: recipients queued for the connections, their attempts so far, the outcomes
+        # not yet recorded, and how many are claimed and not yet finished (queued or on the wire)
+        self._work: asyncio.Queue[Recipient | None] = asyncio.Queue()
+        self._attempts: dict[int, int] = {}
+        self._finished: list[Outcome] = []
+        self._outstanding = 0
 
     def stop(self) -> None:
         """Finish the messages in flight, record them, send no more (SIGTERM, Ctrl-C, deadline)."""
@@ -165,78 +166,88 @@ class Pipeline:
         # are done, one transaction records those and claims as many new ones. The connections
         # never wait for the database at a batch boundary, and a crash still leaves at most
         # batch_size in doubt.
+        workers = [asyncio.create_task(self._send_queued()) for _ in range(max(1, self.transport.concurrency))]
+        try:
+            if await self._keep_window_full(deadline):
+                return  # nothing left to claim and nothing in flight: done
+        finally:
+            await self._drain(workers)
+        self._note_why_it_stopped()
+
+    async def _send_queued(self) -> None:
+        # one connection's share: queued recipients until a None says the run is over
+        while (recipient := await self._work.get()) is not None:
+            if self.stop_requested.is_set() or self._relay_down:
+                outcome = self._release(recipient)  # never left this process
+            else:
+                outcome = await self._deliver(recipient, self._attempts.pop(recipient.delivery_id, 0))
+            self._finished.append(outcome)
+            self._outstanding -= 1
+            self._wake.set()
+
+    async def _keep_window_full(self, deadline: float | None) -> bool:
+        """Record what finished and claim as much again; True once nothing is left to send, False
+        when a stop, the deadline, the relay or the campaign's own state ended the run."""
         campaign_id = self.report.campaign_id
         batch_size = self.settings.batch_size
         refill_at = batch_size // 4
-        work: asyncio.Queue[Recipient | None] = asyncio.Queue()
-        attempts: dict[int, int] = {}
-        finished: list[Outcome] = []
-        changed = self._wake
-        outstanding = 0  # claimed and not yet finished: queued or on the wire
-
-        async def worker() -> None:
-            nonlocal outstanding
-            while (recipient := await work.get()) is not None:
-                if self.stop_requested.is_set() or self._relay_down:
-                    outcome = self._release(recipient)  # never left this process
-                else:
-                    outcome = await self._deliver(recipient, attempts.pop(recipient.delivery_id, 0))
-                finished.append(outcome)
-                outstanding -= 1
-                changed.set()
-
-        workers = [asyncio.create_task(worker()) for _ in range(max(1, self.transport.concurrency))]
-        try:
-            while True:
-                if self.stop_requested.is_set() or self._relay_down:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.report.interrupted = True
-                    break
-                if outstanding > refill_at:
-                    changed.clear()
-                    await changed.wait()
-                    continue
-                done, finished[:] = list(finished), []
-                batch = self.store.claim_batch(campaign_id, batch_size - outstanding, self.clock(), done)
-                self.report.suppressed += batch.suppressed
-                if done and self.on_batch is not None:
-                    self.on_batch(self.report)
-                if batch.stopped:
-                    if batch.paused_reason:
-                        self.report.paused_reason = batch.paused_reason
-                    else:
-                        self.report.campaign_stopped = True
-                    break
-                attempts.update(batch.attempts)
-                self._render_ahead(batch.recipients)
-                for recipient in batch.recipients:
-                    work.put_nowait(recipient)
-                outstanding += len(batch.recipients)
-                if batch.recipients or batch.suppressed:
-                    continue
-                if outstanding == 0:
-                    return  # nothing left to claim and nothing in flight: done
-                changed.clear()
-                await changed.wait()  # what is in flight may come back to the queue (relay down)
-        finally:
-            while not work.empty():
-                queued = work.get_nowait()
-                if queued is not None:
-                    finished.append(self._release(queued))
-            for _ in workers:
-                work.put_nowait(None)
-            await asyncio.gather(*workers)
-            paused = self.store.record_outcomes(campaign_id, finished, self.clock())
-            self.report.paused_reason = self.report.paused_reason or paused
-            finished.clear()
-            self._ahead.clear()
-            if self.on_batch is not None:
+        while True:
+            if self.stop_requested.is_set() or self._relay_down:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                self.report.interrupted = True
+                return False
+            if self._outstanding > refill_at:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            done, self._finished[:] = list(self._finished), []
+            batch = self.store.claim_batch(campaign_id, batch_size - self._outstanding, self.clock(), done)
+            self.report.suppressed += batch.suppressed
+            if done and self.on_batch is not None:
                 self.on_batch(self.report)
+            if batch.stopped:
+                if batch.paused_reason:
+                    self.report.paused_reason = batch.paused_reason
+                else:
+                    self.report.campaign_stopped = True
+                return False
+            self._queue(batch)
+            if batch.recipients or batch.suppressed:
+                continue
+            if self._outstanding == 0:
+                return True
+            self._wake.clear()
+            await self._wake.wait()  # what is in flight may come back to the queue (relay down)
+
+    def _queue(self, batch: Batch) -> None:
+        self._attempts.update(batch.attempts)
+        self._render_ahead(batch.recipients)
+        for recipient in batch.recipients:
+            self._work.put_nowait(recipient)
+        self._outstanding += len(batch.recipients)
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Release what never left the queue, let the messages in flight finish, record every outcome."""
+        while not self._work.empty():
+            queued = self._work.get_nowait()
+            if queued is not None:
+                self._finished.append(self._release(queued))
+        for _ in workers:
+            self._work.put_nowait(None)
+        await asyncio.gather(*workers)
+        paused = self.store.record_outcomes(self.report.campaign_id, self._finished, self.clock())
+        self.report.paused_reason = self.report.paused_reason or paused
+        self._finished.clear()
+        self._ahead.clear()
+        if self.on_batch is not None:
+            self.on_batch(self.report)
+
+    def _note_why_it_stopped(self) -> None:
         if self._relay_down:
             reason = (f"paused after {self.settings.max_consecutive_errors} connection failures in a "
                       f"row (smtp.max_consecutive_errors); last: {self._last_error}")
-            self.store.pause_campaign(campaign_id, reason)
+            self.store.pause_campaign(self.report.campaign_id, reason)
             self.report.paused_reason = reason
         elif self.stop_requested.is_set():
             self.report.interrupted = True
@@ -420,22 +431,6 @@ class CampaignSender:
         with self.database.session() as session:
             finish_if_done(session, campaign_id, self.clock())
         return report
-
-
-def start_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> int:
-    """Run the compliance gate, then start the campaign (a no-op when already sending).
-
-    Returns how many deliveries are open. Raises ComplianceError, TemplateError or DeliveryError."""
-    with database.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
-            # rendered for one subscriber of each kind on the list: a template that fails for
-            # some of them is found before the first message, not in the middle of the send
-            ensure_stored_campaign_compliant(session, config, campaign)
-            Composer(config, campaign, campaign.mailing_list)  # templates that do not compile fail here
-        start_campaign(session, campaign_id, now)
-        counts = count_deliveries(session, campaign_id)
-    return sum(counts[state] for state in OPEN_STATES)
 
 
 def send_campaign_now(

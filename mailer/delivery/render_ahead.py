@@ -35,8 +35,8 @@ def _helper_main(connection: Connection, config: Config, campaign_id: int) -> No
     # If the parent dies outright, the pipe closes and recv_bytes() ends the loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from mailer.campaigns import get_campaign
     from mailer.db import Database
-    from mailer.lifecycle import get_campaign
 
     database = Database(config.database.url)
     try:

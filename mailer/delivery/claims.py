@@ -1,21 +1,21 @@
-"""The delivery store: audience snapshots, batch claims and outcomes, in SQL for SQLite and PostgreSQL."""
+"""Batch claims: who sends which delivery, the outcomes they record, and claims their sender abandoned."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.audit import record_event
 from mailer.bounce_class import enhanced_status
 from mailer.content.compose import Recipient
 from mailer.db import Database, address_hash
+from mailer.delivery.deliveries import NOTICE_BLOCKING_REASONS, cancel_queued_deliveries
+from mailer.delivery.senders import claimer_is_dead, make_worker_id
+from mailer.lifecycle import pause_on_failure
 from mailer.models import (
     Campaign,
     CampaignKind,
@@ -30,34 +30,6 @@ from mailer.models import (
 )
 from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
 from mailer.recipients.suppression import AuditNote, suppress
-
-# a notice (breach, terms) reaches people who opted out of marketing, but never these
-NOTICE_BLOCKING_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.ERASED})
-
-
-def make_worker_id() -> str:
-    """`host:pid:instance`: lets a sender on the same host tell a dead claimer from a live one.
-
-    The instance (boot, pid namespace, process start time) tells the claimer from a process that
-    got its pid later, after a crash or a reboot, and from a container of the same host name."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_instance(os.getpid())}"
-
-
-def _process_instance(pid: int) -> str:
-    # Linux only; elsewhere the pid alone decides, as it did before instances were recorded
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            boot = fh.read().strip()[:8]
-        namespace = "".join(ch for ch in os.readlink("/proc/self/ns/pid") if ch.isdigit())
-        return f"{boot}-{namespace}-{_start_ticks(pid)}"
-    except (OSError, IndexError):
-        return ""
-
-
-def _start_ticks(pid: int) -> str:
-    # field 22 of /proc/PID/stat: when the process started, in clock ticks since boot
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-        return fh.read().rpartition(")")[2].split()[19]
 
 
 @dataclass(frozen=True)
@@ -82,74 +54,6 @@ class Batch:
     suppressed: int = 0  # claimed but opted out since the snapshot: marked, not sent
     stopped: bool = False
     paused_reason: str = ""  # the outcomes just recorded paused the campaign (policy blocks)
-
-
-# -- audience snapshots -------------------------------------------------------------------------
-
-
-def snapshot_audience(session: Session, campaign: Campaign, now: dt.datetime) -> int:
-    """Create the campaign's pending deliveries; returns how many. Running it again adds only newcomers."""
-    if campaign.kind is CampaignKind.NOTICE:
-        return insert_notice_audience(session, campaign.id, now)
-    if campaign.list_id is None:
-        return 0
-    return insert_list_audience(session, campaign.id, campaign.list_id, now)
-
-
-def _insert_deliveries(session: Session, campaign_id: int, subscribers: sa.Select[Any],
-                       now: dt.datetime) -> int:
-    # one INSERT ... SELECT: the audience never passes through Python, so memory does not grow with
-    # the list; the unique (campaign, subscriber) key plus NOT EXISTS makes a second run add nothing
-    already = sa.select(Delivery.id).where(
-        Delivery.campaign_id == campaign_id, Delivery.subscriber_id == Subscriber.id
-    )
-    chosen = subscribers.where(~sa.exists(already)).add_columns(
-        sa.literal(campaign_id, sa.Integer),
-        sa.literal(DeliveryState.PENDING.value, sa.String),
-        sa.literal(0, sa.Integer),
-        sa.literal("", sa.String),
-        sa.literal(now, Delivery.__table__.c.created_at.type),
-        sa.literal(now, Delivery.__table__.c.updated_at.type),
-    )
-    insert = sa.insert(Delivery).from_select(
-        ["subscriber_id", "campaign_id", "state", "attempts", "last_response", "created_at", "updated_at"],
-        chosen,
-    )
-    # psycopg reports no rowcount for SQLAlchemy's INSERT ... SELECT, so count the campaign's rows
-    count = sa.select(sa.func.count()).select_from(Delivery).where(Delivery.campaign_id == campaign_id)
-    before = session.scalar(count) or 0
-    session.execute(insert)
-    return (session.scalar(count) or 0) - before
-
-
-def insert_list_audience(session: Session, campaign_id: int, list_id: int, now: dt.datetime) -> int:
-    """insert_list_audience: active subscriptions of the list whose address is not suppressed."""
-    # suppressions are matched on the kept address here; an entry kept only as a hash belongs to an
-    # erased person with no subscriber row left, and claim_batch re-checks every hash anyway
-    suppressed = sa.select(Suppression.id).where(Suppression.email == Subscriber.email_normalized)
-    members = (
-        sa.select(Subscriber.id)
-        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
-        .where(
-            Subscription.list_id == list_id,
-            Subscription.status == SubscriptionStatus.ACTIVE,
-            ~sa.exists(suppressed),
-        )
-    )
-    return _insert_deliveries(session, campaign_id, members, now)
-
-
-def insert_notice_audience(session: Session, campaign_id: int, now: dt.datetime) -> int:
-    """insert_notice_audience: every subscriber not erased and not hard-bounced, subscribed or not."""
-    blocked = sa.select(Suppression.id).where(
-        Suppression.email == Subscriber.email_normalized,
-        Suppression.reason.in_(NOTICE_BLOCKING_REASONS),
-    )
-    everyone = sa.select(Subscriber.id).where(~sa.exists(blocked))
-    return _insert_deliveries(session, campaign_id, everyone, now)
-
-
-# -- claims --------------------------------------------------------------------------------------
 
 
 class SqlDeliveryStore:
@@ -207,13 +111,7 @@ class SqlDeliveryStore:
     def pause_campaign(self, campaign_id: int, reason: str) -> None:
         """The relay keeps failing: stop the campaign with a reason the marketer can read."""
         with self.database.session() as session:
-            session.execute(
-                sa.update(Campaign)
-                .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
-                .values(status=CampaignStatus.PAUSED, status_reason=reason[:1000])
-                .execution_options(synchronize_session=False)
-            )
-            record_event(session, "pause", "mailer", subject=f"campaign {campaign_id}", reason=reason[:1000])
+            pause_on_failure(session, campaign_id, reason)
 
 
 def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime,
@@ -368,21 +266,6 @@ def update_delivery_outcomes(session: Session, outcomes: Sequence[Outcome], now:
             .execution_options(synchronize_session=False)
         )
 
-
-def cancel_queued_deliveries(session: Session, campaign_id: int, now: dt.datetime) -> int:
-    """cancel_queued_deliveries: the campaign's pending and deferred rows never go out; returns how many.
-
-    Rows in flight finish as they are; a sender that then releases or defers them cancels them."""
-    result = session.execute(
-        sa.update(Delivery)
-        .where(Delivery.campaign_id == campaign_id,
-               Delivery.state.in_((DeliveryState.PENDING, DeliveryState.DEFERRED)))
-        .values(state=DeliveryState.CANCELLED, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: float) -> int:
     """mark_abandoned_claims: in-flight rows whose sender died become in_doubt; returns how many.
 
@@ -398,7 +281,7 @@ def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: flo
     stale_before = now - dt.timedelta(seconds=claim_timeout)
     dead = [
         claimer for claimer, last_seen in claimers
-        if claimer is None or _is_dead(claimer, host) or (last_seen is not None and last_seen < stale_before)
+        if claimer is None or claimer_is_dead(claimer, host) or (last_seen is not None and last_seen < stale_before)
     ]
     if not dead:
         return 0
@@ -412,53 +295,3 @@ def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: flo
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def _is_dead(claimer: str, host: str) -> bool:
-    claim_host, _, rest = claimer.partition(":")
-    pid_text, _, instance = rest.partition(":")
-    if claim_host != host or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    ours = _process_instance(os.getpid())
-    if instance and ours:
-        boot_and_namespace = instance.rpartition("-")[0]
-        if boot_and_namespace != ours.rpartition("-")[0]:
-            # another boot, or another container of this name: its pids are not ours to
-            # look up, so only a claim gone stale (claim_timeout) counts as abandoned
-            return False
-    if pid == os.getpid():
-        return bool(instance) and bool(ours) and instance != ours
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by another user
-    if instance and ours:
-        try:
-            if instance.rpartition("-")[2] != _start_ticks(pid):
-                return True  # the claimer died and its pid went to a newer process
-        except (OSError, IndexError):
-            return True  # gone since kill(0)
-    return _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    # a killed child its parent has not reaped yet still answers kill(0); /proc knows better
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def count_deliveries(session: Session, campaign_id: int) -> dict[DeliveryState, int]:
-    """count_deliveries_by_state: one grouped query; every state is present, zero when absent."""
-    counts = dict.fromkeys(DeliveryState, 0)
-    for state, n in session.execute(
-        sa.select(Delivery.state, sa.func.count()).where(Delivery.campaign_id == campaign_id)
-        .group_by(Delivery.state)
-    ):
-        counts[state] = n
-    return counts

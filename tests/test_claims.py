@@ -1,0 +1,170 @@
+"""Batch claims on SQLite and PostgreSQL: disjoint batches, outcomes, opt-outs found at claim time,
+claims their sender abandoned, and the relay pause."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+
+import sqlalchemy as sa
+from sending_helpers import add_audience, campaign_row, delivery_states, emails, make_campaign
+
+from mailer.db import Database
+from mailer.delivery.claims import Outcome, SqlDeliveryStore, mark_abandoned_claims
+from mailer.delivery.senders import make_worker_id
+from mailer.lifecycle import cancel_campaign, pause_campaign, start_campaign
+from mailer.models import (
+    AuditEvent,
+    CampaignStatus,
+    DeliveryState,
+    Suppression,
+    SuppressionReason,
+    utcnow,
+)
+from mailer.recipients.suppression import suppress_address
+
+T0 = dt.datetime(2026, 11, 29, 9, 0, tzinfo=dt.UTC)
+
+
+def _started_campaign(database: Database, addresses: list[str]) -> int:
+    campaign_id = make_campaign(database, add_audience(database, "news", addresses))
+    with database.session() as session:
+        start_campaign(session, campaign_id, T0)
+    return campaign_id
+
+
+def _state_of(database: Database, campaign_id: int) -> dict[str, DeliveryState]:
+    return {address: row.state for address, row in delivery_states(database, campaign_id).items()}
+
+
+def _audit(database: Database, action: str) -> list[AuditEvent]:
+    with database.session() as session:
+        events = list(session.scalars(sa.select(AuditEvent).where(AuditEvent.action == action)))
+        session.expunge_all()
+    return events
+
+
+def test_two_senders_claim_disjoint_batches_until_none_is_left(database: Database) -> None:
+    campaign_id = _started_campaign(database, emails(10))
+    first, second = SqlDeliveryStore(database, "host-a:1:"), SqlDeliveryStore(database, "host-b:1:")
+
+    a = first.claim_batch(campaign_id, 4, T0)
+    b = second.claim_batch(campaign_id, 4, T0)
+    rest = first.claim_batch(campaign_id, 10, T0)
+    nothing = second.claim_batch(campaign_id, 10, T0)
+
+    claimed = [r.email for batch in (a, b, rest) for r in batch.recipients]
+    assert (len(a.recipients), len(b.recipients), len(rest.recipients), len(nothing.recipients)) == (4, 4, 2, 0)
+    assert sorted(claimed) == emails(10)
+    assert not nothing.stopped
+    assert set(_state_of(database, campaign_id).values()) == {DeliveryState.SENDING}
+
+
+def test_outcomes_are_recorded_and_a_hard_bounce_is_suppressed_once(database: Database) -> None:
+    campaign_id = _started_campaign(database, emails(4))
+    store = SqlDeliveryStore(database, "host-a:1:")
+    batch = store.claim_batch(campaign_id, 4, T0)
+    sent, deferred, released, bounced = batch.recipients
+    retry_at = T0 + dt.timedelta(minutes=1)
+
+    paused = store.record_outcomes(campaign_id, [
+        Outcome(sent.delivery_id, DeliveryState.SENT, 250, "250 ok"),
+        Outcome(deferred.delivery_id, DeliveryState.DEFERRED, 451, "451 later", retry_at),
+        Outcome(released.delivery_id, DeliveryState.PENDING),
+        Outcome(bounced.delivery_id, DeliveryState.FAILED, 550, "550 5.1.1 no such user", hard_bounce=bounced.email),
+    ], T0)
+
+    assert paused == ""
+    assert _state_of(database, campaign_id) == {
+        sent.email: DeliveryState.SENT, deferred.email: DeliveryState.DEFERRED,
+        released.email: DeliveryState.PENDING, bounced.email: DeliveryState.FAILED,
+    }
+    with database.session() as session:
+        reasons = dict(session.execute(sa.select(Suppression.email, Suppression.reason)).all())
+    assert reasons == {bounced.email: SuppressionReason.HARD_BOUNCE}
+    assert [e.subject for e in _audit(database, "suppress")] == [bounced.email]
+    # the released one goes out again at once; the deferred one only when its time comes
+    assert [r.email for r in store.claim_batch(campaign_id, 4, T0).recipients] == [released.email]
+    assert [r.email for r in store.claim_batch(campaign_id, 4, retry_at).recipients] == [deferred.email]
+
+
+def test_an_address_that_opted_out_after_the_snapshot_is_marked_and_not_handed_out(database: Database) -> None:
+    campaign_id = _started_campaign(database, ["ana@example.com", "bo@example.com"])
+    with database.session() as session:
+        suppress_address(session, "bo@example.com", SuppressionReason.UNSUBSCRIBED, source="test")
+
+    batch = SqlDeliveryStore(database, "host-a:1:").claim_batch(campaign_id, 10, T0)
+
+    assert [r.email for r in batch.recipients] == ["ana@example.com"]
+    assert batch.suppressed == 1
+    assert _state_of(database, campaign_id)["bo@example.com"] is DeliveryState.SUPPRESSED
+
+
+def test_a_paused_campaign_hands_out_nothing_but_keeps_what_was_sent(database: Database) -> None:
+    campaign_id = _started_campaign(database, emails(3))
+    store = SqlDeliveryStore(database, "host-a:1:")
+    (first, *_) = store.claim_batch(campaign_id, 1, T0).recipients
+    with database.session() as session:
+        pause_campaign(session, campaign_id, "wrong price")
+
+    batch = store.claim_batch(campaign_id, 10, T0, [Outcome(first.delivery_id, DeliveryState.SENT, 250, "ok")])
+
+    assert batch.stopped and batch.recipients == []
+    assert _state_of(database, campaign_id)[first.email] is DeliveryState.SENT
+    assert list(_state_of(database, campaign_id).values()).count(DeliveryState.PENDING) == 2
+
+
+def test_what_a_sender_releases_or_defers_after_a_cancel_never_goes_out(database: Database) -> None:
+    campaign_id = _started_campaign(database, emails(3))
+    store = SqlDeliveryStore(database, "host-a:1:")
+    released, deferred = store.claim_batch(campaign_id, 2, T0).recipients
+    with database.session() as session:
+        assert cancel_campaign(session, campaign_id, "wrong list") == 1  # the one still queued
+
+    store.record_outcomes(campaign_id, [
+        Outcome(released.delivery_id, DeliveryState.PENDING),
+        Outcome(deferred.delivery_id, DeliveryState.DEFERRED, 451, "later", T0 + dt.timedelta(minutes=1)),
+    ], T0)
+
+    assert set(_state_of(database, campaign_id).values()) == {DeliveryState.CANCELLED}
+
+
+def test_claims_of_a_dead_or_silent_sender_become_in_doubt_and_a_live_ones_stay(database: Database) -> None:
+    campaign_id = _started_campaign(database, emails(6))
+    # a sender on this host that has exited since
+    dead_id = subprocess.run(
+        [sys.executable, "-c", "from mailer.delivery.senders import make_worker_id; print(make_worker_id())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    live = SqlDeliveryStore(database, make_worker_id())
+    dead = SqlDeliveryStore(database, dead_id)
+    elsewhere = SqlDeliveryStore(database, "another-host:4242:")
+    now = utcnow()
+    ours = live.claim_batch(campaign_id, 2, now).recipients
+    theirs = dead.claim_batch(campaign_id, 2, now).recipients
+    remote = elsewhere.claim_batch(campaign_id, 2, now - dt.timedelta(seconds=600)).recipients
+    live.refresh_claims(now)
+
+    with database.session() as session:
+        in_doubt = mark_abandoned_claims(session, now, claim_timeout=300)
+
+    states = _state_of(database, campaign_id)
+    assert in_doubt == 4
+    assert {states[r.email] for r in theirs + remote} == {DeliveryState.IN_DOUBT}
+    assert {states[r.email] for r in ours} == {DeliveryState.SENDING}
+
+
+def test_a_relay_pause_stops_the_campaign_and_is_recorded_once(database: Database) -> None:
+    campaign_id = _started_campaign(database, emails(2))
+    store = SqlDeliveryStore(database, "host-a:1:")
+
+    store.pause_campaign(campaign_id, "paused after 10 connection failures in a row")
+    store.pause_campaign(campaign_id, "paused after 10 connection failures in a row")  # a second sender
+
+    campaign = campaign_row(database, campaign_id)
+    assert campaign.status is CampaignStatus.PAUSED
+    assert campaign.status_reason == "paused after 10 connection failures in a row"
+    (event,) = _audit(database, "campaign_paused")
+    assert (event.actor, event.subject) == ("mailer", f"campaign {campaign_id}")
+    assert store.claim_batch(campaign_id, 2, T0).stopped
