@@ -4,20 +4,16 @@ a config file pointing at it, the CLI, and a recording SMTP server on loopback."
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
-from click.testing import CliRunner, Result
+from cli_helpers import Cli, write_config
 from hypothesis import HealthCheck, settings
+from smtp_faults import FaultyServer, faulty_smtp_server
 
-from mailer.cli import main
 from mailer.config import Config, load_config
 from mailer.db import Database
 
@@ -28,7 +24,6 @@ settings.register_profile(
 settings.load_profile("mailer")
 
 POSTGRES_URL = os.environ.get("MAILER_TEST_POSTGRES_URL", "")
-TEST_SECRET_KEY = "test-signing-key-0123456789abcdef"
 
 
 def _postgres_schema_url(schema: str) -> str:
@@ -72,66 +67,11 @@ def database(db_url: str) -> Iterator[Database]:
     db.dispose()
 
 
-@dataclass
-class ReceivedMessage:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-
-
-@dataclass
-class RecordingHandler:
-    """An aiosmtpd handler that keeps every message it accepts."""
-
-    messages: list[ReceivedMessage] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(
-            ReceivedMessage(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content))
-        )
-        return "250 2.0.0 OK: queued"
-
-
-@dataclass
-class SmtpServer:
-    host: str
-    port: int
-    handler: RecordingHandler
-
-    @property
-    def messages(self) -> list[ReceivedMessage]:
-        return self.handler.messages
-
-
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    """A real SMTP server on loopback that records what it receives."""
-    handler = RecordingHandler()
-    # aiosmtpd's start() connects to the port it was given to check the server is up, so
-    # port 0 cannot be used; a port the kernel just handed out is free in practice
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", port, handler)
-    finally:
-        controller.stop()
-
-
-def write_config(path: Path, db_url: str, smtp: SmtpServer | None = None, extra: str = "") -> Path:
-    """A mailer.toml for tests: the given database, a signing key, the loopback SMTP server."""
-    smtp_part = ""
-    if smtp is not None:
-        smtp_part = f'[smtp]\nhost = "{smtp.host}"\nport = {smtp.port}\nstarttls = "off"\ntimeout = 5\n'
-    path.write_text(
-        f'[database]\nurl = "{db_url}"\n\n'
-        f'[unsubscribe]\nsecret_keys = ["{TEST_SECRET_KEY}"]\n\n'
-        f"{smtp_part}{extra}",
-        encoding="utf-8",
-    )
-    return path
+def smtp_server() -> Iterator[FaultyServer]:
+    """A real SMTP server on loopback that records what it accepts; a test may set its `faults`."""
+    with faulty_smtp_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -142,24 +82,6 @@ def config_path(tmp_path: Path, database: Database) -> Path:
 @pytest.fixture
 def config(config_path: Path) -> Config:
     return load_config(config_path, environ={})
-
-
-class Cli:
-    """Runs `mailer --config PATH ...` in-process with click's CliRunner."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, input: str | None = None, ok: bool = True) -> Result:
-        result = self.runner.invoke(
-            main, ["--config", str(self.config_path), *args], input=input, catch_exceptions=False
-        )
-        if ok and result.exit_code != 0:
-            raise AssertionError(
-                f"mailer {' '.join(args)} exited {result.exit_code}:\n{result.output}{result.stderr}"
-            )
-        return result
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from conftest import TEST_SECRET_KEY
+from cli_helpers import TEST_SECRET_KEY
 
 from mailer.db import Database, normalize_email
 from mailer.models import (

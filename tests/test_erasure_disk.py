@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli, write_config
+from cli_helpers import Cli, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from recipient_helpers import make_lists

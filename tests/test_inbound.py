@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli, write_config
+from cli_helpers import Cli, write_config
 from recipient_helpers import (
     Person,
     add_person,

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import Cli, write_config
+from cli_helpers import Cli, write_config
 from hypothesis import given
 from hypothesis import strategies as st
 from recipient_helpers import snapshot, statuses, suppressions

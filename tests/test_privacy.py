@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import sqlalchemy as sa
-from conftest import Cli, SmtpServer, write_config
+from cli_helpers import Cli, write_config
+from smtp_faults import FaultyServer
 
 from mailer.db import Database, address_hash
 from mailer.models import (
@@ -386,7 +387,7 @@ def test_every_privacy_command_has_help_with_an_example(cli: Cli) -> None:
 
 
 def test_an_address_erased_mid_campaign_is_never_mailed(
-    tmp_path: Path, database: Database, smtp_server: SmtpServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     from mailer.config import load_config
     from mailer.delivery.pipeline import start_send

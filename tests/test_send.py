@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli
+from cli_helpers import Cli
 from sending_helpers import (
     add_audience,
     campaign_row,
@@ -20,7 +19,7 @@ from sending_helpers import (
     sending_config,
     state_counts,
 )
-from smtp_faults import FaultyServer, Received, faulty_smtp_server
+from smtp_faults import FaultyServer, Received
 
 from mailer.config import Config, load_config
 from mailer.db import Database
@@ -41,19 +40,13 @@ from mailer.models import (
 from mailer.recipients.suppression import suppress_address
 
 
-@pytest.fixture
-def server() -> Iterator[FaultyServer]:
-    with faulty_smtp_server() as srv:
-        yield srv
-
-
-def configure(tmp_path: Path, database: Database, server: FaultyServer, **limits: object) -> Config:
-    return load_config(sending_config(tmp_path / "mailer.toml", database.url, server, **limits),  # type: ignore[arg-type]
+def configure(tmp_path: Path, database: Database, smtp_server: FaultyServer, **limits: object) -> Config:
+    return load_config(sending_config(tmp_path / "mailer.toml", database.url, smtp_server, **limits),  # type: ignore[arg-type]
                        environ={})
 
 
 def test_campaign_send_reaches_every_active_subscriber_once(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     add_audience(database, "news", ["ana@example.com", "bo@example.com", "cy@example.com"])
     add_audience(database, "news", ["left@example.com"], status=SubscriptionStatus.UNSUBSCRIBED)
@@ -61,7 +54,7 @@ def test_campaign_send_reaches_every_active_subscriber_once(
     add_audience(database, "news", ["optedout@example.com"])
     with database.session() as session:
         suppress_address(session, "OptedOut@example.com", SuppressionReason.UNSUBSCRIBED, "test")
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server))
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server))
     campaign_id = cli("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News",
                       "--template", "welcome").output.strip().splitlines()[-1]
 
@@ -69,7 +62,7 @@ def test_campaign_send_reaches_every_active_subscriber_once(
 
     assert "3 sent, 0 deferred, 0 failed" in result.output
     assert "status: sent" in result.output
-    assert sorted(server.handler.rcpt_counts.items()) == [
+    assert sorted(smtp_server.handler.rcpt_counts.items()) == [
         ("ana@example.com", 1), ("bo@example.com", 1), ("cy@example.com", 1)]
     status = json.loads(cli("campaign", "status", campaign_id, "--json").output)
     assert status["status"] == "sent"
@@ -77,30 +70,30 @@ def test_campaign_send_reaches_every_active_subscriber_once(
     again = cli("campaign", "send", campaign_id, ok=False)
     assert again.exit_code == 1
     assert "it is sent" in again.output + again.stderr
-    assert len(server.messages) == 3
+    assert len(smtp_server.messages) == 3
 
 
 def test_a_suppression_committed_mid_send_stops_that_address(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     addresses = emails(300)
     target = addresses[250]
     list_id = add_audience(database, "news", addresses)
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=10, connections=2)
+    config = configure(tmp_path, database, smtp_server, batch_size=10, connections=2)
     other = Database(database.url)
 
     def unsubscribe_on_the_fiftieth(received: Received) -> None:
-        if len(server.messages) == 50:
+        if len(smtp_server.messages) == 50:
             with other.session() as session:  # the web app's one-click POST, in another connection
                 suppress_address(session, target, SuppressionReason.UNSUBSCRIBED, "web")
 
-    server.handler.on_message = unsubscribe_on_the_fiftieth
+    smtp_server.handler.on_message = unsubscribe_on_the_fiftieth
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
     other.dispose()
 
-    counts = server.handler.rcpt_counts
+    counts = smtp_server.handler.rcpt_counts
     assert target not in counts
     assert set(counts.values()) == {1}
     assert len(counts) == 299
@@ -109,15 +102,15 @@ def test_a_suppression_committed_mid_send_stops_that_address(
 
 
 def test_permanent_failures_fail_and_no_such_user_is_suppressed(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["gone@example.com", "policy@example.com", "ok@example.com"])
-    server.faults.rcpt_replies.update({
+    smtp_server.faults.rcpt_replies.update({
         "gone@example.com": "550 5.1.1 <gone@example.com>: no such user",
         "policy@example.com": "554 5.7.1 rejected by policy",
     })
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
 
@@ -134,12 +127,12 @@ def test_permanent_failures_fail_and_no_such_user_is_suppressed(
 
 
 def test_4xx_is_deferred_with_growing_delays_until_retry_for_then_failed(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["busy@example.com", "ok@example.com"])
-    server.faults.rcpt_replies["busy@example.com"] = "451 4.3.0 greylisted, try again later"
+    smtp_server.faults.rcpt_replies["busy@example.com"] = "451 4.3.0 greylisted, try again later"
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, retry_for=400)
+    config = configure(tmp_path, database, smtp_server, retry_for=400)
     t0 = utcnow()
     now = [t0]
     start_send(config, database, campaign_id, t0)
@@ -170,16 +163,16 @@ def test_4xx_is_deferred_with_growing_delays_until_retry_for_then_failed(
     assert last.state is DeliveryState.FAILED and last.attempts == 3
     assert "gave up after 3 attempts" in last.last_response
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
-    assert server.handler.rcpt_counts == {"ok@example.com": 1}
+    assert smtp_server.handler.rcpt_counts == {"ok@example.com": 1}
 
 
 def test_relay_down_pauses_the_campaign_with_a_reason_and_resume_goes_on(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(20))
     campaign_id = make_campaign(database, list_id)
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server, max_errors=3, batch_size=5))
-    server.faults.refuse_all_connections = True
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server, max_errors=3, batch_size=5))
+    smtp_server.faults.refuse_all_connections = True
 
     result = cli("campaign", "send", str(campaign_id), ok=False)
 
@@ -193,48 +186,48 @@ def test_relay_down_pauses_the_campaign_with_a_reason_and_resume_goes_on(
     refused = cli("campaign", "send", str(campaign_id), ok=False)
     assert "campaign resume" in refused.output + refused.stderr
 
-    server.faults.refuse_all_connections = False
+    smtp_server.faults.refuse_all_connections = False
     resumed = cli("campaign", "resume", str(campaign_id))
 
     assert "20 sent" in resumed.output
-    assert set(server.handler.rcpt_counts.values()) == {1} and len(server.handler.rcpt_counts) == 20
+    assert set(smtp_server.handler.rcpt_counts.values()) == {1} and len(smtp_server.handler.rcpt_counts) == 20
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
 
 
 def test_a_dropped_connection_defers_one_message_and_retry_sends_it(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(10))
     campaign_id = make_campaign(database, list_id)
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server, connections=1))
-    server.faults.drop_data = 1
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server, connections=1))
+    smtp_server.faults.drop_data = 1
 
     first = cli("campaign", "send", str(campaign_id))
 
     assert "9 sent, 1 deferred" in first.output
     assert "next retry of deferred messages" in first.output
     deferred = [a for a, d in delivery_states(database, campaign_id).items() if d.state is DeliveryState.DEFERRED]
-    assert len(deferred) == 1 and deferred[0] not in server.handler.rcpt_counts
+    assert len(deferred) == 1 and deferred[0] not in smtp_server.handler.rcpt_counts
 
     retried = cli("campaign", "retry", str(campaign_id))
 
     assert "1 deliveries queued again" in retried.output
     assert "1 sent" in retried.output
-    assert set(server.handler.rcpt_counts.values()) == {1} and len(server.handler.rcpt_counts) == 10
+    assert set(smtp_server.handler.rcpt_counts.values()) == {1} and len(smtp_server.handler.rcpt_counts) == 10
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
 
 
-def test_retry_in_doubt_is_separate_from_retry(tmp_path: Path, database: Database, server: FaultyServer) -> None:
+def test_retry_in_doubt_is_separate_from_retry(tmp_path: Path, database: Database, smtp_server: FaultyServer) -> None:
     list_id = add_audience(database, "news", emails(4))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     # what a killed sender leaves behind (test_crash proves a real SIGKILL does this)
     with database.session() as session:
         session.execute(sa.text("UPDATE deliveries SET state = 'in_doubt' WHERE id IN "
                                 "(SELECT id FROM deliveries ORDER BY id LIMIT 2)"))
     send_campaign_now(config, database, campaign_id)
-    assert len(server.messages) == 2
+    assert len(smtp_server.messages) == 2
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
     cli = Cli(tmp_path / "mailer.toml")
 
@@ -243,14 +236,14 @@ def test_retry_in_doubt_is_separate_from_retry(tmp_path: Path, database: Databas
     result = cli("campaign", "retry", str(campaign_id), "--in-doubt")
 
     assert "2 deliveries queued again" in result.output
-    assert len(server.handler.rcpt_counts) == 4
+    assert len(smtp_server.handler.rcpt_counts) == 4
     assert state_counts(database, campaign_id) == {DeliveryState.SENT: 4}
 
 
-def test_pause_then_cancel(tmp_path: Path, database: Database, server: FaultyServer) -> None:
+def test_pause_then_cancel(tmp_path: Path, database: Database, smtp_server: FaultyServer) -> None:
     list_id = add_audience(database, "news", emails(5))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     cli = Cli(tmp_path / "mailer.toml")
 
@@ -261,22 +254,22 @@ def test_pause_then_cancel(tmp_path: Path, database: Database, server: FaultySer
     assert "5 queued messages will not be sent" in cancelled.output
     assert state_counts(database, campaign_id) == {DeliveryState.CANCELLED: 5}
     assert cli("campaign", "resume", str(campaign_id), ok=False).exit_code == 1
-    assert server.messages == []
+    assert smtp_server.messages == []
 
 
 def test_a_campaign_paused_by_the_marketer_mid_send_stops_after_the_batch(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(200))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=10, connections=1)
+    config = configure(tmp_path, database, smtp_server, batch_size=10, connections=1)
     cli = Cli(tmp_path / "mailer.toml")
 
     def pause_on_the_fifteenth(received: Received) -> None:
-        if len(server.messages) == 15:
+        if len(smtp_server.messages) == 15:
             cli("campaign", "pause", str(campaign_id))
 
-    server.handler.on_message = pause_on_the_fifteenth
+    smtp_server.handler.on_message = pause_on_the_fifteenth
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
 
@@ -285,26 +278,26 @@ def test_a_campaign_paused_by_the_marketer_mid_send_stops_after_the_batch(
     assert 15 <= report.sent <= 25
     counts = state_counts(database, campaign_id)
     assert counts == {DeliveryState.SENT: report.sent, DeliveryState.PENDING: 200 - report.sent}
-    server.handler.on_message = None
+    smtp_server.handler.on_message = None
     resumed = cli("campaign", "resume", str(campaign_id))
     assert f"{200 - report.sent} sent" in resumed.output
-    assert len(server.handler.rcpt_counts) == 200 and set(server.handler.rcpt_counts.values()) == {1}
+    assert len(smtp_server.handler.rcpt_counts) == 200 and set(smtp_server.handler.rcpt_counts.values()) == {1}
 
 
 def test_a_campaign_cancelled_mid_send_leaves_nothing_queued(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(200))
-    server.faults.rcpt_replies["person00016@example.com"] = "451 4.3.0 greylisted, try again later"
+    smtp_server.faults.rcpt_replies["person00016@example.com"] = "451 4.3.0 greylisted, try again later"
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=10, connections=1)
+    config = configure(tmp_path, database, smtp_server, batch_size=10, connections=1)
     cli = Cli(tmp_path / "mailer.toml")
 
     def cancel_on_the_fifteenth(received: Received) -> None:
-        if len(server.messages) == 15:
+        if len(smtp_server.messages) == 15:
             cli("campaign", "cancel", str(campaign_id))
 
-    server.handler.on_message = cancel_on_the_fifteenth
+    smtp_server.handler.on_message = cancel_on_the_fifteenth
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
 
@@ -318,11 +311,11 @@ def test_a_campaign_cancelled_mid_send_leaves_nothing_queued(
 
 
 def test_a_message_that_cannot_be_rendered_fails_alone(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["ok@example.com", "odd@example.com"])
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
 
     async def run() -> None:
@@ -364,7 +357,7 @@ def test_notice_audience_reaches_opted_out_people_but_not_hard_bounces(database:
 
 
 def test_the_render_helper_renders_what_the_composer_renders(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     from mailer.content.compose import Composer, Recipient
     from mailer.delivery.render_ahead import RenderAhead
@@ -372,7 +365,7 @@ def test_the_render_helper_renders_what_the_composer_renders(
 
     list_id = add_audience(database, "news", emails(2))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     with database.session() as session:
         campaign = get_campaign(session, campaign_id)
@@ -400,7 +393,7 @@ def test_the_render_helper_renders_what_the_composer_renders(
 
 
 def test_a_render_helper_whose_sender_has_gone_exits_quietly(
-    tmp_path: Path, database: Database, server: FaultyServer, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, database: Database, smtp_server: FaultyServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # a sender killed, or stopped while a job was being rendered: the helper's answer has no
     # reader any more, and that must not put a traceback on the operator's terminal or cron mail
@@ -410,7 +403,7 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 
     list_id = add_audience(database, "news", emails(1))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     with database.session() as session:
         campaign = get_campaign(session, campaign_id)
@@ -430,13 +423,13 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 
 
 def test_a_send_goes_on_when_its_render_helper_dies(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     from mailer.delivery.render_ahead import RenderAhead
 
     list_id = add_audience(database, "news", emails(300))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=20)
+    config = configure(tmp_path, database, smtp_server, batch_size=20)
     start_send(config, database, campaign_id)
 
     async def run() -> None:
@@ -445,20 +438,20 @@ def test_a_send_goes_on_when_its_render_helper_dies(
             helper = RenderAhead(composer, config, campaign_id)  # type: ignore[arg-type]
 
             def kill_the_helper(received: Received) -> None:
-                if len(server.messages) == 100:
+                if len(smtp_server.messages) == 100:
                     helper.helpers[0].process.kill()
 
-            server.handler.on_message = kill_the_helper
+            smtp_server.handler.on_message = kill_the_helper
             await sender.send(campaign_id, helper)
 
     asyncio.run(run())
-    received = server.handler.rcpt_counts
+    received = smtp_server.handler.rcpt_counts
     assert len(received) == 300 and set(received.values()) == {1}
     assert state_counts(database, campaign_id) == {DeliveryState.SENT: 300}
 
 
 def test_send_refuses_a_template_that_fails_for_some_subscribers_before_mailing_anyone(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["ana@example.com", "bo@example.com"])
     with database.session() as session:
@@ -470,11 +463,11 @@ def test_send_refuses_a_template_that_fails_for_some_subscribers_before_mailing_
         campaign = session.get(Campaign, campaign_id)
         assert campaign is not None
         campaign.html_template = "<p>Your tier: {{ subscriber.attributes.tier }}</p>"
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server))
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server))
 
     refused = cli("campaign", "send", str(campaign_id), ok=False)
 
     assert refused.exit_code == 1
     assert "tier" in refused.stderr
-    assert server.messages == []
+    assert smtp_server.messages == []
     assert campaign_row(database, campaign_id).status is CampaignStatus.DRAFT
