@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from cli_helpers import TEST_SECRET_KEY
 
+from mailer.config import Config, load_config
 from mailer.db import Database, normalize_email
 from mailer.models import (
     Campaign,
@@ -40,6 +41,11 @@ def sending_config(path: Path, db_url: str, server: Any, *, connections: int = 2
         encoding="utf-8",
     )
     return path
+
+
+def configure(tmp_path: Path, database: Database, server: Any, **limits: Any) -> Config:
+    """The loaded config of `sending_config` in tmp_path."""
+    return load_config(sending_config(tmp_path / "mailer.toml", database.url, server, **limits), environ={})
 
 
 def add_audience(database: Database, list_name: str, emails: list[str],

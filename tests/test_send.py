@@ -7,12 +7,12 @@ import datetime as dt
 import json
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from cli_helpers import Cli
 from sending_helpers import (
     add_audience,
     campaign_row,
+    configure,
     delivery_states,
     emails,
     make_campaign,
@@ -21,7 +21,6 @@ from sending_helpers import (
 )
 from smtp_faults import FaultyServer, Received
 
-from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.delivery.due import send_due
 from mailer.delivery.pipeline import CampaignSender, send_campaign_now, start_send
@@ -38,11 +37,6 @@ from mailer.models import (
     utcnow,
 )
 from mailer.recipients.suppression import suppress_address
-
-
-def configure(tmp_path: Path, database: Database, smtp_server: FaultyServer, **limits: object) -> Config:
-    return load_config(sending_config(tmp_path / "mailer.toml", database.url, smtp_server, **limits),  # type: ignore[arg-type]
-                       environ={})
 
 
 def test_campaign_send_reaches_every_active_subscriber_once(
@@ -354,100 +348,6 @@ def test_notice_audience_reaches_opted_out_people_but_not_hard_bounces(database:
         # a second snapshot adds nobody twice
         assert snapshot_audience(session, get_campaign(session, campaign_id), utcnow()) == 0
     assert sorted(delivery_states(database, notice_id)) == ["ana@example.com", "left@example.com"]
-
-
-def test_the_render_helper_renders_what_the_composer_renders(
-    tmp_path: Path, database: Database, smtp_server: FaultyServer
-) -> None:
-    from mailer.content.compose import Composer, Recipient
-    from mailer.delivery.render_ahead import RenderAhead
-    from mailer.lifecycle import get_campaign
-
-    list_id = add_audience(database, "news", emails(2))
-    campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, smtp_server)
-    start_send(config, database, campaign_id)
-    with database.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        composer = Composer(config, campaign, campaign.mailing_list)
-    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
-                        attributes={}, subscribed_at=None) for i in (1, 2)]
-
-    async def render_in_helper() -> list[object]:
-        helper = RenderAhead(composer, config, campaign_id)
-        try:
-            return list(await helper.submit(people))
-        finally:
-            helper.close()
-
-    from mailer.content.compliance import message_parts, parse_message
-
-    for ahead, person in zip(asyncio.run(render_in_helper()), people, strict=True):
-        here = composer.render(person)
-        assert ahead.recipient == here.recipient  # type: ignore[attr-defined]
-        assert ahead.message_id == here.message_id  # type: ignore[attr-defined]
-        theirs, ours = parse_message(ahead.data), parse_message(here.data)  # type: ignore[attr-defined]
-        assert message_parts(theirs) == message_parts(ours)
-        for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Id"):
-            assert theirs[header] == ours[header]
-
-
-def test_a_render_helper_whose_sender_has_gone_exits_quietly(
-    tmp_path: Path, database: Database, smtp_server: FaultyServer, capfd: pytest.CaptureFixture[str]
-) -> None:
-    # a sender killed, or stopped while a job was being rendered: the helper's answer has no
-    # reader any more, and that must not put a traceback on the operator's terminal or cron mail
-    from mailer.content.compose import Composer, Recipient
-    from mailer.delivery.render_ahead import RenderAhead
-    from mailer.lifecycle import get_campaign
-
-    list_id = add_audience(database, "news", emails(1))
-    campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, smtp_server)
-    start_send(config, database, campaign_id)
-    with database.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        composer = Composer(config, campaign, campaign.mailing_list)
-    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
-                        attributes={}, subscribed_at=None) for i in range(300)]
-
-    async def close_while_rendering() -> int | None:
-        ahead = RenderAhead(composer, config, campaign_id)
-        await ahead.submit(people[:1])  # the helper is up
-        ahead.submit(people)  # long enough to render that the sender is gone before the answer
-        ahead.close()
-        return ahead.helpers[0].process.exitcode
-
-    assert asyncio.run(close_while_rendering()) == 0
-    assert "Traceback" not in capfd.readouterr().err
-
-
-def test_a_send_goes_on_when_its_render_helper_dies(
-    tmp_path: Path, database: Database, smtp_server: FaultyServer
-) -> None:
-    from mailer.delivery.render_ahead import RenderAhead
-
-    list_id = add_audience(database, "news", emails(300))
-    campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, smtp_server, batch_size=20)
-    start_send(config, database, campaign_id)
-
-    async def run() -> None:
-        async with CampaignSender(config, database) as sender:
-            composer = sender.prepare(campaign_id)
-            helper = RenderAhead(composer, config, campaign_id)  # type: ignore[arg-type]
-
-            def kill_the_helper(received: Received) -> None:
-                if len(smtp_server.messages) == 100:
-                    helper.helpers[0].process.kill()
-
-            smtp_server.handler.on_message = kill_the_helper
-            await sender.send(campaign_id, helper)
-
-    asyncio.run(run())
-    received = smtp_server.handler.rcpt_counts
-    assert len(received) == 300 and set(received.values()) == {1}
-    assert state_counts(database, campaign_id) == {DeliveryState.SENT: 300}
 
 
 def test_send_refuses_a_template_that_fails_for_some_subscribers_before_mailing_anyone(
