@@ -1,5 +1,5 @@
 """Shared fixtures: a fresh database per test (SQLite, and PostgreSQL when configured),
-a config file pointing at it, the CLI, and a recording SMTP server on loopback."""
+a config file pointing at it, the CLI, a recording SMTP server on loopback, and headless Chromium."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -72,6 +73,51 @@ def smtp_server() -> Iterator[FaultyServer]:
     """A real SMTP server on loopback that records what it accepts; a test may set its `faults`."""
     with faulty_smtp_server() as server:
         yield server
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless Chromium for the whole run: starting one takes seconds on a shared machine."""
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+                    ".ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # Selenium Manager must never fetch a browser or driver: both are given explicitly
+    saved = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "1"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=os.devnull)
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        if saved is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = saved
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Any:
+    """The shared Chromium as a fresh one would be: a blank page in a desktop window, no cookies."""
+    chromium.get("about:blank")
+    chromium.set_window_size(1024, 900)
+    chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    return chromium
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from cli_helpers import Cli, write_config
 from compose_helpers import parse, parts
 from smtp_faults import FaultyServer
-from test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
 
 from mailer.config import UnsubscribeScope, load_config
 from mailer.content.compliance import check_message
@@ -220,9 +219,8 @@ def test_test_send_to_a_relay_that_is_down_is_one_clear_line(news: Cli, tmp_path
     assert "invalid email address" in bad_address.stderr
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium and chromium-driver")
 def test_example_campaign_looks_right_in_chromium_on_desktop_and_phone(
-    news: Cli, tmp_path: Path, browser: Any  # noqa: F811
+    news: Cli, tmp_path: Path, browser: Any
 ) -> None:
     from selenium.webdriver.common.by import By
 
