@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from cli_helpers import Cli, write_config
 from hypothesis import HealthCheck, settings
+from inbound_helpers import World
 from smtp_faults import FaultyServer, faulty_smtp_server
 
 from mailer.config import Config, load_config
@@ -133,3 +134,9 @@ def config(config_path: Path) -> Config:
 @pytest.fixture
 def cli(config_path: Path) -> Cli:
     return Cli(config_path)
+
+
+@pytest.fixture
+def world(database: Database, config: Config) -> World:
+    """For inbound tests: Ana has received a campaign, Bob is on her list."""
+    return World(database, config)

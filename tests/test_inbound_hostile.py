@@ -11,20 +11,15 @@ import pytest
 from cli_helpers import Cli, write_config
 from hypothesis import given
 from hypothesis import strategies as st
+from inbound_helpers import World, process_bytes
 from recipient_helpers import snapshot, statuses, suppressions
-from test_inbound import World, process_bytes
 
-from mailer.config import Config, InboundConfig, config_from_dict
-from mailer.db import Database, address_hash
+from mailer.config import InboundConfig, config_from_dict
+from mailer.db import address_hash
 from mailer.errors import ConfigError
 from mailer.inbound.process import InboundKind, process_inbound, process_message
 from mailer.models import SubscriptionStatus, SuppressionReason
 from mailer.verp import make_return_path
-
-
-@pytest.fixture
-def world(database: Database, config: Config) -> World:
-    return World(database, config)
 
 
 def trusting(world: World, *senders: str) -> None:
