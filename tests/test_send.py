@@ -247,7 +247,9 @@ def test_pause_then_cancel(tmp_path: Path, database: Database, smtp_server: Faul
 
     assert "5 queued messages will not be sent" in cancelled.output
     assert state_counts(database, campaign_id) == {DeliveryState.CANCELLED: 5}
-    assert cli("campaign", "resume", str(campaign_id), ok=False).exit_code == 1
+    refused = cli("campaign", "resume", str(campaign_id), ok=False)
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith(f"Error: cannot resume campaign {campaign_id}: it is cancelled")
     assert smtp_server.messages == []
 
 
