@@ -20,6 +20,7 @@ from sending_helpers import (
 )
 from smtp_faults import FaultyServer, Received
 
+from mailer.content.compliance import message_parts, parse_message
 from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
 from mailer.delivery.pipeline import CampaignSender, start_send
@@ -32,10 +33,6 @@ from mailer.models import DeliveryState
 def test_the_render_helper_renders_what_the_composer_renders(
     tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
-    from mailer.content.compose import Composer, Recipient
-    from mailer.delivery.render_ahead import RenderAhead
-    from mailer.lifecycle import get_campaign
-
     list_id = add_audience(database, "news", emails(2))
     campaign_id = make_campaign(database, list_id)
     config = configure(tmp_path, database, smtp_server)
@@ -53,8 +50,6 @@ def test_the_render_helper_renders_what_the_composer_renders(
         finally:
             helper.close()
 
-    from mailer.content.compliance import message_parts, parse_message
-
     for ahead, person in zip(asyncio.run(render_in_helper()), people, strict=True):
         here = composer.render(person)
         assert ahead.recipient == here.recipient  # type: ignore[attr-defined]
@@ -70,10 +65,6 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 ) -> None:
     # a sender killed, or stopped while a job was being rendered: the helper's answer has no
     # reader any more, and that must not put a traceback on the operator's terminal or cron mail
-    from mailer.content.compose import Composer, Recipient
-    from mailer.delivery.render_ahead import RenderAhead
-    from mailer.lifecycle import get_campaign
-
     list_id = add_audience(database, "news", emails(1))
     campaign_id = make_campaign(database, list_id)
     config = configure(tmp_path, database, smtp_server)
@@ -98,8 +89,6 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 def test_a_send_goes_on_when_its_render_helper_dies(
     tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
-    from mailer.delivery.render_ahead import RenderAhead
-
     list_id = add_audience(database, "news", emails(300))
     campaign_id = make_campaign(database, list_id)
     config = configure(tmp_path, database, smtp_server, batch_size=20)
