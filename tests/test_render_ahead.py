@@ -199,6 +199,6 @@ def test_a_helper_exits_when_its_sender_is_killed(
 
 def running(process: psutil.Process) -> bool:
     try:
-        return process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
