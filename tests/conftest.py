@@ -1,23 +1,21 @@
 """Shared fixtures: a fresh database per test (SQLite, and PostgreSQL when configured),
-a config file pointing at it, the CLI, and a recording SMTP server on loopback."""
+a config file pointing at it, the CLI, a recording SMTP server on loopback, and headless Chromium."""
 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
-from click.testing import CliRunner, Result
+from cli_helpers import Cli, write_config
 from hypothesis import HealthCheck, settings
+from inbound_helpers import World
+from smtp_faults import FaultyServer, faulty_smtp_server
 
-from mailer.cli import main
 from mailer.config import Config, load_config
 from mailer.db import Database
 
@@ -28,7 +26,6 @@ settings.register_profile(
 settings.load_profile("mailer")
 
 POSTGRES_URL = os.environ.get("MAILER_TEST_POSTGRES_URL", "")
-TEST_SECRET_KEY = "test-signing-key-0123456789abcdef"
 
 
 def _postgres_schema_url(schema: str) -> str:
@@ -72,66 +69,56 @@ def database(db_url: str) -> Iterator[Database]:
     db.dispose()
 
 
-@dataclass
-class ReceivedMessage:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
+@pytest.fixture
+def smtp_server() -> Iterator[FaultyServer]:
+    """A real SMTP server on loopback that records what it accepts; a test may set its `faults`."""
+    with faulty_smtp_server() as server:
+        yield server
 
 
-@dataclass
-class RecordingHandler:
-    """An aiosmtpd handler that keeps every message it accepts."""
-
-    messages: list[ReceivedMessage] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(
-            ReceivedMessage(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content))
-        )
-        return "250 2.0.0 OK: queued"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-@dataclass
-class SmtpServer:
-    host: str
-    port: int
-    handler: RecordingHandler
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless Chromium for the whole run: starting one takes seconds on a shared machine."""
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+                    ".ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
 
-    @property
-    def messages(self) -> list[ReceivedMessage]:
-        return self.handler.messages
+    # Selenium Manager must never fetch a browser or driver: both are given explicitly
+    saved = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "1"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=os.devnull)
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        if saved is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = saved
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    """A real SMTP server on loopback that records what it receives."""
-    handler = RecordingHandler()
-    # aiosmtpd's start() connects to the port it was given to check the server is up, so
-    # port 0 cannot be used; a port the kernel just handed out is free in practice
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", port, handler)
-    finally:
-        controller.stop()
-
-
-def write_config(path: Path, db_url: str, smtp: SmtpServer | None = None, extra: str = "") -> Path:
-    """A mailer.toml for tests: the given database, a signing key, the loopback SMTP server."""
-    smtp_part = ""
-    if smtp is not None:
-        smtp_part = f'[smtp]\nhost = "{smtp.host}"\nport = {smtp.port}\nstarttls = "off"\ntimeout = 5\n'
-    path.write_text(
-        f'[database]\nurl = "{db_url}"\n\n'
-        f'[unsubscribe]\nsecret_keys = ["{TEST_SECRET_KEY}"]\n\n'
-        f"{smtp_part}{extra}",
-        encoding="utf-8",
-    )
-    return path
+def browser(chromium: Any) -> Any:
+    """The shared Chromium as a fresh one would be: a blank page in a desktop window, no cookies."""
+    chromium.get("about:blank")
+    chromium.set_window_size(1024, 900)
+    chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    return chromium
 
 
 @pytest.fixture
@@ -144,24 +131,12 @@ def config(config_path: Path) -> Config:
     return load_config(config_path, environ={})
 
 
-class Cli:
-    """Runs `mailer --config PATH ...` in-process with click's CliRunner."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, input: str | None = None, ok: bool = True) -> Result:
-        result = self.runner.invoke(
-            main, ["--config", str(self.config_path), *args], input=input, catch_exceptions=False
-        )
-        if ok and result.exit_code != 0:
-            raise AssertionError(
-                f"mailer {' '.join(args)} exited {result.exit_code}:\n{result.output}{result.stderr}"
-            )
-        return result
-
-
 @pytest.fixture
 def cli(config_path: Path) -> Cli:
     return Cli(config_path)
+
+
+@pytest.fixture
+def world(database: Database, config: Config) -> World:
+    """For inbound tests: Ana has received a campaign, Bob is on her list."""
+    return World(database, config)

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from conftest import TEST_SECRET_KEY
+from cli_helpers import write_config
+from smtp_faults import FaultyServer
 
+from mailer.config import Config, load_config
 from mailer.db import Database, normalize_email
 from mailer.models import (
     Campaign,
@@ -24,7 +26,7 @@ from mailer.models import (
 HTML = "<p>Hello {{ subscriber.name or 'there' }},</p><p>Our winter range is in the shop now.</p>"
 
 
-def sending_config(path: Path, db_url: str, server: Any, *, connections: int = 2, timeout: float = 5,
+def sending_config(path: Path, db_url: str, server: FaultyServer, *, connections: int = 2, timeout: float = 5,
                    retry_for: float | None = None, max_errors: int | None = None, rate: float = 0,
                    batch_size: int = 100, extra: str = "") -> Path:
     """A mailer.toml for the given database and test relay, with the sending limits a test needs."""
@@ -34,12 +36,13 @@ def sending_config(path: Path, db_url: str, server: Any, *, connections: int = 2
         smtp.append(f"retry_for = {retry_for}")
     if max_errors is not None:
         smtp.append(f"max_consecutive_errors = {max_errors}")
-    path.write_text(
-        f'[database]\nurl = "{db_url}"\n\n[unsubscribe]\nsecret_keys = ["{TEST_SECRET_KEY}"]\n\n'
-        f"[smtp]\n" + "\n".join(smtp) + f"\n\n[sending]\nbatch_size = {batch_size}\n\n{extra}",
-        encoding="utf-8",
-    )
-    return path
+    return write_config(path, db_url, extra="[smtp]\n" + "\n".join(smtp)
+                        + f"\n\n[sending]\nbatch_size = {batch_size}\n\n{extra}")
+
+
+def configure(tmp_path: Path, database: Database, server: FaultyServer, **limits: Any) -> Config:
+    """The loaded config of `sending_config` in tmp_path."""
+    return load_config(sending_config(tmp_path / "mailer.toml", database.url, server, **limits), environ={})
 
 
 def add_audience(database: Database, list_name: str, emails: list[str],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
+from serve_helpers import free_port
 
 
 @dataclass
@@ -125,9 +125,7 @@ def faulty_smtp_server(smtputf8: bool = False) -> Iterator[FaultyServer]:
     handler = FaultyHandler()
     # aiosmtpd's start() connects to the port it was given to check the server is up, so port 0
     # cannot be used; a port the kernel just handed out is free in practice
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     controller = FaultyController(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8)
     controller.start()
     handler.connections = 0  # start()'s own check is not a client

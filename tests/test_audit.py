@@ -6,7 +6,7 @@ import datetime as dt
 import json
 
 import sqlalchemy as sa
-from conftest import Cli
+from cli_helpers import Cli
 
 from mailer.db import Database
 from mailer.models import AuditEvent

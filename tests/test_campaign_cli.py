@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cli_helpers import Cli, write_config
 from compose_helpers import parse, parts
-from conftest import Cli, SmtpServer, write_config
-from test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
+from smtp_faults import FaultyServer
 
 from mailer.config import UnsubscribeScope, load_config
 from mailer.content.compliance import check_message
@@ -164,13 +164,13 @@ def test_preview_raw_prints_the_exact_compliant_bytes(news: Cli) -> None:
     assert check_message(config, rendered) == []
 
 
-def smtp_cli(tmp_path: Path, news: Cli, server: SmtpServer | None, extra: str = "") -> Cli:
+def smtp_cli(tmp_path: Path, news: Cli, server: FaultyServer | None, extra: str = "") -> Cli:
     db_url = load_config(news.config_path, environ={}).database.url
     return Cli(write_config(tmp_path / "smtp.toml", db_url, smtp=server, extra=extra))
 
 
 def test_test_send_delivers_one_real_message_marked_as_a_test(
-    news: Cli, tmp_path: Path, smtp_server: SmtpServer
+    news: Cli, tmp_path: Path, smtp_server: FaultyServer
 ) -> None:
     news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
     sender = smtp_cli(tmp_path, news, smtp_server)
@@ -195,7 +195,7 @@ def test_test_send_delivers_one_real_message_marked_as_a_test(
 
 
 def test_test_send_with_starttls_required_goes_in_clear_only_on_loopback(
-    news: Cli, tmp_path: Path, smtp_server: SmtpServer
+    news: Cli, tmp_path: Path, smtp_server: FaultyServer
 ) -> None:
     news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
     extra = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nstarttls = "required"\ntimeout = 5\n'
@@ -219,9 +219,8 @@ def test_test_send_to_a_relay_that_is_down_is_one_clear_line(news: Cli, tmp_path
     assert "invalid email address" in bad_address.stderr
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium and chromium-driver")
 def test_example_campaign_looks_right_in_chromium_on_desktop_and_phone(
-    news: Cli, tmp_path: Path, browser: Any  # noqa: F811
+    news: Cli, tmp_path: Path, browser: Any
 ) -> None:
     from selenium.webdriver.common.by import By
 
@@ -295,7 +294,7 @@ def test_check_renders_for_a_subscriber_without_a_name_too(news: Cli, tmp_path: 
 
 
 def test_test_send_to_an_address_that_opted_out_sends_nothing(
-    news: Cli, database: Database, tmp_path: Path, smtp_server: SmtpServer
+    news: Cli, database: Database, tmp_path: Path, smtp_server: FaultyServer
 ) -> None:
     news("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
     news("suppress", "add", "Ana@Example.com")

@@ -7,12 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
-from conftest import Cli
+from cli_helpers import Cli
 from sending_helpers import (
     add_audience,
     campaign_row,
@@ -21,18 +19,12 @@ from sending_helpers import (
     make_campaign,
     sending_config,
 )
-from smtp_faults import FaultyServer, faulty_smtp_server
+from smtp_faults import FaultyServer
 
 from mailer.db import Database
 from mailer.models import CampaignStatus, DeliveryState, Subscriber, utcnow
 
 BATCH = 100
-
-
-@pytest.fixture
-def server() -> Iterator[FaultyServer]:
-    with faulty_smtp_server() as srv:
-        yield srv
 
 
 def mailer(config: Path, *args: str) -> subprocess.Popen[str]:
@@ -42,44 +34,44 @@ def mailer(config: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for_messages(server: FaultyServer, count: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
+def wait_for_messages(smtp_server: FaultyServer, count: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
     end = time.monotonic() + limit
-    while len(server.messages) < count:
+    while len(smtp_server.messages) < count:
         if proc.poll() is not None:
             raise AssertionError(f"sender exited early ({proc.returncode}): {proc.communicate()}")
         if time.monotonic() > end:
             proc.kill()
             proc.communicate()
-            raise AssertionError(f"only {len(server.messages)} messages after {limit} s")
+            raise AssertionError(f"only {len(smtp_server.messages)} messages after {limit} s")
         time.sleep(0.01)
 
 
-def prepare(tmp_path: Path, database: Database, server: FaultyServer, n: int, batch: int = BATCH,
+def prepare(tmp_path: Path, database: Database, smtp_server: FaultyServer, n: int, batch: int = BATCH,
             **campaign: object) -> tuple[Path, int]:
     list_id = add_audience(database, "news", emails(n))
     campaign_id = make_campaign(database, list_id, **campaign)  # type: ignore[arg-type]
-    config = sending_config(tmp_path / "mailer.toml", database.url, server, connections=2, batch_size=batch)
+    config = sending_config(tmp_path / "mailer.toml", database.url, smtp_server, connections=2, batch_size=batch)
     return config, campaign_id
 
 
 def test_sigkill_mid_send_then_resume_sends_nobody_twice(
-    tmp_path: Path, sqlite_url: str, server: FaultyServer
+    tmp_path: Path, sqlite_url: str, smtp_server: FaultyServer
 ) -> None:
     database = Database(sqlite_url)
     database.upgrade()
-    config, campaign_id = prepare(tmp_path, database, server, 5000)
+    config, campaign_id = prepare(tmp_path, database, smtp_server, 5000)
     proc = mailer(config, "campaign", "send", str(campaign_id))
-    wait_for_messages(server, 1500, proc)
+    wait_for_messages(smtp_server, 1500, proc)
 
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)  # its pipes close only when its render helper has gone too
-    killed_at = len(server.messages)
+    killed_at = len(smtp_server.messages)
     assert killed_at < 5000, "the send finished before it could be killed"
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENDING
 
     resumed = Cli(config)("campaign", "send", str(campaign_id))
 
-    received = server.handler.rcpt_counts
+    received = smtp_server.handler.rcpt_counts
     assert max(received.values()) == 1, "somebody got the campaign twice"
     rows = delivery_states(database, campaign_id)
     in_doubt = {a for a, d in rows.items() if d.state is DeliveryState.IN_DOUBT}
@@ -95,13 +87,13 @@ def test_sigkill_mid_send_then_resume_sends_nobody_twice(
 
 
 def test_sigterm_drains_in_flight_messages_and_leaves_none_in_doubt(
-    tmp_path: Path, sqlite_url: str, server: FaultyServer
+    tmp_path: Path, sqlite_url: str, smtp_server: FaultyServer
 ) -> None:
     database = Database(sqlite_url)
     database.upgrade()
-    config, campaign_id = prepare(tmp_path, database, server, 5000)
+    config, campaign_id = prepare(tmp_path, database, smtp_server, 5000)
     proc = mailer(config, "campaign", "send", str(campaign_id))
-    wait_for_messages(server, 1000, proc)
+    wait_for_messages(smtp_server, 1000, proc)
 
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
@@ -112,21 +104,21 @@ def test_sigterm_drains_in_flight_messages_and_leaves_none_in_doubt(
     states = {d.state for d in rows.values()}
     assert states == {DeliveryState.SENT, DeliveryState.PENDING}  # nothing in doubt, nothing claimed
     sent = {a for a, d in rows.items() if d.state is DeliveryState.SENT}
-    assert sent == set(server.handler.rcpt_counts)  # every message handed over was recorded
+    assert sent == set(smtp_server.handler.rcpt_counts)  # every message handed over was recorded
 
     Cli(config)("campaign", "send", str(campaign_id))
 
-    received = server.handler.rcpt_counts
+    received = smtp_server.handler.rcpt_counts
     assert len(received) == 5000 and set(received.values()) == {1}
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
     database.dispose()
 
 
 def test_two_send_due_runs_started_together_send_each_recipient_once(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     config, campaign_id = prepare(
-        tmp_path, database, server, 3000, batch=50,
+        tmp_path, database, smtp_server, 3000, batch=50,
         status=CampaignStatus.SCHEDULED, scheduled_at=utcnow() - dt.timedelta(seconds=1),
     )
     first = mailer(config, "send-due")
@@ -134,7 +126,7 @@ def test_two_send_due_runs_started_together_send_each_recipient_once(
     outputs = [p.communicate(timeout=120) for p in (first, second)]
 
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
-    received = server.handler.rcpt_counts
+    received = smtp_server.handler.rcpt_counts
     assert len(received) == 3000 and set(received.values()) == {1}
     assert {d.state for d in delivery_states(database, campaign_id).values()} == {DeliveryState.SENT}
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
@@ -144,14 +136,14 @@ def test_two_send_due_runs_started_together_send_each_recipient_once(
 
 
 def test_a_send_with_a_large_batch_and_render_helper_does_not_hang(
-    tmp_path: Path, sqlite_url: str, server: FaultyServer
+    tmp_path: Path, sqlite_url: str, smtp_server: FaultyServer
 ) -> None:
     # thousands of recipients claimed at once are handed to the render helper in many jobs; if
     # the sender wrote them all before reading any answer, the sender and the helper each waited
     # for the other to read, and the send hung where not even SIGTERM could stop it
     database = Database(sqlite_url)
     database.upgrade()
-    config, campaign_id = prepare(tmp_path, database, server, 2000, batch=2000)
+    config, campaign_id = prepare(tmp_path, database, smtp_server, 2000, batch=2000)
     with database.session() as session:
         session.execute(sa.update(Subscriber).values(attributes={"note": "x" * 2000}))
     proc = mailer(config, "campaign", "send", str(campaign_id))
@@ -160,21 +152,21 @@ def test_a_send_with_a_large_batch_and_render_helper_does_not_hang(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise AssertionError(f"the send hung after {len(server.messages)} of 2000 messages") from None
+        raise AssertionError(f"the send hung after {len(smtp_server.messages)} of 2000 messages") from None
 
     assert proc.returncode == 0, err
     assert "2000 sent" in out
-    received = server.handler.rcpt_counts
+    received = smtp_server.handler.rcpt_counts
     assert len(received) == 2000 and set(received.values()) == {1}
     database.dispose()
 
 
 def test_a_dead_senders_claims_are_in_doubt_even_when_its_pid_now_belongs_to_another_process(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     # after a crash (or a power cut and a reboot) the dead sender's pid may go to any process;
     # that process must not keep the claims alive, or the campaign never finishes
-    config, campaign_id = prepare(tmp_path, database, server, 10)
+    config, campaign_id = prepare(tmp_path, database, smtp_server, 10)
     Cli(config)("campaign", "send", str(campaign_id))  # gone out; now pretend 3 were in flight
     dead = subprocess.run(
         [sys.executable, "-c", "from mailer.delivery.senders import make_worker_id; print(make_worker_id())"],

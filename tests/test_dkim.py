@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dkim
 import pytest
+from cli_helpers import Cli
 from compose_helpers import (
     dkim_key,
     dns_for,
@@ -18,7 +19,6 @@ from compose_helpers import (
     parse,
     render,
 )
-from conftest import Cli
 
 from mailer.config import load_config
 from mailer.content.compliance import check_message

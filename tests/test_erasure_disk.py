@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli, write_config
+from cli_helpers import Cli, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from recipient_helpers import make_lists
@@ -174,7 +174,6 @@ def test_forget_says_in_one_line_when_a_reader_keeps_old_copies_on_disk(
         took = time.monotonic() - started
     finally:
         reader.communicate(input="", timeout=10)
-    assert result.exit_code == 0
     assert "old copies overwritten" not in result.stdout
     assert result.stderr == (
         "warning: not yet gone from the disk: another process holds a read transaction open on the "
@@ -182,7 +181,8 @@ def test_forget_says_in_one_line_when_a_reader_keeps_old_copies_on_disk(
         "the database has closed it\n")
     assert took < 10  # a few short retries, not SQLite's 30-second busy wait
     # the erasure itself stands
-    assert Cli(proxied_config_path)("subscriber", "show", ANA, ok=False).exit_code == 1
+    gone = Cli(proxied_config_path)("subscriber", "show", ANA, ok=False)
+    assert gone.stderr == f"Error: no subscriber with address {ANA!r}\n"
 
 
 def test_export_after_an_address_change_lists_the_earlier_address_bounce_and_forget_removes_it(
@@ -219,7 +219,8 @@ _NAME_WORD = st.text(st.characters(categories=["L"]), min_size=1, max_size=12)
 
 @settings(max_examples=40)
 @given(words=st.lists(_NAME_WORD, min_size=1, max_size=3),
-       local=st.from_regex(r"[a-z][a-z0-9.]{0,14}[a-z0-9]", fullmatch=True),
+       # a dot-atom: dots only between other characters, never two in a row (RFC 5322)
+       local=st.from_regex(r"[a-z][a-z0-9]{0,7}(\.[a-z0-9]{1,7})?", fullmatch=True),
        flips=st.lists(st.booleans(), min_size=1, max_size=40))
 def test_forget_scrubs_any_name_and_any_spelling_of_the_address_from_diagnostics(
     sqlite_database: Database, words: list[str], local: str, flips: list[bool]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,6 @@ from mailer.config import Config
 from mailer.content.compliance import check_campaign
 from mailer.content.compose import Composer, Recipient
 from mailer.content.templating import load_template_source, shipped_campaign_templates
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
-)
 
 BODY = "<p>Our autumn recitals start soon in Laguna Beach.</p>"
 TEXT = "Our autumn recitals start soon in Laguna Beach."
@@ -107,34 +98,6 @@ return {
   opacity: opacity, filters: filters, innerText: el.innerText,
 };
 """
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    # Selenium Manager must never fetch a browser or driver: both are given explicitly
-    saved = os.environ.get("SE_OFFLINE")
-    os.environ["SE_OFFLINE"] = "1"
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=os.devnull)
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        if saved is None:
-            os.environ.pop("SE_OFFLINE", None)
-        else:
-            os.environ["SE_OFFLINE"] = saved
 
 
 def html_part(config: Config, html: str, text: str | None, recipient: Recipient | None = None) -> tuple[str, str]:

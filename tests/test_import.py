@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli
+from cli_helpers import Cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

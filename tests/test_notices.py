@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli, SmtpServer, write_config
+from cli_helpers import Cli, write_config
+from smtp_faults import FaultyServer
 
 from mailer.config import load_config
 from mailer.db import Database
@@ -38,7 +39,7 @@ Questions? Reply to this message, or write to {{ company.postal_address }}.
 
 
 @pytest.fixture
-def smtp_cli(tmp_path: Path, database: Database, smtp_server: SmtpServer) -> Cli:
+def smtp_cli(tmp_path: Path, database: Database, smtp_server: FaultyServer) -> Cli:
     return Cli(write_config(tmp_path / "mailer.toml", database.url, smtp_server))
 
 
@@ -72,12 +73,12 @@ def _people(cli: Cli, database: Database) -> None:
     cli("subscriber", "forget", "cy@example.com", "--yes")
 
 
-def _recipients(smtp_server: SmtpServer) -> list[str]:
+def _recipients(smtp_server: FaultyServer) -> list[str]:
     return sorted(r for m in smtp_server.messages for r in m.rcpt_tos)
 
 
 def test_a_notice_reaches_an_unsubscribed_address_and_a_campaign_does_not(
-    smtp_cli: Cli, database: Database, smtp_server: SmtpServer, tmp_path: Path
+    smtp_cli: Cli, database: Database, smtp_server: FaultyServer, tmp_path: Path
 ) -> None:
     _people(smtp_cli, database)
     campaign_id = smtp_cli("campaign", "create", "--list", "news", "--subject", "Summer concerts",
@@ -111,7 +112,7 @@ def test_a_notice_reaches_an_unsubscribed_address_and_a_campaign_does_not(
 
 
 def test_each_notice_send_is_audit_logged_with_its_reason(
-    smtp_cli: Cli, database: Database, smtp_server: SmtpServer, tmp_path: Path
+    smtp_cli: Cli, database: Database, smtp_server: FaultyServer, tmp_path: Path
 ) -> None:
     smtp_cli("list", "create", "news")
     smtp_cli("subscriber", "add", "ana@example.com", "--list", "news")
@@ -129,7 +130,7 @@ def test_each_notice_send_is_audit_logged_with_its_reason(
 
 
 def test_an_unconfirmed_subscriber_gets_no_campaign(
-    smtp_cli: Cli, smtp_server: SmtpServer
+    smtp_cli: Cli, smtp_server: FaultyServer
 ) -> None:
     smtp_cli("list", "create", "club", "--double-opt-in")
     smtp_cli("subscriber", "add", "eve@example.com", "--list", "club")
@@ -232,7 +233,7 @@ def test_every_notice_command_has_help_with_an_example(smtp_cli: Cli) -> None:
 
 
 def test_a_notice_started_by_the_campaign_commands_or_send_due_is_audit_logged(
-    smtp_cli: Cli, database: Database, smtp_server: SmtpServer, tmp_path: Path
+    smtp_cli: Cli, database: Database, smtp_server: FaultyServer, tmp_path: Path
 ) -> None:
     smtp_cli("list", "create", "news")
     smtp_cli("subscriber", "add", "ana@example.com", "--list", "news")

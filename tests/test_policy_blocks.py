@@ -6,12 +6,11 @@ import io
 import json
 import mailbox
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli
+from cli_helpers import Cli
 from sending_helpers import (
     add_audience,
     campaign_row,
@@ -21,7 +20,7 @@ from sending_helpers import (
     sending_config,
     state_counts,
 )
-from smtp_faults import FaultyServer, faulty_smtp_server
+from smtp_faults import FaultyServer
 
 from mailer.config import load_config
 from mailer.db import Database
@@ -47,12 +46,6 @@ SPAMHAUS = ("554 5.7.1 Service unavailable; Client host [203.0.113.5] blocked us
 POLICY_DSNS = ["postfix_spamhaus_block", "gmail_dmarc_rejection", "outlook_ip_blocked"]
 
 
-@pytest.fixture
-def server() -> Iterator[FaultyServer]:
-    with faulty_smtp_server() as running:
-        yield running
-
-
 def suppressed(database: Database) -> dict[str, SuppressionReason]:
     with database.session() as session:
         return {str(email): reason for email, reason in
@@ -68,13 +61,13 @@ def policy_events(database: Database, campaign_id: int) -> list[BounceEvent]:
 
 
 def test_a_blocklisted_relay_fails_deliveries_suppresses_nobody_and_pauses_the_campaign(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     addresses = emails(40)
     list_id = add_audience(database, "news", addresses)
-    server.faults.rcpt_replies.update({address: SPAMHAUS for address in addresses})
+    smtp_server.faults.rcpt_replies.update({address: SPAMHAUS for address in addresses})
     campaign_id = make_campaign(database, list_id)
-    config_path = sending_config(tmp_path / "mailer.toml", database.url, server, connections=1, batch_size=4,
+    config_path = sending_config(tmp_path / "mailer.toml", database.url, smtp_server, connections=1, batch_size=4,
                                  extra="policy_block_pause_share = 0.5\npolicy_block_pause_min = 10\n")
     cli = Cli(config_path)
 
@@ -103,21 +96,21 @@ def test_a_blocklisted_relay_fails_deliveries_suppresses_nobody_and_pauses_the_c
     assert as_json["status"] == "paused"
 
     # delisted: resume sends the rest, and the blocks that paused it do not pause it again
-    server.faults.rcpt_replies.clear()
+    smtp_server.faults.rcpt_replies.clear()
     resumed = cli("campaign", "resume", str(campaign_id)).output
     assert "status: sent" in resumed
-    assert len(server.messages) == 40 - counts[DeliveryState.FAILED]
+    assert len(smtp_server.messages) == 40 - counts[DeliveryState.FAILED]
     assert suppressed(database) == {}
 
 
 def test_refused_at_end_of_data_by_policy_fails_without_suppressing_and_5_1_1_still_suppresses(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["ana@example.com", "bo@example.com", "gone@example.com"])
-    server.faults.rcpt_replies["gone@example.com"] = "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown"
-    server.faults.data_reply = "550 5.7.1 Message rejected due to policy: DMARC check failed for harmonymails.com"
+    smtp_server.faults.rcpt_replies["gone@example.com"] = "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown"
+    smtp_server.faults.data_reply = "550 5.7.1 Message rejected due to policy: DMARC check failed for harmonymails.com"
     campaign_id = make_campaign(database, list_id)
-    config = load_config(sending_config(tmp_path / "mailer.toml", database.url, server), environ={})
+    config = load_config(sending_config(tmp_path / "mailer.toml", database.url, smtp_server), environ={})
     start_send(config, database, campaign_id)
 
     report = send_campaign_now(config, database, campaign_id)

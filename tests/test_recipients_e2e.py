@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from conftest import Cli, SmtpServer, write_config
+from cli_helpers import Cli, write_config
+from smtp_faults import FaultyServer
 
 from mailer.config import load_config
 from mailer.db import Database
@@ -18,7 +19,7 @@ from mailer.web.app import create_app
 FIXTURES = Path(__file__).parent / "fixtures" / "inbound"
 
 
-def recipients_of(smtp_server: SmtpServer) -> dict[str, email.message.EmailMessage]:
+def recipients_of(smtp_server: FaultyServer) -> dict[str, email.message.EmailMessage]:
     """The last message each address received, by address."""
     found: dict[str, email.message.EmailMessage] = {}
     for received in smtp_server.messages:
@@ -29,7 +30,7 @@ def recipients_of(smtp_server: SmtpServer) -> dict[str, email.message.EmailMessa
 
 
 def test_one_click_mailto_and_bounce_from_real_messages_keep_the_next_campaign_away(
-    tmp_path: Path, database: Database, smtp_server: SmtpServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     cli = Cli(write_config(tmp_path / "mailer.toml", database.url, smtp_server))
     config = load_config(cli.config_path, environ={})

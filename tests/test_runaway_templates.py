@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cli_helpers import Cli
 from compose_helpers import make_campaign, make_config, make_recipient, render
-from conftest import Cli
 
 from mailer.content.templating import compile_template, render_template
 from mailer.db import Database

@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
-from conftest import Cli
+from cli_helpers import Cli
 from sending_helpers import (
     add_audience,
     campaign_row,
+    configure,
     delivery_states,
     emails,
     make_campaign,
     sending_config,
     state_counts,
 )
-from smtp_faults import FaultyServer, Received, faulty_smtp_server
+from smtp_faults import FaultyServer, Received
 
-from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.delivery.deliveries import snapshot_audience
 from mailer.delivery.due import send_due
@@ -42,19 +40,8 @@ from mailer.models import (
 from mailer.recipients.suppression import suppress_address
 
 
-@pytest.fixture
-def server() -> Iterator[FaultyServer]:
-    with faulty_smtp_server() as srv:
-        yield srv
-
-
-def configure(tmp_path: Path, database: Database, server: FaultyServer, **limits: object) -> Config:
-    return load_config(sending_config(tmp_path / "mailer.toml", database.url, server, **limits),  # type: ignore[arg-type]
-                       environ={})
-
-
 def test_campaign_send_reaches_every_active_subscriber_once(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     add_audience(database, "news", ["ana@example.com", "bo@example.com", "cy@example.com"])
     add_audience(database, "news", ["left@example.com"], status=SubscriptionStatus.UNSUBSCRIBED)
@@ -62,7 +49,7 @@ def test_campaign_send_reaches_every_active_subscriber_once(
     add_audience(database, "news", ["optedout@example.com"])
     with database.session() as session:
         suppress_address(session, "OptedOut@example.com", SuppressionReason.UNSUBSCRIBED, "test")
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server))
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server))
     campaign_id = cli("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News",
                       "--template", "welcome").output.strip().splitlines()[-1]
 
@@ -70,7 +57,7 @@ def test_campaign_send_reaches_every_active_subscriber_once(
 
     assert "3 sent, 0 deferred, 0 failed" in result.output
     assert "status: sent" in result.output
-    assert sorted(server.handler.rcpt_counts.items()) == [
+    assert sorted(smtp_server.handler.rcpt_counts.items()) == [
         ("ana@example.com", 1), ("bo@example.com", 1), ("cy@example.com", 1)]
     status = json.loads(cli("campaign", "status", campaign_id, "--json").output)
     assert status["status"] == "sent"
@@ -78,30 +65,30 @@ def test_campaign_send_reaches_every_active_subscriber_once(
     again = cli("campaign", "send", campaign_id, ok=False)
     assert again.exit_code == 1
     assert "it is sent" in again.output + again.stderr
-    assert len(server.messages) == 3
+    assert len(smtp_server.messages) == 3
 
 
 def test_a_suppression_committed_mid_send_stops_that_address(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     addresses = emails(300)
     target = addresses[250]
     list_id = add_audience(database, "news", addresses)
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=10, connections=2)
+    config = configure(tmp_path, database, smtp_server, batch_size=10, connections=2)
     other = Database(database.url)
 
     def unsubscribe_on_the_fiftieth(received: Received) -> None:
-        if len(server.messages) == 50:
+        if len(smtp_server.messages) == 50:
             with other.session() as session:  # the web app's one-click POST, in another connection
                 suppress_address(session, target, SuppressionReason.UNSUBSCRIBED, "web")
 
-    server.handler.on_message = unsubscribe_on_the_fiftieth
+    smtp_server.handler.on_message = unsubscribe_on_the_fiftieth
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
     other.dispose()
 
-    counts = server.handler.rcpt_counts
+    counts = smtp_server.handler.rcpt_counts
     assert target not in counts
     assert set(counts.values()) == {1}
     assert len(counts) == 299
@@ -110,15 +97,15 @@ def test_a_suppression_committed_mid_send_stops_that_address(
 
 
 def test_permanent_failures_fail_and_no_such_user_is_suppressed(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["gone@example.com", "policy@example.com", "ok@example.com"])
-    server.faults.rcpt_replies.update({
+    smtp_server.faults.rcpt_replies.update({
         "gone@example.com": "550 5.1.1 <gone@example.com>: no such user",
         "policy@example.com": "554 5.7.1 rejected by policy",
     })
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
 
@@ -135,12 +122,12 @@ def test_permanent_failures_fail_and_no_such_user_is_suppressed(
 
 
 def test_4xx_is_deferred_with_growing_delays_until_retry_for_then_failed(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["busy@example.com", "ok@example.com"])
-    server.faults.rcpt_replies["busy@example.com"] = "451 4.3.0 greylisted, try again later"
+    smtp_server.faults.rcpt_replies["busy@example.com"] = "451 4.3.0 greylisted, try again later"
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, retry_for=400)
+    config = configure(tmp_path, database, smtp_server, retry_for=400)
     t0 = utcnow()
     now = [t0]
     start_send(config, database, campaign_id, t0)
@@ -171,16 +158,16 @@ def test_4xx_is_deferred_with_growing_delays_until_retry_for_then_failed(
     assert last.state is DeliveryState.FAILED and last.attempts == 3
     assert "gave up after 3 attempts" in last.last_response
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
-    assert server.handler.rcpt_counts == {"ok@example.com": 1}
+    assert smtp_server.handler.rcpt_counts == {"ok@example.com": 1}
 
 
 def test_relay_down_pauses_the_campaign_with_a_reason_and_resume_goes_on(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(20))
     campaign_id = make_campaign(database, list_id)
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server, max_errors=3, batch_size=5))
-    server.faults.refuse_all_connections = True
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server, max_errors=3, batch_size=5))
+    smtp_server.faults.refuse_all_connections = True
 
     result = cli("campaign", "send", str(campaign_id), ok=False)
 
@@ -194,48 +181,48 @@ def test_relay_down_pauses_the_campaign_with_a_reason_and_resume_goes_on(
     refused = cli("campaign", "send", str(campaign_id), ok=False)
     assert "campaign resume" in refused.output + refused.stderr
 
-    server.faults.refuse_all_connections = False
+    smtp_server.faults.refuse_all_connections = False
     resumed = cli("campaign", "resume", str(campaign_id))
 
     assert "20 sent" in resumed.output
-    assert set(server.handler.rcpt_counts.values()) == {1} and len(server.handler.rcpt_counts) == 20
+    assert set(smtp_server.handler.rcpt_counts.values()) == {1} and len(smtp_server.handler.rcpt_counts) == 20
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
 
 
 def test_a_dropped_connection_defers_one_message_and_retry_sends_it(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(10))
     campaign_id = make_campaign(database, list_id)
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server, connections=1))
-    server.faults.drop_data = 1
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server, connections=1))
+    smtp_server.faults.drop_data = 1
 
     first = cli("campaign", "send", str(campaign_id))
 
     assert "9 sent, 1 deferred" in first.output
     assert "next retry of deferred messages" in first.output
     deferred = [a for a, d in delivery_states(database, campaign_id).items() if d.state is DeliveryState.DEFERRED]
-    assert len(deferred) == 1 and deferred[0] not in server.handler.rcpt_counts
+    assert len(deferred) == 1 and deferred[0] not in smtp_server.handler.rcpt_counts
 
     retried = cli("campaign", "retry", str(campaign_id))
 
     assert "1 deliveries queued again" in retried.output
     assert "1 sent" in retried.output
-    assert set(server.handler.rcpt_counts.values()) == {1} and len(server.handler.rcpt_counts) == 10
+    assert set(smtp_server.handler.rcpt_counts.values()) == {1} and len(smtp_server.handler.rcpt_counts) == 10
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
 
 
-def test_retry_in_doubt_is_separate_from_retry(tmp_path: Path, database: Database, server: FaultyServer) -> None:
+def test_retry_in_doubt_is_separate_from_retry(tmp_path: Path, database: Database, smtp_server: FaultyServer) -> None:
     list_id = add_audience(database, "news", emails(4))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     # what a killed sender leaves behind (test_crash proves a real SIGKILL does this)
     with database.session() as session:
         session.execute(sa.text("UPDATE deliveries SET state = 'in_doubt' WHERE id IN "
                                 "(SELECT id FROM deliveries ORDER BY id LIMIT 2)"))
     send_campaign_now(config, database, campaign_id)
-    assert len(server.messages) == 2
+    assert len(smtp_server.messages) == 2
     assert campaign_row(database, campaign_id).status is CampaignStatus.SENT
     cli = Cli(tmp_path / "mailer.toml")
 
@@ -244,14 +231,14 @@ def test_retry_in_doubt_is_separate_from_retry(tmp_path: Path, database: Databas
     result = cli("campaign", "retry", str(campaign_id), "--in-doubt")
 
     assert "2 deliveries queued again" in result.output
-    assert len(server.handler.rcpt_counts) == 4
+    assert len(smtp_server.handler.rcpt_counts) == 4
     assert state_counts(database, campaign_id) == {DeliveryState.SENT: 4}
 
 
-def test_pause_then_cancel(tmp_path: Path, database: Database, server: FaultyServer) -> None:
+def test_pause_then_cancel(tmp_path: Path, database: Database, smtp_server: FaultyServer) -> None:
     list_id = add_audience(database, "news", emails(5))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     cli = Cli(tmp_path / "mailer.toml")
 
@@ -261,23 +248,25 @@ def test_pause_then_cancel(tmp_path: Path, database: Database, server: FaultySer
 
     assert "5 queued messages will not be sent" in cancelled.output
     assert state_counts(database, campaign_id) == {DeliveryState.CANCELLED: 5}
-    assert cli("campaign", "resume", str(campaign_id), ok=False).exit_code == 1
-    assert server.messages == []
+    refused = cli("campaign", "resume", str(campaign_id), ok=False)
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith(f"Error: cannot resume campaign {campaign_id}: it is cancelled")
+    assert smtp_server.messages == []
 
 
 def test_a_campaign_paused_by_the_marketer_mid_send_stops_after_the_batch(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(200))
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=10, connections=1)
+    config = configure(tmp_path, database, smtp_server, batch_size=10, connections=1)
     cli = Cli(tmp_path / "mailer.toml")
 
     def pause_on_the_fifteenth(received: Received) -> None:
-        if len(server.messages) == 15:
+        if len(smtp_server.messages) == 15:
             cli("campaign", "pause", str(campaign_id))
 
-    server.handler.on_message = pause_on_the_fifteenth
+    smtp_server.handler.on_message = pause_on_the_fifteenth
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
 
@@ -286,26 +275,26 @@ def test_a_campaign_paused_by_the_marketer_mid_send_stops_after_the_batch(
     assert 15 <= report.sent <= 25
     counts = state_counts(database, campaign_id)
     assert counts == {DeliveryState.SENT: report.sent, DeliveryState.PENDING: 200 - report.sent}
-    server.handler.on_message = None
+    smtp_server.handler.on_message = None
     resumed = cli("campaign", "resume", str(campaign_id))
     assert f"{200 - report.sent} sent" in resumed.output
-    assert len(server.handler.rcpt_counts) == 200 and set(server.handler.rcpt_counts.values()) == {1}
+    assert len(smtp_server.handler.rcpt_counts) == 200 and set(smtp_server.handler.rcpt_counts.values()) == {1}
 
 
 def test_a_campaign_cancelled_mid_send_leaves_nothing_queued(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", emails(200))
-    server.faults.rcpt_replies["person00016@example.com"] = "451 4.3.0 greylisted, try again later"
+    smtp_server.faults.rcpt_replies["person00016@example.com"] = "451 4.3.0 greylisted, try again later"
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=10, connections=1)
+    config = configure(tmp_path, database, smtp_server, batch_size=10, connections=1)
     cli = Cli(tmp_path / "mailer.toml")
 
     def cancel_on_the_fifteenth(received: Received) -> None:
-        if len(server.messages) == 15:
+        if len(smtp_server.messages) == 15:
             cli("campaign", "cancel", str(campaign_id))
 
-    server.handler.on_message = cancel_on_the_fifteenth
+    smtp_server.handler.on_message = cancel_on_the_fifteenth
     start_send(config, database, campaign_id)
     report = send_campaign_now(config, database, campaign_id)
 
@@ -319,11 +308,11 @@ def test_a_campaign_cancelled_mid_send_leaves_nothing_queued(
 
 
 def test_a_message_that_cannot_be_rendered_fails_alone(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["ok@example.com", "odd@example.com"])
     campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
+    config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
 
     async def run() -> None:
@@ -364,102 +353,8 @@ def test_notice_audience_reaches_opted_out_people_but_not_hard_bounces(database:
     assert sorted(delivery_states(database, notice_id)) == ["ana@example.com", "left@example.com"]
 
 
-def test_the_render_helper_renders_what_the_composer_renders(
-    tmp_path: Path, database: Database, server: FaultyServer
-) -> None:
-    from mailer.content.compose import Composer, Recipient
-    from mailer.delivery.render_ahead import RenderAhead
-    from mailer.lifecycle import get_campaign
-
-    list_id = add_audience(database, "news", emails(2))
-    campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
-    start_send(config, database, campaign_id)
-    with database.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        composer = Composer(config, campaign, campaign.mailing_list)
-    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
-                        attributes={}, subscribed_at=None) for i in (1, 2)]
-
-    async def render_in_helper() -> list[object]:
-        helper = RenderAhead(composer, config, campaign_id)
-        try:
-            return list(await helper.submit(people))
-        finally:
-            helper.close()
-
-    from mailer.content.compliance import message_parts, parse_message
-
-    for ahead, person in zip(asyncio.run(render_in_helper()), people, strict=True):
-        here = composer.render(person)
-        assert ahead.recipient == here.recipient  # type: ignore[attr-defined]
-        assert ahead.message_id == here.message_id  # type: ignore[attr-defined]
-        theirs, ours = parse_message(ahead.data), parse_message(here.data)  # type: ignore[attr-defined]
-        assert message_parts(theirs) == message_parts(ours)
-        for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Id"):
-            assert theirs[header] == ours[header]
-
-
-def test_a_render_helper_whose_sender_has_gone_exits_quietly(
-    tmp_path: Path, database: Database, server: FaultyServer, capfd: pytest.CaptureFixture[str]
-) -> None:
-    # a sender killed, or stopped while a job was being rendered: the helper's answer has no
-    # reader any more, and that must not put a traceback on the operator's terminal or cron mail
-    from mailer.content.compose import Composer, Recipient
-    from mailer.delivery.render_ahead import RenderAhead
-    from mailer.lifecycle import get_campaign
-
-    list_id = add_audience(database, "news", emails(1))
-    campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server)
-    start_send(config, database, campaign_id)
-    with database.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        composer = Composer(config, campaign, campaign.mailing_list)
-    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
-                        attributes={}, subscribed_at=None) for i in range(300)]
-
-    async def close_while_rendering() -> int | None:
-        ahead = RenderAhead(composer, config, campaign_id)
-        await ahead.submit(people[:1])  # the helper is up
-        ahead.submit(people)  # long enough to render that the sender is gone before the answer
-        ahead.close()
-        return ahead.helpers[0].process.exitcode
-
-    assert asyncio.run(close_while_rendering()) == 0
-    assert "Traceback" not in capfd.readouterr().err
-
-
-def test_a_send_goes_on_when_its_render_helper_dies(
-    tmp_path: Path, database: Database, server: FaultyServer
-) -> None:
-    from mailer.delivery.render_ahead import RenderAhead
-
-    list_id = add_audience(database, "news", emails(300))
-    campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, server, batch_size=20)
-    start_send(config, database, campaign_id)
-
-    async def run() -> None:
-        async with CampaignSender(config, database) as sender:
-            composer = sender.prepare(campaign_id)
-            helper = RenderAhead(composer, config, campaign_id)  # type: ignore[arg-type]
-
-            def kill_the_helper(received: Received) -> None:
-                if len(server.messages) == 100:
-                    helper.helpers[0].process.kill()
-
-            server.handler.on_message = kill_the_helper
-            await sender.send(campaign_id, helper)
-
-    asyncio.run(run())
-    received = server.handler.rcpt_counts
-    assert len(received) == 300 and set(received.values()) == {1}
-    assert state_counts(database, campaign_id) == {DeliveryState.SENT: 300}
-
-
 def test_send_refuses_a_template_that_fails_for_some_subscribers_before_mailing_anyone(
-    tmp_path: Path, database: Database, server: FaultyServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(database, "news", ["ana@example.com", "bo@example.com"])
     with database.session() as session:
@@ -471,11 +366,11 @@ def test_send_refuses_a_template_that_fails_for_some_subscribers_before_mailing_
         campaign = session.get(Campaign, campaign_id)
         assert campaign is not None
         campaign.html_template = "<p>Your tier: {{ subscriber.attributes.tier }}</p>"
-    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, server))
+    cli = Cli(sending_config(tmp_path / "mailer.toml", database.url, smtp_server))
 
     refused = cli("campaign", "send", str(campaign_id), ok=False)
 
     assert refused.exit_code == 1
     assert "tier" in refused.stderr
-    assert server.messages == []
+    assert smtp_server.messages == []
     assert campaign_row(database, campaign_id).status is CampaignStatus.DRAFT

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cli_helpers import Cli, write_config
 from compose_helpers import make_campaign, make_config, make_recipient, parse, render
-from conftest import Cli, SmtpServer, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from smtp_faults import FaultyServer
 
 from mailer.addresses import is_plain_address, parse_mailbox
 from mailer.config import load_config
@@ -141,7 +142,7 @@ def test_reply_to_is_one_mailbox_and_must_be_there_when_configured() -> None:
 
 
 def test_a_sent_message_names_the_sender_once_and_decodes_the_name_exactly(
-    tmp_path: Path, database: Database, smtp_server: SmtpServer
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     name = 'Harmony «Ünïcode» "Team", Lisboa'
     path = write_config(tmp_path / "mailer.toml", database.url, smtp_server,

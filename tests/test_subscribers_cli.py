@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Cli
+from cli_helpers import Cli
 
 
 def members(cli: Cli, list_name: str = "news") -> list[dict[str, object]]:
@@ -77,7 +77,7 @@ def test_suppressed_address_is_never_subscribed_again(cli: Cli) -> None:
 
 
 def test_commands_refuse_an_uninitialized_database(tmp_path: Path) -> None:
-    from conftest import write_config
+    from cli_helpers import write_config
 
     config = write_config(tmp_path / "other.toml", f"sqlite:///{tmp_path / 'fresh.db'}")
     result = Cli(config)("list", "ls", ok=False)

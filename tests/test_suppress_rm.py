@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Cli
+from cli_helpers import Cli
 
 from mailer.db import address_hash
 

@@ -7,10 +7,11 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from cli_helpers import Cli, write_config
 from click.testing import Result
-from conftest import Cli, SmtpServer, write_config
 from hypothesis import given
 from hypothesis import strategies as st
+from smtp_faults import FaultyServer
 
 from mailer.cli.terminal import json_terminal_safe, terminal_safe
 
@@ -35,7 +36,7 @@ def printed(result: Result) -> str:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path, cli: Cli, smtp_server: SmtpServer) -> Cli:
+def hostile(tmp_path: Path, cli: Cli, smtp_server: FaultyServer) -> Cli:
     """A database holding hostile text that came in through the real paths, and a CLI on it."""
     config_path = write_config(tmp_path / "mailer.toml", _db_url(cli), smtp_server)
     cli = Cli(config_path)

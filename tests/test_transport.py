@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -16,14 +15,8 @@ from mailer.delivery.transport import SendStatus, SmtpTransport, classify_reply,
 MESSAGE = b"From: news@harmonymails.com\r\nTo: a@example.com\r\nSubject: hi\r\n\r\nHello\r\n"
 
 
-@pytest.fixture
-def server() -> Iterator[FaultyServer]:
-    with faulty_smtp_server() as srv:
-        yield srv
-
-
-def smtp_for(server: FaultyServer, **changes: object) -> SmtpConfig:
-    base = SmtpConfig(host=server.host, port=server.port, starttls=StartTLS.OFF, timeout=5, connections=2)
+def smtp_for(smtp_server: FaultyServer, **changes: object) -> SmtpConfig:
+    base = SmtpConfig(host=smtp_server.host, port=smtp_server.port, starttls=StartTLS.OFF, timeout=5, connections=2)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -41,15 +34,15 @@ def send_all(smtp: SmtpConfig, recipients: list[str]) -> list[SendStatus]:
     return asyncio.run(run())
 
 
-def test_connections_are_reused_across_messages(server: FaultyServer) -> None:
-    statuses = send_all(smtp_for(server, connections=3), [f"p{i}@example.com" for i in range(30)])
+def test_connections_are_reused_across_messages(smtp_server: FaultyServer) -> None:
+    statuses = send_all(smtp_for(smtp_server, connections=3), [f"p{i}@example.com" for i in range(30)])
     assert statuses == [SendStatus.SENT] * 30
-    assert len(server.messages) == 30
-    assert server.handler.connections == 3  # not one per message
+    assert len(smtp_server.messages) == 30
+    assert smtp_server.handler.connections == 3  # not one per message
 
 
-def test_recipient_replies_map_to_outcomes(server: FaultyServer) -> None:
-    server.faults.rcpt_replies.update({
+def test_recipient_replies_map_to_outcomes(smtp_server: FaultyServer) -> None:
+    smtp_server.faults.rcpt_replies.update({
         "busy@example.com": "451 4.3.0 try again later",
         "full@example.com": "452 4.2.2 mailbox full",
         "gone@example.com": "550 5.1.1 <gone@example.com>: no such user",
@@ -57,7 +50,7 @@ def test_recipient_replies_map_to_outcomes(server: FaultyServer) -> None:
     })
 
     async def run() -> dict[str, object]:
-        transport = SmtpTransport(smtp_for(server, connections=1))
+        transport = SmtpTransport(smtp_for(smtp_server, connections=1))
         out = {}
         for rcpt in ["busy@example.com", "full@example.com", "gone@example.com", "spam@example.com",
                      "ok@example.com"]:
@@ -73,8 +66,8 @@ def test_recipient_replies_map_to_outcomes(server: FaultyServer) -> None:
     assert (spam.status, spam.hard_bounce) == (SendStatus.PERMANENT, False)  # type: ignore[attr-defined]
     assert ok.status is SendStatus.SENT  # type: ignore[attr-defined]
     # refusals reset the envelope: the one good message carried only its own recipient
-    assert [m.rcpt_tos for m in server.messages] == [["ok@example.com"]]
-    assert server.handler.connections == 1
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["ok@example.com"]]
+    assert smtp_server.handler.connections == 1
 
 
 @pytest.mark.parametrize(("code", "text", "status", "hard"), [
@@ -93,26 +86,26 @@ def test_classify_reply(code: int, text: str, status: SendStatus, hard: bool) ->
     assert (result.status, result.hard_bounce) == (status, hard)
 
 
-def test_421_on_connect_is_not_sent_and_the_next_message_reconnects(server: FaultyServer) -> None:
-    server.faults.refuse_connections = 1
-    statuses = send_all(smtp_for(server, connections=1), ["a@example.com", "b@example.com"])
+def test_421_on_connect_is_not_sent_and_the_next_message_reconnects(smtp_server: FaultyServer) -> None:
+    smtp_server.faults.refuse_connections = 1
+    statuses = send_all(smtp_for(smtp_server, connections=1), ["a@example.com", "b@example.com"])
     assert statuses == [SendStatus.NOT_SENT, SendStatus.SENT]
-    assert [m.rcpt_tos for m in server.messages] == [["b@example.com"]]
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["b@example.com"]]
 
 
-def test_drop_in_the_middle_of_data_is_transient_and_the_connection_reopens(server: FaultyServer) -> None:
-    server.faults.drop_data = 1
-    statuses = send_all(smtp_for(server, connections=1), ["a@example.com", "b@example.com", "c@example.com"])
+def test_drop_in_the_middle_of_data_is_transient_and_the_connection_reopens(smtp_server: FaultyServer) -> None:
+    smtp_server.faults.drop_data = 1
+    statuses = send_all(smtp_for(smtp_server, connections=1), ["a@example.com", "b@example.com", "c@example.com"])
     assert statuses == [SendStatus.TRANSIENT, SendStatus.SENT, SendStatus.SENT]
-    assert [m.rcpt_tos for m in server.messages] == [["b@example.com"], ["c@example.com"]]
-    assert server.handler.connections == 2
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["b@example.com"], ["c@example.com"]]
+    assert smtp_server.handler.connections == 2
 
 
-def test_a_stalled_relay_times_out_as_transient(server: FaultyServer) -> None:
-    server.faults.stall_data_seconds = 3
+def test_a_stalled_relay_times_out_as_transient(smtp_server: FaultyServer) -> None:
+    smtp_server.faults.stall_data_seconds = 3
 
     async def run() -> object:
-        transport = SmtpTransport(smtp_for(server, connections=1, timeout=0.5))
+        transport = SmtpTransport(smtp_for(smtp_server, connections=1, timeout=0.5))
         try:
             return await transport.send("b@bounces.harmonymails.com", "a@example.com", MESSAGE)
         finally:
@@ -127,10 +120,10 @@ def test_a_stalled_relay_times_out_as_transient(server: FaultyServer) -> None:
 
 
 def test_an_idle_connection_the_relay_closed_is_reopened_without_losing_the_message(
-    server: FaultyServer,
+    smtp_server: FaultyServer,
 ) -> None:
     async def run() -> list[SendStatus]:
-        transport = SmtpTransport(smtp_for(server, connections=1))
+        transport = SmtpTransport(smtp_for(smtp_server, connections=1))
         first = await transport.send("b@bounces.harmonymails.com", "a@example.com", MESSAGE)
         # the relay hangs up on the idle session (as relays do after their idle timeout)
         client = transport.connections[0]._client
@@ -142,12 +135,12 @@ def test_an_idle_connection_the_relay_closed_is_reopened_without_losing_the_mess
         return [first.status, second.status]
 
     assert asyncio.run(run()) == [SendStatus.SENT, SendStatus.SENT]
-    assert len(server.messages) == 2
+    assert len(smtp_server.messages) == 2
 
 
-def test_messages_per_second_caps_the_rate_across_connections(server: FaultyServer) -> None:
+def test_messages_per_second_caps_the_rate_across_connections(smtp_server: FaultyServer) -> None:
     started = time.monotonic()
-    statuses = send_all(smtp_for(server, connections=4, messages_per_second=20),
+    statuses = send_all(smtp_for(smtp_server, connections=4, messages_per_second=20),
                         [f"p{i}@example.com" for i in range(11)])
     elapsed = time.monotonic() - started
     assert statuses == [SendStatus.SENT] * 11
@@ -163,9 +156,9 @@ def test_starttls_is_required_except_on_loopback_or_when_configured_otherwise() 
     assert start_tls_mode(replace(remote, host="localhost")) is None
 
 
-def test_required_starttls_refuses_a_relay_without_it(server: FaultyServer) -> None:
+def test_required_starttls_refuses_a_relay_without_it(smtp_server: FaultyServer) -> None:
     async def run() -> object:
-        transport = SmtpTransport(smtp_for(server, starttls=StartTLS.REQUIRED, connections=1))
+        transport = SmtpTransport(smtp_for(smtp_server, starttls=StartTLS.REQUIRED, connections=1))
         # what a remote relay gets: the loopback exception does not apply
         transport.connections[0].start_tls = True
         try:
@@ -176,19 +169,19 @@ def test_required_starttls_refuses_a_relay_without_it(server: FaultyServer) -> N
     result = asyncio.run(run())
     assert result.status is SendStatus.NOT_SENT  # type: ignore[attr-defined]
     assert "STARTTLS" in result.response  # type: ignore[attr-defined]
-    assert server.messages == []  # nothing went out in the clear
+    assert smtp_server.messages == []  # nothing went out in the clear
 
 
-def test_non_ascii_addresses_need_smtputf8(server: FaultyServer) -> None:
-    statuses = send_all(smtp_for(server, connections=1), ["josé@example.com", "ana@example.com"])
+def test_non_ascii_addresses_need_smtputf8(smtp_server: FaultyServer) -> None:
+    statuses = send_all(smtp_for(smtp_server, connections=1), ["josé@example.com", "ana@example.com"])
     assert statuses == [SendStatus.PERMANENT, SendStatus.SENT]  # refused here, and the next one goes
     with faulty_smtp_server(smtputf8=True) as utf8_server:
         assert send_all(smtp_for(utf8_server, connections=1), ["josé@example.com"]) == [SendStatus.SENT]
         assert utf8_server.messages[0].rcpt_tos == ["josé@example.com"]
 
 
-def test_an_address_that_would_break_the_command_line_never_reaches_the_relay(server: FaultyServer) -> None:
-    statuses = send_all(smtp_for(server, connections=1),
+def test_an_address_that_would_break_the_command_line_never_reaches_the_relay(smtp_server: FaultyServer) -> None:
+    statuses = send_all(smtp_for(smtp_server, connections=1),
                         ["evil@example.com>\r\nRCPT TO:<other@example.com", "ok@example.com"])
     assert statuses == [SendStatus.PERMANENT, SendStatus.SENT]
-    assert [m.rcpt_tos for m in server.messages] == [["ok@example.com"]]
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["ok@example.com"]]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli
+from cli_helpers import Cli
 from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeSerializer
@@ -35,6 +35,7 @@ from recipient_helpers import (
     statuses,
     suppressions,
 )
+from serve_helpers import free_port, start_serve, stop_serve
 
 from mailer.config import Config, UnsubscribeScope, load_config
 from mailer.db import Database, address_hash
@@ -329,36 +330,12 @@ def test_old_links_keep_working_after_a_key_rotation(
     assert len(suppressions(database)) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_serve(config_path: Path, port: int) -> subprocess.Popen[str]:
-    """`mailer serve` in a subprocess, once /healthz answers."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mailer", "--config", str(config_path), "serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as health:
-                assert health.status == 200
-            return server
-        except (urllib.error.URLError, ConnectionError):
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "mailer serve did not start"
-            time.sleep(0.1)
-
-
 def test_mailer_serve_answers_one_click_over_http(
     config_path: Path, database: Database, ana: Person
 ) -> None:
     config = load_config(config_path, environ={})
-    port = _free_port()
-    server = _start_serve(config_path, port)
+    port = free_port()
+    server = start_serve(config_path, port)
     base = f"http://127.0.0.1:{port}"
     try:
         request = urllib.request.Request(f"{base}/u/{ana.token(config)}", data=b"List-Unsubscribe=One-Click",
@@ -368,8 +345,7 @@ def test_mailer_serve_answers_one_click_over_http(
             assert response.headers["Set-Cookie"] is None
         assert len(suppressions(database)) == 1
     finally:
-        server.terminate()
-        output, _ = server.communicate(timeout=10)
+        output = stop_serve(server)
     assert f"http://127.0.0.1:{port}" in output
 
 
@@ -377,8 +353,8 @@ def test_mailer_serve_stopped_by_sigterm_records_the_opt_out_in_flight(
     config_path: Path, database: Database, ana: Person
 ) -> None:
     config = load_config(config_path, environ={})
-    port = _free_port()
-    server = _start_serve(config_path, port)
+    port = free_port()
+    server = start_serve(config_path, port)
     request = urllib.request.Request(f"http://127.0.0.1:{port}/u/{ana.token(config)}",
                                      data=b"List-Unsubscribe=One-Click", method="POST")
 
@@ -433,8 +409,8 @@ def test_mailer_serve_believes_forwarded_headers_only_from_the_trusted_proxy(
         zoe, _ = add_subscriber(session, "zoe@example.org", "club", Consent(source="test"))
         assert zoe is not None
         confirm_path = urllib.parse.urlsplit(confirm_url(config, zoe.id, club.id)).path
-    port = _free_port()
-    server = _start_serve(config_path, port)
+    port = free_port()
+    server = start_serve(config_path, port)
     https = {"X-Forwarded-Proto": "https"}
     try:
         proxied = _post_from("127.0.0.2", port, f"/u/{ana.token(config)}",
@@ -447,8 +423,7 @@ def test_mailer_serve_believes_forwarded_headers_only_from_the_trusted_proxy(
         # the double opt-in click records the consent IP the same way
         confirmed = _post_from("127.0.0.2", port, confirm_path, {"X-Forwarded-For": "198.51.100.30"}, b"")
     finally:
-        server.terminate()
-        server.communicate(timeout=10)
+        stop_serve(server)
     assert [proxied.status, spoofed.status, direct.status, confirmed.status] == [200, 200, 200, 200]
     with database.session() as session:
         assert session.scalar(sa.select(Subscription.confirmed_ip).where(Subscription.list_id == club.id)) \

@@ -1,0 +1,204 @@
+"""Render-ahead helper processes: they render what the sender would, and never outlive it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from sending_helpers import (
+    add_audience,
+    configure,
+    emails,
+    make_campaign,
+    sending_config,
+    state_counts,
+)
+from smtp_faults import FaultyServer, Received
+
+from mailer.content.compliance import message_parts, parse_message
+from mailer.content.compose import Composer, Recipient, RenderedMessage
+from mailer.db import Database
+from mailer.delivery.pipeline import CampaignSender, start_send
+from mailer.delivery.render_ahead import RenderAhead
+from mailer.errors import MailerError
+from mailer.lifecycle import get_campaign
+from mailer.models import DeliveryState
+
+
+def test_the_render_helper_renders_what_the_composer_renders(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    list_id = add_audience(database, "news", emails(2))
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, smtp_server)
+    start_send(config, database, campaign_id)
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        composer = Composer(config, campaign, campaign.mailing_list)
+    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
+                        attributes={}, subscribed_at=None) for i in (1, 2)]
+
+    async def render_in_helper() -> list[object]:
+        helper = RenderAhead(composer, config, campaign_id)
+        try:
+            return list(await helper.submit(people))
+        finally:
+            helper.close()
+
+    for ahead, person in zip(asyncio.run(render_in_helper()), people, strict=True):
+        here = composer.render(person)
+        assert ahead.recipient == here.recipient  # type: ignore[attr-defined]
+        assert ahead.message_id == here.message_id  # type: ignore[attr-defined]
+        theirs, ours = parse_message(ahead.data), parse_message(here.data)  # type: ignore[attr-defined]
+        assert message_parts(theirs) == message_parts(ours)
+        for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Id"):
+            assert theirs[header] == ours[header]
+
+
+def test_a_render_helper_whose_sender_has_gone_exits_quietly(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # a sender killed, or stopped while a job was being rendered: the helper's answer has no
+    # reader any more, and that must not put a traceback on the operator's terminal or cron mail
+    list_id = add_audience(database, "news", emails(1))
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, smtp_server)
+    start_send(config, database, campaign_id)
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        composer = Composer(config, campaign, campaign.mailing_list)
+    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
+                        attributes={}, subscribed_at=None) for i in range(300)]
+
+    async def close_while_rendering() -> int | None:
+        ahead = RenderAhead(composer, config, campaign_id)
+        await ahead.submit(people[:1])  # the helper is up
+        ahead.submit(people)  # long enough to render that the sender is gone before the answer
+        ahead.close()
+        return ahead.helpers[0].process.exitcode
+
+    assert asyncio.run(close_while_rendering()) == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_send_goes_on_when_its_render_helper_dies(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    list_id = add_audience(database, "news", emails(300))
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, smtp_server, batch_size=20)
+    start_send(config, database, campaign_id)
+
+    async def run() -> None:
+        async with CampaignSender(config, database) as sender:
+            composer = sender.prepare(campaign_id)
+            helper = RenderAhead(composer, config, campaign_id)  # type: ignore[arg-type]
+
+            def kill_the_helper(received: Received) -> None:
+                if len(smtp_server.messages) == 100:
+                    helper.helpers[0].process.kill()
+
+            smtp_server.handler.on_message = kill_the_helper
+            await sender.send(campaign_id, helper)
+
+    asyncio.run(run())
+    received = smtp_server.handler.rcpt_counts
+    assert len(received) == 300 and set(received.values()) == {1}
+    assert state_counts(database, campaign_id) == {DeliveryState.SENT: 300}
+
+
+def test_a_render_that_fails_is_reported_for_that_recipient_alone(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    list_id = add_audience(database, "news", emails(1))
+    campaign_id = make_campaign(database, list_id)
+    config = configure(tmp_path, database, smtp_server)
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        campaign.html_template = "<p>Your tier: {{ subscriber.attributes.tier }}</p>"
+    with database.session() as session:
+        campaign = get_campaign(session, campaign_id)
+        composer = Composer(config, campaign, campaign.mailing_list)
+    gold = Recipient(delivery_id=1, subscriber_id=1, email="gold@example.com", name="Gold",
+                     attributes={"tier": "gold"}, subscribed_at=None)
+    plain = Recipient(delivery_id=2, subscriber_id=2, email="plain@example.com", name="Plain",
+                      attributes={}, subscribed_at=None)
+
+    async def render_in_helper() -> list[RenderedMessage | str]:
+        ahead = RenderAhead(composer, config, campaign_id)
+        try:
+            return await ahead.submit([gold, plain, gold])
+        finally:
+            ahead.close()
+
+    first, failed, last = asyncio.run(render_in_helper())
+    assert isinstance(first, RenderedMessage) and isinstance(last, RenderedMessage)
+    assert b"Your tier: gold" in first.data and first.recipient == "gold@example.com"
+    # the same words the sender would record had it rendered the message itself
+    with pytest.raises(MailerError) as here:
+        composer.render(plain)
+    assert failed == str(here.value)
+    assert "tier" in failed and "\n" not in failed
+
+
+SENDER = """
+import asyncio, sys, time
+from mailer.config import load_config
+from mailer.content.compose import Composer, Recipient
+from mailer.db import Database
+from mailer.delivery.render_ahead import RenderAhead
+from mailer.lifecycle import get_campaign
+
+async def main() -> None:
+    config = load_config(sys.argv[1], environ={})
+    database = Database(config.database.url)
+    with database.session() as session:
+        campaign = get_campaign(session, int(sys.argv[2]))
+        composer = Composer(config, campaign, campaign.mailing_list)
+    ahead = RenderAhead(composer, config, campaign.id)
+    await ahead.submit([Recipient(1, 1, "p@example.com", "P", {}, None)])
+    print(ahead.helpers[0].process.pid, flush=True)
+    time.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_helper_exits_when_its_sender_is_killed(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    # a sender killed with SIGKILL cleans nothing up: its helpers must not stay behind for ever
+    list_id = add_audience(database, "news", emails(1))
+    campaign_id = make_campaign(database, list_id)
+    config_path = sending_config(tmp_path / "mailer.toml", database.url, smtp_server)
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, str(config_path), str(campaign_id)],
+                              stdout=subprocess.PIPE, text=True)
+    assert sender.stdout is not None
+    try:
+        helper = psutil.Process(int(sender.stdout.readline()))
+        assert running(helper)
+    finally:
+        sender.kill()
+        sender.wait(timeout=15)
+        # the helper shares this pipe: reading it to its end would wait for the helper too
+        sender.stdout.close()
+    deadline = time.monotonic() + 15
+    try:
+        while running(helper):
+            assert time.monotonic() < deadline, "the render helper outlived its sender"
+            time.sleep(0.05)
+    finally:
+        if running(helper):
+            helper.kill()
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
