@@ -23,10 +23,10 @@ from smtp_faults import FaultyServer, Received
 from mailer.content.compliance import message_parts, parse_message
 from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
-from mailer.delivery.pipeline import CampaignSender, start_send
+from mailer.delivery.pipeline import CampaignSender
 from mailer.delivery.render_ahead import RenderAhead
 from mailer.errors import MailerError
-from mailer.lifecycle import get_campaign
+from mailer.lifecycle import get_campaign, start_send
 from mailer.models import DeliveryState
 
 
