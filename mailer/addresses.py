@@ -10,6 +10,10 @@ from email.utils import parseaddr
 
 from mailer.errors import InvalidInputError
 
+# something shaped like an address inside free text (a server's reply, a reason): what text about
+# a person is scrubbed of; loose on purpose, since a reply may quote any address
+ANY_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+
 # RFC 5321 caps an address at 254 octets; a display name longer than the rest of a header line
 # reads as a paragraph, not a sender
 MAX_MAILBOX_CHARS = 320

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from mailer.addresses import ANY_ADDRESS
 from mailer.config import SendingConfig
 from mailer.models import BounceEvent, BounceKind, Campaign, CampaignStatus, Delivery
 
@@ -82,7 +83,9 @@ def pause_for_policy_blocks(session: Session, campaign_id: int, rule: PolicyPaus
     ).one()
     said = example.diagnostic if example.status in example.diagnostic else f"{example.status} {example.diagnostic}"
     # "smtp; 550 ..." as a DSN writes it: the diagnostic type means nothing to the marketer
-    said = re.sub(r"^[\w-]+;\s*", "", " ".join(said.split()))[:160]
+    said = re.sub(r"^[\w-]+;\s*", "", " ".join(said.split()))
+    # the reason is kept on the campaign and in the audit trail, which outlive any one recipient
+    said = ANY_ADDRESS.sub("recipient", said)[:160]
     reason = (f"{blocked} of {tried} deliveries were refused by policy (e.g. {said}): check your "
               f"sending reputation and DNS (SPF, DKIM, DMARC), then `mailer campaign resume {campaign_id}`")
     # imported here: lifecycle brings the compliance gate and the templates, which a DSN piped in

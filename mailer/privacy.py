@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from mailer.addresses import ANY_ADDRESS
 from mailer.audit import record_event
 from mailer.config import Config
 from mailer.db import (
@@ -49,7 +50,6 @@ _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
 # suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind
 _MAILBOX_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.SOFT_BOUNCES})
 # what an address looks like inside an SMTP reply, a bounce report or a reason someone typed
-_ANY_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 ERASED_MARK = "[erased]"  # what replaces an erased address inside kept text (SMTP replies, audit details)
 
 
@@ -349,7 +349,7 @@ def _identifying_text(held: HeldAboutPerson) -> re.Pattern[str]:
     """What names the person inside kept text: the address in any case, any other address
     (one they had before a correction), and the display name and its longer parts as whole words."""
     # at one position the address wins over a name part: "ANA@x.org" goes whole, not as "[erased]@x.org"
-    alternatives = [re.escape(held.key), _ANY_ADDRESS.pattern]
+    alternatives = [re.escape(held.key), ANY_ADDRESS.pattern]
     if held.subscriber is not None:
         name = " ".join(held.subscriber.name.split())
         parts = {name, *name.split(" ")} if name else set()
@@ -413,6 +413,7 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
         earlier.email = None
         earlier.ip = None
         earlier.user_agent = None
+    _scrub_campaign_reasons(session, needles)
     for event in held.events:
         event.subject = digest
         event.reason = _scrub(event.reason, needles)
@@ -424,6 +425,16 @@ def forget_subscriber(session: Session, email: str, actor: str, reason: str = ""
                  reason=reason or "erasure request (GDPR art. 17)", detail=report.as_dict())
     session.flush()
     return report
+
+
+def _scrub_campaign_reasons(session: Session, needles: re.Pattern[str]) -> None:
+    """A campaign the mailer paused keeps the server reply that made it stop, in its status and
+    its audit event, and such a reply may quote a recipient by address or name."""
+    for campaign in session.scalars(sa.select(Campaign).where(Campaign.status_reason != "")):
+        campaign.status_reason = _scrub(campaign.status_reason, needles)
+    events = sa.select(AuditEvent).where(AuditEvent.action.startswith("campaign_"), AuditEvent.reason != "")
+    for event in session.scalars(events):
+        event.reason = _scrub(event.reason, needles)
 
 
 # every table an erasure deletes from or rewrites

@@ -243,3 +243,29 @@ def test_a_classic_bounce_without_a_delivery_status_part_is_classified_by_the_se
         dsn("exim_classic_bounce", config_path, gone, sent.deliveries[gone]))).items
     assert item.kind is InboundKind.HARD_BOUNCE, item.note
     assert suppressed(database) == {gone: SuppressionReason.HARD_BOUNCE}
+
+
+def test_a_pause_reason_never_keeps_who_the_server_quoted_and_erasure_scrubs_it(
+    tmp_path: Path, database: Database, cli: Cli, config_path: Path
+) -> None:
+    sent = Sent(database, 20)
+    victim = sent.addresses[0]
+    with database.session() as session:
+        session.execute(sa.text("UPDATE subscribers SET name = 'Bo Lindqvist' WHERE email_normalized = :e"),
+                        {"e": victim})
+    quoted = dsn("postfix_spamhaus_block", config_path, victim, sent.deliveries[victim]).decode().replace(
+        "Diagnostic-Code: smtp; 554 5.7.1 Service unavailable;",
+        f"Diagnostic-Code: smtp; 554 5.7.1 <{victim}> (Bo Lindqvist) Service unavailable;")
+    cli("inbound", "process", "-", input=quoted)
+
+    status = json.loads(cli("campaign", "status", str(sent.campaign_id), "--json").output)
+    assert status["status"] == "paused"
+    assert "<recipient> (Bo Lindqvist)" in status["reason"] and victim not in status["reason"]
+
+    cli("subscriber", "forget", victim, "--yes")
+    with database.session() as session:
+        kept = [str(r) for r in session.scalars(sa.text(
+            "SELECT status_reason FROM campaigns UNION ALL SELECT reason FROM audit_events "
+            "WHERE action LIKE 'campaign%'"))]
+    assert any("blocked using zen.spamhaus.org" in text for text in kept)
+    assert not any("Lindqvist" in text or victim in text for text in kept), kept
