@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
 import pytest
+import tinycss2
+import tinycss2.ast
 from compose_helpers import make_campaign, make_config, make_list, make_recipient, render
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -137,3 +142,89 @@ def test_the_once_per_campaign_path_builds_what_containing_each_message_builds(n
         return LexborHTMLParser(html).html or ""
 
     assert tree(fast) == tree(slow)
+
+
+LENGTH_UNITS = ["px", "PX", "pt", "pc", "in", "cm", "mm", "q", "em", "rem", "ex", "ch", "lh", "vh", "vw", "vmax",
+                "dvh", "cqh", "%", ""]
+LENGTH_PROPERTIES = ["height", "min-height", "max-height", "width", "margin", "margin-bottom", "padding", "padding-top",
+                     "border-bottom", "border-width", "line-height", "font-size", "zoom", "top", "--gap", "font"]
+HUGE = st.one_of(st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False),
+                 st.integers(min_value=-(10**15), max_value=10**15))
+CSS_LENGTHS = st.builds(lambda number, unit: f"{number}{unit}", HUGE, st.sampled_from(LENGTH_UNITS))
+CSS_VALUES = st.one_of(
+    CSS_LENGTHS,
+    st.builds(lambda a, b: f"{a} {b}", CSS_LENGTHS, CSS_LENGTHS),
+    st.builds(lambda a, b: f"calc({a} * {b})", CSS_LENGTHS, HUGE),
+    st.builds(lambda a: f"12px/{a} serif", HUGE),
+    st.builds(lambda a: f"var(--gap, {a})", CSS_LENGTHS),
+)
+DECLARATIONS = st.builds(lambda name, value, important: f"{name}:{value}{' !important' if important else ''}",
+                         st.sampled_from(LENGTH_PROPERTIES), CSS_VALUES, st.booleans())
+SIZE_ATTRIBUTES = st.builds(lambda tag, name, number, unit: (f'<{tag} {name}="{number}{unit}">x</{tag}>'
+                                                              if tag != "table" else
+                                                              f'<table {name}="{number}{unit}"><tr><td>x</td></tr>'
+                                                              "</table>"),
+                            st.sampled_from(["img", "td", "table", "hr", "div"]),
+                            st.sampled_from(["width", "height", "cellpadding", "cellspacing", "border", "hspace",
+                                             "vspace", "size"]),
+                            st.integers(min_value=0, max_value=10**12), st.sampled_from(["", "%", "px", " "]))
+SIZED_TEMPLATES = st.lists(st.one_of(
+    st.builds(lambda tag, css: f'<{tag} style="{css}">x</{tag}>', st.sampled_from(["div", "p", "td", "img", "span"]),
+              st.lists(DECLARATIONS, min_size=1, max_size=3).map(";".join)),
+    st.builds(lambda css: f"<style>@media screen {{ #hm-content p {{ {css} }} }} p {{ {css} }}</style><p>x</p>",
+              st.lists(DECLARATIONS, min_size=1, max_size=3).map(";".join)),
+    SIZE_ATTRIBUTES,
+), min_size=1, max_size=5).map("".join)
+# the browser's px for one of each unit, the largest it can be where the unit is relative
+PX_PER_UNIT = {"px": 1, "pt": 4 / 3, "pc": 16, "in": 96, "cm": 96 / 2.54, "mm": 96 / 25.4, "q": 96 / 101.6,
+               "em": 16, "rem": 16, "ex": 16, "ch": 16, "lh": 16, "vh": 20, "vw": 20, "vmax": 20, "dvh": 20,
+               "cqh": 20}
+
+
+def declarations_in(css: str) -> Iterator[tinycss2.ast.Declaration]:
+    """Every declaration in a style attribute's text or in a stylesheet's rules, nested ones too."""
+    for item in tinycss2.parse_blocks_contents(css, skip_comments=True, skip_whitespace=True):
+        if isinstance(item, tinycss2.ast.Declaration):
+            yield item
+        elif isinstance(item, tinycss2.ast.QualifiedRule | tinycss2.ast.AtRule) and item.content is not None:
+            yield from declarations_in(tinycss2.serialize(item.content))
+
+
+def assert_bounded(name: str, tokens: list[tinycss2.ast.Node], in_clamp: bool) -> None:
+    after_slash = False
+    for token in tokens:
+        if isinstance(token, tinycss2.ast.DimensionToken) and token.lower_unit in PX_PER_UNIT:
+            assert abs(token.value) * PX_PER_UNIT[token.lower_unit] <= 10_000, (name, token.serialize())
+        elif isinstance(token, tinycss2.ast.PercentageToken):
+            assert abs(token.value) <= 1_000, (name, token.serialize())
+        elif isinstance(token, tinycss2.ast.NumberToken) and (name in {"line-height", "zoom"}
+                                                              or (name == "font" and after_slash)):
+            assert abs(token.value) <= 10, (name, token.serialize())
+        elif isinstance(token, tinycss2.ast.FunctionBlock):
+            ours = token.serialize().startswith("clamp(-10000px,") and token.serialize().endswith(",10000px)")
+            # numbers in calc() multiply bounded lengths: the browser bounds its result by the clamp() around it
+            if token.lower_name == "calc" and not name.startswith("--") and name not in {"line-height", "zoom"}:
+                assert in_clamp, (name, token.serialize())
+            assert_bounded(name, token.arguments, in_clamp or ours)
+        if not isinstance(token, tinycss2.ast.WhitespaceToken):
+            after_slash = isinstance(token, tinycss2.ast.LiteralToken) and token.value == "/"
+
+
+@settings(max_examples=150)
+@given(SIZED_TEMPLATES)
+def test_no_length_in_the_contained_html_is_more_than_a_newsletter_needs(html: str) -> None:
+    contained = contain_html(html)
+    nodes = LexborHTMLParser(contained.body).css("*")
+    for css in [*(node.attributes.get("style") or "" for node in nodes), contained.css]:
+        for declaration in declarations_in(css):
+            assert_bounded(declaration.lower_name, declaration.value, False)
+    for node in nodes:
+        for name in ("width", "height", "cellpadding", "cellspacing", "border", "hspace", "vspace", "size"):
+            value = node.attributes.get(name)
+            if value is None or (name == "size" and node.tag != "hr"):
+                continue
+            number = re.match(r"\s*(\d*\.?\d+)\s*(%?)", value)
+            if number is not None:
+                assert float(number.group(1)) <= (1_000 if number.group(2) else 10_000), (node.tag, name, value)
+    # containing what was contained changes nothing: each length is cut once
+    assert contain_html(contained.body).body == contained.body

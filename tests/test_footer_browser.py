@@ -153,6 +153,76 @@ def test_no_template_trick_hides_the_footer_in_chromium(browser: Any, tmp_path: 
     assert browser.execute_script("return document.documentElement.scrollWidth <= innerWidth")
 
 
+# each one set the footer tens of millions of px down, past what Chromium lays out, or hundreds
+# of thousands of px down, past where any reader scrolls, while the gate of old let it pass
+TALL: dict[str, str] = {
+    "height": BODY + '<div style="height:40000000px">x</div>',
+    "height-under-layout-limit": BODY + '<div style="height:33554000px">x</div>',
+    "min-height-in-cm": BODY + '<div style="min-height:1000000cm">x</div>',
+    "margin": BODY + '<div style="margin-bottom:99999999px">x</div>',
+    "padding": BODY + '<div style="padding-bottom:40000000px">x</div>',
+    "border": BODY + '<div style="border-bottom:40000000px solid #fff">x</div>',
+    "line-height": BODY + '<p style="line-height:40000000">x</p>',
+    "font-line-height": BODY + '<p style="font:16px/4000000 serif">x</p>',
+    "font-size": BODY + '<p style="font-size:40000000px">x</p>',
+    "viewport-units": BODY + '<div style="height:4000000vh">x</div>',
+    "calc": BODY + '<div style="height:calc(100000px * 100000)">x</div>',
+    "img-height": BODY + '<img src="x.png" width="10" height="40000000">',
+    "td-height-percent": BODY + '<table height="40000"><tr><td height="400000%">x</td></tr></table>',
+    "cellpadding": BODY + '<table cellpadding="40000000"><tr><td>x</td></tr></table>',
+    "cellspacing": BODY + '<table cellspacing="40000000"><tr><td>x</td></tr></table>',
+    "hr-size": BODY + '<hr size="40000000">',
+    "img-vspace": BODY + '<img src="x.png" vspace="40000000">',
+    "media": "<style>@media screen { #hm-content p { height: 40000000px } }</style>" + BODY,
+    "style-rule": "<style>p { padding-top: 40000000px }</style>" + BODY,
+    "body-style": '<html><body style="padding-bottom:40000000px">' + BODY + "</body></html>",
+    # each length within the bound, but ten thousand of them add up
+    "many-tall-elements": BODY + '<div style="height:9000px"></div>' * 9_000,
+    "nested-percentages": BODY + '<div style="height:9000px">' + '<div style="height:1000%">' * 20 + "x"
+                          + "</div>" * 21,
+}
+# where a reader still scrolls to: the tallest real newsletter (20,000-30,000px) and some more
+MAX_FOOTER_TOP_PX = 50_000
+
+
+@pytest.mark.parametrize("html", list(TALL.values()), ids=list(TALL))
+def test_no_length_a_template_sets_pushes_the_footer_out_of_reach(browser: Any, tmp_path: Path, html: str) -> None:
+    config = make_config()
+    page, url = html_part(config, html, TEXT)
+    open_in_browser(browser, tmp_path, page)
+    top = browser.execute_script(
+        "return document.querySelector('div.hm-footer').getBoundingClientRect().top + scrollY"
+    )
+    assert 0 < top <= MAX_FOOTER_TOP_PX, top
+    assert_footer_visible(browser, config, url)
+    assert browser.execute_script("return document.documentElement.scrollWidth <= innerWidth")
+
+
+@pytest.mark.parametrize("html", [html for name, html in TALL.items() if not name.startswith(("many", "nested"))],
+                         ids=[name for name in TALL if not name.startswith(("many", "nested"))])
+def test_the_gate_names_each_length_it_cuts(html: str) -> None:
+    problems = check_campaign(make_config(), make_campaign(html, TEXT), make_list())
+    assert problems, "the gate let an absurd length pass"
+    for problem in problems:
+        assert problem.startswith("lengths over 10,000px are not allowed in campaign HTML: the template's "), problem
+        assert " is cut to " in problem and "\n" not in problem, problem
+
+
+def test_a_long_real_newsletter_is_shown_whole(browser: Any, tmp_path: Path) -> None:
+    # thirty sections of a tall image and some text: about 27,000px, nothing of it cut
+    section = ('<table width="600" cellpadding="20"><tr><td><img src="x.png" width="560" height="700" '
+               'style="display:block"><p style="line-height:1.5;margin:0 0 24px">' + TEXT + "</p></td></tr></table>")
+    html = BODY + section * 30
+    assert check_campaign(make_config(), make_campaign(html, TEXT), make_list()) == []
+    config = make_config()
+    page, url = html_part(config, html, TEXT)
+    open_in_browser(browser, tmp_path, page)
+    box = browser.execute_script("const box = document.getElementById('hm-content');"
+                                 "return [box.scrollHeight, box.clientHeight]")
+    assert 20_000 < box[0] == box[1], box
+    assert_footer_visible(browser, config, url)
+
+
 @pytest.mark.parametrize("html", list(TRICKS.values()), ids=list(TRICKS))
 def test_the_gate_passes_or_names_what_the_template_may_not_do(html: str) -> None:
     problems = check_campaign(make_config(), make_campaign(html, TEXT), make_list())

@@ -19,15 +19,22 @@ import tinycss2
 import tinycss2.ast
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
+from mailer.content.lengths import (
+    MAX_BOX_HEIGHT_PX,
+    bound_rule_list,
+    bound_size_attribute,
+    bound_style,
+)
 from mailer.errors import TemplateError
 
 CONTAINER_ID = "hm-content"
 # the box around the template: a containing block for fixed and absolute descendants that clips
 # their paint, keeps their stacking and blending inside, stops margins from collapsing out and
-# takes its width from the layout, not from content that would push the footer sideways
+# takes its width from the layout, not from content that would push the footer sideways, nor
+# more height than any newsletter needs, so lengths that only add up cannot push it down out of reach
 CONTAINER_STYLE = (
     "position:relative !important;overflow:hidden !important;contain:inline-size paint !important;"
-    "isolation:isolate !important;display:block !important;"
+    f"isolation:isolate !important;display:block !important;max-height:{MAX_BOX_HEIGHT_PX}px !important;"
 )
 
 # what email clients show of a newsletter; anything else is left out (and the gate says so)
@@ -144,8 +151,10 @@ def _take_stylesheets(document: LexborHTMLParser, left_out: dict[str, None]) -> 
             elif isinstance(rule, tinycss2.ast.AtRule):
                 if _media_rule_problems(rule, left_out):
                     continue
+                prelude = tinycss2.serialize(rule.prelude).strip()
+                css = f"@{rule.at_keyword} {prelude}{{{bound_rule_list(rule.content or [], left_out)}}}"
                 # a '<' could end the <style> the rule is kept in; as an escape it means the same to CSS
-                kept.append(tinycss2.serialize([rule]).replace("<", "\\3c "))
+                kept.append(css.replace("<", "\\3c "))
     return "\n".join(inline), "\n".join(kept)
 
 
@@ -252,17 +261,25 @@ def _children(node: LexborNode) -> Iterable[LexborNode]:
 
 
 def _clean_attributes(node: LexborNode, tag: str, left_out: dict[str, None]) -> None:
-    for name in list(node.attributes):
+    for name, value in list(node.attributes.items()):
         if name in _ATTRIBUTES or name.startswith(_ATTRIBUTE_PREFIXES):
+            _bound_attribute(node, tag, name, value or "", left_out)
             continue
         left_out[f"the attribute {name!r} on <{tag}> is not allowed in campaign HTML and is left out"] = None
         del node.attrs[name]
 
 
+def _bound_attribute(node: LexborNode, tag: str, name: str, value: str, left_out: dict[str, None]) -> None:
+    """Cuts a length the attribute sets (in a style or as an HTML size) to what a newsletter needs."""
+    bounded = bound_style(value, left_out) if name == "style" else bound_size_attribute(tag, name, value, left_out)
+    if bounded != value:
+        node.attrs[name] = bounded
+
+
 def _wrapper_attributes(body: LexborNode, left_out: dict[str, None]) -> str:
     """The template's own <body> attributes (its background, its inlined body rules) for a <div> in the box."""
     attributes = dict(body.attributes)
-    style = attributes.pop("style", None) or ""
+    style = bound_style(attributes.pop("style", None) or "", left_out)
     color = attributes.pop("bgcolor", None)
     if color:
         style = f"background-color:{color};{style}"
