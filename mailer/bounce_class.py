@@ -18,12 +18,15 @@ sending IP lands on a blocklist.
     any other 5.x.x               FAILED         (5.2.x, 5.3.x, 5.4.x, 5.5.x, 5.6.x: the message or
                                                  the systems, not the mailbox)
 
-Without an enhanced code (or with the non-committal x.0.0), the text decides: the phrases of
-blocklists, DMARC/SPF/DKIM and policy rejections make a POLICY_BLOCK, and checked after them
-the phrases of a missing mailbox ("user unknown", "no such user") make MAILBOX_GONE; otherwise
-FAILED. A 2xx reply is DELIVERED and a 4xx or 552 reply TRANSIENT whatever the rest says: the
-reply code decides what is retried (RFC 5321 made "too many recipients" a 452; old servers
-still say 552); any other code that is not 5xx is FAILED.
+A DSN's Status of 5.0.0 (Exim writes it for every failure) commits to nothing: the enhanced
+code at the start of the server's reply in the diagnostic ("550 5.7.1 ...") decides instead.
+Without an enhanced code (or with the non-committal x.0.0 in both places), the text decides:
+the phrases of blocklists, DMARC/SPF/DKIM and policy rejections make a POLICY_BLOCK, those
+about our sender or relaying ("sender address rejected", "relaying denied") make FAILED, and
+checked after them the phrases of a missing mailbox ("user unknown", "no such user") make
+MAILBOX_GONE; otherwise FAILED. A 2xx reply is DELIVERED and a 4xx or 552 reply TRANSIENT
+whatever the rest says: the reply code decides what is retried (RFC 5321 made "too many
+recipients" a 452; old servers still say 552); any other code that is not 5xx is FAILED.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ MAX_TEXT = 2000
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 _BASIC = re.compile(r"(?<![\w.])([245]\d\d)(?=[ :-]|$)", re.MULTILINE)
+# the enhanced code a server puts first in its reply, after the DSN's diagnostic type and the
+# reply code when they were left in: "smtp; 550-5.7.1 ...", "550 5.7.1 ...", "5.7.1 ..."
+_REPLY_ENHANCED = re.compile(r"\s*(?:[\w-]{1,20};\s*)?(?:[245]\d\d[ -]\s*)?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 
 # what blocklists, authentication checks and policy filters write, at Postfix, Exim, Gmail,
 # Microsoft, Yahoo and the appliances in front of them
@@ -48,6 +54,16 @@ _POLICY_TEXT = re.compile(
     r"reputation|poor reputation|access denied|not accepted from this ip|banned sending ip|"
     r"client host .{0,80} (?:blocked|rejected)|service unavailable; client host|"
     r"\bspam\b|junk mail|message (?:rejected|refused) as spam|too many complaints",
+    re.IGNORECASE,
+)
+# refusals of our own sender address, or of relaying for it: "Sender address rejected: user
+# unknown in local recipient table" names a gone mailbox, but it is ours, not the recipient's
+_SENDER_TEXT = re.compile(
+    r"\bsender (?:address |account |domain |mailbox |user )?(?:rejected|refused|denied|disabled|unknown|"
+    r"invalid|not found|not allowed|(?:does not|doesn't) exist|has been disabled)|"
+    r"invalid sender|unknown sender|"
+    r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|refused)|unable to relay|"
+    r"(?:not|isn't) (?:permitted|allowed|authori[sz]ed) to relay|we do not relay|relay not allowed",
     re.IGNORECASE,
 )
 # not "mailbox unavailable": RFC 5321 gives it as the text of any 550, policy refusals included
@@ -99,8 +115,8 @@ def reply_code(text: str) -> int | None:
 def classify(code: int | None = None, status: str = "", text: str = "") -> BounceClass:
     """Classify an SMTP reply code and/or an enhanced status code, with the diagnostic text.
 
-    `status` may be empty; then one is looked for at the start of `text`, as relays write it
-    ("550 5.7.1 ..." gives code 550 and text "5.7.1 ..."). Never raises."""
+    `status` may be empty or the non-committal 5.0.0; then one is looked for at the start of
+    `text`, as relays write it ("550 5.7.1 ..." gives code 550 and text "5.7.1 ..."). Never raises."""
     # the reply code decides what is retried (COMPLIANCE 30); the enhanced code and the text
     # decide, among permanent refusals, whether the mailbox is gone
     if code is not None and 200 <= code < 300:
@@ -110,7 +126,11 @@ def classify(code: int | None = None, status: str = "", text: str = "") -> Bounc
     if code is not None and not 500 <= code < 600:
         return BounceClass.FAILED  # no refusal SMTP defines: it says nothing about the mailbox
     text = text[:MAX_TEXT]
-    parsed = _ENHANCED.fullmatch(status.strip()) or _ENHANCED.match(text.lstrip())
+    parsed = _ENHANCED.fullmatch(status.strip())
+    # a 2.0.0 or 4.0.0 still commits to delivered or retried; a 5.0.0 says only "failed", so
+    # what the receiving server itself said is the better witness (Exim writes 5.0.0 for all)
+    if parsed is None or tuple(map(int, parsed.groups())) == (5, 0, 0):
+        parsed = _REPLY_ENHANCED.match(text) or parsed
     if parsed is not None:
         klass, subject, detail = (int(part) for part in parsed.groups())
         if klass == 2:
@@ -138,6 +158,8 @@ def _by_text(text: str) -> BounceClass:
     # policy first: "550 Mailbox unavailable: rejected due to policy" is about us, not the mailbox
     if _POLICY_TEXT.search(text):
         return BounceClass.POLICY_BLOCK
+    if _SENDER_TEXT.search(text):
+        return BounceClass.FAILED
     if _GONE_TEXT.search(text):
         return BounceClass.MAILBOX_GONE
     return BounceClass.FAILED

@@ -51,6 +51,23 @@ GONE, POLICY, FAILED, TRANSIENT, DELIVERED = (BounceClass.MAILBOX_GONE, BounceCl
     (None, "5.1.1", "", GONE),
     (None, "4.4.1", "Connection timed out", TRANSIENT),
     (None, "5.0.0", "No Such User Here", GONE),
+    # Exim's non-committal 5.0.0 leaves it to the code the receiving server gave
+    (None, "5.0.0", "5.7.1 Unable to relay: invalid recipient for this sending host", POLICY),
+    (None, "5.0.0", "5.7.1 <news@harmonymails.com>: Sender address rejected: user unknown in local recipient "
+     "table", POLICY),
+    (None, "5.0.0", "550 5.7.1 invalid recipient: relaying denied", POLICY),
+    (None, "5.0.0", "smtp; 550-5.7.26 Unauthenticated email: user unknown", POLICY),
+    (None, "5.0.0", "5.1.1 <dana@example.com>: Recipient address rejected: User unknown", GONE),
+    (None, "5.0.0", "4.2.2 mailbox over quota: user unknown", TRANSIENT),
+    (None, "4.0.0", "5.1.1 user unknown", TRANSIENT),  # the class a status commits to still counts
+    (None, "5.1.1", "5.7.1 blocked using zen.spamhaus.org", GONE),  # a committing status decides
+    # refusals of our sender or of relaying name no gone mailbox of the recipient
+    (None, "5.0.0", "Message rejected: sender account disabled", FAILED),
+    (None, "5.0.0", "invalid recipient: relaying denied", FAILED),
+    (None, "5.0.0", "Unable to relay: invalid recipient for this sending host", FAILED),
+    (550, "", "<news@harmonymails.com>: Sender address rejected: user unknown in local recipient table", FAILED),
+    (554, "", "Relaying denied: no such user", FAILED),
+    (550, "", "Sender address rejected: blocked using zen.spamhaus.org", POLICY),  # policy words first
     (None, "5.0.0", "", FAILED),
     (None, "", "", FAILED),
 ])
@@ -79,12 +96,18 @@ def test_a_550_5_7_1_during_the_send_fails_without_suppressing_and_is_a_policy_b
 
 
 _STATUS = r"([245])\.(\d{1,3})\.(\d{1,3})"
+_REPLY_STATUS = r"\s*(?:[\w-]{1,20};\s*)?(?:[245]\d\d[ -]\s*)?" + _STATUS + r"(?![\d.]*\d)"
 _GONE_STATUS = re.compile(r"5\.(1\.(?:[0-6]|10)|2\.1|4\.4)")
 _PHRASES = ["user unknown", "no such user", "blocked using", "spamhaus", "DMARC", "SPF", "5.7.1", "5.1.1",
-            "5.2.1", "5.4.4", "4.2.2", "550 ", "mailbox full", "access denied", "doesn't have a x account"]
+            "5.2.1", "5.4.4", "4.2.2", "550 ", "mailbox full", "access denied", "doesn't have a x account",
+            "smtp; ", "550-", "sender address rejected:", "Sender account disabled", "relaying denied",
+            "Unable to relay", "invalid recipient", "account disabled"]
+_SENDER = re.compile(r"sender (?:address |account )?(?:rejected|disabled)|relaying denied|unable to relay",
+                     re.IGNORECASE)
 texts = st.lists(st.one_of(st.sampled_from(_PHRASES), st.text(max_size=40)), max_size=6).map(" ".join)
 statuses = st.one_of(
     st.just(""),
+    st.just("5.0.0"),
     st.builds("{}.{}.{}".format, st.sampled_from([2, 4, 5]), st.integers(0, 12), st.integers(0, 800)),
     st.text(max_size=12),
 )
@@ -99,8 +122,10 @@ def test_nothing_but_a_gone_mailbox_ever_suppresses(code: int | None, status: st
         return
     # only a permanent refusal (5xx, but not 552, which is retried) or a DSN's status without one
     assert code is None or (500 <= code < 600 and code != 552)
-    parsed = re.fullmatch(_STATUS, status.strip()) or re.match(_STATUS, text.lstrip())
-    if parsed is not None and _GONE_STATUS.fullmatch(parsed.group(0)):
+    parsed = re.fullmatch(_STATUS, status.strip())
+    if parsed is None or tuple(map(int, parsed.groups())) == (5, 0, 0):  # Exim's 5.0.0 commits to nothing
+        parsed = re.match(_REPLY_STATUS, text) or parsed
+    if parsed is not None and _GONE_STATUS.fullmatch(".".join(parsed.groups())):
         return  # 5.1.x, 5.2.1, 5.4.4
     # otherwise no committing status at all (none, or x.0.0) and words that say the mailbox is
     # gone, none of them a blocklist's or an authentication check's
@@ -109,9 +134,20 @@ def test_nothing_but_a_gone_mailbox_ever_suppresses(code: int | None, status: st
     assert any(p in lowered for p in ("unknown", "no such", "exist", "not found", "disabled", "invalid",
                                       "unrouteable", "no mailbox", "account"))
     assert not re.search(r"blocked using|spamhaus|\bdmarc\b|\bspf\b|access denied", lowered)
+    assert not _SENDER.search(text)  # the gone mailbox of our sender is not the recipient's
 
 
 @settings(max_examples=100)
 @given(st.sampled_from(["5.7.1", "5.7.26", "5.7.708", "5.7.0", "5.7.999"]), texts, codes)
 def test_a_5_7_status_is_never_a_gone_mailbox(status: str, text: str, code: int | None) -> None:
     assert not classify(code, status, text).suppresses
+
+
+@settings(max_examples=150)
+@given(st.sampled_from(["", "5.0.0", " 5.0.0 "]), st.sampled_from(["", "smtp; ", "smtp;"]),
+       st.sampled_from(["", "550 ", "554-", "550-"]), st.sampled_from(["5.7.1", "5.7.26", "5.7.0", "5.7.999"]),
+       texts, st.one_of(st.none(), st.sampled_from([550, 553, 554])))
+def test_a_5_7_code_in_the_servers_reply_is_never_a_gone_mailbox_when_the_status_commits_to_nothing(
+    status: str, kind: str, reply: str, said: str, text: str, code: int | None
+) -> None:
+    assert classify(code, status, f"{kind}{reply}{said} {text}") is POLICY

@@ -8,6 +8,9 @@ from email.policy import SMTP
 
 import pytest
 from compose_helpers import make_campaign, make_config, make_list, make_recipient, parse, render
+from conftest import Cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailer.content.compliance import check_campaign, check_message, check_subject, ensure_compliant
 from mailer.content.templating import load_template_source, shipped_campaign_templates
@@ -39,7 +42,12 @@ def test_bad_subjects_are_refused(subject: str, problem: str) -> None:
     "subject",
     ["回复\uff1a夏のコンサート", "转发: 春季音乐会", "\uff32\uff25\uff1aご注文について", "\uff26\uff57\uff44: a great deal",
      "[Harmony News] Re: your order",
-     "Antwort: Ihre Bestellung", "Odp: zamówienie", "VB: erbjudande", "회신: 주문"],
+     "Antwort: Ihre Bestellung", "Odp: zamówienie", "VB: erbjudande", "회신: 주문",
+     "R: ordine", "I: offerta", "Rif: ordine", "VL: tarjous", "Doorst: bestelling", "YNT: sipariş",
+     "İLT: sipariş", "Vá: rendelés", "Tov: ajánlat", "Odg: narudžba", "Př: objednávka", "FS: tilboð",
+     "\u0391\u03a0: \u03c0\u03b1\u03c1\u03b1\u03b3\u03b3\u03b5\u03bb\u03af\u03b1",
+     "\u041e\u0442\u0432: \u0437\u0430\u043a\u0430\u0437", "\u05d4\u05e9\u05d1: \u05d4\u05d6\u05de\u05e0\u05d4",
+     "\u0631\u062f: \u0637\u0644\u0628", "返信: ご注文", "転送: セール"],
 )
 def test_reply_and_forward_prefixes_of_other_mail_clients_are_refused(subject: str) -> None:
     assert any("pretends to be a reply or forward" in p for p in check_subject(subject)), subject
@@ -47,10 +55,76 @@ def test_reply_and_forward_prefixes_of_other_mail_clients_are_refused(subject: s
 
 @pytest.mark.parametrize("subject", ["Spring concerts are here", "Regarding our spring concerts",
                                      "New: 3 workshops", "50% off NYC tickets", "夏のコンサート",
-                                     "[Harmony News] Spring concerts", "Vbox: a new instrument", "Reading list: 5 books"])
+                                     "[Harmony News] Spring concerts", "Vbox: a new instrument", "Reading list: 5 books",
+                                     # emoji joined by U+200D and U+FE0F, marks in right-to-left text
+                                     "\U0001f468\u200d\U0001f469\u200d\U0001f467 Family weekend",
+                                     "\u2764\ufe0f Spring sale", "\u200f\u05de\u05d1\u05e6\u05e2 \u05d0\u05d1\u05d9\u05d1",
+                                     "Rendez-vous: Paris", "Iris: a new album", "Retour: les concerts",
+                                     "\u0425\u043e\u0440\u043e\u0448\u0430\u044f \u043d\u043e\u0432\u043e\u0441\u0442\u044c"])
 def test_honest_subjects_pass(subject: str) -> None:
     assert check_subject(subject) == []
     assert check_campaign(make_config(), make_campaign(subject=subject), make_list()) == []
+
+
+# each is drawn as nothing by mail clients
+INVISIBLE = ["\u200b", "\ufeff", "\u2060", "\u00ad", "\u200e", "\u200f", "\u034f", "\u3164", "\u115f",
+             "\u1160", "\uffa0", "\u180e", "\u2061", "\u2066", "\u202a", "\u061c", "\ufe0f", "\U000e0020",
+             "\U000e0001", "\U0001d173", "\u17b4"]
+# drawn as a blank, or as nothing when they come first: what the reader sees starts with "Re:"
+LEADING_BLANKS = ["\u2800 ", "\u2800", "\u3000", "\u00a0", "\u0301"]
+
+
+@pytest.mark.parametrize("hidden", INVISIBLE + LEADING_BLANKS)
+def test_a_fake_reply_behind_characters_drawn_as_nothing_is_refused(hidden: str) -> None:
+    problems = check_subject(f"{hidden}Re: your order")
+    assert any("pretends to be a reply or forward" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("subject", [
+    "\u0405V: erbjudande",  # Cyrillic dze
+    "R\u0435: your order",  # Cyrillic ie
+    "Fw\u0501: a great deal",  # Cyrillic komi de
+    "\u0280\u1d07: your order",  # small capitals
+    "\U0001d411\U0001d41e: your order",  # mathematical bold, NFKC-equal to "Re"
+    "Re\u2236 your order",  # ratio sign for a colon
+    "R\u200be\u200b: your order",  # invisible between the letters
+    "[Harmony News] \u2060Re: your order",
+])
+def test_a_fake_reply_in_look_alike_letters_is_refused(subject: str) -> None:
+    problems = check_subject(subject)
+    assert any("pretends to be a reply or forward" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("subject", ["S\u200bA\u200bL\u200bE TODAY", "\U0001d401\U0001d408\U0001d406 \U0001d412\U0001d400\U0001d40b\U0001d404",
+                                     "\u24b7\u24be\u24bc \u24c8\u24b6\u24c1\u24ba"])
+def test_capitals_in_disguise_are_still_all_capitals(subject: str) -> None:
+    assert any("all capitals" in p for p in check_subject(subject)), subject
+
+
+@settings(max_examples=150)
+@given(st.lists(st.sampled_from(INVISIBLE + LEADING_BLANKS), min_size=1, max_size=4),
+       st.sampled_from(["Re", "RE", "Fwd", "FW", "AW", "SV", "R", "TR", "RV", "Antw"]),
+       st.lists(st.sampled_from(INVISIBLE), max_size=3), st.text(max_size=30))
+def test_no_mix_of_invisible_characters_hides_a_reply_prefix(
+    before: list[str], prefix: str, inside: list[str], rest: str
+) -> None:
+    # the invisible characters go in front, and between the letters of the prefix and its colon
+    letters = list(prefix + ":")
+    for position, hidden in enumerate(inside):
+        letters.insert(1 + position % len(prefix), hidden)
+    subject = "".join(before) + "".join(letters) + " " + rest
+    assert any("pretends to be a reply or forward" in p for p in check_subject(subject)), ascii(subject)
+
+
+def test_the_cli_refuses_a_fake_reply_behind_a_zero_width_space(cli: Cli) -> None:
+    cli("list", "create", "news", "--title", "Harmony News")
+    cli("subscriber", "add", "ana@example.com", "--list", "news", "--name", "Ana Lima")
+    created = cli("campaign", "create", "--list", "news", "--subject", "\u200bRe: your order", "--template", "welcome")
+    assert "pretends to be a reply or forward" in created.stderr
+    checked = cli("campaign", "check", created.stdout.strip(), ok=False)
+    assert checked.exit_code == 1 and "fails the compliance gate" in checked.stderr
+    [line] = [line for line in checked.stderr.splitlines() if "pretends to be a reply or forward" in line]
+    assert "\\u200b" in line  # the hidden character is named, not printed invisibly
 
 
 def test_every_problem_is_listed_at_once() -> None:

@@ -269,3 +269,30 @@ def test_a_pause_reason_never_keeps_who_the_server_quoted_and_erasure_scrubs_it(
             "WHERE action LIKE 'campaign%'"))]
     assert any("blocked using zen.spamhaus.org" in text for text in kept)
     assert not any("Lindqvist" in text or victim in text for text in kept), kept
+
+
+@pytest.mark.parametrize(("diagnostic", "summary_line"), [
+    # Exim writes Status: 5.0.0 for every failure; the 5.7.1 the receiver said is what counts
+    ("550 5.7.1 Unable to relay: invalid recipient for this sending host", "policy blocks: 1\n"),
+    ("550 5.7.1 <news@harmonymails.com>: Sender address rejected: user unknown in local recipient table",
+     "policy blocks: 1\n"),
+    # without an enhanced code, a refusal of our own sender is no gone mailbox either
+    ("550 <news@harmonymails.com>: Sender address rejected: user unknown in local recipient table",
+     "soft bounces: 1\n"),
+])
+def test_an_exim_dsn_with_status_5_0_0_is_read_by_the_receivers_own_code_and_suppresses_nobody(
+    tmp_path: Path, database: Database, cli: Cli, config_path: Path, diagnostic: str, summary_line: str
+) -> None:
+    sent = Sent(database, 1)
+    [address] = sent.addresses
+    raw = dsn("exim_status_5_0_0_policy_block", config_path, address, sent.deliveries[address])
+    path = tmp_path / "dsn.eml"
+    path.write_bytes(raw.replace(b"550 5.7.1 Unable to relay: invalid recipient for this sending host",
+                                 diagnostic.encode()))
+
+    summary = cli("inbound", "process", str(path)).output
+
+    assert summary_line in summary and "hard bounces: 0\n" in summary, summary
+    assert suppressed(database) == {}
+    assert address not in cli("suppress", "ls").output
+    assert delivery_states(database, sent.campaign_id)[address].state is DeliveryState.FAILED

@@ -30,11 +30,13 @@ from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_unsubscribe_token
 
 # a subject must not pretend to answer or pass on a conversation that never happened
-# (what mail clients in English, German, Nordic, Romance, Dutch, Polish, Chinese and Korean write),
-# after an optional list tag such as "[Harmony News] "
+# (what mail clients in English, German, Nordic, Baltic, Romance, Dutch, Slavic, Hungarian,
+# Turkish, Greek, Hebrew, Arabic, Chinese, Japanese and Korean write), after an optional list
+# tag such as "[Harmony News] "
 FAKE_REPLY = re.compile(
-    r"^\s*(?:\[[^\]]*\]\s*)?(?:re|fwd?|fw|aw|wg|sv|vs|vb|tr|rv|antw|antwort|ref|enc|res|odp|pd|"
-    "回复|答复|转发|回覆|轉寄|轉發|회신|답장|전달"
+    r"^\s*(?:\[[^\]]*\]\s*)?(?:re|fwd?|fw|aw|wg|sv|vs|vb|vl|fs|tr|rv|antw|antwort|ref|réf|rif|enc|res|odp|pd|"
+    r"r|i|doorst|odg|př|vá|tov|ynt|ilt|atb|pārs|ats|persiųsta|отв|пересл|απ|σχετ|πρθ|השב|הועבר|رد|"
+    "回复|答复|转发|回覆|轉寄|轉發|返信|転送|회신|답장|전달"
     r")\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]",
     re.IGNORECASE,
 )
@@ -54,13 +56,68 @@ def check_subject(subject: str) -> list[str]:
         return ["the subject is empty"]
     if re.search(r"[\x00-\x1f\x7f\u2028\u2029]", subject):
         problems.append("the subject contains a line break or control character")
-    # NFKC: "RE:" in full-width letters reads as "RE:" all the same
-    if FAKE_REPLY.match(unicodedata.normalize("NFKC", subject)):
-        problems.append(f"the subject {subject.strip()!r} pretends to be a reply or forward")
-    cased = [ch for ch in subject if ch.isalpha() and ch.lower() != ch.upper()]
+    # read as the reader sees it: "RE:" in full-width letters, behind a zero-width space or in
+    # Cyrillic letters reads as "RE:" all the same
+    shown = _subject_as_shown(subject)
+    if FAKE_REPLY.match(shown) or FAKE_REPLY.match(shown.translate(_LOOK_ALIKES)):
+        disguised = "" if FAKE_REPLY.match(unicodedata.normalize("NFKC", subject)) else (
+            " (behind characters that show as nothing or look like other letters)")
+        problems.append(f"the subject {subject.strip()!r} pretends to be a reply or forward{disguised}")
+    cased = [ch for ch in shown if ch.isalpha() and ch.lower() != ch.upper()]
     if len(cased) >= 4 and all(ch.isupper() for ch in cased):
         problems.append(f"the subject {subject.strip()!r} is in all capitals")
     return problems
+
+
+# Unicode's default-ignorable code points (DerivedCoreProperties.txt): a mail client draws
+# nothing for them, and the Hangul fillers among them are used as blank "letters"
+_SHOWN_AS_NOTHING = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+# drawn as an empty cell, read as a space
+_SHOWN_AS_BLANK = frozenset("\u2800")
+# letters of other scripts, and small capitals, that a reader takes for the Latin ones of a
+# reply prefix; and colons that are not ":" even after NFKC
+_LOOK_ALIKES = str.maketrans({
+    # Cyrillic
+    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y",
+    "\u0445": "x", "\u0455": "s", "\u0456": "i", "\u0458": "j", "\u0501": "d", "\u051d": "w",
+    "\u04bb": "h", "\u04cf": "l", "\u0410": "A", "\u0412": "B", "\u0415": "E", "\u041a": "K",
+    "\u041c": "M", "\u041d": "H", "\u041e": "O", "\u0420": "P", "\u0421": "C", "\u0422": "T",
+    "\u0425": "X", "\u0405": "S", "\u0406": "I", "\u0408": "J", "\u051c": "W", "\u04ae": "Y",
+    # Greek
+    "\u0391": "A", "\u0392": "B", "\u0395": "E", "\u0396": "Z", "\u0397": "H", "\u0399": "I",
+    "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O", "\u03a1": "P", "\u03a4": "T",
+    "\u03a5": "Y", "\u03a7": "X", "\u03bf": "o", "\u03bd": "v", "\u03c4": "t", "\u03b9": "i",
+    # Latin small capitals
+    "\u1d00": "a", "\u0299": "b", "\u1d04": "c", "\u1d05": "d", "\u1d07": "e", "\ua730": "f",
+    "\u0262": "g", "\u029c": "h", "\u026a": "i", "\u1d0a": "j", "\u1d0b": "k", "\u029f": "l",
+    "\u1d0d": "m", "\u0274": "n", "\u1d0f": "o", "\u1d18": "p", "\u0280": "r", "\ua731": "s",
+    "\u1d1b": "t", "\u1d1c": "u", "\u1d20": "v", "\u1d21": "w", "\u028f": "y", "\u1d22": "z",
+    # ratio, modifier letter colon, triangular colon, Hebrew sof pasuq, Armenian full stop
+    "\u2236": ":", "\ua789": ":", "\u02f8": ":", "\u05c3": ":", "\u0589": ":",
+})
+
+
+def _subject_as_shown(subject: str) -> str:
+    """The subject as a mail client shows it: NFKC-folded, without the characters drawn as nothing."""
+    folded = unicodedata.normalize("NFKC", subject)
+    shown = "".join(" " if ch in _SHOWN_AS_BLANK else "" if _shown_as_nothing(ch) else ch for ch in folded)
+    # a combining mark with no letter before it to sit on is drawn as nothing as well
+    start = 0
+    while start < len(shown) and (shown[start].isspace() or unicodedata.category(shown[start]) in ("Mn", "Me")):
+        start += 1
+    return shown[start:]
+
+
+def _shown_as_nothing(ch: str) -> bool:
+    if unicodedata.category(ch) == "Cf":
+        return True
+    point = ord(ch)
+    return any(low <= point <= high for low, high in _SHOWN_AS_NOTHING)
 
 
 def check_from(config: Config, from_address: str) -> list[str]:
