@@ -89,6 +89,7 @@ _MAX_COMMENT_PARENS = 16
 # a line opening a container: "Content-Type: multipart/..." or "message/...", maybe folded
 _CONTAINER_LINE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)*(?:multipart|message)/",
                              re.IGNORECASE | re.MULTILINE)
+_LINE_END = re.compile(rb"\r\n?")
 
 
 
@@ -102,10 +103,12 @@ def shape_problem(raw: bytes) -> str:
     """Why a message is too big or too deep to parse safely, or ""."""
     if len(raw) > MAX_MESSAGE_BYTES:
         return f"too large: over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB"
-    end = re.search(rb"\r?\n\r?\n", raw[:MAX_HEADER_BYTES + 4])
+    # the stdlib parser ends a line at CR, LF or CRLF alike: so must the counting, or bare CRs hide it all
+    head = _LINE_END.sub(b"\n", raw[:ANALYSED_BYTES])
+    end = re.search(rb"\n\n", head[:MAX_HEADER_BYTES + 2])
     if end is None and len(raw) > MAX_HEADER_BYTES:
         return f"headers longer than {MAX_HEADER_BYTES // 1024} KiB"
-    containers = itertools.islice(_CONTAINER_LINE.finditer(raw, 0, ANALYSED_BYTES), _MAX_MIME_CONTAINERS + 1)
+    containers = itertools.islice(_CONTAINER_LINE.finditer(head), _MAX_MIME_CONTAINERS + 1)
     if sum(1 for _match in containers) > _MAX_MIME_CONTAINERS:
         return f"more than {_MAX_MIME_CONTAINERS} nested messages or multiparts"
     return ""
