@@ -452,11 +452,29 @@ def _part_text(part: Message) -> str:
     """A part's content as text, whether the parser split it into blocks or left it a string."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return "\n\n".join(block.as_string() for block in payload if isinstance(block, Message))
+        return "\n\n".join(_block_text(block) for block in payload if isinstance(block, Message))
     data = part.get_payload(decode=True)
     if isinstance(data, bytes):
         return _decode(data, part.get_content_charset())
     return str(payload)
+
+
+def _block_text(block: Message) -> str:
+    """A header block as text, 8-bit field bodies decoded.
+
+    The compat32 parser would hand a field with one non-ASCII byte back as an
+    `=?unknown-8bit?...?=` word, hiding its reply code from the classifier and its address
+    from erasure."""
+    return "\n".join(f"{name}: {decode_8bit(value)}" for name, value in block.raw_items())
+
+
+def decode_8bit(value: object) -> str:
+    """A header value as parsed from bytes: UTF-8 as servers mostly write it, else latin-1 (every byte is one)."""
+    data = str(value).encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def _body_text(msg: Message) -> str:
