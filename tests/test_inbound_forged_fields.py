@@ -77,6 +77,7 @@ def test_a_mailto_unsubscribe_never_acts_on_an_address_outside_the_angle_bracket
     "=?utf-8?q?bob=40example=2Eorg?= <ana@example.net>",
     '"bob@example.org" <ana@example.net>',
     "Ana <ana@example.net>",
+    "Ana Example\n <ana@example.net>",
     "ana@example.net",
 ])
 def test_a_mailto_unsubscribe_acts_on_the_addr_spec_whatever_the_name_says(

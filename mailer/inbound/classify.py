@@ -201,7 +201,8 @@ def sender_address(msg: Message) -> str:
     values = [value for name, value in msg.raw_items() if name.lower() == "from"]
     if len(values) != 1 or not isinstance(values[0], str):
         return ""
-    value = values[0][:_MAX_HEADER_CHARS]
+    # unfolded as RFC 5322 says: the line breaks go, the whitespace after them stays
+    value = re.sub(r"\r?\n|\r", "", values[0][:_MAX_HEADER_CHARS])
     if value.count("(") > _MAX_COMMENT_PARENS:
         return ""  # the parser reads nested comments recursively; no real From needs so many
     try:
