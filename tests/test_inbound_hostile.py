@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import email
 import mailbox
+import quopri
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +20,7 @@ from recipient_helpers import snapshot, statuses, suppressions
 from mailer.config import InboundConfig, config_from_dict
 from mailer.db import address_hash
 from mailer.errors import ConfigError
+from mailer.inbound.classify import sender_address
 from mailer.inbound.process import InboundKind, process_inbound, process_message
 from mailer.models import SubscriptionStatus, SuppressionReason
 from mailer.verp import make_return_path
@@ -324,7 +328,10 @@ def test_mail_stays_in_new_when_the_database_is_unavailable(world: World, tmp_pa
 
 ADDRESSES = ["ana@example.net", "bob@example.org", "eve@example.com", "postmaster@example.org"]
 SENDERS = ["abuse@attacker.example", "MAILER-DAEMON@mx.example.org", "fbl@evil.fbl.example.net",
-           "fbl.example.net@attacker.example", "fbl@fbl.example.net", "ana@example.net", ""]
+           "fbl.example.net@attacker.example", "fbl@fbl.example.net", "ana@example.net", "",
+           # the trusted loop only in a display name, an encoded word or beside a second mailbox
+           "fbl@fbl.example.net <abuse@attacker.example>", "=?utf-8?q?fbl=40fbl.example.net?= <abuse@attacker.example>",
+           "<fbl@fbl.example.net>@attacker.example", "fbl@fbl.example.net, abuse@attacker.example"]
 TRUSTED = "fbl.example.net"
 words = st.text(st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="\\"), max_size=30)
 
@@ -392,7 +399,7 @@ def test_only_our_token_or_a_trusted_feedback_loop_ever_suppresses(
     bob_was_suppressed = address_hash("bob@example.org") in {s.address_hash for s in suppressions(world.database)}
     item = process_message(world.database, world.config, text.encode())
     assert item.kind in InboundKind
-    from_trusted = item.sender == "fbl@fbl.example.net"
+    from_trusted = text.startswith("From: fbl@fbl.example.net\n")
     if snapshot(world.database) != before:
         assert with_token or from_trusted, item
     if not from_trusted:
@@ -400,3 +407,42 @@ def test_only_our_token_or_a_trusted_feedback_loop_ever_suppresses(
         assert statuses(world.database, world.bob) == bob_before
         bob_suppressed = address_hash("bob@example.org") in {s.address_hash for s in suppressions(world.database)}
         assert bob_suppressed == bob_was_suppressed
+
+
+# a display part that looks like, or decodes to, an address; the mailbox itself is the stranger's
+VICTIMS = ["ana@example.net", "fbl@fbl.example.net", "bob@example.org"]
+
+
+def encoded_word(text: str, encoding: str) -> str:
+    if encoding == "b":
+        return f"=?utf-8?b?{base64.b64encode(text.encode()).decode()}?="
+    return f"=?utf-8?q?{quopri.encodestring(text.encode(), header=True).decode().replace('@', '=40')}?="
+
+
+@st.composite
+def deceptive_from(draw: st.DrawFn) -> tuple[str, str]:
+    """A From header whose display part names a victim, and the one addr-spec it really has."""
+    victim, stranger = draw(st.sampled_from(VICTIMS)), draw(st.sampled_from(["eve@attacker.example", "x@evil.example"]))
+    comment = draw(words).replace("(", "").replace(")", "")
+    name = draw(st.sampled_from([victim, f'"{victim}"', f"{victim} ({comment})",
+                                 encoded_word(victim, "b"), encoded_word(victim, "q")]))
+    return f"{name} <{stranger}>", stranger
+
+
+@given(header=deceptive_from())
+def test_a_from_header_identifies_nobody_but_its_addr_spec(header: tuple[str, str]) -> None:
+    value, stranger = header
+    msg = email.message_from_bytes(f"From: {value}\nSubject: hi\n\nhello\n".encode())
+    assert sender_address(msg) in ("", stranger), value
+
+
+@given(header=deceptive_from())
+def test_mail_to_the_unsubscribe_address_never_unsubscribes_the_person_a_from_name_shows(
+    world: World, header: tuple[str, str]
+) -> None:
+    value, _stranger = header
+    raw = f"From: {value}\nTo: unsubscribe@harmonymails.com\nSubject: unsubscribe\n\nplease\n".encode()
+    before = snapshot(world.database)
+    item = process_message(world.database, world.config, raw)
+    assert item.kind is InboundKind.UNMATCHED, item
+    assert snapshot(world.database) == before

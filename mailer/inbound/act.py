@@ -7,8 +7,9 @@ from sqlalchemy.orm import Session
 
 from mailer.config import Config
 from mailer.db import address_hash, normalize_email
-from mailer.inbound.classify import SMTP_CODE, Analysis, InboundKind
+from mailer.inbound.classify import SMTP_CODE, Analysis, InboundKind, about_address
 from mailer.models import (
+    AuditEvent,
     BounceEvent,
     BounceKind,
     Delivery,
@@ -64,17 +65,17 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
     delivery = _find_delivery(session, analysis)
     if delivery is None:
         return InboundKind.UNMATCHED, "a bounce that names none of our deliveries"
-    subscriber = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id else None
-    email = subscriber.email if subscriber is not None else ""
-    named = {normalize_email(a) for a in analysis.named_addresses}
-    who = email or "an erased subscriber"
-    if email and named and normalize_email(email) not in named:
-        # the report is about a mailbox the person no longer has (the address was corrected
-        # since): the delivery failed, but the dead mailbox must not follow them to the new one
-        who = f"{sorted(named)[0]} (no longer the subscriber's address)"
-        email = ""
-    # an erased or corrected subscriber leaves only the hash of the address the report names
-    digest = address_hash(email or (analysis.named_addresses or ["unknown"])[0])
+    found = _bounce_about(session, analysis, delivery)
+    if found is None:
+        # our signed return path vouches for the delivery, not for whom the report names: a
+        # subscriber can forge a report for their own copy naming anyone
+        named = ", ".join(dict.fromkeys(analysis.named_addresses[:3]))
+        return InboundKind.UNMATCHED, (f"a bounce for delivery {delivery.id} naming {named}, not the address it "
+                                       "was sent to; nothing done")
+    analysis, email, who, counted_as = found
+    if analysis.kind is InboundKind.OTHER:
+        return InboundKind.OTHER, f"delivery {delivery.id}: {analysis.note}"
+    digest = address_hash(counted_as)
     code = SMTP_CODE.search(analysis.diagnostic)
     status = analysis.status or (code.group(1) if code else "no status")
     if analysis.permanent and delivery.state in _BOUNCEABLE_STATES:
@@ -113,6 +114,42 @@ def _record_bounce(session: Session, config: Config, analysis: Analysis) -> tupl
     ):
         note += "; suppressed"
     return InboundKind.SOFT_BOUNCE, note
+
+
+def _bounce_about(
+    session: Session, analysis: Analysis, delivery: Delivery
+) -> tuple[Analysis, str, str, str] | None:
+    """What the report says about the delivery's own address: the analysis for it, the address
+    to suppress ("" for none), who it is for the note, and what its bounces are counted against.
+
+    Counted against what we can verify: the subscriber's address, or their corrected old one,
+    or for an erased subscriber the delivery alone; never an address a report merely names.
+    None when the report is about someone else."""
+    subscriber = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id else None
+    if subscriber is None:
+        # no address is left to check the report against; the delivery is ours all the same
+        return analysis, "", "an erased subscriber", f"delivery:{delivery.id}"
+    own = about_address(analysis, [subscriber.email])
+    if own is not None:
+        return own, subscriber.email, subscriber.email, subscriber.email
+    for earlier in _earlier_addresses(session, subscriber, delivery, analysis.named_addresses):
+        own = about_address(analysis, [earlier])
+        if own is not None:
+            # the report is about a mailbox the person no longer has (the address was corrected
+            # since): the delivery failed, but the dead mailbox must not follow them to the new one
+            return own, "", f"{earlier} (no longer the subscriber's address)", earlier
+    return None
+
+
+def _earlier_addresses(session: Session, subscriber: Subscriber, delivery: Delivery,
+                       named: list[str]) -> list[str]:
+    """Those of the named addresses the subscriber had when the delivery was made and corrected since."""
+    corrections = session.scalars(sa.select(AuditEvent).where(
+        AuditEvent.action == "rectify", sa.func.lower(AuditEvent.subject) == subscriber.email_normalized,
+        AuditEvent.at >= delivery.created_at))
+    replaced = {e.detail.get("previous_address_hash") for e in corrections}
+    return [address for address in dict.fromkeys(normalize_email(a) for a in named)
+            if address_hash(address) in replaced]
 
 
 def _record_policy_block(session: Session, config: Config, analysis: Analysis, delivery: Delivery,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
+import email.policy
 import enum
 import itertools
 import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from email.errors import UndecodableBytesDefect
 from email.header import decode_header, make_header
+from email.headerregistry import AddressHeader
 from email.message import Message
 from email.parser import BytesHeaderParser, HeaderParser
 from email.utils import getaddresses
@@ -89,6 +93,7 @@ _MAX_COMMENT_PARENS = 16
 # a line opening a container: "Content-Type: multipart/..." or "message/...", maybe folded
 _CONTAINER_LINE = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)*(?:multipart|message)/",
                              re.IGNORECASE | re.MULTILINE)
+_LINE_END = re.compile(rb"\r\n?")
 
 
 
@@ -102,10 +107,12 @@ def shape_problem(raw: bytes) -> str:
     """Why a message is too big or too deep to parse safely, or ""."""
     if len(raw) > MAX_MESSAGE_BYTES:
         return f"too large: over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB"
-    end = re.search(rb"\r?\n\r?\n", raw[:MAX_HEADER_BYTES + 4])
+    # the stdlib parser ends a line at CR, LF or CRLF alike: so must the counting, or bare CRs hide it all
+    head = _LINE_END.sub(b"\n", raw[:ANALYSED_BYTES])
+    end = re.search(rb"\n\n", head[:MAX_HEADER_BYTES + 2])
     if end is None and len(raw) > MAX_HEADER_BYTES:
         return f"headers longer than {MAX_HEADER_BYTES // 1024} KiB"
-    containers = itertools.islice(_CONTAINER_LINE.finditer(raw, 0, ANALYSED_BYTES), _MAX_MIME_CONTAINERS + 1)
+    containers = itertools.islice(_CONTAINER_LINE.finditer(head), _MAX_MIME_CONTAINERS + 1)
     if sum(1 for _match in containers) > _MAX_MIME_CONTAINERS:
         return f"more than {_MAX_MIME_CONTAINERS} nested messages or multiparts"
     return ""
@@ -158,11 +165,13 @@ class Analysis:
     still_trying: bool = False  # only `Action: delayed`: the message may yet be delivered
     from_feedback_loop: bool = False  # a complaint from a sender in inbound.feedback_loop_senders
     permanent: bool = False  # the delivery failed for good, whatever it means for the address
+    # a DSN's recipient blocks and what each says: act reads the one about the delivery's address
+    recipients: list[tuple[RecipientStatus, BounceClass | None]] = field(default_factory=list)
 
 
 def analyse(config: Config, msg: Message, raw: bytes) -> Analysis:
     """Sort a message: complaint, bounce, auto-reply, unsubscribe request, or other."""
-    from_address = next(iter(header_addresses([header_text(msg, "From")])), "")
+    from_address = sender_address(msg)
     report = feedback_report(msg)
     if report is not None:
         return _analyse_complaint(config, msg, raw, report, from_address)
@@ -182,10 +191,48 @@ def analyse(config: Config, msg: Message, raw: bytes) -> Analysis:
                     from_address=from_address)
 
 
+def sender_address(msg: Message) -> str:
+    """The one mailbox the From header names, read strictly from the raw header; "" for anything else.
+
+    Encoded words are never decoded before parsing, and a display name never counts: the
+    DMARC check at our MTA and the reader's mail client both see only the addr-spec, so a
+    name like `ana@example.net <attacker@evil.example>` must not make the message Ana's.
+    """
+    values = [value for name, value in msg.raw_items() if name.lower() == "from"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return ""
+    # unfolded as RFC 5322 says: the line breaks go, the whitespace after them stays
+    value = re.sub(r"\r?\n|\r", "", values[0][:_MAX_HEADER_CHARS])
+    if value.count("(") > _MAX_COMMENT_PARENS:
+        return ""  # the parser reads nested comments recursively; no real From needs so many
+    try:
+        header = email.policy.default.header_factory("From", value)
+    # the RFC 5322 parser is strict and hostile input finds its corners: such a From names nobody
+    except Exception:
+        return ""
+    mailboxes = header.addresses if isinstance(header, AddressHeader) else ()
+    if len(mailboxes) != 1 or any(group.display_name is not None for group in header.groups):
+        return ""
+    # 8-bit bytes in a display name are an old daemon's habit; any other defect means the
+    # address could be read more than one way
+    if any(not isinstance(defect, UndecodableBytesDefect) for defect in header.defects):
+        return ""
+    local, at, domain = mailboxes[0].addr_spec.rpartition("@")
+    return mailboxes[0].addr_spec if local and at and domain and "@" not in local.strip('"') else ""
+
+
 def feedback_report(msg: Message) -> Message | None:
-    """The machine-readable part of an ARF report (RFC 5965), or None."""
-    for part in msg.walk():
-        if part.get_content_type() == "message/feedback-report":
+    """The machine-readable part of an ARF report (RFC 5965), or None.
+
+    Only the message itself can be a report: one attached inside another message (a bounce of
+    a report, a forwarded one) comes from whoever wrote it, not from the outer sender."""
+    if msg.get_content_type() != "multipart/report":
+        return None
+    if str(msg.get_param("report-type", "")).lower() != "feedback-report":
+        return None
+    parts = msg.get_payload()
+    for part in parts if isinstance(parts, list) else []:
+        if isinstance(part, Message) and part.get_content_type() == "message/feedback-report":
             return HeaderParser().parsestr(_part_text(part))
     return None
 
@@ -242,20 +289,51 @@ def is_auto_reply(msg: Message) -> bool:
 
 def _analyse_dsn(config: Config, msg: Message, raw: bytes, statuses: list[RecipientStatus]) -> Analysis:
     notification = _body_text(msg)[:MAX_TEXT]
-    classes = [s.bounce_class(notification) for s in statuses]
-    # one report may list several recipients: the gravest class decides for the delivery
-    found = min(classes, key=_GRAVITY.index)
-    chosen = statuses[classes.index(found)]
+    classified = [(s, s.bounce_class(notification)) for s in statuses]
+    found = _gravest(classified)
+    if found.kind is InboundKind.OTHER:
+        return found
+    found.delivery_ids = _verp_deliveries(config, msg, raw)
+    found.claims = _claims_in(config, [raw_text(raw)])
+    found.named_addresses = [a for s in statuses for a in (s.recipient, s.original_recipient) if a]
+    found.recipients = classified
+    return found
+
+
+def _gravest(classified: list[tuple[RecipientStatus, BounceClass | None]]) -> Analysis:
+    """What the gravest of some recipient blocks says: kind, status and diagnostic."""
+    found = min((c for _s, c in classified), key=_GRAVITY.index)
+    chosen = next(s for s, c in classified if c is found)
     if found is None:
         return Analysis(InboundKind.OTHER, note=f"delivery report without a failure ({chosen.action})")
-    transient = [s for s, c in zip(statuses, classes, strict=True) if c is BounceClass.TRANSIENT]
+    transient = [s for s, c in classified if c is BounceClass.TRANSIENT]
     return Analysis(
         _KIND_OF_CLASS[found], status=chosen.status, diagnostic=chosen.diagnostic,
-        delivery_ids=_verp_deliveries(config, msg, raw), claims=_claims_in(config, [raw_text(raw)]),
-        named_addresses=[a for s in statuses for a in (s.recipient, s.original_recipient) if a],
         still_trying=found is BounceClass.TRANSIENT and all(s.action.startswith("delayed") for s in transient),
         permanent=found.permanent,
     )
+
+
+def about_address(analysis: Analysis, addresses: Iterable[str]) -> Analysis | None:
+    """The analysis as far as it concerns one mailbox (any of its spellings), or None when it names none.
+
+    A report may list several recipients (alias and list expansion, forwarding): only the
+    blocks that name the delivery's own address say what became of it, not the gravest one.
+    A bounce without status blocks names its addresses only; it is about them all alike.
+    """
+    wanted = {a.strip().lower() for a in addresses if a.strip()}
+    if not analysis.recipients:
+        named = {a.strip().lower() for a in analysis.named_addresses}
+        return analysis if not named or named & wanted else None
+    own = [(s, c) for s, c in analysis.recipients
+           if {s.recipient.strip().lower(), s.original_recipient.strip().lower()} & wanted]
+    if not own:
+        return None
+    found = _gravest(own)
+    return dataclasses.replace(
+        analysis, kind=found.kind, note=found.note, status=found.status, diagnostic=found.diagnostic,
+        still_trying=found.still_trying, permanent=found.permanent,
+        named_addresses=[a for s, _c in own for a in (s.recipient, s.original_recipient) if a])
 
 
 # the order in which one report's recipients decide what it was
@@ -449,11 +527,29 @@ def _part_text(part: Message) -> str:
     """A part's content as text, whether the parser split it into blocks or left it a string."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return "\n\n".join(block.as_string() for block in payload if isinstance(block, Message))
+        return "\n\n".join(_block_text(block) for block in payload if isinstance(block, Message))
     data = part.get_payload(decode=True)
     if isinstance(data, bytes):
         return _decode(data, part.get_content_charset())
     return str(payload)
+
+
+def _block_text(block: Message) -> str:
+    """A header block as text, 8-bit field bodies decoded.
+
+    The compat32 parser would hand a field with one non-ASCII byte back as an
+    `=?unknown-8bit?...?=` word, hiding its reply code from the classifier and its address
+    from erasure."""
+    return "\n".join(f"{name}: {decode_8bit(value)}" for name, value in block.raw_items())
+
+
+def decode_8bit(value: object) -> str:
+    """A header value as parsed from bytes: UTF-8 as servers mostly write it, else latin-1 (every byte is one)."""
+    data = str(value).encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def _body_text(msg: Message) -> str:
