@@ -70,6 +70,8 @@ def test_a_mailto_unsubscribe_never_acts_on_an_address_outside_the_angle_bracket
     item = process(cli, tmp_path, mailto_from(sender))
     assert item["kind"] == "unmatched", item
     assert snapshot(world.database) == before
+    # the listing shows the address the message was judged by, or the header as it came: never Ana's
+    assert item["from"] in ("attacker@evil.example", " ".join(sender.split())), item
     assert set(statuses(world.database, world.ana).values()) == {SubscriptionStatus.ACTIVE}
 
 

@@ -23,9 +23,9 @@ from mailer.inbound.classify import (
     MAX_MIME_PARTS,
     InboundKind,
     analyse,
-    header_addresses,
     header_text,
     parse_head,
+    sender_address,
     shape_problem,
     unfold,
 )
@@ -162,7 +162,9 @@ def _analyse_and_act(database: Database, config: Config, raw: bytes, fingerprint
 
 
 def _item(head: Message, kind: InboundKind, note: str, origin: str) -> InboundItem:
-    sender = next(iter(header_addresses([header_text(head, "From")])), "")
+    # the address the message was judged by; a From that names no one mailbox is shown as it came,
+    # encoded words and all, so a display name never passes for the sender in the run's listing
+    sender = sender_address(head) or " ".join(str(head.get("From", "")).split())[:200]
     return InboundItem(kind, header_text(head, "Message-ID"), sender, header_text(head, "Subject"),
                        note[:_MAX_NOTE], origin)
 
