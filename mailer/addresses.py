@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.errors
 import email.policy
 import re
+import unicodedata
 from email.headerregistry import Address
 from email.utils import parseaddr
 
@@ -21,11 +22,25 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ADDRESS_SPEC = re.compile(r"^[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+$")
 # in a sender's name these make readers (and careless parsers) see an address of its own
 _ADDRESS_LOOKALIKE = re.compile(r"[<>@]")
+# brackets and at signs that NFKC leaves alone but that readers take for `<`, `>` or `@`
+# (the confusable skeletons of Unicode TR 39 that map to them, plus the angle brackets that
+# look like them in mail clients' fonts)
+_CONFUSABLE_LOOKALIKE = re.compile(
+    "[\u02c2\u02c3\u1433\u1438\u2039\u203a\u2329\u232a\u276e\u276f\u27e8\u27e9"
+    "\u29fc\u29fd\u3008\u3009\u16b2]"
+)
 
 
 def is_plain_address(text: str) -> bool:
     """True for a bare `user@domain` with nothing a parser would read as structure."""
     return _ADDRESS_SPEC.match(text) is not None
+
+
+def _reads_as_address_mark(name: str) -> bool:
+    """True when the name holds a character that shows as `<`, `>` or `@` without being one."""
+    # NFKC turns the fullwidth, small and compatibility forms (U+FF20, U+FE6B, U+FF1C, U+FE64) into the ASCII ones
+    folded = unicodedata.normalize("NFKC", name)
+    return bool(_ADDRESS_LOOKALIKE.search(folded) or _CONFUSABLE_LOOKALIKE.search(folded))
 
 
 def parse_mailbox(value: str) -> Address:
@@ -63,6 +78,11 @@ def parse_mailbox(value: str) -> Address:
         )
     if _ADDRESS_LOOKALIKE.search(name):
         raise InvalidInputError(f"{text!r}: the name must not contain <, > or @, which read as another address")
+    if _reads_as_address_mark(name):
+        raise InvalidInputError(
+            f"{text!r}: the name must not contain look-alikes of <, > or @ (such as U+FF20 or U+2039), "
+            "which read as another address"
+        )
     try:
         return Address(display_name=" ".join(name.split()), addr_spec=address)
     except (ValueError, IndexError, email.errors.HeaderParseError):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +45,27 @@ RUNAWAYS = {
     "macro-recursion": ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "calls itself"),
     "batch-fill": ('{{ [1]|batch(10**9, "x")|list }}', "would be longer than"),
     "many-big-values": ('{{ "".join((["x" * 999999] * 1000)|map("upper")) }}', "characters in all"),
+    # json.dumps writes the indent in C, out of the clock's reach: gigabytes before any check
+    "tojson-indent": ('{{ {"a": 1}|tojson(indent=300000000) }}', "tojson's indent must be a number"),
+    "tojson-indent-nested": ('{{ {"a": [1, [2, [3]]]}|tojson(indent=100000000) }}', "tojson's indent"),
+    "tojson-indent-text": ('{{ {"a": [1]}|tojson(indent=" " * 999999) }}', "tojson's indent"),
+    # a million references to one million-item list: 8 MB to hold, terabytes written out
+    "tojson-shared": ("{% set a = [1] * 999999 %}{{ ([a] * 999999)|tojson }}", "would be longer than"),
+    "output-shared": ("{% set a = [1] * 999999 %}{{ [a] * 999999 }}", "would be longer than"),
+    "string-shared": ("{% set a = [1] * 999999 %}{{ ([a] * 999999)|string }}", "would be longer than"),
+    "pprint-shared": ("{% set a = [1] * 999999 %}{{ ([a] * 999999)|pprint }}", "would be longer than"),
+    "upper-shared": ("{% set a = [1] * 999999 %}{{ ([a] * 999999)|upper }}", "would be longer than"),
+    "xmlattr-shared": ('{% set a = [1] * 999999 %}{{ {"k": [a] * 999999}|xmlattr }}', "would be longer than"),
+    "concat-shared": ('{% set a = [1] * 999999 %}{{ "x" ~ ([a] * 999999) }}', "would be longer than"),
+    "percent-shared": ('{% set a = [1] * 999999 %}{{ "%s" % ([a] * 999999,) }}', "would be longer than"),
+    "format-shared": ('{% set a = [1] * 999999 %}{{ "{}".format([a] * 999999) }}', "would be longer than"),
+    "join-shared": ('{% set a = [1] * 999999 %}{{ ([a] * 999999)|join(",") }}', "would be longer than"),
+    "nested-doubling": ("{% set ns = namespace(x=[1]) %}{% for i in range(60) %}{% set ns.x = [ns.x, ns.x] %}"
+                        "{% endfor %}{{ ns.x }}", "would be longer than"),
+    "sum-lists": ('{% set a = [1] * 999999 %}{{ ([a] * 999)|sum(start=[])|length }}', "would be longer than"),
+    "wordwrap-string": ('{{ ("a " * 400000)|wordwrap(1, wrapstring="x" * 999999) }}', "would be longer than"),
+    "translate": ('{{ ("x" * 999999).translate({120: "y" * 999999}) }}', "would be longer than"),
+    "bytes-center": ('{{ "x".encode().center(10**10) }}', "would be longer than"),
 }
 
 
@@ -100,6 +124,49 @@ def test_a_subscriber_whose_data_makes_the_template_run_away_fails_alone() -> No
     with pytest.raises(TemplateError, match="took longer than 5 seconds"):
         render(make_config(), campaign, make_recipient(attributes={"n": "99999"}))
     assert time.monotonic() - started < BOUND
+
+
+def test_a_subscriber_who_takes_a_runaway_branch_fails_alone_and_quickly() -> None:
+    # the gate renders a sample subscriber; the runaway branch waits for one real address
+    html = ('<p>Hi {{ subscriber.name }}</p>{% if subscriber.email == "bob@example.com" %}'
+            '{{ {"a": [1, [2, [3]]]}|tojson(indent=100000000) }}{% endif %}')
+    campaign = make_campaign(html=html, text=None)
+    assert "Hi Ana Lima" in render(make_config(), campaign, make_recipient()).data.decode()
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="tojson's indent must be a number"):
+        render(make_config(), campaign, make_recipient(email="bob@example.com", name="Bob"))
+    assert time.monotonic() - started < 5  # refused before it runs, not stopped by the clock
+    assert "Hi Cy" in render(make_config(), campaign, make_recipient(email="cy@example.com", name="Cy")).data.decode()
+
+
+def _create_in_child(config_path: str, template: str) -> tuple[int, str, float, int]:
+    """`mailer campaign create` in a process of its own, capped at 2 GB; its exit, stderr, time and peak KB."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "mailer", "--config", config_path, "campaign", "create", "--list", "news",
+         "--subject", "Spring concerts", "--template", template],
+        capture_output=True, text=True, timeout=BOUND * 2, preexec_fn=cap, check=False,
+    )
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return done.returncode, done.stderr, time.monotonic() - started, peak
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("case", ["tojson-indent", "tojson-indent-nested", "tojson-shared", "output-shared"])
+def test_a_runaway_written_in_c_costs_seconds_and_little_memory(
+    news: Cli, tmp_path: Path, case: str
+) -> None:
+    template = tmp_path / "runaway.html.j2"
+    template.write_text(f"<p>Hello {{{{ subscriber.name }}}}</p>{RUNAWAYS[case][0]}", encoding="utf-8")
+    # the peak is of all children so far: measured in a fresh process, only this one counts
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        code, stderr, seconds, peak_kb = pool.apply(_create_in_child, (str(news.config_path), str(template)))
+    assert code == 1 and RUNAWAYS[case][1] in one_line_error(stderr)
+    assert seconds < BOUND / 3, seconds
+    assert peak_kb < 400 * 1024, peak_kb
 
 
 def _render_in_child(source: str) -> str:

@@ -223,3 +223,35 @@ def test_no_data_makes_a_header_and_names_decode_back(from_name: str, subject: s
     [to] = parsed["To"].addresses
     assert to.addr_spec == "ana@example.com"
     assert exact_display_name(raw_header(data, "To")) == one_line(name)
+
+
+# characters that show as @, < or > in a mail client without being them
+ADDRESS_MARK_LOOKALIKES = ["\uff20", "\ufe6b", "\ufe64", "\ufe65", "\uff1c", "\uff1e", "\u2039", "\u203a",
+                           "\u3008", "\u3009", "\u27e8", "\u27e9", "\u2329", "\u232a", "\u02c2", "\u02c3"]
+
+
+@pytest.mark.parametrize("mark", ADDRESS_MARK_LOOKALIKES, ids=[f"U+{ord(c):04X}" for c in ADDRESS_MARK_LOOKALIKES])
+def test_create_refuses_a_name_that_shows_another_address_in_look_alike_marks(news: Cli, mark: str) -> None:
+    value = f'"PayPal Support{mark}paypal.com" <{SENDER}>'
+    result = news("campaign", "create", "--list", "news", "--subject", "Spring concerts",
+                  "--template", "welcome", "--from", value, ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: From ") and result.stderr.count("\n") == 1, result.stderr
+    assert "look-alikes of <, > or @" in result.stderr
+    assert json.loads(news("campaign", "ls", "--json").output) == []
+    assert check_from(make_config(), value) != []  # a stored campaign with it fails the gate too
+
+
+def test_names_with_other_symbols_and_scripts_still_pass(news: Cli) -> None:
+    for name in ("Café Ünïcode — News", "\uff28\uff41\uff52\uff4d\uff4f\uff4e\uff59 News", "Harmony » Weekly", "音楽ニュース"):
+        news("campaign", "create", "--list", "news", "--subject", "Spring concerts",
+             "--template", "welcome", "--from", f'"{name}" <{SENDER}>')
+    assert len(json.loads(news("campaign", "ls", "--json").output)) == 4
+
+
+@settings(max_examples=150)
+@given(before=st.text(max_size=12), mark=st.sampled_from(ADDRESS_MARK_LOOKALIKES), after=st.text(max_size=12))
+def test_no_name_with_a_look_alike_mark_becomes_a_sender(before: str, mark: str, after: str) -> None:
+    with pytest.raises(InvalidInputError):
+        parse_mailbox(str(Address(display_name=f"{before}{mark}{after}", addr_spec=SENDER))
+                      if not any(c in before + after for c in "\r\n") else f"{before}{mark}{after} <{SENDER}>")

@@ -37,7 +37,19 @@ _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))
 _BRACE_SPEC = re.compile(r"\{[^{}:]*:((?:[^{}]|\{[^{}]*\})*)\}")
 # str methods whose result can be far longer than the string and their arguments
 _GROWING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "join", "replace",
-                              "format", "format_map"})
+                              "format", "format_map", "translate"})
+# filters that pass a collection's items around without writing the collection out as text;
+# every other filter may turn its arguments into text, so their written-out size is checked first
+_STRUCTURAL_FILTERS = frozenset({
+    "attr", "batch", "count", "d", "default", "dictsort", "first", "groupby", "items", "last", "length",
+    "list", "map", "max", "min", "random", "reject", "rejectattr", "reverse", "select", "selectattr",
+    "slice", "sort", "sum", "unique",
+})
+# a JSON indent is a few spaces; json.dumps writes it in C, out of reach of the clock, once per
+# line times the depth, so a big one is gigabytes before any limit can look at the result
+MAX_JSON_INDENT = 16
+# the most characters one string character can become when written out: `\u00e9` in JSON
+_ESCAPE_GROWTH = 6
 _local = threading.local()
 
 
@@ -76,6 +88,80 @@ def check_size(value: Any, what: str = "a value") -> Any:
     return value
 
 
+def _written_size(value: Any, indent: int = 0, limit: int = MAX_VALUE_CHARS) -> int:
+    """An upper bound on the characters of `str(value)` or its JSON, indented by `indent` per level.
+
+    A list can hold the same big list a million times over at the cost of a million references;
+    Python writes such a value out in C, where neither the clock nor the size checks reach it.
+    The walk visits each distinct collection once and stops as soon as those alone, each written
+    once, pass `limit`: it costs a fraction of a second however the value was built. Returns a
+    number past `limit` then. Raises SecurityError for a collection that contains itself.
+    """
+    # per distinct collection: (characters, nodes, depth) of its written-out form
+    known: dict[int, tuple[int, int, int]] = {}
+    open_ids: set[int] = set()
+    # every distinct collection is written at least once, each item with a separator
+    least = 0
+    stack: list[tuple[Any, list[Any] | None]] = [(value, None)]
+    while stack:
+        item, children = stack.pop()
+        key = id(item)
+        if children is not None:
+            chars, nodes, depth = 2, 1, 1
+            for child in children:
+                child_chars, child_nodes, child_depth = known.get(id(child)) or (_leaf_size(child), 1, 0)
+                chars, nodes, depth = chars + child_chars + 2, nodes + child_nodes, max(depth, child_depth + 1)
+            known[key] = (chars, nodes, depth)
+            open_ids.discard(key)
+            continue
+        if key in known:
+            continue
+        if key in open_ids:
+            raise SecurityError("a value contains itself; the template builds a runaway value")
+        found = _children(item)
+        if found is None:
+            continue
+        least += 2 + 3 * len(found)
+        if least > limit:
+            return least
+        open_ids.add(key)
+        stack.append((item, found))
+        stack.extend((child, None) for child in found if _is_collection(child) and id(child) not in known)
+    chars, nodes, depth = known.get(id(value)) or (_leaf_size(value), 1, 0)
+    return chars + nodes * (indent * depth + 1) if indent else chars
+
+
+def _is_collection(value: Any) -> bool:
+    return isinstance(value, Mapping | list | tuple | set | frozenset | jinja2.utils.Namespace)
+
+
+def _children(value: Any) -> list[Any] | None:
+    """The items a collection writes out (keys and values of a mapping), or None for a single value."""
+    if isinstance(value, str | bytes):
+        return None
+    if isinstance(value, Mapping):
+        return [part for pair in value.items() for part in pair]
+    if isinstance(value, list | tuple | set | frozenset):
+        return list(value)
+    if isinstance(value, jinja2.utils.Namespace):
+        return _children(getattr(value, "_Namespace__attrs", {}))
+    return None
+
+
+def _leaf_size(value: Any) -> int:
+    if isinstance(value, str | bytes):
+        return len(value) * _ESCAPE_GROWTH + 2
+    if _is_count(value):
+        return int(value.bit_length()) // 3 + 2
+    # numbers, None, and the mailer's own objects, whose text is short
+    return 64
+
+
+def _check_written(value: Any, what: str, indent: int = 0) -> None:
+    if _children(value) is not None and _written_size(value, indent) > MAX_VALUE_CHARS:
+        raise _refuse(what)
+
+
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -109,6 +195,7 @@ def _check_format(template: Any, arguments: Any) -> None:
         values = list(arguments)
     else:
         values = [arguments]
+    _check_written(values, "a formatted value")
     passed_in = any("*" in spec or "{" in spec for spec in specs)
     if passed_in and any(_is_count(v) and abs(v) > MAX_VALUE_CHARS for v in values):
         raise _refuse("a formatted value")
@@ -118,7 +205,7 @@ def _check_join(items: Any, separator: Any = "") -> None:
     if isinstance(items, list | tuple):
         total = len(str(separator)) * len(items)
         for item in items:
-            total += len(item) if isinstance(item, str) else len(str(item))
+            total += len(item) if isinstance(item, str) else _written_size(item)
             if total > MAX_VALUE_CHARS:
                 raise _refuse("a joined value")
 
@@ -132,17 +219,25 @@ def _check_replace(text: Any, old: Any, new: Any, count: Any = -1) -> None:
             raise _refuse("a replaced value")
 
 
+def _check_translate(text: Any, table: Any) -> None:
+    if isinstance(table, Mapping):
+        longest = max((len(v) for v in table.values() if isinstance(v, str | bytes)), default=1)
+        if len(text) * longest > MAX_VALUE_CHARS:
+            raise _refuse("a translated value")
+
+
 def _check_width(width: Any, text: Any = "") -> None:
     if _is_count(width) and width > MAX_VALUE_CHARS:
         raise _refuse("a padded value")
 
 
-def _check_method(name: str, owner: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+def _check_method(name: str, owner: str | bytes, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     if name in ("center", "ljust", "rjust", "zfill"):
         _check_width(args[0] if args else kwargs.get("width"))
     elif name == "expandtabs":
         size = args[0] if args else kwargs.get("tabsize", 8)
-        if _is_count(size) and size * owner.count("\t") + len(owner) > MAX_VALUE_CHARS:
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+        if _is_count(size) and size * tabs + len(owner) > MAX_VALUE_CHARS:
             raise _refuse("an expanded value")
     elif name == "join" and args:
         _check_join(list(args[0]) if isinstance(args[0], list | tuple) else args[0], owner)
@@ -153,6 +248,8 @@ def _check_method(name: str, owner: str, args: tuple[Any, ...], kwargs: Mapping[
         if name == "format_map" and args and isinstance(args[0], Mapping):
             passed = list(args[0].values())
         _check_format(owner, passed)
+    elif name == "translate" and args:
+        _check_translate(owner, args[0])
 
 
 def _filter_check(name: str) -> Callable[..., None] | None:
@@ -182,9 +279,32 @@ def _filter_check(name: str) -> Callable[..., None] | None:
     def slice_(value: Any, slices: Any = 1, *_: Any, **__: Any) -> None:
         _check_width(slices)
 
+    def tojson(value: Any, indent: Any = None, *_: Any, **__: Any) -> None:
+        if isinstance(indent, str) and len(indent) <= MAX_JSON_INDENT:
+            width = len(indent)
+        elif indent is None or (_is_count(indent) and 0 <= indent <= MAX_JSON_INDENT):
+            width = indent or 0
+        else:
+            raise SecurityError(f"tojson's indent must be a number from 0 to {MAX_JSON_INDENT} "
+                                "or as many spaces")
+        if _written_size(value, width) > MAX_VALUE_CHARS:
+            raise _refuse("the result of the tojson filter")
+
+    def sum_(value: Any, attribute: Any = None, start: Any = 0, *_: Any, **__: Any) -> None:
+        # adding lists in C copies the total so far at every step
+        if (isinstance(start, list | tuple) and isinstance(value, list | tuple)
+                and len(start) + sum(_size(item) for item in value) > MAX_VALUE_CHARS):
+            raise _refuse("the result of the sum filter")
+
+    def wordwrap(value: Any, width: Any = 79, break_long_words: Any = True, wrapstring: Any = None,
+                 *_: Any, **__: Any) -> None:
+        # at most one line per character, each followed by the wrap string
+        if isinstance(wrapstring, str) and len(str(value)) * (len(wrapstring) + 1) > MAX_VALUE_CHARS:
+            raise _refuse("a wrapped value")
+
     checks: dict[str, Callable[..., None]] = {
         "center": center, "indent": indent, "format": format_, "join": join, "replace": replace,
-        "batch": batch, "slice": slice_,
+        "batch": batch, "slice": slice_, "tojson": tojson, "sum": sum_, "wordwrap": wordwrap,
     }
     return checks.get(name)
 
@@ -194,8 +314,13 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     # filters that receive the context or environment first take it as their first argument
     skip = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0
 
+    writes_out = name not in _STRUCTURAL_FILTERS and name != "tojson"
+
     @functools.wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
+        if writes_out:
+            for argument in (*args[skip:], *kwargs.values()):
+                _check_written(argument, f"the result of the {name} filter")
         if check is not None:
             check(*args[skip:], **kwargs)
         return check_size(function(*args, **kwargs), f"the result of the {name} filter")
@@ -207,9 +332,17 @@ class _BoundedCodeGenerator(CodeGenerator):
     """Compiles `a ~ b` through the environment, so a string doubled in a loop is caught."""
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.bounded_concat(")
-        super().visit_Concat(node, frame)
-        self.write(")")
+        # each operand is checked before it is turned into text, the whole after it is joined
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        else:
+            join = "markup_join" if frame.eval_ctx.autoescape else "str_join"
+        self.write(f"environment.bounded_concat({join}((")
+        for argument in node.nodes:
+            self.write("environment.bounded_text(")
+            self.visit(argument, frame)
+            self.write("), ")
+        self.write(")))")
 
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -224,9 +357,16 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
         # lipsum(n) writes n paragraphs: placeholder text has no place in a sent campaign
         self.globals.pop("lipsum", None)
+        # every `{{ value }}` passes here before it is turned into text
+        self.finalize = self.bounded_text
 
     def bounded_concat(self, value: Any) -> Any:
         return check_size(value, "a joined value")
+
+    def bounded_text(self, value: Any) -> Any:
+        """The value itself when its written-out form is within the limits."""
+        _check_written(value, "a written-out value")
+        return value
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -243,7 +383,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         target = getattr(__obj, "__wrapped__", __obj)
         owner = getattr(target, "__self__", None)
         name = getattr(target, "__name__", "")
-        if isinstance(owner, str) and name in _GROWING_METHODS:
+        if isinstance(owner, str | bytes) and name in _GROWING_METHODS:
             _check_method(name, owner, args, kwargs)
         return check_size(super().call(__context, __obj, *args, **kwargs), f"the result of {name or 'a call'}")
 
