@@ -7,8 +7,8 @@ import re
 from email.policy import SMTP
 
 import pytest
+from cli_helpers import Cli
 from compose_helpers import make_campaign, make_config, make_list, make_recipient, parse, render
-from conftest import Cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -4,6 +4,7 @@ hidden in an import inside a function. (`make test` checks the layers with lint-
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -106,3 +107,11 @@ def test_a_cycle_through_an_import_inside_a_function_is_found(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "cyclic", raising=False)
     assert import_cycles("cyclic") == [["cyclic.a", "cyclic.b"]]
+
+
+def test_tests_take_shared_fixtures_as_fixtures_not_imports_from_conftest() -> None:
+    tests = Path(__file__).parent
+    importing = sorted(p.name for p in tests.glob("*.py")
+                       if re.search(r"^\s*(from conftest import|import conftest)", p.read_text(encoding="utf-8"),
+                                    re.MULTILINE))
+    assert importing == [], "use the fixture, or a helper module such as cli_helpers: " + ", ".join(importing)
