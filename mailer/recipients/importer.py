@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.db import Database, address_hash, normalize_email
-from mailer.errors import ImportFileError, InvalidInputError
+from mailer.errors import ImportFileError, InvalidInputError, path_text
 from mailer.models import Base, Subscriber, Subscription, SubscriptionStatus, Suppression, utcnow
 from mailer.recipients.lists import get_list
 from mailer.recipients.subscribers import (
@@ -113,7 +113,7 @@ def import_csv(
         raise ImportFileError(f"{file}: is a directory, not a CSV file") from None
     except OSError as exc:
         raise ImportFileError(f"{file}: {exc.strerror or exc}") from None
-    source = f"import:{file.name}"
+    source = f"import:{path_text(file.name)}"
     with handle, database.sessionmaker() as session:
         transaction = session.begin()
         try:
