@@ -1,4 +1,4 @@
-"""Text that is not UTF-8 is never stored and never stops a send; file names that are not UTF-8 still work."""
+"""Bytes that are not UTF-8 on the command line: one line and nothing stored; file names still work."""
 
 from __future__ import annotations
 
@@ -53,6 +53,33 @@ def stored(database: Database) -> dict[str, int]:
             model.__name__: session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
             for model in (MailingList, Subscriber, Subscription, Suppression, Campaign, AuditEvent)
         }
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        ((b"list", b"create", b"bad1", b"--title", b"T" + LATIN1), "--title"),
+        ((b"subscriber", b"add", b"s1@example.com", b"--list", b"news", b"--name", b"N" + LATIN1), "--name"),
+        ((b"suppress", b"add", b"q2@example.com", b"--reason", b"R" + LATIN1), "--reason"),
+        ((b"campaign", b"create", b"--list", b"news", b"--subject", b"Sub" + LATIN1 + b"ject",
+          b"--template", b"welcome"), "--subject"),
+        ((b"subscriber", b"add", b"s2@example.com", b"--list", b"news", b"--attr", b"city=C" + LATIN1), "--attr"),
+        ((b"subscriber", b"add", b"s" + LATIN1 + b"3@example.com", b"--list", b"news"), "EMAIL"),
+        ((b"list", b"create", b"n" + LATIN1), "NAME"),
+    ],
+)
+def test_text_that_is_not_utf8_is_one_line_and_stores_nothing(
+    cli: Cli, config_path: Path, database: Database, args: tuple[bytes, ...], option: str
+) -> None:
+    cli("list", "create", "news")
+    before = stored(database)
+
+    result = run_mailer(config_path, *args)
+
+    assert result.returncode == 1
+    assert result.stderr == f"Error: {option} is not valid UTF-8\n".encode()
+    assert result.stdout == b""
+    assert stored(database) == before
 
 
 def test_a_file_name_that_is_not_utf8_still_imports(cli: Cli, config_path: Path, tmp_path: Path) -> None:
