@@ -10,6 +10,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from mailer.errors import check_unicode
 from mailer.models import AuditEvent, utcnow
 
 
@@ -29,7 +30,8 @@ def record_event(
     reason: str = "",
     detail: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Add one event to the trail in the caller's transaction."""
+    """Add one event to the trail in the caller's transaction; InvalidInputError for a reason not UTF-8."""
+    check_unicode("the reason", reason)
     event = AuditEvent(action=action, actor=actor, subject=subject, reason=reason, detail=detail or {})
     session.add(event)
     return event
@@ -49,7 +51,11 @@ def insert_event(
     detail: dict[str, Any] | None = None,
     at: dt.datetime | None = None,
 ) -> None:
-    """Write one event to the trail now, in the caller's transaction; `at` defaults to now."""
+    """Write one event to the trail now, in the caller's transaction; `at` defaults to now.
+
+    Raises InvalidInputError when the reason is not valid UTF-8 text.
+    """
+    check_unicode("the reason", reason)
     session.execute(_INSERT_EVENT, {"at": at or utcnow(), "action": action, "actor": actor,
                                     "subject": subject, "reason": reason, "detail": detail or {}})
 

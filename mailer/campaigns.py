@@ -25,6 +25,7 @@ from mailer.errors import (
     NotFoundError,
     SuppressedError,
     TemplateError,
+    check_unicode,
 )
 from mailer.models import (
     Campaign,
@@ -77,7 +78,7 @@ def create_campaign(
     domain, and NotFoundError for an unknown list. Nothing is stored when it raises.
     """
     mailing_list = get_list(session, list_name)
-    subject = subject.strip()
+    subject = check_unicode("the subject", subject.strip())
     if any(ch in subject for ch in "\r\n\x85\u2028\u2029"):
         raise InvalidInputError("the subject must be one line: it contains a line break")
     if len(subject.encode("utf-8")) > 900:

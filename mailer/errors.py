@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class MailerError(Exception):
     """Root of every error the mailer raises on purpose; the CLI prints it as one line."""
@@ -55,3 +57,25 @@ class TokenError(MailerError, ValueError):
 
 class DeliveryError(MailerError):
     """Sending cannot start or go on (campaign state, relay down)."""
+
+
+def check_unicode(what: str, text: str) -> str:
+    """`text` unchanged; raises InvalidInputError naming `what` when it is not valid Unicode.
+
+    Python turns bytes that are not UTF-8 (a Latin-1 terminal, a script) into lone surrogates
+    that no database, JSON column or message can encode: refused before they are stored.
+    """
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"{what} is not valid UTF-8") from None
+    return text
+
+
+def path_text(name: str | os.PathLike[str]) -> str:
+    """A file name as text that can be stored: a byte that is not UTF-8 becomes a `\\x85` escape.
+
+    A file name may be any bytes, so a path is never refused as check_unicode refuses text.
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.db import Database
-from mailer.models import Subscriber, Subscription
+from mailer.errors import ImportFileError
+from mailer.models import MailingList, Subscriber, Subscription
 from mailer.recipients.importer import import_csv
 
 
@@ -305,3 +306,49 @@ def test_every_line_with_content_is_accounted_for(
     assert {p.line for p in report.problems} <= set(with_content)
     assert len({p.line for p in report.problems}) == report.invalid
 
+
+
+@pytest.mark.parametrize(
+    ("header", "position"),
+    [
+        ("email,name,,city", 3),       # a stray empty column from a spreadsheet
+        ("email,name, ,city", 3),      # blank is empty too
+        (",email,name,city", 1),
+        ("email,name,city,", 4),       # a trailing comma: whatever is under it would go unseen
+    ],
+)
+def test_a_column_without_a_name_is_refused_at_the_header(
+    news: Cli, tmp_path: Path, header: str, position: int
+) -> None:
+    path = write_csv(tmp_path, f"{header}\nx1@example.com,X One,VIP-notes,Paris\n")
+    result = news("subscriber", "import", str(path), "--list", "news", ok=False)
+    assert result.exit_code == 1
+    assert f"line 1: column {position} has no name" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert members(news) == {}
+
+
+@settings(max_examples=40)
+@given(
+    names=st.lists(st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True), min_size=1, max_size=5, unique=True)
+    .filter(lambda names: "email" not in names),
+    blank=st.sampled_from(["", " ", "\t"]),
+    data=st.data(),
+)
+def test_any_header_with_an_empty_cell_names_that_cell_and_imports_nothing(
+    tmp_path_factory: pytest.TempPathFactory, database: Database,
+    names: list[str], blank: str, data: st.DataObject,
+) -> None:
+    columns = ["email", *names]
+    position = data.draw(st.integers(min_value=0, max_value=len(columns)), label="position")
+    columns.insert(position, blank)
+    row = ["ana@example.com" if c == "email" else f"v{i}" for i, c in enumerate(columns)]
+    path = tmp_path_factory.mktemp("csv") / "people.csv"
+    path.write_text(",".join(columns) + "\n" + ",".join(row) + "\n", encoding="utf-8")
+    with database.session() as session:
+        if session.scalar(sa.select(MailingList.id).where(MailingList.name == "news")) is None:
+            session.add(MailingList(name="news", title="News"))
+    with pytest.raises(ImportFileError, match=f"line 1: column {position + 1} has no name"):
+        import_csv(database, path, "news")
+    with database.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Subscriber)) == 0

@@ -9,6 +9,7 @@ import click
 
 from mailer import __version__
 from mailer.cli.context import AppContext
+from mailer.cli.params import TextCheckedCommand, TextCheckedGroup
 from mailer.cli.terminal import terminal_safe
 from mailer.errors import MailerError
 
@@ -44,6 +45,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
 class MailerGroup(click.Group):
     """Loads each command when it is used, and turns every MailerError into one line on stderr
     and exit status 1, here and nowhere else."""
+
+    # every command made with @main.command() or @main.group() refuses text that is not UTF-8
+    command_class = TextCheckedCommand
+    group_class = TextCheckedGroup
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(COMMANDS) | set(self.commands))

@@ -423,8 +423,21 @@ class Composer:
         """Render one personalized message; Date is set now (the message is handed to SMTP right after).
 
         Raises TemplateError when the template fails for this recipient (say an attribute it
-        lacks) and InvalidInputError when the address cannot be put in a header.
+        lacks, or a name or attribute stored before text that is not UTF-8 was refused) and
+        InvalidInputError when the address cannot be put in a header.
         """
+        try:
+            return self._render_message(recipient)
+        except UnicodeEncodeError as exc:
+            if not "\ud800" <= exc.object[exc.start] <= "\udfff":
+                raise
+            # a lone surrogate stored by an older version: it fails this subscriber's message,
+            # never the whole run
+            raise TemplateError(
+                "the subscriber's name or an attribute is not valid UTF-8; correct it with `subscriber update`"
+            ) from None
+
+    def _render_message(self, recipient: Recipient) -> RenderedMessage:
         address = header_address(recipient.email)
         token = self.unsubscribe_token(recipient)
         url = self._unsubscribe_base + token

@@ -16,7 +16,7 @@ from inscriptis.model.config import ParserConfig
 from jinja2 import meta
 
 from mailer.content.sandbox import MAX_RENDER_SECONDS, BoundedSandbox, RenderTimeout, render_bounded
-from mailer.errors import TemplateError
+from mailer.errors import TemplateError, path_text
 from mailer.resources import resource_path
 
 HTML_SUFFIXES = (".html.j2", ".html")
@@ -79,7 +79,7 @@ def read_template_source(path: Path, name: str) -> TemplateSource:
     html = read_template_file(path)
     text_path = _sibling_text(path)
     text = read_template_file(text_path) if text_path is not None and text_path.is_file() else None
-    source = TemplateSource(name=name, html=html, text=text)
+    source = TemplateSource(name=path_text(name), html=html, text=text)
     compile_campaign_templates(source)
     return source
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from mailer.db import Database, address_hash, normalize_email
-from mailer.errors import ImportFileError, InvalidInputError
+from mailer.errors import ImportFileError, InvalidInputError, path_text
 from mailer.models import Base, Subscriber, Subscription, SubscriptionStatus, Suppression, utcnow
 from mailer.recipients.lists import get_list
 from mailer.recipients.subscribers import (
@@ -113,7 +113,7 @@ def import_csv(
         raise ImportFileError(f"{file}: is a directory, not a CSV file") from None
     except OSError as exc:
         raise ImportFileError(f"{file}: {exc.strerror or exc}") from None
-    source = f"import:{file.name}"
+    source = f"import:{path_text(file.name)}"
     with handle, database.sessionmaker() as session:
         transaction = session.begin()
         try:
@@ -196,13 +196,18 @@ def _read_header(lines: Iterator[tuple[int, str | None]], file: Path) -> list[st
             f"{file}: the header row has no 'email' column (found: {', '.join(columns) or 'nothing'})"
         )
     seen: set[str] = set()
-    for column in columns:
-        if column in seen and column:
+    for position, column in enumerate(columns, start=1):
+        if not column:
+            # the values under a column without a name would belong to no attribute, lost unseen
+            raise ImportFileError(
+                f"{file}: line 1: column {position} has no name; name it or remove the column"
+            )
+        if column in seen:
             raise ImportFileError(f"{file}: the header row names the column {column!r} twice")
         seen.add(column)
     attributes: dict[str, str] = {}
     for column in columns:
-        if column and column not in ("email", "name", *CONSENT_COLUMNS):
+        if column not in ("email", "name", *CONSENT_COLUMNS):
             key = _attribute_key(column, file)
             if key in attributes:
                 # two values for one attribute: whichever won, the other would be lost unseen
@@ -221,7 +226,7 @@ def _parse_rows(
     email_at = columns.index("email")
     attribute_columns = [
         (i, _attribute_key(c, file)) for i, c in enumerate(columns)
-        if c and c not in ("email", "name", *CONSENT_COLUMNS)
+        if c not in ("email", "name", *CONSENT_COLUMNS)
     ]
     name_at = columns.index("name") if "name" in columns else None
     consent_at = {c: columns.index(c) for c in CONSENT_COLUMNS if c in columns}

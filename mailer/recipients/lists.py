@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from mailer.errors import AlreadyExistsError, InvalidInputError, NotFoundError, check_unicode
 from mailer.models import MailingList, Subscriber, Subscription, SubscriptionStatus, Suppression
 
 _LIST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -31,6 +31,7 @@ def create_list(session: Session, name: str, title: str = "", double_opt_in: boo
         raise InvalidInputError(
             f"invalid list name {name!r}: use up to 100 letters, digits, '.', '_' or '-'"
         )
+    check_unicode("the list title", title)
     if any(ch in title for ch in "\r\n") or len(title) > 200:
         raise InvalidInputError("a list title must be one line of at most 200 characters")
     if session.scalar(sa.select(MailingList.id).where(MailingList.name == name)) is not None:

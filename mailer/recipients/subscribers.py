@@ -15,7 +15,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
 from mailer.db import normalize_email
-from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
+from mailer.errors import InvalidInputError, NotFoundError, SuppressedError, check_unicode
 from mailer.models import (
     MailingList,
     Subscriber,
@@ -85,7 +85,7 @@ def check_email(raw: str) -> str:
 
 def check_name(raw: str) -> str:
     """A display name: one line, no control characters, at most 200 characters."""
-    name = raw.strip()
+    name = check_unicode("a name", raw.strip())
     if _CONTROL.search(name):
         raise InvalidInputError("a name must not contain line breaks or control characters")
     if len(name) > MAX_NAME_LENGTH:
@@ -107,6 +107,7 @@ def check_attribute_key(raw: str) -> str:
 
 def check_attribute_value(key: str, value: str) -> str:
     """An attribute value is one line of text of bounded length."""
+    check_unicode(f"attribute {key!r}", value)
     if _CONTROL.search(value):
         raise InvalidInputError(f"attribute {key!r} must not contain line breaks or control characters")
     if len(value) > MAX_ATTRIBUTE_VALUE:

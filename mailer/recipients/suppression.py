@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from mailer.audit import insert_event, record_event
 from mailer.consent import request_origin
 from mailer.db import address_hash, normalize_email
-from mailer.errors import InvalidInputError, NotFoundError, SuppressedError
+from mailer.errors import InvalidInputError, NotFoundError, SuppressedError, check_unicode
 from mailer.models import Suppression, SuppressionReason, utcnow
 
 # the widths of the columns these values land in
@@ -65,6 +65,7 @@ def suppress(
     erasure, a rectification).
     """
     erased = reason is SuppressionReason.ERASED
+    check_unicode("the reason", source)
     ip, user_agent = (None, None) if erased else request_origin(ip, user_agent)
     values = {
         "address_hash": address_hash(email),
