@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import Cli, SmtpServer, write_config
+from cli_helpers import Cli, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sending_helpers import add_audience, delivery_states, make_campaign
+from smtp_faults import FaultyServer
 
 from mailer.audit import insert_event
 from mailer.campaigns import create_campaign
@@ -182,7 +183,7 @@ def make_city_campaign(database: Database, list_id: int) -> int:
 
 
 def test_a_stored_bad_attribute_fails_only_its_own_message(
-    tmp_path: Path, sqlite_database: Database, smtp_server: SmtpServer
+    tmp_path: Path, sqlite_database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(sqlite_database, "news", ["ok@example.com", "odd@example.com"])
     with sqlite_database.session() as session:
@@ -207,7 +208,7 @@ def test_a_stored_bad_attribute_fails_only_its_own_message(
 
 
 def test_campaign_check_names_the_subscriber_whose_stored_text_is_bad(
-    tmp_path: Path, sqlite_database: Database, smtp_server: SmtpServer
+    tmp_path: Path, sqlite_database: Database, smtp_server: FaultyServer
 ) -> None:
     list_id = add_audience(sqlite_database, "news", ["odd@example.com"])
     store_bad_attribute(sqlite_database, "odd@example.com")
