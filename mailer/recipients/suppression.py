@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailer.audit import insert_event, record_event
@@ -25,14 +24,23 @@ _MAX_REASON = 1000
 _SUPPRESSIONS = cast(sa.Table, Suppression.__table__)
 # one INSERT that yields to an existing entry: no read first, no savepoint, and no race between
 # two writers on PostgreSQL (a select-then-insert there lets both insert, and one fails);
-# RETURNING says whether it inserted, where psycopg's rowcount for it is -1; built once, so a
-# one-click POST pays for executing it, not for constructing it
-_INSERT_SUPPRESSION = {
-    "sqlite": sqlite_insert(_SUPPRESSIONS).on_conflict_do_nothing(index_elements=["address_hash"])
-    .returning(_SUPPRESSIONS.c.id),
-    "postgresql": postgresql_insert(_SUPPRESSIONS).on_conflict_do_nothing(index_elements=["address_hash"])
-    .returning(_SUPPRESSIONS.c.id),
-}
+# RETURNING says whether it inserted, where psycopg's rowcount for it is -1; built once per
+# dialect, so a one-click POST pays for executing it, not for constructing it
+_INSERT_SUPPRESSION: dict[str, sa.Insert] = {}
+_DIALECTS_WITH_ON_CONFLICT = ("sqlite", "postgresql")
+
+
+def _insert_statement(dialect: str) -> sa.Insert | None:
+    if dialect not in _DIALECTS_WITH_ON_CONFLICT:
+        return None
+    if dialect not in _INSERT_SUPPRESSION:
+        # the dialect's module loads only for the database in use: a bounce piped into SQLite
+        # does not pay for PostgreSQL's (and its asyncio driver's) imports
+        module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+        _INSERT_SUPPRESSION[dialect] = (module.insert(_SUPPRESSIONS)
+                                        .on_conflict_do_nothing(index_elements=["address_hash"])
+                                        .returning(_SUPPRESSIONS.c.id))
+    return _INSERT_SUPPRESSION[dialect]
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ def suppress(
 
 
 def _insert_suppression(session: Session, values: dict[str, Any]) -> bool:
-    statement = _INSERT_SUPPRESSION.get(session.get_bind().dialect.name)
+    statement = _insert_statement(session.get_bind().dialect.name)
     if statement is None:
         # another database: read first (racy between writers, but correct alone)
         if session.scalar(sa.select(Suppression.id).where(Suppression.address_hash == values["address_hash"])):
