@@ -70,3 +70,16 @@ def test_a_reason_with_line_breaks_cannot_pass_for_another_event(cli: Cli) -> No
     assert text[0].endswith("ticket 1 2026-01-01 00:00:00 erase cli:root ana@example.com done")
     # the record itself keeps what was typed
     assert json.loads(cli("audit", "ls", "--json").stdout)[0]["reason"] == forged
+
+
+def test_audit_ls_lines_up_its_columns_whatever_the_actions_are_called(cli: Cli, database: Database) -> None:
+    cli("suppress", "add", "bo@example.com", "--reason", "asked by phone")
+    with database.session() as session:
+        session.add(AuditEvent(action="campaign_cancelled", actor="mailer", subject="campaign 7", reason="r"))
+
+    lines = cli("audit", "ls").stdout.splitlines()
+
+    assert len(lines) == 2
+    # the subject column starts at the same place on every line
+    starts = {line.index(subject) for line, subject in zip(lines, ("bo@example.com", "campaign 7"), strict=True)}
+    assert len(starts) == 1, lines

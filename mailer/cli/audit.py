@@ -60,11 +60,15 @@ def audit_ls(app: AppContext, since: str | None, action: str | None, as_json: bo
     if not events:
         click.echo("no audit events" + (" in that period" if since or action else ""))
         return
+    # columns as wide as this listing needs: `campaign_cancelled` is longer than `export`
+    action_width = max(len(e["action"]) for e in events)
+    actor_width = max(len(e["actor"]) for e in events)
     for e in events:
         subject = e["subject"]
         if len(subject) == 64 and "@" not in subject:
             subject = subject[:12] + "…"  # an erased person: only the hash is kept
         # one event, one line: a typed reason with line breaks must not pass for another event
         reason = " ".join(e["reason"].split())
-        line = f"{e['at'][:19].replace('T', ' ')}  {e['action']:<11}  {e['actor']:<14}  {subject}  {reason}"
+        line = (f"{e['at'][:19].replace('T', ' ')}  {e['action']:<{action_width}}  "
+                f"{e['actor']:<{actor_width}}  {subject}  {reason}")
         echo_line(line.rstrip())
