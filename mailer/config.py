@@ -7,6 +7,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
@@ -111,12 +112,7 @@ class SmtpConfig:
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback(self.host)
 
 
 @dataclass(frozen=True)
@@ -164,6 +160,90 @@ class ConsentConfig:
     confirm_expiry: float = 7 * 24 * 3600.0  # seconds a double opt-in link stays valid
 
 
+# the schemes a bounce mailbox is read over, and each one's usual port
+MAILBOX_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110}
+_MAILBOX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class MailboxURL:
+    """Where a bounce mailbox is: imaps://USER@HOST[:PORT]/FOLDER, imap://, pop3s://, pop3://."""
+
+    scheme: str
+    user: str
+    host: str
+    port: int
+    folder: str  # always INBOX for POP3
+
+    @property
+    def is_imap(self) -> bool:
+        return self.scheme.startswith("imap")
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.scheme.endswith("s")
+
+    @property
+    def is_loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    """One [[inbound.mailboxes]] entry, read by `mailer inbound fetch`."""
+
+    name: str = ""
+    url: str = ""
+    password: str = field(default="", repr=False)  # or MAILER_INBOUND_<NAME>_PASSWORD
+    ca_file: str = ""  # the CA to trust instead of the system's
+    done: str = "seen"  # what becomes of a handled message: "seen", "delete" or "move:FOLDER"
+
+    @property
+    def password_variable(self) -> str:
+        return f"MAILER_INBOUND_{self.name.upper().replace('-', '_')}_PASSWORD"
+
+    @property
+    def location(self) -> MailboxURL:
+        """The parsed url; raises ValueError saying what is wrong with it."""
+        return parse_mailbox_url(self.url)
+
+    @property
+    def move_to(self) -> str:
+        """The folder handled messages move to, or "" when they do not move."""
+        return self.done.partition(":")[2] if self.done.startswith("move:") else ""
+
+
+def parse_mailbox_url(url: str) -> MailboxURL:
+    """Split a mailbox URL; raises ValueError saying what is wrong with it."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in MAILBOX_PORTS:
+        raise ValueError(f"must start with {', '.join(s + '://' for s in MAILBOX_PORTS)}")
+    if parts.password is not None:
+        raise ValueError("must not hold the password; set password or the environment variable")
+    try:
+        port = parts.port or MAILBOX_PORTS[parts.scheme]
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if not parts.username or not parts.hostname:
+        raise ValueError("must name the user and the host, as imaps://USER@HOST/FOLDER")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a ?query or #fragment")
+    folder = urllib.parse.unquote(parts.path.lstrip("/"))
+    if parts.scheme.startswith("pop3") and folder:
+        raise ValueError("a POP3 mailbox has no folders; drop the /FOLDER")
+    return MailboxURL(parts.scheme, urllib.parse.unquote(parts.username), parts.hostname, port,
+                      folder or "INBOX")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class InboundConfig:
     # addresses or domains whose ARF complaints are believed when they name an address without
@@ -173,6 +253,8 @@ class InboundConfig:
     # authserv-ids of the MTAs in front of the mailbox; when set, a feedback-loop sender counts
     # only with a DMARC pass for its From domain in an Authentication-Results header they added
     trusted_authserv_ids: tuple[str, ...] = ()
+    # bounce mailboxes at a provider, read by `mailer inbound fetch` ([[inbound.mailboxes]])
+    mailboxes: tuple[MailboxConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,8 +369,18 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any], source: st
         renamed_away = (name, key) not in _RENAMED and attr in _RENAMED_ATTRS
         if attr not in cls.__dataclass_fields__ or renamed_away:
             raise ConfigError(source, f"{name}.{key}", "unknown key")
+        if (name, attr) == ("inbound", "mailboxes"):
+            kwargs[attr] = _build_mailboxes(raw, source)
+            continue
         kwargs[attr] = _coerce(f"{name}.{key}", getattr(defaults, attr), raw, source, is_secret(cls, attr))
     return cls(**kwargs)
+
+
+def _build_mailboxes(raw: Any, source: str) -> tuple[MailboxConfig, ...]:
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ConfigError(source, "inbound.mailboxes", "must be tables: [[inbound.mailboxes]]")
+    return tuple(_build_section(f"inbound.mailboxes[{index}]", MailboxConfig, item, source)
+                 for index, item in enumerate(raw))
 
 
 def _coerce(key: str, default: Any, raw: Any, source: str, secret: bool = False) -> Any:
@@ -340,6 +432,10 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
         config = replace(config, smtp=replace(config.smtp, password=environ["MAILER_SMTP_PASSWORD"]))
     if environ.get("MAILER_DKIM_PRIVATE_KEY"):
         config = replace(config, dkim=replace(config.dkim, private_key=environ["MAILER_DKIM_PRIVATE_KEY"]))
+    if config.inbound.mailboxes:
+        boxes = tuple(replace(box, password=environ.get(box.password_variable) or box.password)
+                      for box in config.inbound.mailboxes)
+        config = replace(config, inbound=replace(config.inbound, mailboxes=boxes))
     return config
 
 
@@ -473,6 +569,34 @@ def _check_inbound(src: str, config: Config) -> None:
         if not authserv_id.strip() or any(ch.isspace() or ch in ';()"' for ch in authserv_id.strip()):
             raise ConfigError(src, "inbound.trusted_authserv_ids",
                               f"each entry must be one authserv-id such as mx.example.com; got {authserv_id!r}")
+    names: set[str] = set()
+    for index, box in enumerate(config.inbound.mailboxes):
+        _check_mailbox_entry(src, f"inbound.mailboxes[{index}]", box, names)
+
+
+def _check_mailbox_entry(src: str, key: str, box: MailboxConfig, names: set[str]) -> None:
+    """A bounce mailbox: a unique name, a URL we can read, and a done action its protocol can do."""
+    if not _MAILBOX_NAME.fullmatch(box.name):
+        raise ConfigError(src, f"{key}.name", "must be letters, digits, - and _ (at most 64), "
+                          f"such as \"bounces\"; got {box.name!r}")
+    if box.name.lower() in names:
+        raise ConfigError(src, f"{key}.name", f"{box.name!r} is used by another mailbox")
+    names.add(box.name.lower())
+    try:
+        location = box.location
+    except ValueError as exc:
+        raise ConfigError(src, f"{key}.url", f"{exc}; got {_without_password(box.url)!r}") from None
+    if box.done not in ("seen", "delete") and not (box.done.startswith("move:") and box.move_to.strip()):
+        raise ConfigError(src, f"{key}.done", f'must be "seen", "delete" or "move:FOLDER"; got {box.done!r}')
+    if not location.is_imap and box.done != "delete":
+        raise ConfigError(src, f"{key}.done", 'a POP3 server can only delete: set done = "delete" '
+                          "(or read the mailbox over IMAP)")
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}{at}{host}" if at else url
 
 
 def _check_proxy_address(source: str, value: str) -> None:
