@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from cryptography import x509
@@ -58,15 +59,15 @@ class Dovecot:
         return name
 
     def messages(self, folder: str = "") -> dict[str, str]:
-        """Every message file in the folder (inbox when empty): its contents' first line -> Maildir flags."""
+        """Every message in the folder (inbox when empty): its Message-ID -> its Maildir flags."""
         base = self.maildir / (f".{folder}" if folder else "")
         found: dict[str, str] = {}
         for sub in ("new", "cur"):
             if not (base / sub).is_dir():
                 continue
             for entry in (base / sub).iterdir():
-                first = entry.read_bytes().split(b"\n", 1)[0].decode()
-                found[first] = entry.name.partition(":2,")[2] if sub == "cur" else ""
+                head = BytesHeaderParser().parsebytes(entry.read_bytes())
+                found[str(head["Message-ID"])] = entry.name.partition(":2,")[2] if sub == "cur" else ""
         return found
 
 

@@ -1,9 +1,10 @@
-"""`mailer inbound process`: bounces, complaints and mailto unsubscribes coming back."""
+"""`mailer inbound process|fetch|serve`: bounces, complaints and mailto unsubscribes coming back."""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import NoReturn
 
 import click
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line
+from mailer.inbound.mailboxes import MailboxRun, fetch_mailboxes
 from mailer.inbound.process import InboundKind, InboundReport, process_inbound
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
@@ -43,6 +45,7 @@ def inbound_group() -> None:
     Example:
       $ mailer inbound process ~/Maildir/bounces
       $ mailer inbound process - < message.eml
+      $ mailer inbound fetch
     """
 
 
@@ -86,9 +89,7 @@ def inbound_process(app: AppContext, source: str, as_json: bool) -> None:
     except sa.exc.OperationalError as exc:
         # piped from an MTA: EX_TEMPFAIL makes it keep the message and try again later,
         # where any other failure would bounce it into the void
-        reason = " ".join(str(exc.orig).split())  # one line: MTAs log only the first
-        click.echo(f"Error: the database is unavailable, try again later: {reason}", err=True)
-        sys.exit(EX_TEMPFAIL)
+        _exit_database_unavailable(exc)
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -111,3 +112,65 @@ def _print_inbound_report(report: InboundReport) -> None:
         click.echo("failed:")
         for item in report.failed:
             echo_line(f"  {item.name} from {item.sender or '(no From)'}: {item.note}")
+
+
+def _exit_database_unavailable(exc: sa.exc.OperationalError) -> NoReturn:
+    reason = " ".join(str(exc.orig).split())  # one line: MTAs log only the first
+    click.echo(f"Error: the database is unavailable, try again later: {reason}", err=True)
+    sys.exit(EX_TEMPFAIL)
+
+
+@inbound_group.command("fetch")
+@click.option("--mailbox", "name", metavar="NAME", help="Only the [[inbound.mailboxes]] entry of this name.")
+@json_option
+@pass_app
+def inbound_fetch(app: AppContext, name: str | None, as_json: bool) -> None:
+    """Read the bounce mailboxes in [[inbound.mailboxes]] over IMAP or POP3 and act on their mail.
+
+    Each message is handled exactly as `inbound process` handles it. Once its actions are
+    committed it is marked done as the mailbox's `done` says: "seen" (IMAP), "move:FOLDER"
+    (IMAP) or "delete"; a run stopped in between reads it again and changes nothing twice.
+    Messages left for a person (unmatched, other, unverified complaints, failed) are only
+    marked seen on IMAP, and stay on a POP3 server. IMAP reads unseen messages only.
+
+    Exit status: 0 when every message was handled; 65 when some failed (the others were
+    handled); 75 when the database is unavailable (the message stays unread); 1 when a
+    mailbox cannot be read (the others are).
+
+    \b
+    Example:
+      $ mailer inbound fetch --mailbox bounces
+      bounces: 3 messages
+      hard bounces: 2
+      ...
+    """
+    try:
+        runs = fetch_mailboxes(app.db, app.config, name)
+    except sa.exc.OperationalError as exc:
+        _exit_database_unavailable(exc)
+    if as_json:
+        echo_json({"mailboxes": [{"name": run.name, "error": run.error, **run.report.to_dict()} for run in runs]})
+    else:
+        for run in runs:
+            _print_mailbox_run(run)
+    _exit_for_runs(runs)
+
+
+def _print_mailbox_run(run: MailboxRun) -> None:
+    click.echo(f"{run.name}: {len(run.report.items)} messages")
+    if run.report.items:
+        _print_inbound_report(run.report)
+
+
+def _exit_for_runs(runs: list[MailboxRun]) -> None:
+    for run in runs:
+        if run.error:
+            echo_line(f"Error: {run.error}", err=True)
+    failed = sum(len(run.report.failed) for run in runs)
+    total = sum(len(run.report.items) for run in runs)
+    if failed:
+        click.echo(f"Error: {failed} of {total} messages could not be processed; the others were", err=True)
+    if any(run.error for run in runs):
+        sys.exit(1)
+    if failed:
+        sys.exit(EX_DATAERR)
