@@ -13,7 +13,7 @@ from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line
 from mailer.inbound.mailboxes import MailboxRun, fetch_mailboxes
-from mailer.inbound.process import InboundKind, InboundReport, process_inbound
+from mailer.inbound.process import InboundItem, InboundKind, InboundReport, process_inbound
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; MTAs retry the delivery
 # sysexits.h EX_DATAERR: some messages could not be read; the others were handled. An MTA
@@ -46,6 +46,7 @@ def inbound_group() -> None:
       $ mailer inbound process ~/Maildir/bounces
       $ mailer inbound process - < message.eml
       $ mailer inbound fetch
+      $ mailer inbound serve --lmtp 127.0.0.1:2424
     """
 
 
@@ -174,3 +175,52 @@ def _exit_for_runs(runs: list[MailboxRun]) -> None:
         sys.exit(1)
     if failed:
         sys.exit(EX_DATAERR)
+
+
+def _host_port(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(f"must be HOST:PORT such as 127.0.0.1:2424; got {value!r}")
+    return host, int(port)
+
+
+@inbound_group.command("serve")
+@click.option("--lmtp", "address", required=True, metavar="HOST:PORT", callback=_host_port,
+              help="Listen for LMTP on this address, e.g. 127.0.0.1:2424.")
+@pass_app
+def inbound_serve(app: AppContext, address: tuple[str, int]) -> None:
+    """Take bounces, complaints and mailto unsubscribes from an MTA over LMTP until SIGTERM.
+
+    Each message is handled exactly as `inbound process` handles it, without starting a
+    process per message. Every recipient gets its own reply (RFC 2033): 250 when handled
+    (left-alone mail too; it is printed for a person), 554 when the message cannot be read,
+    451 when the database is unavailable, so that the MTA keeps the mail and tries again.
+    SIGTERM or Ctrl-C stops listening and finishes the messages being handled.
+    One line is printed per message. Postfix: `transport_maps` entry `lmtp:inet:127.0.0.1:2424`.
+
+    \b
+    Example:
+      $ mailer inbound serve --lmtp 127.0.0.1:2424
+      listening for LMTP on 127.0.0.1:2424
+      hard_bounce <20261125.4Zk5@mail.harmonymails.com> from MAILER-DAEMON@mx.example.net: ...
+    """
+    from mailer.inbound.lmtp import serve_lmtp
+
+    host, port = address
+    try:
+        database = app.db
+    except sa.exc.OperationalError as exc:
+        raise click.ClickException(f"the database is unavailable: {' '.join(str(exc.orig).split())}") from None
+    try:
+        serve_lmtp(database, app.config, host, port, on_ready=_announce, report=_print_item)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _announce(where: str) -> None:
+    click.echo(f"listening for LMTP on {where}")
+
+
+def _print_item(item: InboundItem) -> None:
+    echo_line(f"{item.kind.value} {item.name} from {item.sender or '(no From)'}: {item.note}")
