@@ -195,7 +195,8 @@ def inbound_serve(app: AppContext, address: tuple[str, int]) -> None:
     Each message is handled exactly as `inbound process` handles it, without starting a
     process per message. Every recipient gets its own reply (RFC 2033): 250 when handled
     (left-alone mail too; it is printed for a person), 554 when the message cannot be read,
-    451 when the database is unavailable, so that the MTA keeps the mail and tries again.
+    451 while the database is unavailable (at start too), so that the MTA keeps the mail and
+    tries again.
     SIGTERM or Ctrl-C stops listening and finishes the messages being handled.
     One line is printed per message. Postfix: `transport_maps` entry `lmtp:inet:127.0.0.1:2424`.
 
@@ -211,7 +212,11 @@ def inbound_serve(app: AppContext, address: tuple[str, int]) -> None:
     try:
         database = app.db
     except sa.exc.OperationalError as exc:
-        raise click.ClickException(f"the database is unavailable: {' '.join(str(exc.orig).split())}") from None
+        # started before the database (at boot, say): listen all the same, and let the MTA keep
+        # the mail with 451 until the database is back, rather than refuse its connections
+        echo_line(f"Warning: the database is unavailable ({' '.join(str(exc.orig).split())}); "
+                  "answering 451 until it is back", err=True)
+        database = app.open_db_for_upgrade()
     try:
         serve_lmtp(database, app.config, host, port, on_ready=_announce, report=_print_item)
     except OSError as exc:
