@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import NoReturn
 
@@ -188,8 +189,10 @@ def _host_port(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
 @inbound_group.command("serve")
 @click.option("--lmtp", "address", required=True, metavar="HOST:PORT", callback=_host_port,
               help="Listen for LMTP on this address, e.g. 127.0.0.1:2424.")
+@click.option("--workers", default=min(os.cpu_count() or 1, 4), show_default="cores, at most 4",
+              type=click.IntRange(1, 64), help="Processes sharing the socket.")
 @pass_app
-def inbound_serve(app: AppContext, address: tuple[str, int]) -> None:
+def inbound_serve(app: AppContext, address: tuple[str, int], workers: int) -> None:
     """Take bounces, complaints and mailto unsubscribes from an MTA over LMTP until SIGTERM.
 
     Each message is handled exactly as `inbound process` handles it, without starting a
@@ -218,9 +221,11 @@ def inbound_serve(app: AppContext, address: tuple[str, int]) -> None:
                   "answering 451 until it is back", err=True)
         database = app.open_db_for_upgrade()
     try:
-        serve_lmtp(database, app.config, host, port, on_ready=_announce, report=_print_item)
+        stopped = serve_lmtp(database, app.config, host, port, workers, on_ready=_announce, report=_print_item)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    if not stopped:
+        raise click.ClickException("a worker process died; stopped the others (systemd restarts the service)")
 
 
 def _announce(where: str) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,8 +22,9 @@ from mailer.inbound.classify import InboundKind
 from mailer.inbound.process import InboundItem, process_raw_message
 from mailer.inbound.sources import MAX_MESSAGE_BYTES, RawMessage
 
-# messages handled at once: the database does the waiting, and SQLite takes one writer anyway
-WORKERS = 4
+# messages handled at once in each worker process: the database does the waiting
+THREADS = 4
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # seconds SIGTERM waits for messages being handled, so none is left half acted on
 _DRAIN_SECONDS = 30.0
 # an MTA that goes quiet mid-session is dropped after this long, as Postfix's own server would
@@ -75,30 +80,81 @@ class InboundHandler:
         return "\r\n".join([reply] * len(envelope.rcpt_tos))
 
 
-def serve_lmtp(database: Database, config: Config, host: str, port: int,
-               on_ready: Callable[[str], None], report: Callable[[InboundItem], None]) -> None:
+def serve_lmtp(database: Database, config: Config, host: str, port: int, workers: int,
+               on_ready: Callable[[str], None], report: Callable[[InboundItem], None]) -> bool:
     """Listen on host:port until SIGTERM or SIGINT, then finish the messages being handled.
 
-    Raises OSError when the address cannot be listened on.
+    With more than one worker, as many processes share the listening socket: parsing and
+    classifying a message is Python work that one process does on one core only. True when
+    stopped by a signal, False when a worker process died. Raises OSError when the address
+    cannot be listened on.
     """
     config.require_secret_keys()
-    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="lmtp") as executor:
+    listener = socket.create_server((host, port), family=_family(host), backlog=1024)
+    try:
+        bound = listener.getsockname()
+        if workers == 1:
+            on_ready(f"{bound[0]}:{bound[1]}")
+            _run_worker(database, config, listener, report)
+            return True
+        # the children open connections of their own: none may be shared across fork
+        database.dispose()
+        return _run_workers(workers, database, config, listener, on_ready, report)
+    finally:
+        listener.close()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _run_workers(workers: int, database: Database, config: Config, listener: socket.socket,
+                 on_ready: Callable[[str], None], report: Callable[[InboundItem], None]) -> bool:
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_args: stop.set()) for signum in _STOP_SIGNALS}
+    forked = multiprocessing.get_context("fork")
+    children = [forked.Process(target=_run_worker, args=(database, config, listener, report))
+                for _ in range(workers)]
+    try:
+        for child in children:
+            child.start()
+        bound = listener.getsockname()
+        on_ready(f"{bound[0]}:{bound[1]}")
+        while not stop.is_set() and all(child.is_alive() for child in children):
+            multiprocessing.connection.wait([child.sentinel for child in children], timeout=0.5)
+        return stop.is_set()
+    finally:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            if child.pid is not None:
+                child.join(_DRAIN_SECONDS + 5)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_worker(database: Database, config: Config, listener: socket.socket,
+                report: Callable[[InboundItem], None]) -> None:
+    # a forked worker must not inherit its parent's way of stopping: its own is set up below
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="lmtp") as executor:
         handler = InboundHandler(database, config, executor, report)
-        asyncio.run(_serve(handler, host, port, on_ready))
+        asyncio.run(_serve(handler, listener))
+    database.dispose()
 
 
-async def _serve(handler: InboundHandler, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+async def _serve(handler: InboundHandler, listener: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: InboundLMTP(handler, data_size_limit=MAX_MESSAGE_BYTES, enable_SMTPUTF8=True,
                             decode_data=False, hostname=socket.getfqdn(), ident="mailer LMTP",
                             timeout=_IDLE_SECONDS, loop=loop),
-        host, port, reuse_address=True)
+        sock=listener)
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    bound = server.sockets[0].getsockname()
-    on_ready(f"{bound[0]}:{bound[1]}")
     try:
         await stop.wait()
     finally:
@@ -108,5 +164,5 @@ async def _serve(handler: InboundHandler, host: str, port: int, on_ready: Callab
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.1)  # the last replies are written after their handler returns
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
