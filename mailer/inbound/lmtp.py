@@ -22,8 +22,10 @@ from mailer.inbound.classify import InboundKind
 from mailer.inbound.process import InboundItem, process_raw_message
 from mailer.inbound.sources import MAX_MESSAGE_BYTES, RawMessage
 
-# messages handled at once in each worker process: the database does the waiting
+# messages handled at once in each worker process, while others wait on the database server;
+# SQLite takes one writer at a time, and threads colliding in its busy handler sleep up to 100 ms
 THREADS = 4
+THREADS_ON_SQLITE = 1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # seconds SIGTERM waits for messages being handled, so none is left half acted on
 _DRAIN_SECONDS = 30.0
@@ -139,7 +141,8 @@ def _run_worker(database: Database, config: Config, listener: socket.socket,
     # a forked worker must not inherit its parent's way of stopping: its own is set up below
     for signum in _STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
-    with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="lmtp") as executor:
+    threads = THREADS_ON_SQLITE if database.is_sqlite else THREADS
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lmtp") as executor:
         handler = InboundHandler(database, config, executor, report)
         asyncio.run(_serve(handler, listener))
     database.dispose()
