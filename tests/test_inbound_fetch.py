@@ -17,12 +17,11 @@ from dovecot_helpers import DOVECOT, PASSWORD, USER, Dovecot, running_dovecot
 from inbound_helpers import World, delivery_row
 from recipient_helpers import audit_events, statuses, suppressions
 
+from mailer.config import load_config
 from mailer.db import address_hash
+from mailer.errors import ConfigError
 from mailer.inbound.process import InboundKind
 from mailer.models import BounceEvent, DeliveryState, SubscriptionStatus, SuppressionReason
-
-pytestmark = pytest.mark.skipif(not DOVECOT.exists(), reason="needs Debian's dovecot-imapd and dovecot-pop3d "
-                                "(apt-get install dovecot-imapd dovecot-pop3d; .ci/run does)")
 
 BOUNCE_ID = "<20261125094007.4Zk5Rr0Q2Fz9vXb@mail.harmonymails.com>"
 UNSUBSCRIBE_ID = "<mailto-unsub-0001@mail.example.com>"
@@ -32,8 +31,43 @@ QUESTION_ID = "<question-0001@example.com>"
 
 @pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
+    if not DOVECOT.exists():
+        pytest.skip("needs Debian's dovecot-imapd and dovecot-pop3d (apt-get install dovecot-imapd "
+                    "dovecot-pop3d; .ci/run does)")
     with running_dovecot() as server:
         yield server
+
+
+@pytest.mark.parametrize(("table", "key", "reason"), [
+    ({"url": "https://bounces@imap.example.net/INBOX"}, "url", "must start with imaps://, imap://"),
+    ({"url": "imaps://bounces:secret@imap.example.net/INBOX"}, "url", "must not hold the password"),
+    ({"url": "imaps://imap.example.net/INBOX"}, "url", "must name the user and the host"),
+    ({"url": "pop3s://bounces@pop.example.net/INBOX", "done": "delete"}, "url", "a POP3 mailbox has no folders"),
+    ({"url": "pop3s://bounces@pop.example.net"}, "done", 'a POP3 server can only delete: set done = "delete"'),
+    ({"done": "archive"}, "done", 'must be "seen", "delete" or "move:FOLDER"'),
+    ({"name": "bounces box"}, "name", "must be letters, digits, - and _"),
+    ({"password": 1234}, "password", "must be a string; got a number"),
+])
+def test_a_bad_mailbox_table_is_one_line_naming_the_key(tmp_path: Path, table: dict[str, object], key: str,
+                                                          reason: str) -> None:
+    entry = {"name": "bounces", "url": "imaps://bounces@imap.example.net/INBOX", **table}
+    lines = "".join(f"{name} = {json.dumps(value)}\n" for name, value in entry.items())
+    path = tmp_path / "mailer.toml"
+    path.write_text(f"[[inbound.mailboxes]]\n{lines}")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value).startswith(f"{path}: inbound.mailboxes[0].{key}: {reason}")
+    assert "secret" not in str(caught.value) and "1234" not in str(caught.value)
+
+
+def test_the_environment_password_wins_and_is_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "mailer.toml"
+    path.write_text('[[inbound.mailboxes]]\nname = "isp-bounces"\nurl = "pop3s://b%40x.org@pop.x.org:1995"\n'
+                    'done = "delete"\npassword = "from-file"\n')
+    [box] = load_config(path, environ={"MAILER_INBOUND_ISP_BOUNCES_PASSWORD": "from-env"}).inbound.mailboxes
+    assert box.password == "from-env"
+    assert (box.location.user, box.location.host, box.location.port) == ("b@x.org", "pop.x.org", 1995)
+    assert "from-env" not in repr(box)
 
 
 def mailbox_config(dovecot: Dovecot, scheme: str = "imaps", done: str = "seen", password: str = PASSWORD,
