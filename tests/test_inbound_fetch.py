@@ -14,10 +14,12 @@ import pytest
 import sqlalchemy as sa
 from cli_helpers import Cli, write_config
 from dovecot_helpers import DOVECOT, PASSWORD, USER, Dovecot, running_dovecot
+from hypothesis import given
+from hypothesis import strategies as st
 from inbound_helpers import World, delivery_row
 from recipient_helpers import audit_events, statuses, suppressions
 
-from mailer.config import load_config
+from mailer.config import load_config, parse_mailbox_url
 from mailer.db import address_hash
 from mailer.errors import ConfigError
 from mailer.inbound.process import InboundKind
@@ -58,6 +60,19 @@ def test_a_bad_mailbox_table_is_one_line_naming_the_key(tmp_path: Path, table: d
         load_config(path, environ={})
     assert str(caught.value).startswith(f"{path}: inbound.mailboxes[0].{key}: {reason}")
     assert "secret" not in str(caught.value) and "1234" not in str(caught.value)
+
+
+@given(st.sampled_from(["imaps://", "imap://", "pop3s://", "pop3://", "http://", ""]),
+       st.text(alphabet=st.sampled_from("ab@:%/[]?#1.0 \n\x00é"), max_size=40))
+def test_any_url_is_a_mailbox_or_a_value_error(scheme: str, rest: str) -> None:
+    url = scheme + rest
+    try:
+        where = parse_mailbox_url(url)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert where.scheme in ("imaps", "imap", "pop3s", "pop3") and where.user and where.host
+    assert 1 <= where.port <= 65535
 
 
 def test_the_environment_password_wins_and_is_never_shown(tmp_path: Path) -> None:

@@ -150,9 +150,10 @@ def _run_worker(database: Database, config: Config, listener: socket.socket,
 
 async def _serve(handler: InboundHandler, listener: socket.socket) -> None:
     loop = asyncio.get_running_loop()
+    hostname = socket.getfqdn()  # once: it may ask DNS
     server = await loop.create_server(
         lambda: InboundLMTP(handler, data_size_limit=MAX_MESSAGE_BYTES, enable_SMTPUTF8=True,
-                            decode_data=False, hostname=socket.getfqdn(), ident="mailer LMTP",
+                            decode_data=False, hostname=hostname, ident="mailer LMTP",
                             timeout=_IDLE_SECONDS, loop=loop),
         sock=listener)
     stop = asyncio.Event()
