@@ -264,7 +264,8 @@ main(sys.argv[2:])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("done", ["seen", "move:Handled", "delete"])
+@pytest.mark.parametrize(("db_url", "done"), [("sqlite", "seen"), ("postgres", "seen"), ("sqlite", "move:Handled"),
+                                              ("sqlite", "delete")], indirect=["db_url"])
 def test_a_run_killed_mid_mailbox_is_finished_by_the_next_acting_once(
     tmp_path: Path, dovecot: Dovecot, world: World, done: str
 ) -> None:
