@@ -113,8 +113,9 @@ def cpu_seconds(process: psutil.Process) -> float:
 def run_lmtp(env: dict[str, str], dsns: list[bytes], connections: int, workers: int) -> tuple[float, float]:
     """Wall-clock seconds for all DSNs, and the listener's CPU seconds spent on them."""
     port = free_port()
-    server = subprocess.Popen([*mailer_command(), "inbound", "serve", "--lmtp", f"127.0.0.1:{port}",
-                               "--workers", str(workers)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chosen = ["--workers", str(workers)] if workers else []
+    server = subprocess.Popen([*mailer_command(), "inbound", "serve", "--lmtp", f"127.0.0.1:{port}", *chosen],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert server.stdout is not None
         server.stdout.readline()  # listening
@@ -160,8 +161,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000, help="DSNs sent over LMTP")
     parser.add_argument("--connections", type=int, default=4, help="LMTP connections at once")
     parser.add_argument("--piped", type=int, default=10, help="DSNs piped, one process each")
-    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4),
-                        help="the listener's worker processes")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="the listener's worker processes (default: as `inbound serve` chooses)")
     parser.add_argument("--database", default="", help="a database URL (default: a new SQLite file)")
     args = parser.parse_args()
 
@@ -172,6 +173,8 @@ def main() -> None:
         config = workdir / "mailer.toml"
         config.write_text(f'[database]\nurl = "{url}"\n', encoding="utf-8")
         env = {**os.environ, "MAILER_CONFIG": str(config), "MAILER_SECRET_KEYS": KEY}
+        if not args.workers:
+            args.workers = 1 if url.startswith("sqlite") else min(os.cpu_count() or 1, 4)
         lmtp_wall, lmtp_cpu = run_lmtp(env, dsns[:args.messages], args.connections, args.workers)
         pipe_wall, pipe_cpu = run_pipe(env, dsns[args.messages:])
         acted = count_failed(url)

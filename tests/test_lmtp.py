@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from cli_helpers import Cli, write_config
 from inbound_helpers import World, delivery_row
@@ -40,12 +41,13 @@ class Listener:
 
 
 @contextmanager
-def lmtp_listener(config: Path) -> Iterator[Listener]:
+def lmtp_listener(config: Path, workers: int = 0) -> Iterator[Listener]:
     """`mailer inbound serve --lmtp` as an MTA's admin starts it; stopped with SIGTERM, which must exit 0."""
     port = free_port()
+    chosen = ["--workers", str(workers)] if workers else []
     process = subprocess.Popen(
         [sys.executable, "-m", "mailer", "--config", str(config), "inbound", "serve", "--lmtp",
-         f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+         f"127.0.0.1:{port}", *chosen], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
     listener = Listener(port, process)
     try:
         assert process.stdout is not None
@@ -130,7 +132,7 @@ def test_451_while_the_database_is_unavailable_then_250_once_it_is_back(world: W
     later = tmp_path / "not-yet" / "mailer.db"
     config = write_config(tmp_path / "later.toml", f"sqlite:///{later}")
     raw = world.fixture("question")
-    with lmtp_listener(config) as server:
+    with lmtp_listener(config, workers=2) as server:
         assert deliver(server.port, raw) == [(451, "4.3.0 the database is unavailable, try again later")] * 2
         later.parent.mkdir()
         database = Database(f"sqlite:///{later}")
@@ -142,14 +144,20 @@ def test_451_while_the_database_is_unavailable_then_250_once_it_is_back(world: W
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_sigterm_stops_the_listener_with_an_mta_still_connected(world: World, config_path: Path) -> None:
-    with lmtp_listener(config_path) as server:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_sigterm_stops_the_listener_with_an_mta_still_connected(world: World, config_path: Path,
+                                                                 workers: int) -> None:
+    with lmtp_listener(config_path, workers) as server:
         idle = smtplib.LMTP("127.0.0.1", server.port, timeout=30)
         idle.ehlo_or_helo_if_needed()
+        children = psutil.Process(server.process.pid).children()
+        assert len(children) == (0 if workers == 1 else workers)
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=20) == 0
         assert time.monotonic() - started < 10
+        _gone, alive = psutil.wait_procs(children, timeout=5)
+        assert alive == []
         idle.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
