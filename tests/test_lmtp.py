@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from recipient_helpers import audit_events, statuses, suppressions
 
 from mailer.db import Database, address_hash
 from mailer.models import DeliveryState, SubscriptionStatus, SuppressionReason
+from mailer.verp import make_return_path
 
 RECIPIENTS = ["bounces@harmonymails.com", "unsubscribe@harmonymails.com"]
 
@@ -168,3 +171,91 @@ def test_a_bad_address_is_one_line(cli: Cli) -> None:
     result = cli("inbound", "serve", "--lmtp", "2424", ok=False)
     assert result.exit_code == 2
     assert "must be HOST:PORT such as 127.0.0.1:2424; got '2424'" in result.stderr
+
+
+POSTFIX = Path("/usr/sbin/postfix")
+_POSTFIX_MAIN = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+myhostname = mx.test.invalid
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains = bounces.harmonymails.com
+relay_transport = lmtp:inet:127.0.0.1:{lmtp_port}
+maillog_file_prefixes = {root}
+maillog_file = {root}/maillog
+alias_maps =
+alias_database =
+smtp_dns_support_level = disabled
+lmtp_host_lookup = native
+"""
+_POSTFIX_SERVICES = ["pickup unix n - n 60 1 pickup", "cleanup unix n - n - 0 cleanup",
+                     "qmgr unix n - n 300 1 qmgr", "rewrite unix - - n - - trivial-rewrite",
+                     "bounce unix - - n - 0 bounce", "defer unix - - n - 0 bounce", "trace unix - - n - 0 bounce",
+                     "verify unix - - n - 1 verify", "flush unix n - n 1000 0 flush",
+                     "proxymap unix - - n - - proxymap", "smtp unix - - n - - smtp", "relay unix - - n - - smtp",
+                     "showq unix n - n - - showq", "error unix - - n - - error", "retry unix - - n - - error",
+                     "discard unix - - n - - discard", "lmtp unix - - n - - lmtp", "anvil unix - - n - 1 anvil",
+                     "scache unix - - n - 1 scache", "postlog unix-dgram n - n - 1 postlogd"]
+
+
+@contextmanager
+def throwaway_postfix(lmtp_port: int) -> Iterator[tuple[int, Path]]:
+    """A Postfix of its own on loopback relaying the bounce domain over LMTP; its SMTP port and log."""
+    root = Path(tempfile.mkdtemp(prefix="postfix-test-"))
+    os.chmod(root, 0o755)
+    for sub in ("conf", "queue", "data"):
+        (root / sub).mkdir()
+    shutil.chown(root / "data", "postfix")
+    smtp_port = free_port()
+    (root / "conf" / "main.cf").write_text(_POSTFIX_MAIN.format(root=root, lmtp_port=lmtp_port))
+    (root / "conf" / "master.cf").write_text(
+        "\n".join([f"127.0.0.1:{smtp_port} inet n - n - - smtpd", *_POSTFIX_SERVICES]) + "\n")
+    conf = str(root / "conf")
+    process = subprocess.Popen([str(POSTFIX), "-c", conf, "start-fg"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", smtp_port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "postfix did not start"
+                time.sleep(0.2)
+        yield smtp_port, root / "maillog"
+    finally:
+        subprocess.run([str(POSTFIX), "-c", conf, "stop"], capture_output=True, timeout=60)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_real_postfix_hands_a_bounce_over_lmtp(world: World, config_path: Path) -> None:
+    if not POSTFIX.exists() or os.getuid() != 0:
+        pytest.skip("needs Debian's postfix and root to start a throwaway instance (CI has both)")
+    raw = world.fixture("postfix_hard_bounce")
+    verp = make_return_path(world.config, world.delivery_id)
+    with lmtp_listener(config_path) as server, throwaway_postfix(server.port) as (smtp_port, maillog):
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+            client.sendmail("", [verp, "unsubscribe@bounces.harmonymails.com"], raw)
+        deadline = time.monotonic() + 60
+        while maillog.read_text().count("status=sent") < 2:
+            assert time.monotonic() < deadline, maillog.read_text()
+            time.sleep(0.2)
+        log = maillog.read_text()
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.FAILED
+    # one LMTP transaction, and Postfix read a reply for each of its recipients
+    sent = [line for line in log.splitlines() if "status=sent" in line]
+    assert [line.split(" to=<")[1].split(">")[0] for line in sent] == [verp, "unsubscribe@bounces.harmonymails.com"]
+    assert all(f"relay=127.0.0.1[127.0.0.1]:{server.port}" in line for line in sent)
+    assert all("status=sent (250 2.0.0 hard_bounce: delivery" in line for line in sent)
