@@ -170,6 +170,29 @@ def test_pop3_deletes_handled_mail_and_keeps_a_persons(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_mail_that_cannot_be_read_is_listed_kept_and_the_rest_handled(
+    tmp_path: Path, dovecot: Dovecot, world: World
+) -> None:
+    huge = b"Message-ID: <huge@example.net>\r\nFrom: x@example.net\r\n\r\n" + b"x" * (76 * 140_000)
+    endless_head = b"Message-ID: <deep@example.net>\r\n" + b"".join(
+        b"X-Padding-%d: %s\r\n" % (n, b"y" * 900) for n in range(400)) + b"\r\nbody\r\n"
+    dovecot.deliver(huge)
+    dovecot.deliver(endless_head)
+    dovecot.deliver(world.fixture("postfix_hard_bounce"))
+    cli = fetch_cli(tmp_path, world, mailbox_config(dovecot, done="move:Handled"))
+    result = cli("inbound", "fetch", ok=False)
+    assert result.exit_code == 65
+    assert "<huge@example.net> from x@example.net: too large: over 10 MiB; nothing done" in result.output
+    assert "<deep@example.net> from (no From): headers longer than 256 KiB; nothing done" in result.output
+    assert result.stderr.splitlines() == ["Error: 2 of 3 messages could not be processed; the others were"]
+    assert delivery_row(world.database, world.delivery_id).state is DeliveryState.FAILED
+    # kept for a person, marked seen so the next run does not read them again
+    assert dovecot.messages() == {"<huge@example.net>": "S", "<deep@example.net>": "S"}
+    assert dovecot.messages("Handled") == {BOUNCE_ID: "S"}
+    assert cli("inbound", "fetch").output.splitlines() == ["bounces: 0 messages"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_password_can_come_from_the_environment(
     tmp_path: Path, dovecot: Dovecot, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
