@@ -26,6 +26,7 @@ _HEAD_OF_TOO_LARGE = 64 * 1024
 # message would stop every run at the same place
 if getattr(poplib, "_MAXLINE", 0) < MAX_MESSAGE_BYTES:
     poplib._MAXLINE = MAX_MESSAGE_BYTES  # type: ignore[attr-defined]
+_SIZES_AT_ONCE = 500
 # kept where they are for a person to read, never moved or deleted: only marked seen on IMAP
 _FOR_A_PERSON = LEFT_ALONE | {InboundKind.FAILED}
 
@@ -134,16 +135,23 @@ class _ImapSession:
     def waiting(self) -> Iterator[tuple[int, RawMessage]]:
         # what no run has handled yet; BODY.PEEK below leaves the flag alone until we are done
         uids = sorted(self.client.search(["UNSEEN"]))
-        sizes = self.client.fetch(uids, ["RFC822.SIZE"]) if uids else {}
-        for uid in uids:
-            size = sizes.get(uid, {}).get(b"RFC822.SIZE", 0)
-            too_large = size > MAX_MESSAGE_BYTES
-            part = f"BODY.PEEK[]<0.{_HEAD_OF_TOO_LARGE}>" if too_large else "BODY.PEEK[]"
-            found = self.client.fetch([uid], [part]).get(uid)
-            if found is None:
-                continue  # deleted by someone else meanwhile
-            data = next((value for name, value in found.items() if name.startswith(b"BODY[")), b"")
-            yield uid, RawMessage(f"{self.box.name} UID {uid}", data or b"", too_large)
+        # sizes a batch at a time: a command naming every UID of a full mailbox is too long a line
+        for start in range(0, len(uids), _SIZES_AT_ONCE):
+            batch = uids[start:start + _SIZES_AT_ONCE]
+            sizes = self.client.fetch(batch, ["RFC822.SIZE"])
+            for uid in batch:
+                too_large = sizes.get(uid, {}).get(b"RFC822.SIZE", 0) > MAX_MESSAGE_BYTES
+                message = self._read(uid, too_large)
+                if message is not None:
+                    yield uid, message
+
+    def _read(self, uid: int, too_large: bool) -> RawMessage | None:
+        part = f"BODY.PEEK[]<0.{_HEAD_OF_TOO_LARGE}>" if too_large else "BODY.PEEK[]"
+        found = self.client.fetch([uid], [part]).get(uid)
+        if found is None:
+            return None  # deleted by someone else meanwhile
+        data = next((value for name, value in found.items() if name.startswith(b"BODY[")), b"")
+        return RawMessage(f"{self.box.name} UID {uid}", data or b"", too_large)
 
     def finish(self, key: int, keep: bool) -> None:
         if keep or self.box.done == "seen":
