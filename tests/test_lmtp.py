@@ -131,6 +131,16 @@ def test_a_message_that_cannot_be_read_is_refused_for_good(world: World, config_
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_message_over_10_mib_is_refused_once_per_recipient(world: World, config_path: Path) -> None:
+    huge = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n"
+    huge *= 11 * 1024 * 1024 // len(huge)
+    with lmtp_listener(config_path) as server:
+        assert [code for code, _text in deliver(server.port, huge)] == [552, 552]
+        # and the listener goes on taking mail
+        assert [code for code, _text in deliver(server.port, world.fixture("question"))] == [250, 250]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_451_while_the_database_is_unavailable_then_250_once_it_is_back(world: World, tmp_path: Path) -> None:
     later = tmp_path / "not-yet" / "mailer.db"
     config = write_config(tmp_path / "later.toml", f"sqlite:///{later}")

@@ -33,6 +33,8 @@ _DRAIN_SECONDS = 30.0
 _IDLE_SECONDS = 300.0
 # the database cannot take the message now; the MTA keeps it in its queue and tries again
 TEMPORARY_FAILURE = "451 4.3.0 the database is unavailable, try again later"
+# aiosmtpd's own refusals at the end of DATA, each sent once for the whole message
+_REFUSED_AFTER_DATA = ("552 ", "500 Line too long")
 
 
 def reply_for(item: InboundItem) -> str:
@@ -52,6 +54,15 @@ class InboundLMTP(LMTP):
 
     # the reader's buffer per connection; the message itself is bounded by data_size_limit
     line_length_limit = 1024 * 1024
+
+    async def push(self, status: str | bytes) -> None:
+        # aiosmtpd refuses an oversized message or line with one reply where LMTP wants one per
+        # recipient: an MTA waiting for the others would time out and send it again for ever
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        recipients = self.envelope.rcpt_tos if self.envelope is not None else []
+        if text.startswith(_REFUSED_AFTER_DATA) and len(recipients) > 1:
+            text = "\r\n".join([text] * len(recipients))
+        await super().push(text)
 
 
 class InboundHandler:
