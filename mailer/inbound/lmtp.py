@@ -83,7 +83,8 @@ class InboundHandler:
         try:
             item = await asyncio.get_running_loop().run_in_executor(
                 self.executor, process_raw_message, self.database, self.config, message)
-        except sa.exc.OperationalError:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+            # the message is fine and the database is not: the MTA keeps it and tries again
             reply = TEMPORARY_FAILURE
         else:
             self.report(item)

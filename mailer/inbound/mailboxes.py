@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from mailer.config import Config, MailboxConfig
 from mailer.db import Database
-from mailer.errors import MailerError
+from mailer.errors import InvalidInputError, MailerError
 from mailer.inbound.classify import LEFT_ALONE, InboundKind
 from mailer.inbound.process import InboundReport, process_raw_message
 from mailer.inbound.sources import MAX_MESSAGE_BYTES, RawMessage
@@ -54,7 +54,7 @@ def fetch_mailboxes(database: Database, config: Config, only: str | None = None)
 
     A message is marked done only after what it called for is committed; a run stopped in
     between reads it again, and the record of messages acted on makes it change nothing twice.
-    Raises MailboxError when `only` names no mailbox, ConfigError without a signing key, and
+    Raises InvalidInputError when `only` names no mailbox (or none is configured), ConfigError without a signing key, and
     SQLAlchemy's OperationalError when the database is unavailable (the message stays unread).
     """
     config.require_secret_keys()
@@ -63,9 +63,9 @@ def fetch_mailboxes(database: Database, config: Config, only: str | None = None)
         boxes = tuple(box for box in boxes if box.name.lower() == only.lower())
         if not boxes:
             known = ", ".join(box.name for box in config.inbound.mailboxes) or "none configured"
-            raise MailboxError(f"no mailbox named {only!r} in [[inbound.mailboxes]] ({known})")
+            raise InvalidInputError(f"no mailbox named {only!r} in [[inbound.mailboxes]] ({known})")
     elif not boxes:
-        raise MailboxError("no mailbox to fetch: add an [[inbound.mailboxes]] table to the config")
+        raise InvalidInputError("no mailbox to fetch: add an [[inbound.mailboxes]] table to the config")
     return [fetch_mailbox(database, config, box) for box in boxes]
 
 
