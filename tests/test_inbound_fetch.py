@@ -236,6 +236,8 @@ def test_an_unknown_mailbox_name_is_one_line(tmp_path: Path, dovecot: Dovecot, w
     result = fetch_cli(tmp_path, world, mailbox_config(dovecot))("inbound", "fetch", "--mailbox", "nope", ok=False)
     assert result.exit_code == 1
     assert result.stderr.splitlines() == ["Error: no mailbox named 'nope' in [[inbound.mailboxes]] (bounces)"]
+    none = fetch_cli(tmp_path, world, "")("inbound", "fetch", ok=False)
+    assert none.stderr.splitlines() == ["Error: no mailbox to fetch: add an [[inbound.mailboxes]] table to the config"]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
