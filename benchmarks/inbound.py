@@ -173,8 +173,7 @@ def main() -> None:
         config = workdir / "mailer.toml"
         config.write_text(f'[database]\nurl = "{url}"\n', encoding="utf-8")
         env = {**os.environ, "MAILER_CONFIG": str(config), "MAILER_SECRET_KEYS": KEY}
-        if not args.workers:
-            args.workers = 1 if url.startswith("sqlite") else min(os.cpu_count() or 1, 4)
+        args.workers = args.workers or min(os.cpu_count() or 1, 4)
         lmtp_wall, lmtp_cpu = run_lmtp(env, dsns[:args.messages], args.connections, args.workers)
         pipe_wall, pipe_cpu = run_pipe(env, dsns[args.messages:])
         acted = count_failed(url)

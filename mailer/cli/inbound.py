@@ -189,10 +189,11 @@ def _host_port(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
 @inbound_group.command("serve")
 @click.option("--lmtp", "address", required=True, metavar="HOST:PORT", callback=_host_port,
               help="Listen for LMTP on this address, e.g. 127.0.0.1:2424.")
-@click.option("--workers", type=click.IntRange(1, 64), show_default="1 on SQLite, else the cores up to 4",
-              help="Processes sharing the socket.")
+# parsing and classifying mail is Python work, one core per process: a process per core
+@click.option("--workers", default=min(os.cpu_count() or 1, 4), show_default="the cores, at most 4",
+              type=click.IntRange(1, 64), help="Processes sharing the socket.")
 @pass_app
-def inbound_serve(app: AppContext, address: tuple[str, int], workers: int | None) -> None:
+def inbound_serve(app: AppContext, address: tuple[str, int], workers: int) -> None:
     """Take bounces, complaints and mailto unsubscribes from an MTA over LMTP until SIGTERM.
 
     Each message is handled exactly as `inbound process` handles it, without starting a
@@ -220,10 +221,6 @@ def inbound_serve(app: AppContext, address: tuple[str, int], workers: int | None
         echo_line(f"Warning: the database is unavailable ({' '.join(str(exc.orig).split())}); "
                   "answering 451 until it is back", err=True)
         database = app.open_db_for_upgrade()
-    if workers is None:
-        # SQLite takes one writer at a time, and processes colliding on its lock sleep: one is
-        # fastest there; PostgreSQL takes them in parallel, so each core parses mail of its own
-        workers = 1 if database.is_sqlite else min(os.cpu_count() or 1, 4)
     try:
         stopped = serve_lmtp(database, app.config, host, port, workers, on_ready=_announce, report=_print_item)
     except OSError as exc:
