@@ -281,3 +281,31 @@ class InboundMessage(Base):
     fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
     kind: Mapped[str] = mapped_column(sa.String(20))
     processed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class IdentityPurpose(enum.StrEnum):
+    """What an emailed identity link lets the person who follows it do."""
+
+    SEE_DATA = "see_data"  # open /me/: see, download, correct and erase what is held
+    CHANGE_ADDRESS = "change_address"  # sent to a new address: move the subscriber to it
+
+
+class IdentityLink(Base):
+    """A link mailed to prove a person controls an address: valid one hour, opened once."""
+
+    __tablename__ = "identity_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # the random id the signed token carries; the token alone cannot be replayed once this row says so
+    nonce: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # an erasure deletes the subscriber, and with it every link and the new address it holds
+    subscriber_id: Mapped[int] = mapped_column(sa.ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[IdentityPurpose] = mapped_column(_enum(IdentityPurpose, "identity_purpose"))
+    new_email: Mapped[str | None] = mapped_column(sa.String(320))  # for CHANGE_ADDRESS only
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]  # the first POST spent the link; it never opens again
+    # sha256 of the secret the opened page's forms carry: the page's later actions need it, so
+    # whoever only has the link (a forwarded mail, a scanner) can do nothing after the first opening
+    session_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    closed_at: Mapped[dt.datetime | None]  # the page was left for good (erased, address changed)
