@@ -34,7 +34,7 @@ from mailer.content.templating import (
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.plus_tag import make_unsubscribe_address
-from mailer.tokens import UnsubscribeClaim, make_unsubscribe_token
+from mailer.tokens import UnsubscribeClaim, make_preferences_token, make_unsubscribe_token
 from mailer.verp import make_return_path
 
 TEST_SUBJECT_PREFIX = "[TEST] "
@@ -298,6 +298,7 @@ class Composer:
         self._list_id = mailing_list.id if mailing_list is not None else None
         self._domain = config.sender.sending_domain
         self._unsubscribe_base = config.unsubscribe.base_url.rstrip("/") + "/u/"
+        self._preferences_base = config.unsubscribe.base_url.rstrip("/") + "/p/"
         self._mailto = config.unsubscribe.mailto
         self._plus_tag = config.unsubscribe.mailto_plus_tag and bool(self._mailto)
         self.subject = (TEST_SUBJECT_PREFIX if test else "") + one_line(campaign.subject)
@@ -352,6 +353,7 @@ class Composer:
             "ad_label": self._config.compliance.ad_label,
             "list_title": list_title or f"mail from {self._config.company.name}",
             "unsubscribe_url": _SLOT.format("unsubscribe_url"),
+            "preferences_url": _SLOT.format("preferences_url"),
             "recipient_email": _SLOT.format("recipient_email"),
             "subscribed_on": _SLOT.format("subscribed_on"),
         }
@@ -413,6 +415,10 @@ class Composer:
     def unsubscribe_token(self, recipient: Recipient) -> str:
         return make_unsubscribe_token(self._keys, recipient.subscriber_id, self._list_id, self.campaign_id)
 
+    def preferences_url(self, recipient: Recipient) -> str:
+        """The footer's link to the preference centre: signed per subscriber, never expires."""
+        return self._preferences_base + make_preferences_token(self._keys, recipient.subscriber_id)
+
     def message_id(self, recipient: Recipient) -> str:
         if self._test:
             return f"<test-{self.campaign_id}.{uuid.uuid4().hex}@{self._domain}>"
@@ -443,12 +449,15 @@ class Composer:
         url = self._unsubscribe_base + token
         html_body, text_body = self._bodies(recipient, url)
         phrase = subscribed_phrase(recipient.subscribed_at)
+        # a notice's footer has no preference link: its slot is not in the layout
+        preferences = "" if self.is_notice else self.preferences_url(recipient)
         html = self._html_layout.fill(
             {"body": html_body.body, "template_css": _style_element(html_body.css),
-             "unsubscribe_url": str(escape(url)), "recipient_email": str(escape(address)), "subscribed_on": phrase}
+             "unsubscribe_url": str(escape(url)), "preferences_url": str(escape(preferences)),
+             "recipient_email": str(escape(address)), "subscribed_on": phrase}
         )
         text = self._text_layout.fill(
-            {"body": text_body.rstrip("\n"), "unsubscribe_url": url,
+            {"body": text_body.rstrip("\n"), "unsubscribe_url": url, "preferences_url": preferences,
              "recipient_email": address, "subscribed_on": phrase}
         )
         message_id = self.message_id(recipient)
