@@ -53,6 +53,11 @@ def _address_key() -> str:
     return "address:" + (normalize_email(typed) if typed else request.path)
 
 
+def _not_a_link_request() -> bool:
+    # only "email me a link" sends mail; saving a choice or leaving is never held back
+    return request.form.get("action") != "link"
+
+
 @preference_pages.route("/p/<path:token>", methods=["GET"], provide_automatic_options=False)
 def preferences_page(token: str) -> tuple[str, int]:
     """The lists and the buttons. Changes nothing: mail scanners fetch every link they see."""
@@ -68,9 +73,9 @@ def preferences_page(token: str) -> tuple[str, int]:
 
 
 @preference_pages.route("/p/<path:token>", methods=["POST"], provide_automatic_options=False)
-@limiter.limit(LINK_LIMIT_PER_IP, exempt_when=lambda: request.form.get("action") != "link")
-@limiter.limit(LINK_LIMIT_PER_ADDRESS, key_func=_address_key,
-               exempt_when=lambda: request.form.get("action") != "link")
+@limiter.shared_limit(LINK_LIMIT_PER_IP, scope="identity-link-client", exempt_when=_not_a_link_request)
+@limiter.shared_limit(LINK_LIMIT_PER_ADDRESS, scope="identity-link-address", key_func=_address_key,
+                      exempt_when=_not_a_link_request)
 def preferences_post(token: str) -> tuple[str, int]:
     """Save the list choice, leave everything, or mail a link to the data page.
 
@@ -134,8 +139,8 @@ def ask_page() -> tuple[str, int]:
 
 
 @preference_pages.route("/preferences", methods=["POST"], provide_automatic_options=False)
-@limiter.limit(LINK_LIMIT_PER_IP)
-@limiter.limit(LINK_LIMIT_PER_ADDRESS, key_func=_address_key)
+@limiter.shared_limit(LINK_LIMIT_PER_IP, scope="identity-link-client")
+@limiter.shared_limit(LINK_LIMIT_PER_ADDRESS, scope="identity-link-address", key_func=_address_key)
 def ask_post() -> tuple[str, int]:
     """Mail a link to the data page when the address is known; the same answer either way."""
     typed = request.form.get("email", "")[:MAX_ADDRESS_CHARS]
