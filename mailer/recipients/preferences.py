@@ -243,11 +243,13 @@ def address_change_link(
     key = normalize_email(address)
     if key == subscriber.email_normalized:
         raise InvalidInputError("that is already the address we hold")
+    # recorded alike whatever happens next: the person's own export must not tell whose the address is
+    record_event(session, "address_change_requested", "web", subject=subscriber.email,
+                 reason="asked to move to a new address; it changes when the new address confirms",
+                 detail=origin.detail())
     if is_suppressed(session, key) or find_subscriber(session, key) is not None:
         return None
     nonce = _issue_link(session, subscriber, IdentityPurpose.CHANGE_ADDRESS, new_email=address)
-    record_event(session, "address_change_requested", "web", subject=subscriber.email,
-                 reason="a confirmation link was mailed to the new address", detail=origin.detail())
     return PendingMail(_link_message(config, "address_change", address, subscriber.name,
                                      _identity_url(config, nonce), "Please confirm your new address"),
                        header_address(address))
