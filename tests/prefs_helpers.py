@@ -21,13 +21,8 @@ from mailer.web.app import create_app
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/1.0"
 
 
-def prefs_config(tmp_path: Path, database: Database, smtp: FaultyServer, base_url: str = "") -> Config:
-    path = write_config(tmp_path / "prefs.toml", database.url, smtp)
-    if base_url:
-        text = path.read_text(encoding="utf-8").replace(
-            "[unsubscribe]\n", f'[unsubscribe]\nbase_url = "{base_url}"\n')
-        path.write_text(text, encoding="utf-8")
-    return load_config(path, environ={})
+def prefs_config(tmp_path: Path, database: Database, smtp: FaultyServer) -> Config:
+    return load_config(write_config(tmp_path / "prefs.toml", database.url, smtp), environ={})
 
 
 def prefs_app(config: Config, rate_limits: bool = False) -> Flask:
@@ -70,9 +65,3 @@ def link_in(message: EmailMessage, kind: str) -> str:
     found = re.search(rf"https?://\S+?(/{kind}/[A-Za-z0-9_.\-]+)", text_of(message))
     assert found is not None, text_of(message)
     return found.group(1)
-
-
-def full_link_in(message: EmailMessage, kind: str) -> str:
-    found = re.search(rf"https?://\S+?/{kind}/[A-Za-z0-9_.\-]+", text_of(message))
-    assert found is not None, text_of(message)
-    return found.group(0)
