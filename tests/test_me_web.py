@@ -327,3 +327,20 @@ def _user() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+def test_expired_links_and_the_addresses_they_held_are_dropped(
+    client: FlaskClient, opened: tuple[str, str], database: Database, config: Config, ana: Person,
+    smtp_server: FaultyServer,
+) -> None:
+    path, secret = opened
+    _post(client, path, action="change_address", session=secret, new_email="ana@newmail.example")
+    with database.session() as session:
+        for link in session.scalars(sa.select(IdentityLink)):
+            link.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+
+    _request_link(client, config, ana, smtp_server)
+
+    with database.session() as session:
+        [link] = session.scalars(sa.select(IdentityLink))
+        assert link.new_email is None and link.used_at is None

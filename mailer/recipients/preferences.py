@@ -27,7 +27,6 @@ from mailer.errors import InvalidInputError, TokenError
 from mailer.models import (
     IdentityLink,
     IdentityPurpose,
-    MailingList,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -202,6 +201,8 @@ def _identity_url(config: Config, nonce: str) -> str:
 def _issue_link(session: Session, subscriber: Subscriber, purpose: IdentityPurpose,
                 new_email: str | None = None) -> str:
     now = utcnow()
+    # spent links keep a new address nobody confirmed: gone once they cannot open anything
+    session.execute(sa.delete(IdentityLink).where(IdentityLink.expires_at <= now))
     nonce = secrets.token_urlsafe(24)
     session.add(IdentityLink(nonce=nonce, subscriber_id=subscriber.id, purpose=purpose, new_email=new_email,
                              created_at=now, expires_at=now + dt.timedelta(seconds=IDENTITY_LINK_SECONDS)))
@@ -321,8 +322,3 @@ def link_subscriber(session: Session, link: IdentityLink) -> Subscriber:
     subscriber = session.get(Subscriber, link.subscriber_id)
     assert subscriber is not None  # the link goes with its subscriber (ON DELETE CASCADE)
     return subscriber
-
-
-def list_titles(session: Session) -> dict[int, str]:
-    """Every list's title (its name when untitled), by id."""
-    return {ml.id: ml.title or ml.name for ml in session.scalars(sa.select(MailingList))}
