@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import Cli
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prefs_helpers import (
     BROWSER_UA,
     html_of,
@@ -266,3 +268,31 @@ def test_the_campaign_footer_links_to_the_preference_centre_and_the_gate_passes(
     assert ">Manage your preferences</a>" in html_of(message)
     page = client.get(path).get_data(as_text=True)
     assert "a•••@example.com" in page and "Harmony News" in page
+
+
+@settings(max_examples=60)
+@given(typed=st.text(st.characters(exclude_categories=("Cs",)), max_size=400))
+def test_whatever_is_typed_gets_the_one_answer_or_a_typing_hint(
+    client: FlaskClient, smtp_server: FaultyServer, typed: str
+) -> None:
+    response = client.post("/preferences", data={"email": typed})
+
+    body = response.get_data()
+    if response.status_code == 200:
+        assert b"If we hold that address, a link to your data is on its way" in body
+    else:
+        assert response.status_code == 400 and b"Please enter a valid email address." in body
+    assert smtp_server.messages == []  # nobody is known here
+
+
+@settings(max_examples=40)
+@given(form=st.dictionaries(st.sampled_from(["action", "list", "email", "session"]),
+                            st.text(st.characters(exclude_categories=("Cs",)), max_size=50)))
+def test_any_form_on_the_page_changes_nothing_it_should_not(
+    client: FlaskClient, config: Config, database: Database, ana: Person, form: dict[str, str]
+) -> None:
+    response = client.post(prefs_path(config, ana.subscriber_id), data=form)
+
+    assert response.status_code in (200, 400)
+    if form.get("action") not in ("save", "leave", "link"):
+        assert response.status_code == 400
