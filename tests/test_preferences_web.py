@@ -3,11 +3,15 @@ against a real relay: list choice, leaving everything, identity links, the same 
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterator
+from email.policy import SMTP
 from pathlib import Path
 
 import pytest
 from cli_helpers import Cli
+from compose_helpers import make_config, parse, render
 from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,6 +39,7 @@ from recipient_helpers import (
 from smtp_faults import FaultyServer
 
 from mailer.config import Config
+from mailer.content.compliance import check_message
 from mailer.db import Database
 from mailer.models import SubscriptionStatus, SuppressionReason
 from mailer.web.limits import limiter
@@ -296,3 +301,20 @@ def test_any_form_on_the_page_changes_nothing_it_should_not(
     assert response.status_code in (200, 400)
     if form.get("action") not in ("save", "leave", "link"):
         assert response.status_code == 400
+
+
+def test_the_gate_refuses_a_message_without_a_working_preference_link() -> None:
+    rendered = render()
+    assert check_message(make_config(), rendered) == []
+    message = parse(rendered.data)
+    text_part, html_part = message.get_body(("plain",)), message.get_body(("html",))
+    assert text_part is not None and html_part is not None
+    text, html = str(text_part.get_content()), str(html_part.get_content())
+    text_part.set_content(re.sub(r"(/p/[A-Za-z0-9_.\-]+)", r"\1x", text))
+    html_part.set_content(re.sub(r'<a href="[^"]*/p/[^"]*"', '<a href="https://harmonymails.com/"', html),
+                          subtype="html")
+
+    problems = check_message(make_config(), dataclasses.replace(rendered, data=message.as_bytes(policy=SMTP)))
+
+    assert "the preference centre link does not verify" in problems
+    assert "the preference centre link is missing from the footer of the HTML part" in problems
