@@ -85,6 +85,9 @@ def test_from_the_footer_to_the_data_page_and_erasure_in_chromium(
     from selenium.webdriver.common.keys import Keys
 
     config, site = served
+    browser.get(site + "/preferences")
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=email]").text == "Email address"
+    _shoot(browser, "preferences-ask")
     _send_campaign(Cli(Path(config.source)), tmp_path)
     [campaign] = wait_for_messages(smtp_server, 1)
     browser.get(site + link_in(campaign, "p"))
