@@ -318,3 +318,17 @@ def test_the_gate_refuses_a_message_without_a_working_preference_link() -> None:
 
     assert "the preference centre link does not verify" in problems
     assert "the preference centre link is missing from the footer of the HTML part" in problems
+
+
+def test_a_relay_that_is_down_is_said_on_the_footer_page_and_hidden_on_the_address_page(
+    client: FlaskClient, config: Config, ana: Person, smtp_server: FaultyServer
+) -> None:
+    smtp_server.faults.refuse_all_connections = True
+    unknown = client.post("/preferences", data={"email": "nobody@example.com"}).get_data()
+
+    status, page = _post(client, prefs_path(config, ana.subscriber_id), action="link")
+    known = client.post("/preferences", data={"email": "ana@example.com"}).get_data()
+
+    assert status == 503 and "We could not send the link just now" in page
+    assert known == unknown  # the relay's trouble must not tell a known address from another
+    assert smtp_server.messages == []
