@@ -111,8 +111,9 @@ def _saved_page(config: Config, choice: ChoiceResult, view: PreferenceView) -> t
     try:
         send_confirmations(config, choice)
         mailed = True
-    except DeliveryError as exc:
-        log.warning("a list confirmation from the preference centre could not be sent: %s", exc)
+    except DeliveryError:
+        # the relay's reply may quote the address, and a log is not where an erasure reaches
+        log.warning("a list confirmation from the preference centre could not be sent")
         mailed = False
     return render_template("web/preferences.html", view=view, choice=choice, mailed=mailed), 200
 
@@ -120,8 +121,8 @@ def _saved_page(config: Config, choice: ChoiceResult, view: PreferenceView) -> t
 def _send_now(config: Config, mail: PendingMail) -> bool:
     try:
         send_pending(config, mail)
-    except DeliveryError as exc:
-        log.warning("an identity link could not be sent: %s", exc)
+    except DeliveryError:
+        log.warning("an identity link or address confirmation could not be sent")
         return False
     return True
 
