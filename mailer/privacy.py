@@ -28,6 +28,7 @@ from mailer.models import (
     BounceEvent,
     Campaign,
     Delivery,
+    IdentityLink,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -441,8 +442,8 @@ def _scrub_campaign_reasons(session: Session, needles: re.Pattern[str]) -> None:
         event.reason = _scrub(event.reason, needles)
 
 
-# every table an erasure deletes from or rewrites
-_ERASURE_TABLES = (Subscriber, Subscription, Suppression, Delivery, BounceEvent, AuditEvent)
+# every table an erasure deletes from or rewrites (identity links go with their subscriber)
+_ERASURE_TABLES = (Subscriber, Subscription, Suppression, Delivery, BounceEvent, AuditEvent, IdentityLink)
 
 
 def purge_erased_from_disk(database: Database) -> DiskPurge:
