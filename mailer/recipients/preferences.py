@@ -294,13 +294,19 @@ def find_identity_link(session: Session, config: Config, token: str) -> Identity
     return link
 
 
-def open_identity_link(link: IdentityLink) -> str:
+def open_identity_link(session: Session, link: IdentityLink) -> str:
     """Spend the link: the first opening gets the secret its page's forms carry; any later one a TokenError."""
-    if link.used_at is not None:
-        raise TokenError("this identity link was used already")
     secret = secrets.token_urlsafe(24)
-    link.used_at = utcnow()
-    link.session_hash = _digest(secret)
+    # the test is made again under the row lock: of two openings racing on PostgreSQL, one wins
+    spent = session.scalar(
+        sa.update(IdentityLink)
+        .where(IdentityLink.id == link.id, IdentityLink.used_at.is_(None))
+        .values(used_at=utcnow(), session_hash=_digest(secret))
+        .returning(IdentityLink.id)
+    )
+    session.expire(link, ["used_at", "session_hash"])
+    if spent is None:
+        raise TokenError("this identity link was used already")
     return secret
 
 

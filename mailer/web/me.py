@@ -84,7 +84,7 @@ def me_post(token: str) -> Page:
                 check_link_session(link, secret)
                 page = _act(session, link, action, secret)
             elif action == "open" and link.purpose is IdentityPurpose.SEE_DATA:
-                page = _data_page(session, link, open_identity_link(link))
+                page = _data_page(session, link, open_identity_link(session, link))
             elif action == "confirm_address" and link.purpose is IdentityPurpose.CHANGE_ADDRESS:
                 page = _change_address(session, link)
             else:
@@ -161,9 +161,7 @@ def _request_address_change(session: Session, link: IdentityLink, secret: str) -
 
 
 def _change_address(session: Session, link: IdentityLink) -> tuple[str, int]:
-    if link.used_at is not None:
-        return _invalid_link()
-    open_identity_link(link)
+    open_identity_link(session, link)  # a TokenError when it was used already
     close_identity_link(link)
     email = link_subscriber(session, link).email
     try:
