@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +345,18 @@ def test_expired_links_and_the_addresses_they_held_are_dropped(
     with database.session() as session:
         [link] = session.scalars(sa.select(IdentityLink))
         assert link.new_email is None and link.used_at is None
+
+
+def test_of_several_openings_at_once_exactly_one_gets_the_page(
+    client: FlaskClient, config: Config, ana: Person, smtp_server: FaultyServer
+) -> None:
+    path = _request_link(client, config, ana, smtp_server)
+    app = client.application
+
+    def open_once(_: int) -> int:
+        return app.test_client().post(path, data={"action": "open"}).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        codes = sorted(pool.map(open_once, range(4)))
+
+    assert codes == [200, 400, 400, 400]
