@@ -281,3 +281,15 @@ class InboundMessage(Base):
     fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
     kind: Mapped[str] = mapped_column(sa.String(20))
     processed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WebhookToken(Base):
+    """A signed webhook's one-time token (Mailgun's), kept while its timestamp is fresh so a replay is refused."""
+
+    __tablename__ = "webhook_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(sa.String(20))
+    # sha256 of the token: unique per provider, whoever posts it again
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
