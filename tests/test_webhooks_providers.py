@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from inbound_helpers import World, delivery_row
 from recipient_helpers import audit_events, statuses, suppressions
+from serve_helpers import free_port, start_serve, stop_serve
 from webhook_helpers import (
+    MAILGUN_KEY,
     POSTMARK_PASSWORD,
     POSTMARK_USER,
     SendGridKeys,
@@ -238,3 +243,52 @@ def test_a_body_that_is_no_batch_is_refused_and_changes_nothing(
 def test_a_body_over_the_limit_is_refused(client: FlaskClient, sendgrid: SendGridKeys) -> None:
     body = b"[" + b" " * (5 * 1024 * 1024) + b"]"
     assert client.post("/webhooks/sendgrid", data=body, headers=sendgrid.headers(body)).status_code == 413
+
+
+def test_a_bounce_by_dsn_and_by_webhook_acts_once(client: FlaskClient, world: World) -> None:
+    report = world.process("gmail_hard_bounce")
+    assert [item.kind.value for item in report.items] == ["hard_bounce"]
+    status, _ = post_mailgun(client, mailgun_post(payload("mailgun_failed_permanent", world)))
+    assert status == 200
+    assert bounce_kinds(world) == [BounceKind.HARD]
+    assert len(audit_events(world.database, "suppress")) == 1
+
+
+def test_a_complaint_by_webhook_and_by_feedback_loop_mail_acts_once(client: FlaskClient, world: World) -> None:
+    response = client.post("/webhooks/postmark", data=payload("postmark_spam_complaint", world),
+                           headers=basic_auth())
+    assert response.get_json()["outcomes"] == {"complaint": 1}
+    report = world.process("yahoo_complaint")
+    assert [item.kind.value for item in report.items] == ["complaint"]
+    assert "(already)" in report.items[0].note
+    assert bounce_kinds(world) == [BounceKind.COMPLAINT]
+    assert suppressed(world) == [("ana@example.net", SuppressionReason.COMPLAINT)]
+    assert len(audit_events(world.database, "suppress")) == 1
+
+
+def test_mailer_serve_takes_signed_webhooks_through_waitress(config_path: Path, world: World) -> None:
+    with config_path.open("a", encoding="utf-8") as config_file:
+        config_file.write(f'\n[webhooks]\nmailgun_signing_key = "{MAILGUN_KEY}"\n'
+                          f'postmark_username = "{POSTMARK_USER}"\npostmark_password = "{POSTMARK_PASSWORD}"\n')
+    port = free_port()
+    server = start_serve(config_path, port)
+    try:
+        mailgun = json.dumps(mailgun_post(payload("mailgun_complained", world))).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/mailgun", data=mailgun,
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["outcomes"] == {"complaint": 1}
+        with pytest.raises(urllib.error.HTTPError) as replayed:
+            urllib.request.urlopen(request, timeout=10)
+        replayed.value.close()
+        assert replayed.value.code == 403
+        postmark = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/postmark", method="POST",
+            data=payload("postmark_hard_bounce", world, person=world.bob, delivery_id=world.bob_delivery).encode(),
+            headers={"Content-Type": "application/json", **basic_auth()})
+        with urllib.request.urlopen(postmark, timeout=10) as response:
+            assert json.load(response)["outcomes"] == {"hard_bounce": 1}
+    finally:
+        stop_serve(server)
+    assert sorted(suppressed(world)) == [("ana@example.net", SuppressionReason.COMPLAINT),
+                                         ("bob@example.org", SuppressionReason.HARD_BOUNCE)]
