@@ -19,10 +19,8 @@ from mailer.inbound.classify import KIND_OF_CLASS, Analysis, InboundKind
 from mailer.models import Campaign, Delivery, InboundMessage, Subscriber, WebhookToken, utcnow
 from mailer.recipients.optout import unsubscribe
 from mailer.tokens import UnsubscribeClaim
-from mailer.verp import parse_return_path
+from mailer.verp import parse_delivery_reference
 
-# the name under which the provider header carries a delivery's reference (see content.compose)
-REFERENCE_NAME = "mailer_ref"
 # <campaign-3.subscriber-7@domain>: the Message-ID every campaign message carries (content.compose)
 _MESSAGE_ID = re.compile(r"<?(?:campaign|notice)-(\d{1,18})\.subscriber-(\d{1,18})@([^>\s]{1,255})>?")
 # how long a one-time token is remembered: longer than the window in which its timestamp is believed
@@ -103,7 +101,7 @@ def act_on_event(session: Session, config: Config, event: ProviderEvent) -> Even
 def find_delivery_id(session: Session, config: Config, event: ProviderEvent) -> int | None:
     """The delivery the event is about: our signed reference first, then our Message-ID."""
     if event.reference:
-        delivery_id = parse_return_path(config, f"{event.reference}@{config.sender.bounce_domain}")
+        delivery_id = parse_delivery_reference(config, event.reference)
         if delivery_id is not None:
             return delivery_id
     match = _MESSAGE_ID.fullmatch(event.message_id.strip())

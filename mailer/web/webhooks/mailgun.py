@@ -11,7 +11,8 @@ from flask import Blueprint, Response, abort
 from sqlalchemy.orm import Session
 
 from mailer.config import WebhooksConfig
-from mailer.inbound.events import REFERENCE_NAME, EventKind, ProviderEvent, Verdict, remember_token
+from mailer.inbound.events import EventKind, ProviderEvent, Verdict, remember_token
+from mailer.verp import PROVIDER_REFERENCE_NAME
 from mailer.web.context import web_context
 from mailer.web.webhooks.common import (
     WebhookRefused,
@@ -59,7 +60,7 @@ def mailgun_event(data: dict[str, Any]) -> ProviderEvent:
         event_id=as_text(data.get("id"), 200),
         kind=kind,
         recipient=as_text(data.get("recipient"), 320),
-        reference=as_text(as_object(data.get("user-variables")).get(REFERENCE_NAME), 100),
+        reference=as_text(as_object(data.get("user-variables")).get(PROVIDER_REFERENCE_NAME), 100),
         message_id=as_text(as_object(as_object(data.get("message")).get("headers")).get("message-id"), 300),
         verdict=verdict,
         status=as_text(status.get("enhanced-code"), 20),

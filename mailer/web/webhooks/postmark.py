@@ -8,7 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, request
 
 from mailer.config import WebhooksConfig
-from mailer.inbound.events import REFERENCE_NAME, EventKind, ProviderEvent, Verdict
+from mailer.inbound.events import EventKind, ProviderEvent, Verdict
+from mailer.verp import PROVIDER_REFERENCE_NAME
 from mailer.web.context import web_context
 from mailer.web.webhooks.common import (
     WebhookRefused,
@@ -58,7 +59,7 @@ def postmark_event(payload: dict[str, Any]) -> ProviderEvent:
         event_id=f"{record}:{as_text(payload.get('ID'))}",
         kind=kind,
         recipient=as_text(payload.get("Email"), 320),
-        reference=as_text(as_object(payload.get("Metadata")).get(REFERENCE_NAME), 100),
+        reference=as_text(as_object(payload.get("Metadata")).get(PROVIDER_REFERENCE_NAME), 100),
         verdict=verdict,
         diagnostic=as_text(payload.get("Details")) or as_text(payload.get("Description")),
         note=f"a {record or 'record'} of type {bounce_type or 'none'}: nothing to do",

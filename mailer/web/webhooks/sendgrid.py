@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Blueprint, Response, abort, request
 
 from mailer.config import load_ec_public_key
-from mailer.inbound.events import REFERENCE_NAME, EventKind, ProviderEvent, Verdict
+from mailer.inbound.events import EventKind, ProviderEvent, Verdict
+from mailer.verp import PROVIDER_REFERENCE_NAME
 from mailer.web.context import web_context
 from mailer.web.webhooks.common import (
     MAX_EVENTS,
@@ -60,7 +61,7 @@ def sendgrid_event(item: dict[str, Any]) -> ProviderEvent:
         kind=kind,
         recipient=as_text(item.get("email"), 320),
         # unique_args from our X-SMTPAPI header come back as fields of the event
-        reference=as_text(item.get(REFERENCE_NAME), 100),
+        reference=as_text(item.get(PROVIDER_REFERENCE_NAME), 100),
         message_id=as_text(item.get("smtp-id"), 300),
         verdict=verdict,
         status=as_text(item.get("status"), 20),

@@ -7,7 +7,8 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify
 
-from mailer.inbound.events import REFERENCE_NAME, EventKind, ProviderEvent, Verdict
+from mailer.inbound.events import EventKind, ProviderEvent, Verdict
+from mailer.verp import PROVIDER_REFERENCE_NAME
 from mailer.web.context import web_context
 from mailer.web.webhooks.common import (
     MAX_EVENTS,
@@ -40,7 +41,7 @@ def ses_events(sns_message_id: str, notification: dict[str, Any]) -> Iterator[Pr
     """One event per recipient of an SES notification (event publishing's eventType too)."""
     kind = as_text(notification.get("notificationType") or notification.get("eventType"))
     mail = as_object(notification.get("mail"))
-    tags = as_object(mail.get("tags")).get(REFERENCE_NAME)
+    tags = as_object(mail.get("tags")).get(PROVIDER_REFERENCE_NAME)
     common: dict[str, Any] = {
         "provider": "ses",
         "reference": as_text(tags[0], 100) if isinstance(tags, list) and tags else "",
