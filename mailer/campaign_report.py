@@ -103,9 +103,9 @@ def campaign_status(session: Session, campaign_id: int) -> CampaignStatusReport:
 
 def count_returns(session: Session, campaign_id: int, delivered: int, policy_blocks: int) -> Returns:
     """count_returns: the campaign's bounces and complaints by kind, and the opt-outs its links made."""
-    kinds = dict(session.execute(
+    kinds: dict[BounceKind, int] = {kind: count for kind, count in session.execute(
         sa.select(BounceEvent.kind, sa.func.count()).where(BounceEvent.campaign_id == campaign_id)
-        .group_by(BounceEvent.kind)).tuples().all())
+        .group_by(BounceEvent.kind))}
     # every opt-out names the campaign its link came from; a complaint's is counted as a complaint
     unsubscribes = session.scalar(
         sa.select(sa.func.count()).select_from(AuditEvent)
