@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from webhook_helpers import (
     webhook_app,
 )
 
+from mailer.config import DatabaseConfig
 from mailer.models import (
     BounceEvent,
     BounceKind,
@@ -292,3 +294,17 @@ def test_mailer_serve_takes_signed_webhooks_through_waitress(config_path: Path, 
         stop_serve(server)
     assert sorted(suppressed(world)) == [("ana@example.net", SuppressionReason.COMPLAINT),
                                          ("bob@example.org", SuppressionReason.HARD_BOUNCE)]
+
+
+def test_a_database_that_is_down_answers_503_so_the_provider_posts_again(
+        tmp_path: Path, world: World, sendgrid: SendGridKeys) -> None:
+    gone = replace(world.config, database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'missing' / 'm.db'}"))
+    down = webhook_app(gone, sendgrid=sendgrid)
+    try:
+        body = payload("sendgrid_bounce", world)
+        response = down.test_client().post("/webhooks/sendgrid", data=body.encode(),
+                                           headers=sendgrid.headers(body.encode()))
+    finally:
+        down.extensions["mailer"].database.dispose()
+    assert response.status_code == 503
+    assert nothing_changed(world)
