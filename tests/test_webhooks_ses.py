@@ -56,6 +56,7 @@ def test_a_permanent_bounce_fails_the_delivery_and_suppresses_the_address(app: F
     assert sns.fetched == [CERT_URL]
     trail = audit_events(world.database, "suppress")
     assert [(e.actor, e.detail["delivery_id"]) for e in trail] == [("inbound", world.delivery_id)]
+    assert "5.1.1 Amazon SES webhook: smtp; 550 5.1.1" in trail[0].reason
 
 
 def test_a_transient_bounce_only_counts(app: Flask, world: World) -> None:

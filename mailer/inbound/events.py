@@ -120,8 +120,9 @@ def _analysis(event: ProviderEvent, delivery_id: int | None) -> Analysis:
                         from_address=_PROVIDER_NAMES[event.provider], user_agent=_PROVIDER_NAMES[event.provider],
                         from_feedback_loop=True)
     found, status = bounce_class(event)
-    # the provider's verdict stands in for the server's words it did not pass on
-    diagnostic = event.diagnostic or f"{_PROVIDER_NAMES[event.provider]}: {event.verdict.value} bounce"
+    # the audit trail and the bounce record tell which webhook said so; the provider's verdict
+    # stands in for the server's words it did not pass on
+    diagnostic = f"{_PROVIDER_NAMES[event.provider]} webhook: {event.diagnostic or event.verdict.value + ' bounce'}"
     return Analysis(KIND_OF_CLASS[found], note=f"the provider reported it delivered ({status or 'no status'})",
                     status=status, diagnostic=diagnostic[:1000], delivery_ids=ids, named_addresses=named,
                     from_address=_PROVIDER_NAMES[event.provider], permanent=found.permanent,
