@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import given
-from hypothesis import strategies as st
+from webhook_helpers import PAYLOAD
 
 from mailer.bounce_class import BounceClass
 from mailer.inbound.events import EventKind, ProviderEvent, Verdict, bounce_class
@@ -13,16 +13,6 @@ from mailer.web.webhooks.mailgun import mailgun_event
 from mailer.web.webhooks.postmark import postmark_event
 from mailer.web.webhooks.sendgrid import sendgrid_event
 from mailer.web.webhooks.ses import ses_events
-
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=20,
-)
-KEYS = ["event", "type", "reason", "status", "email", "sg_event_id", "smtp-id", "mailer_ref", "severity",
-        "delivery-status", "recipient", "id", "user-variables", "message", "RecordType", "Type", "ID", "Email",
-        "Metadata", "Details", "notificationType", "bounce", "complaint", "mail", "bouncedRecipients"]
-PAYLOAD = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=10), JSON, max_size=8)
 
 
 @given(PAYLOAD)

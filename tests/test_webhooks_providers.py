@@ -15,11 +15,14 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from inbound_helpers import World, delivery_row
 from recipient_helpers import audit_events, statuses, suppressions
 from serve_helpers import free_port, start_serve, stop_serve
 from webhook_helpers import (
     MAILGUN_KEY,
+    PAYLOAD,
     POSTMARK_PASSWORD,
     POSTMARK_USER,
     SendGridKeys,
@@ -308,3 +311,16 @@ def test_a_database_that_is_down_answers_503_so_the_provider_posts_again(
         down.extensions["mailer"].database.dispose()
     assert response.status_code == 503
     assert nothing_changed(world)
+
+
+@settings(max_examples=40)
+@given(st.lists(PAYLOAD, max_size=5))
+def test_any_authentic_post_is_answered_one_event_at_a_time(
+        client: FlaskClient, sendgrid: SendGridKeys, world: World, batch: list[dict[str, object]]) -> None:
+    body = json.dumps(batch).encode()
+    answer = client.post("/webhooks/sendgrid", data=body, headers=sendgrid.headers(body))
+    assert answer.status_code == 200 and answer.get_json()["events"] == len(batch)
+    for one in batch[:2]:
+        assert client.post("/webhooks/postmark", json=one, headers=basic_auth()).status_code == 200
+        assert post_mailgun(client, {**mailgun_post("{}"), "event-data": one})[0] == 200
+    assert suppressed(world) == []

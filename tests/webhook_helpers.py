@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from flask import Flask
+from hypothesis import strategies as st
 from inbound_helpers import World
 from recipient_helpers import Person
 
@@ -32,6 +33,16 @@ TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-feedback"
 CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem"
 POSTMARK_USER, POSTMARK_PASSWORD = "postmark", "a-long-postmark-password-0123"
 MAILGUN_KEY = "key-mailgun-signing-0123456789abcdef"
+# any JSON object, with the keys providers use most often
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+KEYS = ["event", "type", "reason", "status", "email", "sg_event_id", "smtp-id", "mailer_ref", "severity",
+        "delivery-status", "recipient", "id", "user-variables", "message", "RecordType", "Type", "ID", "Email",
+        "Metadata", "Details", "notificationType", "bounce", "complaint", "mail", "bouncedRecipients"]
+PAYLOAD = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=10), JSON, max_size=8)
 
 
 def reference(config: Config, delivery_id: int) -> str:
