@@ -61,6 +61,9 @@ def https_get(url: str) -> bytes:
     try:
         with _OPENER.open(url, timeout=_FETCH_TIMEOUT) as response:
             return bytes(response.read(MAX_CERTIFICATE_BYTES + 1))[: MAX_CERTIFICATE_BYTES + 1]
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection of the answer it stands for
+        raise WebhookRefused(502, f"cannot reach SNS: HTTPError {exc.code}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise WebhookRefused(502, f"cannot reach SNS: {type(exc).__name__}") from None
 
