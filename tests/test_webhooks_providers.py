@@ -92,6 +92,13 @@ def test_sendgrid_bounce_suppresses_and_other_events_in_the_batch_change_nothing
     assert delivery_row(world.database, world.delivery_id).state is DeliveryState.FAILED
 
 
+def test_sendgrid_drop_for_an_address_that_bounced_before_suppresses_and_other_drops_do_not(
+        client: FlaskClient, sendgrid: SendGridKeys, world: World) -> None:
+    status, body = post_sendgrid(client, sendgrid, payload("sendgrid_dropped", world))
+    assert (status, body["outcomes"]) == (200, {"hard_bounce": 1, "other": 1})
+    assert suppressed(world) == [("ana@example.net", SuppressionReason.HARD_BOUNCE)]
+
+
 def test_sendgrid_block_is_a_policy_block_that_suppresses_nobody(
         client: FlaskClient, sendgrid: SendGridKeys, world: World) -> None:
     status, body = post_sendgrid(client, sendgrid, payload("sendgrid_blocked", world))
