@@ -93,7 +93,7 @@ def ses_webhook() -> tuple[Response, int]:
         abort(400, "expected an SNS message")
     topic = as_text(message.get("TopicArn"), 300)
     try:
-        if topic not in hooks.ses_topic_arns:
+        if topic not in {arn.strip() for arn in hooks.ses_topic_arns}:
             # checked before any certificate is fetched: nobody can make us fetch for a stranger's topic
             raise WebhookRefused(403, "not a topic in webhooks.ses_topic_arns")
         certificates = sns_certificates()
