@@ -99,6 +99,15 @@ def test_sendgrid_drop_for_an_address_that_bounced_before_suppresses_and_other_d
     assert suppressed(world) == [("ana@example.net", SuppressionReason.HARD_BOUNCE)]
 
 
+def test_sendgrid_text_that_is_not_unicode_is_read_as_far_as_it_goes(
+        client: FlaskClient, sendgrid: SendGridKeys, world: World) -> None:
+    body = payload("sendgrid_bounce", world).replace("does not exist.", "does not exist \\udc80.")
+    assert "\\udc80" in body
+    status, answer = post_sendgrid(client, sendgrid, body)
+    assert (status, answer["outcomes"]) == (200, {"hard_bounce": 1, "other": 1})
+    assert suppressed(world) == [("ana@example.net", SuppressionReason.HARD_BOUNCE)]
+
+
 def test_sendgrid_block_is_a_policy_block_that_suppresses_nobody(
         client: FlaskClient, sendgrid: SendGridKeys, world: World) -> None:
     status, body = post_sendgrid(client, sendgrid, payload("sendgrid_blocked", world))

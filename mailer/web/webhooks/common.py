@@ -72,6 +72,9 @@ def act_on_events(events: Iterable[ProviderEvent],
             outcome = EventOutcome(InboundKind.ALREADY_PROCESSED, "acted on concurrently")
         except sa.exc.OperationalError:
             abort(503, "the database is unavailable; post again later")
+        except MailerError as exc:
+            # a value the store refuses: this event is left, the rest of the batch goes on
+            outcome = EventOutcome(InboundKind.FAILED, str(exc))
         counts[outcome.kind.value] += 1
     return jsonify(events=sum(counts.values()), outcomes=dict(counts)), 200
 
@@ -79,7 +82,8 @@ def act_on_events(events: Iterable[ProviderEvent],
 def as_text(value: Any, limit: int = 1000) -> str:
     """A string field of a payload, whatever the payload put there."""
     if isinstance(value, str):
-        return value[:limit]
+        # JSON may escape lone surrogates ("\udc80"), which no database column takes
+        return value[:limit].encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return ""
