@@ -309,3 +309,13 @@ class IdentityLink(Base):
     # whoever only has the link (a forwarded mail, a scanner) can do nothing after the first opening
     session_hash: Mapped[str | None] = mapped_column(sa.String(64))
     closed_at: Mapped[dt.datetime | None]  # the page was left for good (erased, address changed)
+class WebhookToken(Base):
+    """A signed webhook's one-time token (Mailgun's), kept while its timestamp is fresh so a replay is refused."""
+
+    __tablename__ = "webhook_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(sa.String(20))
+    # sha256 of the token: unique per provider, whoever posts it again
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -21,6 +21,7 @@ from mailer.web.limits import init_limiter
 from mailer.web.me import me_pages
 from mailer.web.preferences import preference_pages
 from mailer.web.unsubscribe import unsubscribe_pages
+from mailer.web.webhooks import webhook_pages
 
 # a one-click body is 26 bytes and a multipart one a few hundred; nothing legitimate is bigger
 MAX_BODY_BYTES = 16 * 1024
@@ -59,6 +60,7 @@ def create_app(
     init_limiter(app)
     for blueprint in (unsubscribe_pages, confirm_pages, preference_pages, me_pages, health_pages, assets):
         app.register_blueprint(blueprint)
+    app.register_blueprint(webhook_pages)
     app.register_error_handler(HTTPException, error_page)
     app.after_request(add_security_headers)
     app.context_processor(page_context)
