@@ -221,7 +221,7 @@ def test_sqlite_claims_and_heartbeats_use_the_live_work_indexes(sqlite_url: str)
         database.dispose()
 
 
-def _one_member_list(database: Database) -> int:
+def _empty_list(database: Database) -> int:
     with database.session() as session:
         list_id = create_list(session, "news").id
     return list_id
@@ -276,7 +276,7 @@ def test_statistics_are_fresh_on_sqlite_after_an_import_and_a_snapshot(sqlite_ur
     database = Database(sqlite_url)
     database.upgrade()
     try:
-        list_id = _one_member_list(database)
+        list_id = _empty_list(database)
         csv = tmp_path / "people.csv"
         csv.write_text("email\n" + "".join(f"p{i}@example.com\n" for i in range(300)))
         import_csv(database, csv, "news")
