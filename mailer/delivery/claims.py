@@ -156,9 +156,10 @@ def _claim_where(session: Session, campaign_id: int, condition: sa.ColumnElement
     # one state at a time, ordered by next_attempt_at: that state's live-work index on
     # (campaign_id, next_attempt_at) then yields rows in order and the scan stops at LIMIT, so a
     # claim costs the same at the end of a 100,000-row campaign as at its start (an OR of states
-    # made every claim sort the whole campaign), and finished deliveries are not in the index. The inner SELECT skips rows another worker holds (PostgreSQL FOR
-    # UPDATE SKIP LOCKED), so concurrent workers take disjoint batches without waiting; SQLite
-    # ignores the clause, and the session's BEGIN IMMEDIATE makes the claim one writer at a time.
+    # made every claim sort the whole campaign), and finished deliveries are not in the index.
+    # The inner SELECT skips rows another worker holds (PostgreSQL FOR UPDATE SKIP LOCKED), so
+    # concurrent workers take disjoint batches without waiting; SQLite ignores the clause, and
+    # the session's BEGIN IMMEDIATE makes the claim one writer at a time.
     due = (
         sa.select(Delivery.id)
         .where(Delivery.campaign_id == campaign_id, condition)
