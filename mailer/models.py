@@ -251,6 +251,13 @@ class Delivery(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+def live_state(state: DeliveryState) -> sa.ColumnElement[bool]:
+    """Delivery.state = '<state>' with the value written into the SQL rather than bound: a
+    prepared statement's generic plan cannot use a partial index for a bound value, and SQLite
+    matches a partial index only on the same literal term."""
+    return Delivery.state == sa.literal_column(f"'{state.value}'")
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_events"
 
@@ -304,10 +311,3 @@ class InboundMessage(Base):
     fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
     kind: Mapped[str] = mapped_column(sa.String(20))
     processed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-def live_state(state: DeliveryState) -> sa.ColumnElement[bool]:
-    """Delivery.state = '<state>' with the value written into the SQL rather than bound: a
-    prepared statement's generic plan cannot use a partial index for a bound value, and SQLite
-    matches a partial index only on the same literal term."""
-    return Delivery.state == sa.literal_column(f"'{state.value}'")
