@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import ipaddress
 import os
@@ -12,11 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailer.addresses import parse_mailbox
 from mailer.errors import ConfigError, InvalidInputError
 from mailer.plus_tag import MAX_LOCAL_PART_OCTETS, ROOM_NEEDED, room_for_tag
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 DEFAULT_CONFIG_NAME = "mailer.toml"
 DEFAULT_POSTAL_ADDRESS = (
@@ -58,6 +63,16 @@ class StartTLS(enum.StrEnum):
     REQUIRED = "required"  # refuse to send unless STARTTLS succeeds (loopback excepted)
     OPPORTUNISTIC = "opportunistic"  # use STARTTLS when the server offers it
     OFF = "off"  # never; only for relays on loopback or a trusted network
+
+
+class SmtpProvider(enum.StrEnum):
+    """The relay behind smtp.host, when it is a provider that reports bounces by webhook."""
+
+    NONE = "none"  # our own MTA or another relay: no provider header
+    SES = "ses"  # Amazon SES: X-SES-MESSAGE-TAGS
+    SENDGRID = "sendgrid"  # SendGrid: X-SMTPAPI unique_args
+    POSTMARK = "postmark"  # Postmark: X-PM-Metadata-*
+    MAILGUN = "mailgun"  # Mailgun: X-Mailgun-Variables
 
 
 class UnsubscribeScope(enum.StrEnum):
@@ -109,6 +124,8 @@ class SmtpConfig:
     messages_per_second: float = 0.0  # 0 means no limit
     retry_for: float = 24 * 3600.0  # seconds a deferred message keeps being retried
     max_consecutive_errors: int = 10  # connection failures in a row before a campaign pauses
+    # the provider behind the relay: its header carries each delivery's signed reference
+    provider: SmtpProvider = SmtpProvider.NONE
 
     @property
     def is_loopback(self) -> bool:
@@ -258,6 +275,17 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """The providers' webhooks under `mailer serve`; each is off (404) until its keys are set."""
+
+    ses_topic_arns: tuple[str, ...] = ()  # SNS topics whose notifications and subscriptions are believed
+    sendgrid_public_key: str = field(default="", repr=False)  # the Signed Event Webhook's verification key
+    postmark_username: str = ""  # the HTTP basic auth Postmark's webhook URL carries
+    postmark_password: str = field(default="", repr=False)
+    mailgun_signing_key: str = field(default="", repr=False)  # the HTTP webhook signing key
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one frozen section per table of mailer.toml."""
 
@@ -271,6 +299,7 @@ class Config:
     compliance: ComplianceConfig = ComplianceConfig()
     consent: ConsentConfig = ConsentConfig()
     inbound: InboundConfig = InboundConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     source: str = "<defaults>"  # the file the values came from, for error messages
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -307,6 +336,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "compliance": ComplianceConfig,
     "consent": ConsentConfig,
     "inbound": InboundConfig,
+    "webhooks": WebhooksConfig,
 }
 
 
@@ -430,6 +460,7 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
         config = replace(config, unsubscribe=replace(config.unsubscribe, secret_keys=keys))
     if environ.get("MAILER_SMTP_PASSWORD"):
         config = replace(config, smtp=replace(config.smtp, password=environ["MAILER_SMTP_PASSWORD"]))
+    config = _webhook_secrets(config, environ)
     if environ.get("MAILER_DKIM_PRIVATE_KEY"):
         config = replace(config, dkim=replace(config.dkim, private_key=environ["MAILER_DKIM_PRIVATE_KEY"]))
     if config.inbound.mailboxes:
@@ -437,6 +468,19 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
                       for box in config.inbound.mailboxes)
         config = replace(config, inbound=replace(config.inbound, mailboxes=boxes))
     return config
+
+
+# the webhooks' secrets, from the environment when set there
+_WEBHOOK_SECRETS = {
+    "MAILER_WEBHOOKS_SENDGRID_PUBLIC_KEY": "sendgrid_public_key",
+    "MAILER_WEBHOOKS_POSTMARK_PASSWORD": "postmark_password",
+    "MAILER_WEBHOOKS_MAILGUN_SIGNING_KEY": "mailgun_signing_key",
+}
+
+
+def _webhook_secrets(config: Config, environ: Mapping[str, str]) -> Config:
+    found: dict[str, Any] = {attr: environ[name] for name, attr in _WEBHOOK_SECRETS.items() if environ.get(name)}
+    return replace(config, webhooks=replace(config.webhooks, **found)) if found else config
 
 
 def is_placeholder_address(text: str) -> bool:
@@ -462,6 +506,7 @@ def validate_config(config: Config) -> None:
     if config.consent.confirm_expiry <= 0:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
     _check_inbound(src, config)
+    _check_webhooks(src, config)
 
 
 def _check_database(src: str, config: Config) -> None:
@@ -597,6 +642,52 @@ def _without_password(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     return f"{scheme}{sep}{userinfo.partition(':')[0]}{at}{host}" if at else url
+
+
+# arn:aws:sns:REGION:ACCOUNT:TOPIC (aws-cn and aws-us-gov partitions too)
+_TOPIC_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(?:\.fifo)?")
+
+
+def _check_webhooks(src: str, config: Config) -> None:
+    """Each provider's keys: all of them or none, and in the shape the provider gives them."""
+    hooks = config.webhooks
+    for arn in hooks.ses_topic_arns:
+        if not _TOPIC_ARN.fullmatch(arn.strip()):
+            raise ConfigError(src, "webhooks.ses_topic_arns",
+                              f"each entry must be an SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:ses-bounces; got {arn!r}")
+    if hooks.sendgrid_public_key:
+        try:
+            load_ec_public_key(hooks.sendgrid_public_key)
+        except InvalidInputError as exc:
+            raise ConfigError(src, "webhooks.sendgrid_public_key", str(exc)) from None
+    if bool(hooks.postmark_username) != bool(hooks.postmark_password):
+        raise ConfigError(src, "webhooks.postmark_password" if hooks.postmark_username else "webhooks.postmark_username",
+                          "set postmark_username and postmark_password together, or neither")
+    if hooks.postmark_password and len(hooks.postmark_password) < 16:
+        raise ConfigError(src, "webhooks.postmark_password", "must be at least 16 characters")
+    if ":" in hooks.postmark_username:
+        raise ConfigError(src, "webhooks.postmark_username", "must not contain a colon (HTTP basic auth)")
+
+
+def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """An ECDSA public key as SendGrid shows it (base64 of the DER key) or as PEM.
+
+    Raises InvalidInputError when it is neither, or not a P-256 key."""
+    # loaded here: every command reads the config, few of them check a SendGrid key
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        if "-----BEGIN" in text:
+            key = serialization.load_pem_public_key(text.strip().encode("ascii"))
+        else:
+            key = serialization.load_der_public_key(base64.b64decode("".join(text.split()), validate=True))
+    except (ValueError, UnicodeEncodeError, binascii.Error, UnsupportedAlgorithm):
+        raise InvalidInputError("not an ECDSA public key: paste the verification key SendGrid shows") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise InvalidInputError("not a P-256 (prime256v1) ECDSA public key")
+    return key
 
 
 def _check_proxy_address(source: str, value: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -100,6 +100,28 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# rows SQLite's ANALYZE reads per index: enough for its planner, and quick on a million-row table
+SQLITE_ANALYSIS_LIMIT = 1000
+
+
+def analyze_tables(session: Session, tables: Sequence[str]) -> None:
+    """Fresh planner statistics for tables the caller has just filled (an import, an audience snapshot).
+
+    Until statistics catch up (autovacuum may be minutes behind, or off), PostgreSQL plans a
+    send to a list imported a moment ago as if the list had a handful of members, and walks
+    the whole list for every batch. Runs in the caller's transaction, whose own new rows
+    ANALYZE counts; PostgreSQL skips a table that another ANALYZE or VACUUM holds rather than
+    wait for it, and only warns (never fails) for a role that does not own the tables.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(sa.text("ANALYZE (SKIP_LOCKED) " + ", ".join(tables)))
+    elif dialect == "sqlite":
+        session.execute(sa.text(f"PRAGMA analysis_limit={SQLITE_ANALYSIS_LIMIT}"))
+        for table in tables:
+            session.execute(sa.text(f"ANALYZE {table}"))
 
 
 def alembic_config(url: str) -> Any:

@@ -385,7 +385,10 @@ def campaign_retry(app: AppContext, campaign_id: int, in_doubt: bool, later: boo
 @json_option
 @pass_app
 def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) -> None:
-    """Show a campaign's state, its deliveries counted by state, and its policy blocks.
+    """Show a campaign's state, its deliveries counted by state, and what came back.
+
+    What came back: hard and soft bounces, policy blocks, spam complaints and unsubscribes,
+    by mail, webhook or link, and the complaint rate, with a warning over Gmail's 0.3%.
 
     A policy block is a delivery the receiver refused for the sender's sake (5.7.x: a
     blocklist, DMARC, SPF); the address is kept. sending.policy_block_pause_share of them
@@ -397,6 +400,7 @@ def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) ->
       campaign 3 "December news"
       status: sent (4990 sent, 6 failed, 4 suppressed)
       policy blocks: 2 (refused for the sender's reputation or authentication, not the address; nobody suppressed)
+      came back: 4 hard bounces, 3 soft bounces, 2 policy blocks, 1 complaints, 12 unsubscribes; complaint rate 0.02%
     """
     with app.db.session() as session:
         status = campaign_status(session, campaign_id)

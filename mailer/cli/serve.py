@@ -24,7 +24,8 @@ DEFAULT_THREADS = 8  # the GIL and SQLite's one writer make more threads slower,
 def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     """Run the unsubscribe web app under waitress until interrupted.
 
-    Serves GET/POST /u/<token> (the page and RFC 8058 one-click) and GET /healthz.
+    Serves GET/POST /u/<token> (the page and RFC 8058 one-click) and GET /healthz, and
+    POST /webhooks/ses|sendgrid|postmark|mailgun for each provider [webhooks] configures.
     List-Unsubscribe links must be https: put nginx or another proxy with TLS in front
     and set unsubscribe.base_url to its public address. With unsubscribe.trusted_proxies set,
     X-Forwarded-For and -Proto are believed only from unsubscribe.trusted_proxy_address.

@@ -6,6 +6,7 @@ import binascii
 import contextlib
 import datetime as dt
 import email.policy
+import json
 import re
 import time
 import uuid
@@ -19,7 +20,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from mailer.addresses import parse_mailbox
-from mailer.config import Config
+from mailer.config import Config, SmtpProvider
 from mailer.content.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
 from mailer.content.dkim import DkimSigner, signer_from_config
 from mailer.content.templating import (
@@ -34,8 +35,8 @@ from mailer.content.templating import (
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.plus_tag import make_unsubscribe_address
-from mailer.tokens import UnsubscribeClaim, make_unsubscribe_token
-from mailer.verp import make_return_path
+from mailer.tokens import UnsubscribeClaim, make_preferences_token, make_unsubscribe_token
+from mailer.verp import PROVIDER_REFERENCE_NAME, make_return_path
 
 TEST_SUBJECT_PREFIX = "[TEST] "
 # a subscriber id no real row reaches: links in previews and test messages unsubscribe nobody
@@ -298,10 +299,12 @@ class Composer:
         self._list_id = mailing_list.id if mailing_list is not None else None
         self._domain = config.sender.sending_domain
         self._unsubscribe_base = config.unsubscribe.base_url.rstrip("/") + "/u/"
+        self._preferences_base = config.unsubscribe.base_url.rstrip("/") + "/p/"
         self._mailto = config.unsubscribe.mailto
         self._plus_tag = config.unsubscribe.mailto_plus_tag and bool(self._mailto)
         self.subject = (TEST_SUBJECT_PREFIX if test else "") + one_line(campaign.subject)
         self._signer: DkimSigner | None = signer_from_config(config)
+        self._provider = config.smtp.provider
 
         name = campaign.template_name or f"campaign {campaign.id}"
         source = TemplateSource(name=name, html=campaign.html_template, text=campaign.text_template)
@@ -352,6 +355,7 @@ class Composer:
             "ad_label": self._config.compliance.ad_label,
             "list_title": list_title or f"mail from {self._config.company.name}",
             "unsubscribe_url": _SLOT.format("unsubscribe_url"),
+            "preferences_url": _SLOT.format("preferences_url"),
             "recipient_email": _SLOT.format("recipient_email"),
             "subscribed_on": _SLOT.format("subscribed_on"),
         }
@@ -413,6 +417,10 @@ class Composer:
     def unsubscribe_token(self, recipient: Recipient) -> str:
         return make_unsubscribe_token(self._keys, recipient.subscriber_id, self._list_id, self.campaign_id)
 
+    def preferences_url(self, recipient: Recipient) -> str:
+        """The footer's link to the preference centre: signed per subscriber, never expires."""
+        return self._preferences_base + make_preferences_token(self._keys, recipient.subscriber_id)
+
     def message_id(self, recipient: Recipient) -> str:
         if self._test:
             return f"<test-{self.campaign_id}.{uuid.uuid4().hex}@{self._domain}>"
@@ -443,15 +451,19 @@ class Composer:
         url = self._unsubscribe_base + token
         html_body, text_body = self._bodies(recipient, url)
         phrase = subscribed_phrase(recipient.subscribed_at)
+        # a notice's footer has no preference link: its slot is not in the layout
+        preferences = "" if self.is_notice else self.preferences_url(recipient)
         html = self._html_layout.fill(
             {"body": html_body.body, "template_css": _style_element(html_body.css),
-             "unsubscribe_url": str(escape(url)), "recipient_email": str(escape(address)), "subscribed_on": phrase}
+             "unsubscribe_url": str(escape(url)), "preferences_url": str(escape(preferences)),
+             "recipient_email": str(escape(address)), "subscribed_on": phrase}
         )
         text = self._text_layout.fill(
-            {"body": text_body.rstrip("\n"), "unsubscribe_url": url,
+            {"body": text_body.rstrip("\n"), "unsubscribe_url": url, "preferences_url": preferences,
              "recipient_email": address, "subscribed_on": phrase}
         )
         message_id = self.message_id(recipient)
+        envelope_from = make_return_path(self._config, recipient.delivery_id)
         lines = [
             self._from_line,
             b"To: " + format_mailbox(recipient.name, address).encode("ascii") + b"\r\n",
@@ -460,6 +472,9 @@ class Composer:
             b"Message-ID: " + message_id.encode("ascii") + b"\r\n",
             self._middle_lines,
         ]
+        if self._provider is not SmtpProvider.NONE:
+            # the return path's signed local part: the provider echoes it in its webhooks
+            lines.append(provider_header(self._provider, envelope_from.partition("@")[0]))
         if not self.is_notice:
             unsubscribe = f"List-Unsubscribe: <{url}>"
             if self._mailto:
@@ -480,7 +495,7 @@ class Composer:
         if self._signer is not None:
             data = self._signer.sign(data) + data
         return RenderedMessage(
-            envelope_from=make_return_path(self._config, recipient.delivery_id),
+            envelope_from=envelope_from,
             recipient=address,
             message_id=message_id,
             data=data,
@@ -527,6 +542,20 @@ class Composer:
             stamp = format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
             self._date_cache = (now, f"Date: {stamp}\r\n".encode("ascii"))
         return self._date_cache[1]
+
+
+def provider_header(provider: SmtpProvider, reference: str) -> bytes:
+    """The header in which the relay's provider keeps our delivery reference and echoes it in its webhooks."""
+    name = PROVIDER_REFERENCE_NAME
+    if provider is SmtpProvider.SES:
+        line = f"X-SES-MESSAGE-TAGS: {name}={reference}"
+    elif provider is SmtpProvider.SENDGRID:
+        line = "X-SMTPAPI: " + json.dumps({"unique_args": {name: reference}})
+    elif provider is SmtpProvider.POSTMARK:
+        line = f"X-PM-Metadata-{name}: {reference}"
+    else:
+        line = "X-Mailgun-Variables: " + json.dumps({name: reference})
+    return line.encode("ascii") + b"\r\n"
 
 
 def _style_element(css: str) -> str:
