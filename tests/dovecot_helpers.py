@@ -71,11 +71,11 @@ class Dovecot:
         return found
 
 
-def _free_ports(count: int) -> list[int]:
+def _free_ports(count: int, address: str) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((address, 0))
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
@@ -115,12 +115,8 @@ base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 protocols = imap pop3
-listen = 127.0.0.1
-ssl = yes
-ssl_cert = <{cert}
-ssl_key = <{key}
-ssl_min_protocol = TLSv1.2
-disable_plaintext_auth = yes
+listen = {address}
+{tls}
 auth_mechanisms = plain
 auth_failure_delay = 0
 default_login_user = {login_user}
@@ -171,23 +167,37 @@ service imap-urlauth-login {{
 """
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_for_port(address: str, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"dovecot exited {process.returncode}: "
                                f"{log.read_text() if log.exists() else ''}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((address, port), timeout=1):
                 return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"dovecot did not listen on {port}")
 
 
+_TLS = """\
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = yes"""
+# no TLS at all, so no STARTTLS offered: what a client must refuse to send a password to
+_NO_TLS = """\
+ssl = no
+disable_plaintext_auth = no"""
+
+
 @contextmanager
-def running_dovecot() -> Iterator[Dovecot]:
-    """Start Dovecot in the foreground on free loopback ports; stopped and removed on exit."""
+def running_dovecot(address: str = "127.0.0.1", tls: bool = True) -> Iterator[Dovecot]:
+    """Start Dovecot in the foreground on free ports of `address`; stopped and removed on exit.
+
+    Without tls it offers neither IMAPS/POP3S (their ports are 0) nor STARTTLS."""
     root = Path(tempfile.mkdtemp(prefix="dovecot-test-"))
     os.chmod(root, 0o755)
     if os.getuid() == 0:
@@ -203,17 +213,21 @@ def running_dovecot() -> Iterator[Dovecot]:
         os.chown(path, uid, gid)
     ca, cert, key = _write_ca_and_cert(root)
     (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
-    ports = _free_ports(4)
+    ports = _free_ports(4, address)
+    if not tls:
+        ports[1] = ports[3] = 0  # Dovecot's way of leaving a listener out
     config = root / "dovecot.conf"
     config.write_text(_CONFIG.format(
-        root=root, cert=cert, key=key, home=home, uid=uid, gid=gid, login_user=login_user,
+        address=address, tls=(_TLS if tls else _NO_TLS).format(cert=cert, key=key),
+        root=root, home=home, uid=uid, gid=gid, login_user=login_user,
         internal_user=login_user, internal_group=group,
         imap=ports[0], imaps=ports[1], pop3=ports[2], pop3s=ports[3]))
     process = subprocess.Popen([str(DOVECOT), "-F", "-c", str(config)], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for port in ports:
-            _wait_for_port(port, process, root / "dovecot.log")
+            if port:
+                _wait_for_port(address, port, process, root / "dovecot.log")
         yield Dovecot(*ports, ca_file=ca, maildir=home / "Maildir", uid=uid, gid=gid)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -231,3 +245,14 @@ def _group_name(gid: int) -> str:
     import grp
 
     return grp.getgrgid(gid).gr_name
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its network, or None when it has none but loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, a route is chosen
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address

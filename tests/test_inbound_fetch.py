@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from cli_helpers import Cli, write_config
-from dovecot_helpers import DOVECOT, PASSWORD, USER, Dovecot, running_dovecot
+from dovecot_helpers import DOVECOT, PASSWORD, USER, Dovecot, non_loopback_address, running_dovecot
 from hypothesis import given
 from hypothesis import strategies as st
 from inbound_helpers import World, delivery_row
@@ -229,6 +229,27 @@ def test_a_server_certificate_from_an_unknown_ca_is_refused(tmp_path: Path, dove
     assert line.startswith("Error: mailbox bounces: TLS certificate refused: ")
     assert "ca_file" in line
     assert dovecot.messages()[BOUNCE_ID] == ""
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("scheme", "refusal"), [("imap", "does not offer STARTTLS; use imaps:// instead"),
+                                                 ("pop3", "does not offer STLS; use pop3s:// instead")])
+def test_no_password_crosses_the_network_in_the_clear(tmp_path: Path, world: World, scheme: str,
+                                                      refusal: str) -> None:
+    address = non_loopback_address()
+    if not DOVECOT.exists() or address is None:
+        pytest.skip("needs Dovecot and a network address other than loopback")
+    with running_dovecot(address, tls=False) as plain:
+        plain.deliver(world.fixture("postfix_hard_bounce"))
+        port = plain.imap_port if scheme == "imap" else plain.pop3_port
+        folder = "/INBOX" if scheme == "imap" else ""
+        extra = (f'[[inbound.mailboxes]]\nname = "bounces"\nurl = "{scheme}://{USER}@{address}:{port}{folder}"\n'
+                 f'password = "{PASSWORD}"\ndone = "delete"\n')
+        result = fetch_cli(tmp_path, world, extra)("inbound", "fetch", ok=False)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [f"Error: mailbox bounces: {address} {refusal}"]
+        assert plain.messages() == {BOUNCE_ID: ""}
+    assert suppressions(world.database) == []
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -225,8 +225,9 @@ def _pop3_session(box: MailboxConfig, context: ssl.SSLContext, password: str) ->
         client = poplib.POP3_SSL(where.host, where.port, timeout=_TIMEOUT, context=context)
     else:
         client = poplib.POP3(where.host, where.port, timeout=_TIMEOUT)
-        _pop3_stls(client, box, context)
     try:
+        if not where.implicit_tls:
+            _pop3_stls(client, box, context)
         _login(lambda: (client.user(where.user), client.pass_(password)), where.user)
         yield _Pop3Session(client, box)
     finally:
