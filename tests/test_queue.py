@@ -92,16 +92,19 @@ def test_watch_follows_a_queued_campaign_until_a_worker_has_sent_it(
     config = sending_config(tmp_path / "mailer.toml", database.url, smtp_server, rate=20, batch_size=10)
     Cli(config)("campaign", "send", str(campaign_id), "--queue")
     watch = mailer(config, "campaign", "status", str(campaign_id), "--watch")
+    assert watch.stdout is not None
+    first = [watch.stdout.readline(), watch.stdout.readline()]  # before any worker runs
     worker = mailer(config, "worker", "--poll-seconds", "0.2")
     try:
-        out, err = watch.communicate(timeout=90)
+        rest, err = watch.communicate(timeout=90)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=30)
 
     assert watch.returncode == 0, err
+    assert first[1].startswith("scheduled: 0 of 0 done (waiting for a worker")
+    out = "".join(first) + rest
     lines = out.splitlines()
-    assert lines[1].startswith("scheduled: 0 of 0 done")
     progress = [line for line in lines if line.startswith("sending: ")]
     assert any(0 < int(line.split()[1]) < 60 for line in progress), out  # seen part way
     assert "status: sent (60 sent)" in out
