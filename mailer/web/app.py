@@ -16,7 +16,7 @@ from mailer.resources import resource_path
 from mailer.web.assets import assets
 from mailer.web.confirm import confirm_pages
 from mailer.web.context import WebContext, add_security_headers, error_page, page_context
-from mailer.web.health import health_pages
+from mailer.web.health import health_pages, watch_database
 from mailer.web.unsubscribe import unsubscribe_pages
 
 # a one-click body is 26 bytes and a multipart one a few hundred; nothing legitimate is bigger
@@ -56,6 +56,7 @@ def create_app(
     for blueprint in (unsubscribe_pages, confirm_pages, health_pages, assets):
         app.register_blueprint(blueprint)
     app.register_error_handler(HTTPException, error_page)
+    watch_database(app)
     app.after_request(add_security_headers)
     app.context_processor(page_context)
     return app
