@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.campaigns import get_campaign
 from mailer.cli import main
@@ -33,8 +34,12 @@ def progress_log(app: AppContext, log_format: str | None, every: float) -> Progr
     """The log of this process, one line per event on stderr."""
 
     def status_of(campaign_id: int) -> str:
-        with app.db.session() as session:
-            return get_campaign(session, campaign_id).status.value
+        # a log line must not end a send: a database gone for a moment leaves the status out
+        try:
+            with app.db.session() as session:
+                return get_campaign(session, campaign_id).status.value
+        except SQLAlchemyError:
+            return "unknown"
 
     return ProgressLog(lambda line: click.echo(line, err=True), LogFormat(log_format or LogFormat.LOGFMT),
                        every, status_of=status_of)
