@@ -5,7 +5,7 @@
 Needs PostgreSQL ($MAILER_BENCH_POSTGRES_URL, else $MAILER_TEST_POSTGRES_URL; a schema of its own
 is created and dropped) and sends into Postfix's smtp-sink (or the asyncio sink of send.py). For
 each worker count, a new campaign to the same list is handed over with `campaign send --queue`
-(the time that command takes is printed), then that many `mailer worker` processes send it, as an
+(the time that command takes is printed, beside that of `campaign status` as a baseline), then that many `mailer worker` processes send it, as an
 operator runs them. Printed: msg/s from the queue to the last recorded delivery, the peak number
 of database connections the workers held, their log lines, and the ratio to one worker.
 """
@@ -67,7 +67,8 @@ def setup(directory: Path, url: str, port: int, n: int) -> Path:
     return config
 
 
-def run(config: Path, database: Database, app_name: str, workers: int, n: int) -> tuple[float, float, int, int]:
+def run(config: Path, database: Database, app_name: str, workers: int,
+        n: int) -> tuple[float, float, float, int, int]:
     created = subprocess.run(
         [sys.executable, "-m", "mailer", "--config", str(config), "campaign", "create", "--list", "news",
          "--subject", "Welcome to Harmony News", "--template", "welcome"],
@@ -77,6 +78,11 @@ def run(config: Path, database: Database, app_name: str, workers: int, n: int) -
     subprocess.run([sys.executable, "-m", "mailer", "--config", str(config), "campaign", "send",
                     str(campaign_id), "--queue"], check=True, capture_output=True)
     queue_seconds = time.monotonic() - started
+    # the baseline of that figure: a command that starts, opens the database and reads the campaign
+    before = time.monotonic()
+    subprocess.run([sys.executable, "-m", "mailer", "--config", str(config), "campaign", "status",
+                    str(campaign_id)], check=True, capture_output=True)
+    status_seconds = time.monotonic() - before
     procs = [mailer(config, "worker", "--poll-seconds", "0.2", "--progress-every", "5",
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(workers)]
     peak, sent = 0, 0
@@ -94,7 +100,7 @@ def run(config: Path, database: Database, app_name: str, workers: int, n: int) -
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         log_lines = sum(len(proc.communicate(timeout=60)[1].splitlines()) for proc in procs)
-    return n / elapsed, queue_seconds, peak, log_lines
+    return n / elapsed, queue_seconds, status_seconds, peak, log_lines
 
 
 def main() -> None:
@@ -132,9 +138,10 @@ def main() -> None:
     print(f"recipients:  {args.recipients:,} per campaign, PostgreSQL, 4 SMTP connections per worker, "
           f"load average before: {load:.1f}, cores: {os.cpu_count()}")
     one = figures[0][1]
-    for count, rate, queue_seconds, peak, lines in figures:
+    for count, rate, queue_seconds, status_seconds, peak, lines in figures:
         print(f"{count} worker(s): {rate:8.0f} msg/s  ratio {rate / one:4.2f}  `send --queue` took "
-              f"{queue_seconds:4.2f} s  peak DB connections {peak}  log lines {lines}")
+              f"{queue_seconds:4.2f} s (`campaign status`: {status_seconds:4.2f} s)  "
+              f"peak DB connections {peak}  log lines {lines}")
 
 
 if __name__ == "__main__":
