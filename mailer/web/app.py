@@ -16,7 +16,7 @@ from mailer.resources import resource_path
 from mailer.web.assets import assets
 from mailer.web.confirm import confirm_pages
 from mailer.web.context import WebContext, add_security_headers, error_page, page_context
-from mailer.web.health import health_pages
+from mailer.web.health import health_pages, watch_database
 from mailer.web.limits import init_limiter
 from mailer.web.me import me_pages
 from mailer.web.preferences import preference_pages
@@ -62,6 +62,7 @@ def create_app(
         app.register_blueprint(blueprint)
     app.register_blueprint(webhook_pages)
     app.register_error_handler(HTTPException, error_page)
+    watch_database(app)
     app.after_request(add_security_headers)
     app.context_processor(page_context)
     return app
