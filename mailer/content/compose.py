@@ -328,6 +328,12 @@ class Composer:
                 "privacy_url": config.company.privacy_url,
             },
         }
+        self._prepare_static()
+        self._build_layout(list_title, campaign.notice_reason)
+        self._build_headers(campaign, mailing_list, list_title)
+
+    def _prepare_static(self) -> None:
+        """Render, contain and convert once what is the same for every recipient."""
         # templates that use no per-recipient name are rendered, contained and converted once, here
         self._static_html: ContainedHtml | None = None
         if not self._html_personal:
@@ -342,8 +348,6 @@ class Composer:
             # a template that needs real values (say a number) cannot be probed; each one is contained
             with contextlib.suppress(TemplateError):
                 self._probe = _Probe(self._html_template, self._context, derive_text=self._text_template is None)
-        self._build_layout(list_title, campaign.notice_reason)
-        self._build_headers(campaign, mailing_list, list_title)
 
     def _build_layout(self, list_title: str, notice_reason: str) -> None:
         env = layout_environment()
