@@ -17,6 +17,7 @@ from mailer.web.assets import assets
 from mailer.web.confirm import confirm_pages
 from mailer.web.context import WebContext, add_security_headers, error_page, page_context
 from mailer.web.health import health_pages
+from mailer.web.limits import init_limiter
 from mailer.web.unsubscribe import unsubscribe_pages
 
 # a one-click body is 26 bytes and a multipart one a few hundred; nothing legitimate is bigger
@@ -53,6 +54,7 @@ def create_app(
     if hops and not server_reads_proxy_headers:
         # under another WSGI server (gunicorn...): behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    init_limiter(app)
     for blueprint in (unsubscribe_pages, confirm_pages, health_pages, assets):
         app.register_blueprint(blueprint)
     app.register_error_handler(HTTPException, error_page)
