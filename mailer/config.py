@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mailer.addresses import parse_mailbox
 from mailer.errors import ConfigError, InvalidInputError
@@ -28,6 +29,9 @@ PLACEHOLDER_WORDS = ("todo", "tbd", "changeme", "change me", "your address", "ex
 _FEEDBACK_LOOP_SENDER = re.compile(
     r"(?:[^@\s\"(),:;<>\[\]\\]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9-]*[A-Za-z]"
 )
+
+# what Flask-Limiter's parser reads, one limit only: "10 per hour", "10/hour", "3 per 1 day"
+_RATE_LIMIT = re.compile(r"[1-9][0-9]*\s*(?:per|/)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?")
 
 
 def public_url(url: str) -> str:
@@ -176,6 +180,21 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The subscribers' pages that `mailer serve` shows besides the unsubscribe page."""
+
+    # sites whose pages may POST a JSON sign-up from script (CORS); a plain HTML form needs none
+    allowed_origins: tuple[str, ...] = ()
+    # a directory whose files replace the shipped page templates of the same name (web/*.html)
+    templates_dir: str = ""
+    # Flask-Limiter rate limits ("N per minute/hour/day") on sign-ups, per client IP and per address
+    signup_limit_per_ip: str = "10 per hour"
+    signup_limit_per_address: str = "3 per day"
+    # where the counts live: "memory://" is per process; see the limits library for shared stores
+    rate_limit_storage: str = "memory://"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one frozen section per table of mailer.toml."""
 
@@ -189,6 +208,7 @@ class Config:
     compliance: ComplianceConfig = ComplianceConfig()
     consent: ConsentConfig = ConsentConfig()
     inbound: InboundConfig = InboundConfig()
+    web: WebConfig = WebConfig()
     source: str = "<defaults>"  # the file the values came from, for error messages
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -225,6 +245,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "compliance": ComplianceConfig,
     "consent": ConsentConfig,
     "inbound": InboundConfig,
+    "web": WebConfig,
 }
 
 
@@ -366,6 +387,7 @@ def validate_config(config: Config) -> None:
     if config.consent.confirm_expiry <= 0:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
     _check_inbound(src, config)
+    _check_web(src, config.web)
 
 
 def _check_database(src: str, config: Config) -> None:
@@ -473,6 +495,22 @@ def _check_inbound(src: str, config: Config) -> None:
         if not authserv_id.strip() or any(ch.isspace() or ch in ';()"' for ch in authserv_id.strip()):
             raise ConfigError(src, "inbound.trusted_authserv_ids",
                               f"each entry must be one authserv-id such as mx.example.com; got {authserv_id!r}")
+
+
+def _check_web(src: str, web: WebConfig) -> None:
+    """The origins allowed to post sign-ups, the template directory and the rate limits."""
+    for origin in web.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+            raise ConfigError(src, "web.allowed_origins",
+                              f"each entry must be an origin such as https://www.example.com; got {origin!r}")
+    if web.templates_dir and not Path(web.templates_dir).is_dir():
+        raise ConfigError(src, "web.templates_dir", f"no such directory: {web.templates_dir}")
+    for key in ("signup_limit_per_ip", "signup_limit_per_address"):
+        if not _RATE_LIMIT.fullmatch(getattr(web, key).strip()):
+            raise ConfigError(src, f"web.{key}", f'must read like "10 per hour"; got {getattr(web, key)!r}')
+    if "://" not in web.rate_limit_storage:
+        raise ConfigError(src, "web.rate_limit_storage", 'must be a storage URL such as "memory://"')
 
 
 def _check_proxy_address(source: str, value: str) -> None:
