@@ -1,0 +1,151 @@
+"""`GET/POST /subscribe/<list>`: the sign-up form, the same form embedded elsewhere, and JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    jsonify,
+    make_response,
+    render_template,
+    request,
+    url_for,
+)
+
+from mailer.db import address_hash, normalize_email
+from mailer.errors import InvalidInputError, NotFoundError
+from mailer.recipients.web_signup import (
+    SignupForm,
+    WebSignup,
+    mail_confirmation,
+    sign_up,
+    signup_form,
+)
+from mailer.web.context import client_ip, client_user_agent, web_context
+from mailer.web.limits import limiter
+
+subscribe_pages = Blueprint("subscribe", __name__)
+
+HONEYPOT = "website"
+# the threads that mail confirmations beside the answer (tests wait for them by this name)
+CONFIRMATION_THREAD = "signup-confirmation"
+# bounds on what is read from a sign-up before the address is checked
+MAX_FIELD_CHARS = 320
+
+
+def _per_ip() -> str:
+    return web_context().config.web.signup_limit_per_ip
+
+
+def _per_address() -> str:
+    return web_context().config.web.signup_limit_per_address
+
+
+def _address_key() -> str:
+    # the hash, not the address: the limiter's store never holds who signed up
+    email = str(_fields().get("email", ""))[:MAX_FIELD_CHARS]
+    return "address:" + address_hash(normalize_email(email.strip()) or "-")
+
+
+def _fields() -> dict[str, Any]:
+    """The sign-up's fields, from a form or a JSON object; reading enforces the body limit (413)."""
+    if request.is_json:
+        data = request.get_json(silent=True)
+        return data if isinstance(data, dict) else {}
+    return request.form.to_dict()
+
+
+def _form(list_name: str) -> SignupForm:
+    context = web_context()
+    try:
+        with context.read_session() as session:
+            form = signup_form(session, context.config, list_name)
+    except NotFoundError:
+        abort(404)
+    # the hosted page posts to itself, wherever it is served from
+    return dataclasses.replace(form, action=url_for("subscribe.subscribe_page", list_name=form.list_name))
+
+
+@subscribe_pages.route("/subscribe/<list_name>", methods=["GET"], provide_automatic_options=False)
+def subscribe_page(list_name: str) -> Response:
+    response = make_response(render_template("web/subscribe.html", form=_form(list_name), error=""))
+    # no token in this URL: the page may tell our own POST where the form was
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+@subscribe_pages.route("/subscribe/<list_name>", methods=["OPTIONS"], provide_automatic_options=False)
+def subscribe_preflight(list_name: str) -> Response:
+    """The CORS preflight a browser sends before a JSON sign-up from another site."""
+    response = make_response("", 204)
+    if _allowed_origin():
+        response.headers["Access-Control-Allow-Methods"] = "POST"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "3600"
+    return response
+
+
+@subscribe_pages.route("/subscribe/<list_name>", methods=["POST"], provide_automatic_options=False)
+@limiter.limit(_per_ip, methods=["POST"], scope="signup-ip")
+@limiter.limit(_per_address, methods=["POST"], key_func=_address_key, scope="signup-address")
+def subscribe_post(list_name: str) -> Response:
+    """Take a sign-up; every address that passes the syntax check gets the same answer."""
+    fields = _fields()
+    as_json = request.is_json
+    if as_json and request.headers.get("Origin") and not _allowed_origin():
+        abort(403)
+    form = _form(list_name)
+    values = {key: str(fields.get(key, ""))[:MAX_FIELD_CHARS] for key in ("email", "name")}
+    if fields.get(HONEYPOT):
+        return _answer(form, as_json)  # a bot: it is told what a person is told, and nothing happens
+    if fields.get("consent") not in ("yes", True):
+        return _refused(form, values, "Please tick the box to say you want these emails.", as_json)
+    signup = WebSignup(email=values["email"], name=values["name"], ip=client_ip(),
+                       user_agent=client_user_agent(), page=_source_page())
+    context = web_context()
+    try:
+        with context.write_session() as session:
+            confirmation = sign_up(session, context.config, list_name, signup)
+    except InvalidInputError as exc:
+        return _refused(form, values, str(exc), as_json)
+    if confirmation is not None:
+        # sent beside the answer, not before it: how long a relay takes must not tell who is new
+        threading.Thread(target=mail_confirmation, args=(context.config, confirmation),
+                         name=CONFIRMATION_THREAD).start()
+    return _answer(form, as_json)
+
+
+def _answer(form: SignupForm, as_json: bool) -> Response:
+    if as_json:
+        return _cors(jsonify(status="check your inbox", list=form.list_name))
+    return make_response(render_template("web/subscribe_sent.html", list_title=form.list_title))
+
+
+def _refused(form: SignupForm, values: dict[str, str], reason: str, as_json: bool) -> Response:
+    if as_json:
+        return _cors(make_response(jsonify(error=reason), 400))
+    page = render_template("web/subscribe.html", form=form, error=reason, values=values)
+    return make_response(page, 400)
+
+
+def _allowed_origin() -> str | None:
+    origin = request.headers.get("Origin", "")
+    return origin if origin in web_context().config.web.allowed_origins else None
+
+
+def _cors(response: Response) -> Response:
+    origin = _allowed_origin()
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def _source_page() -> str | None:
+    # a form on another site sends its page as Referer when that site allows, its Origin always
+    return request.referrer or request.headers.get("Origin") or None
