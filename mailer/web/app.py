@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.resources import template_search_path
+from mailer.web.archive import archive_pages
 from mailer.web.assets import assets
 from mailer.web.confirm import confirm_pages
 from mailer.web.context import WebContext, add_security_headers, error_page, page_context
@@ -59,7 +60,7 @@ def create_app(
         # under another WSGI server (gunicorn...): behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     init_limiter(app, config.web.rate_limit_storage)
-    for blueprint in (unsubscribe_pages, confirm_pages, subscribe_pages, health_pages, assets):
+    for blueprint in (unsubscribe_pages, confirm_pages, subscribe_pages, archive_pages, health_pages, assets):
         app.register_blueprint(blueprint)
     app.register_error_handler(HTTPException, error_page)
     app.after_request(add_security_headers)
