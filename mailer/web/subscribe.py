@@ -129,7 +129,7 @@ def _answer(form: SignupForm, as_json: bool) -> Response:
 def _refused(form: SignupForm, values: dict[str, str], reason: str, as_json: bool) -> Response:
     if as_json:
         return _cors(make_response(jsonify(error=reason), 400))
-    page = render_template("web/subscribe.html", form=form, error=reason, values=values)
+    page = render_template("web/subscribe.html", form=form, error=reason[:1].upper() + reason[1:], values=values)
     return make_response(page, 400)
 
 
@@ -148,4 +148,6 @@ def _cors(response: Response) -> Response:
 
 def _source_page() -> str | None:
     # a form on another site sends its page as Referer when that site allows, its Origin always
-    return request.referrer or request.headers.get("Origin") or None
+    origin = request.headers.get("Origin")
+    # "null": a page that hides where it is (a no-referrer policy, a sandbox, a file)
+    return request.referrer or (origin if origin and origin != "null" else None)
