@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from cli_helpers import Cli
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from recipient_helpers import add_person, make_lists
 from signup_helpers import confirm_path, signup_app, signup_config, wait_for_confirmations
 from smtp_faults import FaultyServer
@@ -297,3 +299,19 @@ def test_an_operator_can_override_the_page_texts(tmp_path: Path, database: Datab
 
     assert "Almost there, friend" in response.get_data(as_text=True)
     assert "Subscribe to News" in client.get("/subscribe/news").get_data(as_text=True)
+
+
+@settings(max_examples=60)
+@given(fields=st.dictionaries(
+    st.sampled_from(["email", "name", "website", "consent", "extra"]),
+    st.text(max_size=300) | st.sampled_from(["yes", "ana@example.com", "x@[127.0.0.1]", "\x00@\r\n.com"]),
+))
+def test_any_form_is_an_answer_or_a_clear_refusal_never_a_crash(
+    client: FlaskClient, database: Database, fields: dict[str, str]
+) -> None:
+    response = client.post("/subscribe/news", data=fields)
+
+    assert response.status_code in (200, 400), response.get_data(as_text=True)
+    if response.status_code == 400:
+        assert 'class="error-message"' in response.get_data(as_text=True)
+    wait_for_confirmations()

@@ -6,6 +6,7 @@ import dataclasses
 import threading
 from typing import Any
 
+import sqlalchemy as sa
 from flask import (
     Blueprint,
     Response,
@@ -19,6 +20,7 @@ from flask import (
 
 from mailer.db import address_hash, normalize_email
 from mailer.errors import InvalidInputError, NotFoundError
+from mailer.recipients.confirm import ConfirmationRequest
 from mailer.recipients.web_signup import (
     SignupForm,
     WebSignup,
@@ -107,17 +109,29 @@ def subscribe_post(list_name: str) -> Response:
         return _refused(form, values, "Please tick the box to say you want these emails.", as_json)
     signup = WebSignup(email=values["email"], name=values["name"], ip=client_ip(),
                        user_agent=client_user_agent(), page=_source_page())
-    context = web_context()
     try:
-        with context.write_session() as session:
-            confirmation = sign_up(session, context.config, list_name, signup)
+        confirmation = _record(list_name, signup)
     except InvalidInputError as exc:
         return _refused(form, values, str(exc), as_json)
+    context = web_context()
     if confirmation is not None:
         # sent beside the answer, not before it: how long a relay takes must not tell who is new
         threading.Thread(target=mail_confirmation, args=(context.config, confirmation),
                          name=CONFIRMATION_THREAD).start()
     return _answer(form, as_json)
+
+
+def _record(list_name: str, signup: WebSignup) -> ConfirmationRequest | None:
+    context = web_context()
+    for attempt in (1, 2):
+        try:
+            with context.write_session() as session:
+                return sign_up(session, context.config, list_name, signup)
+        except sa.exc.IntegrityError:
+            # the same new address from two requests at once (PostgreSQL): the second finds the first's row
+            if attempt == 2:
+                raise
+    return None
 
 
 def _answer(form: SignupForm, as_json: bool) -> Response:
