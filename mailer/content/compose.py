@@ -344,8 +344,7 @@ class Composer:
                 "name": config.company.name, "postal_address": config.company.postal_address,
                 "privacy_url": config.company.privacy_url,
             },
-            # the campaign's public copy at /archive, or "" while it is not published
-            "view_in_browser_url": archive_url(config, campaign),
+            "view_in_browser_url": archive_url(config, campaign),  # "" while it is not published
         }
         # templates that use no per-recipient name are rendered, contained and converted once, here
         self._static_html: ContainedHtml | None = None
