@@ -24,6 +24,8 @@ from mailer.models import Subscriber, Subscription, SubscriptionStatus
 # set to a directory to keep a screenshot of every page at each width (for a person to look at)
 SCREENSHOTS = os.environ.get("MAILER_SCREENSHOTS", "")
 WIDTHS = (375, 1280)
+# axe-core's axe.min.js (npm axe-core), when given: every page is checked against WCAG 2 A and AA
+AXE_JS = os.environ.get("MAILER_AXE_JS", "")
 
 
 @pytest.fixture
@@ -70,7 +72,24 @@ def _check_widths(browser: Any, name: str) -> None:
         assert overflow <= 0, f"{name} scrolls sideways at {width}px"
         if SCREENSHOTS:
             browser.save_screenshot(str(Path(SCREENSHOTS) / f"{name}-{width}.png"))
+        if AXE_JS:
+            for scheme in ("light", "dark"):
+                browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+                    "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+                assert _axe_violations(browser) == [], f"{name} at {width}px, {scheme}"
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
     browser.set_window_size(1024, 900)
+
+
+def _axe_violations(browser: Any) -> list[str]:
+    # injected through the driver, which the page's CSP does not govern; the page itself runs no script
+    browser.execute_script(Path(AXE_JS).read_text(encoding="utf-8"))
+    result = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'wcag21aa', 'best-practice']})"
+        ".then(r => done(r.violations.map(v => v.id + ': ' + v.nodes.map(n => n.target).join(' '))));"
+    )
+    return list(result)
 
 
 def _page_loads_nothing_from_elsewhere(browser: Any, base_url: str) -> None:
