@@ -66,6 +66,8 @@ def test_a_published_campaign_is_shown_with_no_ones_data_and_no_working_token(
     # where the template links to unsubscribe, the reader gets the page that mails their own link
     assert "/u/" not in html and 'href="https://harmonymails.com/preferences"' in html
     assert "Harmony Mails" in html and "1968 S Coast HWY #2045" in html
+    # public: no one's data in it, so caches may keep it and search engines may list it
+    assert page.headers["Cache-Control"] == "public, max-age=300" and page.headers["X-Robots-Tag"] == "all"
     assert "script-src" not in page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
 

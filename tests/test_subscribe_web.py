@@ -292,6 +292,7 @@ def test_an_operator_can_override_the_page_texts(tmp_path: Path, database: Datab
     custom.mkdir(parents=True)
     (custom / "subscribe_sent.html").write_text(
         '{% extends "web/base.html" %}{% block content %}<h1>Almost there, friend</h1>{% endblock %}')
+    (custom / "web.css").write_text("body { background: #fff8e7; }")
     path = signup_config(tmp_path, database.url, None, GENEROUS + f'templates_dir = "{tmp_path / "pages"}"\n')
     client = _client(apps, path)
 
@@ -299,6 +300,7 @@ def test_an_operator_can_override_the_page_texts(tmp_path: Path, database: Datab
 
     assert "Almost there, friend" in response.get_data(as_text=True)
     assert "Subscribe to News" in client.get("/subscribe/news").get_data(as_text=True)
+    assert client.get("/assets/web.css").data == b"body { background: #fff8e7; }"
 
 
 @settings(max_examples=60)

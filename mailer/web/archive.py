@@ -23,8 +23,9 @@ ARCHIVE_CSP = (
 
 
 def _public(response: Response) -> Response:
-    # nothing personal on these pages: caches may keep them a while
+    # nothing personal on these pages: caches may keep them a while, search engines may list them
     response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["X-Robots-Tag"] = "all"
     return response
 
 
