@@ -14,7 +14,7 @@ from smtp_faults import FaultyServer
 
 from mailer.config import load_config
 from mailer.web.app import create_app
-from mailer.web.subscribe import CONFIRMATION_THREAD
+from mailer.web.subscribe import SIGNUP_THREAD
 
 
 def signup_config(tmp_path: Path, db_url: str, smtp: FaultyServer | None, extra: str = "") -> Path:
@@ -26,9 +26,9 @@ def signup_app(config_path: Path, **test_config: object) -> Flask:
 
 
 def wait_for_confirmations() -> None:
-    """Confirmations are mailed beside the answer; wait until every one has gone."""
+    """Sign-ups are recorded and confirmations mailed beside the answer; wait until every one is done."""
     for thread in threading.enumerate():
-        if thread.name == CONFIRMATION_THREAD:
+        if thread.name == SIGNUP_THREAD:
             thread.join(timeout=30)
 
 

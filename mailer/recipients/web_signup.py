@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jinja2
 import sqlalchemy as sa
@@ -81,6 +81,15 @@ def embed_snippet(session: Session, config: Config, list_name: str) -> str:
         autoescape=True, undefined=jinja2.StrictUndefined,
     )
     return env.get_template("web/signup_form.html").render(form=form, embedded=True).strip() + "\n"
+
+
+def check_signup(signup: WebSignup) -> WebSignup:
+    """The sign-up with its address and name checked, before anything is looked up.
+
+    The check depends on the text alone, so its answer says nothing about who is subscribed.
+    Raises InvalidInputError for a bad address or name.
+    """
+    return replace(signup, email=check_email(signup.email), name=check_name(signup.name) if signup.name else "")
 
 
 def sign_up(session: Session, config: Config, list_name: str, signup: WebSignup) -> ConfirmationRequest | None:

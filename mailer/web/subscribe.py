@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from typing import Any
 
@@ -19,23 +20,25 @@ from flask import (
 )
 
 from mailer.db import address_hash, normalize_email
-from mailer.errors import InvalidInputError, NotFoundError
+from mailer.errors import InvalidInputError, MailerError, NotFoundError
 from mailer.recipients.confirm import ConfirmationRequest
 from mailer.recipients.web_signup import (
     SignupForm,
     WebSignup,
+    check_signup,
     mail_confirmation,
     sign_up,
     signup_form,
 )
-from mailer.web.context import client_ip, client_user_agent, web_context
+from mailer.web.context import WebContext, client_ip, client_user_agent, web_context
 from mailer.web.limits import limiter
 
 subscribe_pages = Blueprint("subscribe", __name__)
+log = logging.getLogger(__name__)
 
 HONEYPOT = "website"
-# the threads that mail confirmations beside the answer (tests wait for them by this name)
-CONFIRMATION_THREAD = "signup-confirmation"
+# the threads that record a sign-up and mail its confirmation beside the answer (tests wait for them)
+SIGNUP_THREAD = "signup"
 # bounds on what is read from a sign-up before the address is checked
 MAX_FIELD_CHARS = 320
 
@@ -107,22 +110,30 @@ def subscribe_post(list_name: str) -> Response:
         return _answer(form, as_json)  # a bot: it is told what a person is told, and nothing happens
     if fields.get("consent") not in ("yes", True):
         return _refused(form, values, "Please tick the box to say you want these emails.", as_json)
-    signup = WebSignup(email=values["email"], name=values["name"], ip=client_ip(),
-                       user_agent=client_user_agent(), page=_source_page())
     try:
-        confirmation = _record(list_name, signup)
+        signup = check_signup(WebSignup(email=values["email"], name=values["name"], ip=client_ip(),
+                                        user_agent=client_user_agent(), page=_source_page()))
     except InvalidInputError as exc:
         return _refused(form, values, str(exc), as_json)
-    context = web_context()
+    answer = _answer(form, as_json)
+    # recorded and mailed beside the answer: how long the writes and the relay take must not
+    # tell a new address from one already known
+    threading.Thread(target=_record_and_confirm, args=(web_context(), list_name, signup),
+                     name=SIGNUP_THREAD).start()
+    return answer
+
+
+def _record_and_confirm(context: WebContext, list_name: str, signup: WebSignup) -> None:
+    try:
+        confirmation = _record(context, list_name, signup)
+    except (MailerError, sa.exc.SQLAlchemyError):
+        log.exception("a web sign-up for list %s could not be recorded", list_name)
+        return
     if confirmation is not None:
-        # sent beside the answer, not before it: how long a relay takes must not tell who is new
-        threading.Thread(target=mail_confirmation, args=(context.config, confirmation),
-                         name=CONFIRMATION_THREAD).start()
-    return _answer(form, as_json)
+        mail_confirmation(context.config, confirmation)
 
 
-def _record(list_name: str, signup: WebSignup) -> ConfirmationRequest | None:
-    context = web_context()
+def _record(context: WebContext, list_name: str, signup: WebSignup) -> ConfirmationRequest | None:
     for attempt in (1, 2):
         try:
             with context.write_session() as session:
