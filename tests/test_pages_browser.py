@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from cli_helpers import Cli
 from flask import Flask
 from sending_helpers import sending_config
+from serve_helpers import free_port
 from signup_helpers import confirm_path, signup_app, wait_for_confirmations
 from smtp_faults import FaultyServer
 from werkzeug.serving import make_server
@@ -194,3 +195,75 @@ def test_reading_the_archive(browser: Any, base_url: str, cli: Cli, tmp_path: Pa
     heading = browser.find_element(By.CSS_SELECTOR, "#hm-content h1")
     assert heading.value_of_css_property("font-size") == "28px"
     assert "1968 S Coast HWY #2045" in browser.find_element(By.TAG_NAME, "footer").text
+
+
+@pytest.fixture
+def two_sites(tmp_path: Path, database: Database, smtp_server: FaultyServer) -> Iterator[tuple[str, str, Path]]:
+    """Our app, and the company's own site on another origin serving files from a directory."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    ours, theirs = free_port(), free_port()
+    site = tmp_path / "site"
+    site.mkdir()
+    path = sending_config(tmp_path / "mailer.toml", database.url, smtp_server,
+                          extra=f'[web]\nallowed_origins = ["http://127.0.0.1:{theirs}"]\n')
+    # the links and the pasted form point at our app on its loopback port
+    path.write_text(path.read_text().replace("[unsubscribe]\n", f'[unsubscribe]\nbase_url = "http://127.0.0.1:{ours}"\n'))
+    Cli(path)("list", "create", "news", "--title", "Harmony News")
+    app = signup_app(path)
+    servers = [make_server("127.0.0.1", ours, app, threaded=True),
+               ThreadingHTTPServer(("127.0.0.1", theirs), functools.partial(SimpleHTTPRequestHandler, directory=site))]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield f"http://127.0.0.1:{ours}", f"http://127.0.0.1:{theirs}", path
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        wait_for_confirmations()
+        app.extensions["mailer"].database.dispose()
+
+
+def _subscription(database: Database, address: str) -> Subscription | None:
+    with database.session() as session:
+        return session.scalar(sa.select(Subscription).join(Subscriber).where(Subscriber.email == address))
+
+
+def test_the_form_pasted_into_the_company_site_and_its_script_both_sign_up(
+    browser: Any, two_sites: tuple[str, str, Path], database: Database, smtp_server: FaultyServer
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    ours, theirs, config_path = two_sites
+    site = config_path.parent / "site"
+    snippet = Cli(config_path)("list", "form", "news").stdout
+    (site / "join.html").write_text(f"<!doctype html><title>Join</title><h1>Join us</h1>{snippet}", encoding="utf-8")
+    (site / "api.html").write_text(
+        "<!doctype html><title>API</title><script>"
+        f"fetch('{ours}/subscribe/news', {{method: 'POST', headers: {{'Content-Type': 'application/json'}},"
+        " body: JSON.stringify({email: 'bo@example.com', consent: true})})"
+        ".then(r => r.json()).then(j => document.title = 'got ' + j.status)"
+        ".catch(e => document.title = 'failed ' + e);</script>", encoding="utf-8")
+
+    browser.get(f"{theirs}/join.html")
+    browser.find_element(By.ID, "signup-email").send_keys("ana@example.com")
+    browser.find_element(By.ID, "signup-consent").click()
+    browser.find_element(By.ID, "signup-button").click()
+    _wait_for_heading(browser, "Check your inbox")
+    assert browser.current_url == f"{ours}/subscribe/news"
+
+    browser.get(f"{theirs}/api.html")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 15).until(lambda b: b.title != "API")
+    assert browser.title == "got check your inbox"
+    wait_for_confirmations()
+
+    ana, bo = _subscription(database, "ana@example.com"), _subscription(database, "bo@example.com")
+    # across sites a browser tells only the site (strict-origin-when-cross-origin), not the page
+    assert ana is not None and ana.consent_page == f"{theirs}/"
+    assert bo is not None and bo.consent_page == f"{theirs}/"
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == ["ana@example.com", "bo@example.com"]

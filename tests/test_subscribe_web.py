@@ -206,6 +206,7 @@ def test_json_sign_ups_from_an_allowed_origin_get_cors_headers(
 
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+    assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert response.json == {"status": "check your inbox", "list": "news"}

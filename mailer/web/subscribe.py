@@ -92,7 +92,7 @@ def subscribe_preflight(list_name: str) -> Response:
         response.headers["Access-Control-Allow-Methods"] = "POST"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type"
         response.headers["Access-Control-Max-Age"] = "3600"
-    return response
+    return _cors(response)
 
 
 @subscribe_pages.route("/subscribe/<list_name>", methods=["POST"], provide_automatic_options=False)
