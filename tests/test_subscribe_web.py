@@ -20,6 +20,7 @@ from signup_helpers import confirm_path, signup_app, signup_config, wait_for_con
 from smtp_faults import FaultyServer
 
 from mailer.db import Database
+from mailer.errors import ConfigError
 from mailer.models import Subscriber, Subscription, SubscriptionStatus
 
 GENEROUS = '[web]\nsignup_limit_per_ip = "1000 per hour"\nsignup_limit_per_address = "1000 per hour"\n'
@@ -318,3 +319,13 @@ def test_any_form_is_an_answer_or_a_clear_refusal_never_a_crash(
     if response.status_code == 400:
         assert 'class="error-message"' in response.get_data(as_text=True)
     wait_for_confirmations()
+
+
+@pytest.mark.parametrize("storage", ["redis://localhost:6379", "nosuch://x"])
+def test_a_rate_limit_store_that_cannot_work_is_refused_at_start(
+    tmp_path: Path, database: Database, storage: str
+) -> None:
+    path = signup_config(tmp_path, database.url, None, f'[web]\nrate_limit_storage = "{storage}"\n')
+
+    with pytest.raises(ConfigError, match=r"web\.rate_limit_storage"):
+        signup_app(path)

@@ -54,12 +54,12 @@ def create_app(
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
+    init_limiter(app, config)
     app.extensions["mailer"] = WebContext(config, Database.from_config(config))
     hops = config.unsubscribe.trusted_proxies
     if hops and not server_reads_proxy_headers:
         # under another WSGI server (gunicorn...): behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    init_limiter(app, config.web.rate_limit_storage)
     for blueprint in (unsubscribe_pages, confirm_pages, subscribe_pages, archive_pages, health_pages, assets):
         app.register_blueprint(blueprint)
     app.register_error_handler(HTTPException, error_page)
