@@ -19,6 +19,7 @@ def list_group() -> None:
     Example:
       $ mailer list create news --title "Harmony News"
       $ mailer list ls
+      $ mailer list form news > signup-form.html
     """
 
 
