@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from mailer.addresses import parse_mailbox
 from mailer.errors import ConfigError, InvalidInputError
@@ -33,6 +34,9 @@ PLACEHOLDER_WORDS = ("todo", "tbd", "changeme", "change me", "your address", "ex
 _FEEDBACK_LOOP_SENDER = re.compile(
     r"(?:[^@\s\"(),:;<>\[\]\\]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9-]*[A-Za-z]"
 )
+
+# what Flask-Limiter's parser reads, one limit only: "10 per hour", "10/hour", "3 per 1 day"
+_RATE_LIMIT = re.compile(r"[1-9][0-9]*\s*(?:per|/)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?")
 
 
 def public_url(url: str) -> str:
@@ -204,6 +208,21 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The subscribers' pages that `mailer serve` shows besides the unsubscribe page."""
+
+    # sites whose pages may POST a JSON sign-up from script (CORS); a plain HTML form needs none
+    allowed_origins: tuple[str, ...] = ()
+    # a directory whose files replace the shipped page templates of the same name (web/*.html)
+    templates_dir: str = ""
+    # Flask-Limiter rate limits ("N per minute/hour/day") on sign-ups, per client IP and per address
+    signup_limit_per_ip: str = "10 per hour"
+    signup_limit_per_address: str = "3 per day"
+    # where the counts live: "memory://" is per process; see the limits library for shared stores
+    rate_limit_storage: str = "memory://"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one frozen section per table of mailer.toml."""
 
@@ -218,6 +237,7 @@ class Config:
     consent: ConsentConfig = ConsentConfig()
     inbound: InboundConfig = InboundConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    web: WebConfig = WebConfig()
     source: str = "<defaults>"  # the file the values came from, for error messages
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -255,6 +275,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "consent": ConsentConfig,
     "inbound": InboundConfig,
     "webhooks": WebhooksConfig,
+    "web": WebConfig,
 }
 
 
@@ -411,6 +432,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
     _check_inbound(src, config)
     _check_webhooks(src, config)
+    _check_web(src, config.web)
 
 
 def _check_database(src: str, config: Config) -> None:
@@ -564,6 +586,22 @@ def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise InvalidInputError("not a P-256 (prime256v1) ECDSA public key")
     return key
+
+
+def _check_web(src: str, web: WebConfig) -> None:
+    """The origins allowed to post sign-ups, the template directory and the rate limits."""
+    for origin in web.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+            raise ConfigError(src, "web.allowed_origins",
+                              f"each entry must be an origin such as https://www.example.com; got {origin!r}")
+    if web.templates_dir and not Path(web.templates_dir).is_dir():
+        raise ConfigError(src, "web.templates_dir", f"no such directory: {web.templates_dir}")
+    for key in ("signup_limit_per_ip", "signup_limit_per_address"):
+        if not _RATE_LIMIT.fullmatch(getattr(web, key).strip()):
+            raise ConfigError(src, f"web.{key}", f'must read like "10 per hour"; got {getattr(web, key)!r}')
+    if "://" not in web.rate_limit_storage:
+        raise ConfigError(src, "web.rate_limit_storage", 'must be a storage URL such as "memory://"')
 
 
 def _check_proxy_address(source: str, value: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from mailer.archive import set_archived
 from mailer.audit import cli_actor
 from mailer.campaign_report import CampaignStatusReport, campaign_status
 from mailer.campaigns import (
@@ -26,6 +27,7 @@ from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.reports import describe_send, describe_status
 from mailer.cli.sending import log_options, progress_log
 from mailer.cli.terminal import echo_line, terminal_safe
+from mailer.content.compose import archive_url
 from mailer.content.visible import message_parts, parse_message
 from mailer.delivery.pipeline import SendReport, send_campaign_now
 from mailer.delivery.progress import ProgressLog
@@ -68,10 +70,13 @@ def campaign_group() -> None:
 @click.option("--from", "from_address", default=None, metavar="ADDR",
               help="One sender mailbox on the sending domain, 'Name <user@domain>' with the name as "
                    "plain text (default: sender.from).")
+@click.option("--archive", "archived", is_flag=True,
+              help="Publish it at /archive once sent, and give templates view_in_browser_url.")
 @json_option
 @pass_app
 def campaign_create(
-    app: AppContext, list_name: str, subject: str, template: str, from_address: str | None, as_json: bool
+    app: AppContext, list_name: str, subject: str, template: str, from_address: str | None, archived: bool,
+    as_json: bool,
 ) -> None:
     """Create a draft campaign and print its id.
 
@@ -94,6 +99,8 @@ def campaign_create(
             from_address=from_address,
         )
         campaign_id = created.campaign.id
+        if archived:
+            set_archived(session, campaign_id, True, cli_actor())
     if as_json:
         echo_json({"id": campaign_id, "problems": created.problems})
     else:
@@ -102,6 +109,32 @@ def campaign_create(
         echo_line(f"warning: {problem}", err=True)
     if created.problems:
         click.echo(f"`mailer campaign check {campaign_id}` refuses to send until these are fixed", err=True)
+
+
+@campaign_group.command("archive")
+@click.argument("campaign_id", type=int)
+@click.argument("state", type=click.Choice(["on", "off"]))
+@pass_app
+def campaign_archive(app: AppContext, campaign_id: int, state: str) -> None:
+    """Publish campaign ID at /archive once it is sent (on), or take it down (off).
+
+    The archive shows it as nobody in particular would get it: no name, no address, no
+    working unsubscribe link. Messages sent while it is on link to it ("View this email in
+    your browser").
+
+    \b
+    Example:
+      $ mailer campaign archive 3 on
+      campaign 3 is published at https://harmonymails.com/archive/3 once sent
+    """
+    with app.db.session() as session:
+        campaign = set_archived(session, campaign_id, state == "on", cli_actor())
+        url = archive_url(app.config, campaign)
+        sent = campaign.status is CampaignStatus.SENT
+    if state == "off":
+        click.echo(f"campaign {campaign_id} is not in the archive")
+    else:
+        click.echo(f"campaign {campaign_id} is published at {url}{'' if sent else ' once sent'}")
 
 
 @campaign_group.command("ls")

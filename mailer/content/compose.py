@@ -94,6 +94,26 @@ def sample_recipient(email: str = "subscriber@example.com", name: str = "Sample 
     )
 
 
+def archive_url(config: Config, campaign: Campaign) -> str:
+    """Where an archived campaign can be read in a browser ("" when it is not archived)."""
+    if not campaign.archived or campaign.kind is not CampaignKind.CAMPAIGN:
+        return ""
+    return f"{config.unsubscribe.base_url.rstrip('/')}/archive/{campaign.id}"
+
+
+def neutral_recipient() -> Recipient:
+    """Nobody: the archive's reader, with no name, no address and no attribute values."""
+    return Recipient(delivery_id=0, subscriber_id=SAMPLE_SUBSCRIBER_ID, email="", name="",
+                     attributes=NeutralAttributes(), subscribed_at=None)
+
+
+class NeutralAttributes(dict[str, Any]):
+    """Attributes of nobody: every key a template asks for is empty."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def one_line(text: str) -> str:
     """Any control character (CR, LF, TAB, NEL, U+2028...) becomes a space: data never breaks a header."""
     return _CONTROL.sub(" ", text).strip()
@@ -327,6 +347,7 @@ class Composer:
                 "name": config.company.name, "postal_address": config.company.postal_address,
                 "privacy_url": config.company.privacy_url,
             },
+            "view_in_browser_url": archive_url(config, campaign),  # "" while it is not published
         }
         self._prepare_static()
         self._build_layout(list_title, campaign.notice_reason)
@@ -509,6 +530,12 @@ class Composer:
         """The campaign's own HTML (as it goes in the box) and text for a recipient, without layout and footer."""
         html, text = self._bodies(recipient, self._unsubscribe_base + self.unsubscribe_token(recipient))
         return html.body, text
+
+    def public_bodies(self, unsubscribe_url: str) -> ContainedHtml:
+        """The campaign's own HTML for the public archive: rendered for nobody, with `unsubscribe_url`
+        (a page, not anyone's token) wherever the template links to unsubscribe."""
+        html, _ = self._bodies(neutral_recipient(), unsubscribe_url)
+        return html
 
     def left_out(self, recipient: Recipient) -> tuple[str, ...]:
         """What the template may not do and what is left out of its HTML for this recipient, one line each."""
