@@ -146,8 +146,10 @@ class SmtpConnection:
         try:
             replies = await self._envelope(session, _commands(sender, recipient, utf8))
         except TimeoutError:
+            # perhaps a message ahead of this one stalled the session; nothing of this one was sent
             self._drop(session)
-            return SendResult(SendStatus.TRANSIENT, None, self._timed_out(), connection_failed=True)
+            return None if retry else SendResult(SendStatus.TRANSIENT, None, self._timed_out(),
+                                                 connection_failed=True)
         for accepted, reply in zip(_ACCEPTED, replies, strict=False):
             if reply is None:
                 # the relay hung up before the message: nothing was sent, a new session may take it
