@@ -4,6 +4,7 @@ our own matches every reply to its command in order, so that commands can be pip
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class ReplyReader(asyncio.Protocol):
         self._buffer = bytearray()
         self._lines: list[str] = []
         self.closed = False
+        self.lost = asyncio.Event()  # the connection is closed down to the socket
 
     def expect(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Reply | None]:
         future: asyncio.Future[Reply | None] = loop.create_future()
@@ -70,6 +72,7 @@ class ReplyReader(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail()
+        self.lost.set()
 
     def fail(self) -> None:
         """Every command still waiting learns that its reply will never come."""
@@ -118,6 +121,10 @@ class Session:
             except TimeoutError:
                 pass
         self.close()
+        # a TLS session closes with an exchange of its own; leaving before it ends leaks the socket
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.reader.lost.wait()
 
 
 def tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
