@@ -8,6 +8,7 @@ import contextlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import aiosmtplib
 
@@ -153,7 +154,7 @@ def start_tls_mode(smtp: SmtpConfig) -> bool | None:
 
 
 def client_options(smtp: SmtpConfig, context: ssl.SSLContext | None,
-                   start_tls: bool | None = None) -> dict[str, object]:
+                   start_tls: bool | None = None) -> dict[str, Any]:
     """aiosmtplib.SMTP's keyword arguments for this relay: TLS, identity, credentials."""
     return {
         "hostname": smtp.host, "port": smtp.port, "timeout": smtp.timeout,
@@ -166,7 +167,7 @@ def client_options(smtp: SmtpConfig, context: ssl.SSLContext | None,
 async def open_session(smtp: SmtpConfig, context: ssl.SSLContext | None, start_tls: bool | None) -> Session:
     """Connect, EHLO, STARTTLS (`start_tls` as aiosmtplib takes it) and AUTH; raises aiosmtplib's
     errors or OSError."""
-    client = aiosmtplib.SMTP(**client_options(smtp, context, start_tls))  # type: ignore[arg-type]
+    client = aiosmtplib.SMTP(**client_options(smtp, context, start_tls))
     try:
         await client.connect()
         if client.is_ehlo_or_helo_needed:

@@ -18,12 +18,12 @@ from mailer.delivery.smtp_session import (
     Session,
     describe_failure,
     open_session,
-    tls_context,
 )
 
 # what a test send or a confirmation mail uses to reach the relay as the campaigns do
 from mailer.delivery.smtp_session import client_options as client_options
 from mailer.delivery.smtp_session import start_tls_mode as start_tls_mode
+from mailer.delivery.smtp_session import tls_context as tls_context
 
 
 class SendStatus(enum.StrEnum):
