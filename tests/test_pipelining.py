@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from relay_helpers import Relay, recording_proxy, relay
+from sending_helpers import add_audience, configure, delivery_states, emails, make_campaign
 
 from mailer.config import SmtpConfig, StartTLS
+from mailer.db import Database
+from mailer.delivery.pipeline import send_campaign_now
 from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
+from mailer.lifecycle import start_send
+from mailer.models import DeliveryState
 
 SENDER = "b-1-x@bounces.harmonymails.com"
 # lines that start with a dot, a line that is only a dot, 8-bit bytes and a NUL-free binary run
@@ -184,3 +190,26 @@ def test_a_broken_relay_that_takes_data_after_a_refused_recipient_gets_no_body(p
     assert bodies.get("nobody@example.com", b"") == b""  # only the final dot went
     assert bodies["a@example.com"] == message(1)
 
+
+
+def test_a_campaign_through_a_pipelining_relay_records_each_message_by_its_own_reply(
+    tmp_path: Path, database: Database, pipelining_relay: Relay,
+) -> None:
+    addresses = emails(120)
+    gone, dropped, later = addresses[10], addresses[50], addresses[90]
+    pipelining_relay.faults.rcpt_replies[gone] = "550 5.1.1 no such user"
+    pipelining_relay.handler.drop_after_dot.add(dropped)
+    pipelining_relay.handler.data_replies[later] = "451 4.3.0 try again later"
+    campaign_id = make_campaign(database, add_audience(database, "news", addresses))
+    config = configure(tmp_path, database, pipelining_relay, batch_size=20)
+    start_send(config, database, campaign_id)
+    report = send_campaign_now(config, database, campaign_id)
+
+    assert (report.sent, report.deferred, report.failed, report.hard_bounces) == (117, 2, 1, 1)
+    rows = delivery_states(database, campaign_id)
+    assert rows[gone].state is DeliveryState.FAILED and rows[gone].last_code == 550
+    assert rows[dropped].state is DeliveryState.DEFERRED
+    assert rows[later].state is DeliveryState.DEFERRED and rows[later].last_code == 451
+    counts = pipelining_relay.handler.rcpt_counts
+    assert set(counts) == set(addresses) - {gone, dropped, later} and set(counts.values()) == {1}
+    assert all(rows[a].state is DeliveryState.SENT for a in counts)

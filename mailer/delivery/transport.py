@@ -150,6 +150,10 @@ class SmtpConnection:
             self._drop(session)
             return None if retry else SendResult(SendStatus.TRANSIENT, None, self._timed_out(),
                                                  connection_failed=True)
+        except BaseException:
+            # cancelled halfway: the relay may be waiting for a message that will never come
+            self._drop(session)
+            raise
         for accepted, reply in zip(_ACCEPTED, replies, strict=False):
             if reply is None:
                 # the relay hung up before the message: nothing was sent, a new session may take it
@@ -219,10 +223,6 @@ class SmtpConnection:
         session.close()
         if self.session is session:
             self.session = None
-
-    def close(self) -> None:
-        if self.session is not None:
-            self._drop(self.session)
 
     async def quit(self) -> None:
         session, self.session = self.session, None
