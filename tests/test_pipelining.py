@@ -74,6 +74,15 @@ def test_messages_arrive_intact_and_in_full(any_relay: Relay) -> None:
     assert any_relay.handler.connections == 2
 
 
+def test_bare_line_feeds_and_carriage_returns_arrive_as_crlf(pipelining_relay: Relay) -> None:
+    data = b"Subject: endings\n\n.one\rtwo\r\nthree\nno final line break"
+    results = asyncio.run(send_each(SmtpTransport(smtp_for(pipelining_relay)), ["a@example.com", "b@example.com"],
+                                    lambda i: data))
+    assert statuses(results) == [SendStatus.SENT] * 2
+    expected = b"Subject: endings\r\n\r\n.one\r\ntwo\r\nthree\r\nno final line break\r\n"
+    assert [m.data for m in pipelining_relay.messages] == [expected, expected]
+
+
 def test_commands_are_grouped_only_when_the_relay_offers_pipelining(any_relay: Relay) -> None:
     async def run() -> list[bytes]:
         async with recording_proxy(any_relay.port) as proxy:
