@@ -39,6 +39,11 @@ _FEEDBACK_LOOP_SENDER = re.compile(
 _RATE_LIMIT = re.compile(r"[1-9][0-9]*\s*(?:per|/)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?")
 
 
+# an EHLO name: dot-separated labels, or an address literal such as [192.0.2.1]
+_HELO_NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                        r"|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
+
+
 def public_url(url: str) -> str:
     """The database URL without its password, for messages and logs."""
     from sqlalchemy.engine import make_url
@@ -129,6 +134,10 @@ class SmtpConfig:
     max_consecutive_errors: int = 10  # connection failures in a row before a campaign pauses
     # the provider behind the relay: its header carries each delivery's signed reference
     provider: SmtpProvider = SmtpProvider.NONE
+    ca_file: str = ""  # PEM: a private CA or the relay's own certificate, trusted besides the system's
+    client_cert: str = ""  # PEM certificate shown to a relay that asks for one
+    client_key: str = ""  # its private key, when not in client_cert's file
+    helo_name: str = ""  # the name said in EHLO; empty: this machine's fully qualified name
 
     @property
     def is_loopback(self) -> bool:
@@ -484,6 +493,32 @@ def _check_smtp(src: str, config: Config) -> None:
         raise ConfigError(src, "smtp.retry_for", "must be 0 or more seconds")
     if config.smtp.max_consecutive_errors < 1:
         raise ConfigError(src, "smtp.max_consecutive_errors", "must be at least 1")
+    _check_smtp_identity(src, config.smtp)
+
+
+def _check_smtp_identity(src: str, smtp: SmtpConfig) -> None:
+    """The name said in EHLO and the certificate files, loaded now so that a bad one fails here."""
+    if smtp.helo_name and not _HELO_NAME.fullmatch(smtp.helo_name):
+        raise ConfigError(src, "smtp.helo_name", "must be a host name such as mail.example.com, or empty")
+    if smtp.client_key and not smtp.client_cert:
+        raise ConfigError(src, "smtp.client_key", "needs smtp.client_cert")
+    if not (smtp.ca_file or smtp.client_cert):
+        return
+    import ssl  # only when there is a file to check: it slows every command's start
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if smtp.ca_file:
+        try:
+            context.load_verify_locations(cafile=smtp.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(src, "smtp.ca_file", f"cannot load PEM certificates from {smtp.ca_file}: "
+                              f"{exc.strerror or exc}") from None
+    if smtp.client_cert:
+        try:
+            context.load_cert_chain(smtp.client_cert, smtp.client_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            setting = "smtp.client_key" if smtp.client_key else "smtp.client_cert"
+            raise ConfigError(src, setting, f"cannot load the certificate and its key: {exc.strerror or exc}") from None
 
 
 def _check_sending(src: str, config: Config) -> None:

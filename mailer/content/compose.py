@@ -79,6 +79,21 @@ class RenderedMessage:
     data: bytes  # the complete RFC 5322 message, CRLF line endings, DKIM-Signature first when signed
 
 
+def smtp_wire(data: bytes) -> bytes:
+    """The message as it goes after DATA: CRLF line endings, leading dots doubled, ended by "." (RFC 5321
+    4.5.2). Bytes operations, no regular expressions: a rendered message is already CRLF, so usually
+    this only scans it."""
+    if data.count(b"\r") != data.count(b"\n") or data.count(b"\r\n") != data.count(b"\n"):
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if b"\r\n." in data:
+        data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
 class SampleAttributes(dict[str, Any]):
     """Attributes of the sample subscriber: any key a template asks for shows as `[key]`."""
 
