@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
                "Legal notices (data breach, change of terms): transactional mail, not marketing."),
     "send-due": (("mailer.cli.sending",),
                  "Send what is due: scheduled campaigns whose time has come and deferred retries."),
-    "serve": (("mailer.cli.serve",), "Run the unsubscribe web app under waitress until interrupted."),
+    "serve": (("mailer.cli.serve",), "Run the subscribers' web app under waitress until interrupted."),
     "subscriber": (("mailer.cli.subscriber",), "Subscribers and their lists."),
     "suppress": (("mailer.cli.suppress",), "The suppression list: addresses that are never mailed."),
     "worker": (("mailer.cli.sending",),
