@@ -1,0 +1,188 @@
+"""`mailer doctor` against a DNS server on loopback serving a good zone and each broken variant."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import Cli, write_config
+from dns_helpers import Records, ZoneResolver, dns_server
+from smtp_faults import FaultyServer
+
+from mailer.config import Config, load_config
+from mailer.content.dkim import generate_key
+from mailer.doctor.checkup import run_doctor
+from mailer.doctor.results import Finding, Status
+
+RELAY_IP = "192.0.2.10"
+
+
+@pytest.fixture(scope="module")
+def dkim_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 2048-bit key and its record, made once: key generation is slow on a shared machine."""
+    path = tmp_path_factory.mktemp("dkim") / "hm1.pem"
+    record = generate_key(path, "harmonymails.com", "hm1")
+    return path, record.value
+
+
+@pytest.fixture
+def zone(dkim_key: tuple[Path, str]) -> Records:
+    """Everything a receiver wants of harmonymails.com, sending from 192.0.2.10."""
+    return {
+        "harmonymails.com": [("TXT", "v=spf1 include:_spf.harmonymails.com -all"), ("A", "192.0.2.80"),
+                             ("MX", "mx.harmonymails.com")],
+        "_spf.harmonymails.com": [("TXT", "v=spf1 ip4:192.0.2.0/24 ~all")],
+        "bounces.harmonymails.com": [("TXT", "v=spf1 a:relay.harmonymails.com -all"),
+                                     ("MX", "mx.harmonymails.com")],
+        "relay.harmonymails.com": [("A", RELAY_IP)],
+        "mx.harmonymails.com": [("A", "192.0.2.25")],
+        "hm1._domainkey.harmonymails.com": [("TXT", dkim_key[1])],
+        "_dmarc.harmonymails.com": [("TXT", "v=DMARC1; p=quarantine; rua=mailto:dmarc@harmonymails.com")],
+    }
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[tuple[str, ZoneResolver]]:
+    with dns_server({}) as running:
+        yield running
+
+
+@pytest.fixture
+def nameserver(dns: tuple[str, ZoneResolver], zone: Records) -> str:
+    """The shared server, answering from this test's own copy of the zone."""
+    dns[1].records = zone
+    dns[1].failing = False
+    return dns[0]
+
+
+def doctor_config(tmp_path: Path, nameserver: str, smtp: FaultyServer, dkim_path: Path | None,
+                  extra: str = "") -> Path:
+    dkim = f'[dkim]\ndomain = "harmonymails.com"\nselector = "hm1"\nprivate_key = "{dkim_path}"\n' if dkim_path else ""
+    doctor = f'[doctor]\nnameserver = "{nameserver}"\nsending_ips = ["{RELAY_IP}"]\n'
+    return write_config(tmp_path / "mailer.toml", f"sqlite:///{tmp_path / 'mailer.db'}", smtp,
+                        extra=dkim + doctor + extra)
+
+
+def findings(config: Config) -> dict[str, Finding]:
+    return {finding.check: finding for finding in run_doctor(config)}
+
+
+@pytest.fixture
+def good_config(tmp_path: Path, nameserver: str, smtp_server: FaultyServer,
+                dkim_key: tuple[Path, str]) -> Config:
+    return load_config(doctor_config(tmp_path, nameserver, smtp_server, dkim_key[0]), environ={})
+
+
+def test_a_good_zone_passes_every_dns_check(good_config: Config) -> None:
+    found = findings(good_config)
+    for check in ("spf from", "spf bounces", "dkim", "dmarc", "mx bounces", "unsubscribe", "relay", "postal",
+                  "secrets"):
+        assert found[check].status is Status.PASS, found[check]
+    assert "passes 192.0.2.10 (1 of 10 look-ups)" in found["spf from"].message
+    assert "2048 bits" in found["dkim"].message
+    assert "From aligned via DKIM and SPF" in found["dmarc"].message
+
+
+def _broken(zone: Records, name: str, records: list[tuple[str, str]] | None) -> None:
+    if records is None:
+        del zone[name]
+    else:
+        zone[name] = records
+
+
+@pytest.mark.parametrize(("name", "records", "check", "status", "words"), [
+    ("harmonymails.com", [("A", "192.0.2.80")], "spf from", Status.FAIL, "has no SPF record"),
+    ("bounces.harmonymails.com", [("TXT", "v=spf1 -all"), ("TXT", "v=spf1 a -all"), ("MX", "mx.harmonymails.com")],
+     "spf bounces", Status.FAIL, "has 2 SPF records"),
+    ("_spf.harmonymails.com", [("TXT", "v=spf1 ip4:198.51.100.0/24 -all")], "spf from", Status.FAIL,
+     "gives fail for the relay's address 192.0.2.10"),
+    ("hm1._domainkey.harmonymails.com", None, "dkim", Status.FAIL, "no DKIM key published"),
+    ("_dmarc.harmonymails.com", None, "dmarc", Status.FAIL, "no DMARC record at _dmarc.harmonymails.com"),
+    ("_dmarc.harmonymails.com", [("TXT", "v=DMARC1; p=none")], "dmarc", Status.WARN, "p=none"),
+    ("_dmarc.harmonymails.com", [("TXT", "v=DMARC1; rua=mailto:d@harmonymails.com")], "dmarc", Status.FAIL,
+     "no valid p= policy"),
+    ("bounces.harmonymails.com", [("TXT", "v=spf1 a:relay.harmonymails.com -all")], "mx bounces", Status.FAIL,
+     "no MX record"),
+    ("harmonymails.com", [("TXT", "v=spf1 include:_spf.harmonymails.com -all")], "unsubscribe", Status.FAIL,
+     "does not resolve"),
+    ("_spf.harmonymails.com", [("TXT", "v=spf1 " + " ".join(f"a:h{i}.harmonymails.com" for i in range(11))
+                                + " -all")], "spf from", Status.FAIL, "more than 10 DNS look-ups"),
+], ids=["no SPF", "two SPF", "SPF misses relay", "no DKIM record", "no DMARC", "DMARC p=none",
+        "DMARC without p", "no MX", "unsubscribe host", "over 10 look-ups"])
+def test_each_broken_record_is_named_with_its_fix(
+    good_config: Config, zone: Records, name: str, records: list[tuple[str, str]] | None,
+    check: str, status: Status, words: str,
+) -> None:
+    _broken(zone, name, records)
+    found = findings(good_config)
+    assert found[check].status is status, found[check]
+    assert words in found[check].message
+    others = [f for f in found.values() if f.check != check and f.status in (Status.FAIL, Status.WARN)]
+    assert all(f.check == "extensions" for f in others), others
+
+
+def test_a_dkim_record_for_another_key_fails_and_would_stop_a_send(
+    good_config: Config, zone: Records, tmp_path: Path,
+) -> None:
+    other = generate_key(tmp_path / "other.pem", "harmonymails.com", "hm1", bits=1024)
+    zone["hm1._domainkey.harmonymails.com"] = [("TXT", other.value)]
+    found = findings(good_config)["dkim"]
+    assert found.status is Status.FAIL and found.hopeless
+    assert "is not the public half of dkim.private_key" in found.message
+
+
+def test_a_1024_bit_key_is_a_warning(tmp_path: Path, nameserver: str, zone: Records,
+                                     smtp_server: FaultyServer) -> None:
+    small = tmp_path / "small.pem"
+    zone["hm1._domainkey.harmonymails.com"] = [("TXT", generate_key(small, "harmonymails.com", "hm1", 1024).value)]
+    config = load_config(doctor_config(tmp_path, nameserver, smtp_server, small), environ={})
+    found = findings(config)["dkim"]
+    assert found.status is Status.WARN and "1024 bits" in found.message
+
+
+def test_from_aligned_with_neither_dkim_nor_the_return_path_fails(
+    tmp_path: Path, nameserver: str, zone: Records, smtp_server: FaultyServer,
+) -> None:
+    zone["bounces.mailhost.net"] = [("TXT", f"v=spf1 ip4:{RELAY_IP} -all"), ("MX", "mx.mailhost.net")]
+    path = doctor_config(tmp_path, nameserver, smtp_server, None,
+                         extra='[sender]\nbounce_domain = "bounces.mailhost.net"\n')
+    found = findings(load_config(path, environ={}))
+    assert found["dmarc"].status is Status.FAIL
+    assert "aligned with neither the DKIM domain nor the return path's domain" in found["dmarc"].message
+    assert found["spf bounces"].status is Status.PASS
+
+
+def test_dns_that_does_not_answer_is_unknown_not_a_failure(
+    tmp_path: Path, nameserver: str, dns: tuple[str, ZoneResolver], smtp_server: FaultyServer,
+) -> None:
+    dns[1].failing = True
+    config = load_config(doctor_config(tmp_path, nameserver, smtp_server, None), environ={})
+    found = findings(config)
+    for check in ("spf from", "spf bounces", "dmarc", "mx bounces", "unsubscribe"):
+        assert found[check].status is Status.UNKNOWN, found[check]
+    assert "cannot tell" in found["dmarc"].message
+
+
+def test_the_command_prints_one_line_per_check_and_exits_1_on_a_failure(
+    tmp_path: Path, nameserver: str, zone: Records, smtp_server: FaultyServer, dkim_key: tuple[Path, str],
+) -> None:
+    cli = Cli(doctor_config(tmp_path, nameserver, smtp_server, dkim_key[0]))
+    good = cli("doctor")
+    assert "PASS    dkim         hm1._domainkey.harmonymails.com publishes the public half" in good.output
+    del zone["_dmarc.harmonymails.com"]
+    bad = cli("doctor", "--json", ok=False)
+    assert bad.exit_code == 1
+    report = json.loads(bad.output)
+    assert not report["ok"]
+    assert {"check": "dmarc", "status": "FAIL"}.items() <= next(
+        c for c in report["checks"] if c["check"] == "dmarc").items()
+
+
+def test_a_bad_nameserver_setting_is_one_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "mailer.toml", f"sqlite:///{tmp_path / 'm.db'}",
+                        extra='[doctor]\nnameserver = "dns.example.com"\n')
+    result = Cli(path)("doctor", ok=False)
+    assert result.exit_code == 1
+    assert "doctor.nameserver" in result.stderr and result.stderr.count("\n") == 1
