@@ -11,8 +11,10 @@ from cli_helpers import Cli, write_config
 from dns_helpers import Records, ZoneResolver, dns_server
 from smtp_faults import FaultyServer
 
+from mailer.audit import list_events
 from mailer.config import Config, load_config
 from mailer.content.dkim import generate_key
+from mailer.db import Database
 from mailer.doctor.checkup import run_doctor
 from mailer.doctor.results import Finding, Status
 
@@ -186,3 +188,44 @@ def test_a_bad_nameserver_setting_is_one_line(tmp_path: Path) -> None:
     result = Cli(path)("doctor", ok=False)
     assert result.exit_code == 1
     assert "doctor.nameserver" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def ready_to_send(tmp_path: Path, nameserver: str, smtp_server: FaultyServer, dkim_key: tuple[Path, str]) -> Cli:
+    db = Database(f"sqlite:///{tmp_path / 'mailer.db'}")
+    db.upgrade()
+    db.dispose()
+    cli = Cli(doctor_config(tmp_path, nameserver, smtp_server, dkim_key[0]))
+    cli("list", "create", "news", "--title", "Harmony News")
+    cli("subscriber", "add", "ana@example.com", "--list", "news", "--name", "Ana Lima")
+    cli("campaign", "create", "--list", "news", "--subject", "Welcome to Harmony News", "--template", "welcome")
+    return cli
+
+
+def test_send_refuses_a_dkim_key_that_does_not_match_its_record_unless_forced(
+    ready_to_send: Cli, zone: Records, smtp_server: FaultyServer, tmp_path: Path,
+) -> None:
+    other = generate_key(tmp_path / "other.pem", "harmonymails.com", "hm1", bits=1024)
+    zone["hm1._domainkey.harmonymails.com"] = [("TXT", other.value)]
+    refused = ready_to_send("campaign", "send", "1", ok=False)
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert "campaign 1 not started" in refused.stderr and "dkim: the key published at" in refused.stderr
+    assert "--force" in refused.stderr
+    assert smtp_server.messages == []
+    forced = ready_to_send("campaign", "send", "1", "--force")
+    assert "warning: sending despite dkim" in forced.stderr
+    assert len(smtp_server.messages) == 1
+    db = Database(f"sqlite:///{tmp_path / 'mailer.db'}")
+    with db.session() as session:
+        events = [e for e in list_events(session) if e.action == "send forced"]
+    db.dispose()
+    assert [e.subject for e in events] == ["campaign 1"]
+    assert "is not the public half of dkim.private_key" in events[0].reason
+
+
+def test_send_goes_ahead_when_dns_cannot_answer(
+    ready_to_send: Cli, dns: tuple[str, ZoneResolver], smtp_server: FaultyServer,
+) -> None:
+    dns[1].failing = True
+    ready_to_send("campaign", "send", "1")
+    assert len(smtp_server.messages) == 1

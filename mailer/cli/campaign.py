@@ -26,6 +26,7 @@ from mailer.cli.reports import describe_send, describe_status
 from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.content.visible import message_parts, parse_message
 from mailer.delivery.pipeline import SendReport, send_campaign_now
+from mailer.doctor.checkup import preflight
 from mailer.doctor.spam import INSTALL_HINT, SpamVerdict, spam_verdict
 from mailer.lifecycle import (
     cancel_campaign,
@@ -289,14 +290,20 @@ def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool) -> Non
 
 @campaign_group.command("send")
 @click.argument("campaign_id", type=int)
+@click.option("--force", is_flag=True,
+              help="Send even when the quick doctor finds receivers would refuse it (audited).")
 @json_option
 @pass_app
-def campaign_send(app: AppContext, campaign_id: int, as_json: bool) -> None:
+def campaign_send(app: AppContext, campaign_id: int, force: bool, as_json: bool) -> None:
     """Send campaign ID now (after the compliance gate), with a progress bar and a summary.
 
     Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on. Refusals by
     policy (5.7.x, blocklists) fail without suppressing anyone, and enough of them
     (sending.policy_block_pause_share) pause the campaign with the reason.
+
+    First a quick doctor asks DNS whether the DKIM key matches its published record
+    and SPF lets the relay send; a definite no refuses the send, naming the check.
+    No answer never blocks. --force sends anyway and records it in the audit trail.
 
     \b
     Example:
@@ -304,6 +311,8 @@ def campaign_send(app: AppContext, campaign_id: int, as_json: bool) -> None:
       campaign 3: 1200 sent, 2 deferred, 1 failed, 4 suppressed
       status: sending (1200 sent, 2 deferred, 1 failed, 4 suppressed)
     """
+    for finding in preflight(app.config, app.db, campaign_id, force, cli_actor()):
+        echo_line(f"warning: sending despite {finding.check}: {finding.message}", err=True)
     _send_in_foreground(app, campaign_id, as_json)
 
 

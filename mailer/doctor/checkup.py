@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from mailer.audit import record_event
 from mailer.config import Config
+from mailer.db import Database
 from mailer.doctor.config_checks import config_findings, web_finding
 from mailer.doctor.dns_checks import check_dkim, check_spf, dns_findings, guarded, relay_addresses
 from mailer.doctor.relay import relay_findings
 from mailer.doctor.resolver import Lookup, Unanswerable
 from mailer.doctor.results import Finding, Status
+from mailer.errors import MailerError
 
 # a send waits at most this long per DNS question before it calls the answer unknown
 QUICK_TIMEOUT = 1.5
@@ -41,3 +44,28 @@ def quick_doctor(config: Config) -> list[Finding]:
 
 def hopeless(findings: list[Finding]) -> list[Finding]:
     return [finding for finding in findings if finding.hopeless and finding.status is Status.FAIL]
+
+
+class HopelessSendError(MailerError):
+    """The quick doctor found that receivers would refuse or junk every message of the send."""
+
+    def __init__(self, campaign_id: int, findings: list[Finding]) -> None:
+        self.findings = findings
+        named = "; ".join(f"{f.check}: {f.message}" for f in findings)
+        super().__init__(f"campaign {campaign_id} not started, receivers would refuse it: {named}. "
+                         "Fix it (see `mailer doctor`), or send anyway with --force (recorded in the audit trail)")
+
+
+def preflight(config: Config, database: Database, campaign_id: int, force: bool, actor: str) -> list[Finding]:
+    """The quick doctor before a send: raises HopelessSendError on a hopeless finding unless `force`,
+    which is recorded in the audit trail. Returns the hopeless findings forced past."""
+    blocking = hopeless(quick_doctor(config))
+    if not blocking:
+        return []
+    if not force:
+        raise HopelessSendError(campaign_id, blocking)
+    with database.session() as session:
+        record_event(session, "send forced", actor, subject=f"campaign {campaign_id}",
+                     reason="; ".join(f"{f.check}: {f.message}" for f in blocking)[:1000],
+                     detail={"checks": [f.as_dict() for f in blocking]})
+    return blocking
