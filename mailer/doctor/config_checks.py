@@ -31,7 +31,8 @@ def _secrets(config: Config) -> Finding:
         missing.append("smtp.password (MAILER_SMTP_PASSWORD)")
     if missing:
         return Finding("secrets", Status.FAIL, f"not set: {', '.join(missing)}")
-    return Finding("secrets", Status.PASS, "the signing keys and the relay's password are set")
+    password = " and the relay's password" if config.smtp.username else ""
+    return Finding("secrets", Status.PASS, f"the unsubscribe signing keys{password} are set")
 
 
 def web_finding(config: Config, timeout: float = 10.0) -> Finding:

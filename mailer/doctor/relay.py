@@ -12,9 +12,9 @@ from mailer.doctor.results import Finding, Status
 
 # what a bulk sender wants from its relay, and why
 WANTED_EXTENSIONS = {
-    "pipelining": "each message costs one round trip instead of four",
-    "size": "an oversized message is refused before its body is sent",
-    "smtputf8": "addresses with non-ASCII local parts can be delivered",
+    "pipelining": "one round trip per message instead of four",
+    "size": "an oversized message refused before its body is sent",
+    "smtputf8": "addresses with non-ASCII local parts delivered",
 }
 
 
@@ -113,6 +113,5 @@ def _extensions(client: smtplib.SMTP, where: str) -> Iterator[Finding]:
     if not missing:
         yield Finding("extensions", Status.PASS, f"{where} offers PIPELINING, SIZE and SMTPUTF8")
         return
-    reasons = "; ".join(f"without {name.upper()} {WANTED_EXTENSIONS[name]}" for name in missing)
-    yield Finding("extensions", Status.WARN, f"{where} lacks {', '.join(n.upper() for n in missing)}: "
-                  f"{reasons}. Enable them on the relay if it can")
+    lacks = ", ".join(f"{name.upper()} ({WANTED_EXTENSIONS[name]})" for name in missing)
+    yield Finding("extensions", Status.WARN, f"{where} lacks {lacks}; enable them on the relay if it can")
