@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import Cli, write_config
+from cli_helpers import TEST_SECRET_KEY, Cli, write_config
 from dns_helpers import Records, ZoneResolver, dns_server
+from serve_helpers import free_port, start_serve, stop_serve
 from smtp_faults import FaultyServer
 
 from mailer.audit import list_events
@@ -16,6 +17,7 @@ from mailer.config import Config, load_config
 from mailer.content.dkim import generate_key
 from mailer.db import Database
 from mailer.doctor.checkup import run_doctor
+from mailer.doctor.config_checks import web_finding
 from mailer.doctor.results import Finding, Status
 
 RELAY_IP = "192.0.2.10"
@@ -229,3 +231,42 @@ def test_send_goes_ahead_when_dns_cannot_answer(
     dns[1].failing = True
     ready_to_send("campaign", "send", "1")
     assert len(smtp_server.messages) == 1
+
+
+@pytest.mark.slow
+def test_web_fetches_healthz_from_the_running_app_and_names_a_dead_one(
+    tmp_path: Path, nameserver: str, smtp_server: FaultyServer,
+) -> None:
+    port = free_port()
+    db = Database(f"sqlite:///{tmp_path / 'mailer.db'}")
+    db.upgrade()
+    db.dispose()
+    path = tmp_path / "web.toml"
+    db_file = tmp_path / "mailer.db"
+    path.write_text(f'[database]\nurl = "sqlite:///{db_file}"\n'
+                    f'[unsubscribe]\nsecret_keys = ["{TEST_SECRET_KEY}"]\nbase_url = "http://127.0.0.1:{port}"\n'
+                    f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nstarttls = "off"\n'
+                    f'[doctor]\nnameserver = "{nameserver}"\n', encoding="utf-8")
+    config = load_config(path, environ={})
+    assert web_finding(config, timeout=5).status is Status.FAIL
+    server = start_serve(path, port)
+    try:
+        found = {f.check: f for f in run_doctor(config, web=True)}
+    finally:
+        stop_serve(server)
+    assert found["web"].status is Status.PASS and "/healthz answers 200" in found["web"].message
+    assert found["unsubscribe"].status is Status.FAIL and "https" in found["unsubscribe"].message
+
+
+def test_doctor_settings_are_checked_one_line_each(tmp_path: Path) -> None:
+    for bad, key in (('sending_ips = ["relay.example.com"]', "doctor.sending_ips"),
+                     ('nameserver = "127.0.0.1:99999"', "doctor.nameserver")):
+        path = write_config(tmp_path / "mailer.toml", f"sqlite:///{tmp_path / 'm.db'}", extra=f"[doctor]\n{bad}\n")
+        result = Cli(path)("doctor", ok=False)
+        assert key in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_dns_off_makes_every_dns_line_unknown(tmp_path: Path, smtp_server: FaultyServer) -> None:
+    config = load_config(doctor_config(tmp_path, "off", smtp_server, None), environ={})
+    found = findings(config)
+    assert found["dmarc"].status is Status.UNKNOWN and 'nameserver = "off"' in found["dmarc"].message
