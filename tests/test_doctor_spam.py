@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,19 @@ def test_the_report_is_read_rule_by_rule_with_wrapped_descriptions() -> None:
     assert verdict.rules[0].description.endswith("text to image area")
     assert "more words" in verdict.rules[0].fix or "add words" in verdict.rules[0].fix
     assert fix_for("SOMETHING_ELSE") == "" and fix_for("MPART_ALT_DIFF_COUNT")
+
+
+@pytest.mark.skipif(shutil.which("spamc") is None, reason="needs spamc (apt-get install spamc)")
+def test_spamc_without_spamd_is_one_line_and_the_gate_still_answers(
+    shop: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    only_spamc = tmp_path / "only-spamc"
+    only_spamc.mkdir()
+    (only_spamc / "spamc").symlink_to(str(shutil.which("spamc")))
+    monkeypatch.setenv("PATH", str(only_spamc))
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 783)) == 0:
+            pytest.skip("a spamd listens on this machine: spamc would reach it")
+    result = shop("campaign", "check", "1", "--spam", ok=False)
+    assert "no spam score: spamc could not reach spamd" in result.stderr
+    assert "fails the compliance gate" in result.stderr

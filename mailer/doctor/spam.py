@@ -71,7 +71,8 @@ def fix_for(rule: str) -> str:
 
 
 def spamassassin_path() -> str | None:
-    return shutil.which("spamassassin")
+    """The program that scores a message here: spamassassin itself, else spamc (which needs spamd)."""
+    return shutil.which("spamassassin") or shutil.which("spamc")
 
 
 def spam_verdict(message: bytes) -> SpamVerdict | None:
@@ -80,13 +81,18 @@ def spam_verdict(message: bytes) -> SpamVerdict | None:
     if program is None:
         return None
     with tempfile.TemporaryDirectory() as home:
-        # its own preferences file, so the check writes nothing into the user's home
-        prefs = Path(home) / "user_prefs"
+        if Path(program).name == "spamc":
+            # spamd decides its own tests; -x makes an unreachable spamd an error, not a pass
+            command = [program, "-R", "-x"]
+        else:
+            # local tests only, and a preferences file of its own: nothing written to the user's home
+            command = [program, "-t", "-L", f"--prefspath={Path(home) / 'user_prefs'}"]
         try:
-            done = subprocess.run([program, "-t", "-L", f"--prefspath={prefs}"], input=message,
-                                  capture_output=True, timeout=TIMEOUT, check=False)
+            done = subprocess.run(command, input=message, capture_output=True, timeout=TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             raise SpamCheckError(f"SpamAssassin gave no verdict within {TIMEOUT:.0f} seconds") from None
+    if Path(program).name == "spamc" and done.returncode != 0:
+        raise SpamCheckError("spamc could not reach spamd: start spamd, or install spamassassin to score locally")
     return parse_report(done.stdout.decode("utf-8", "replace"))
 
 
