@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
 from dns_helpers import dns_server
 
 from mailer.config import DoctorConfig
-from mailer.doctor.resolver import Lookup
+from mailer.doctor.resolver import Lookup, Unanswerable
 from mailer.doctor.spf import SpfResult, evaluate
 
 ZONE = {
@@ -73,3 +74,26 @@ def test_broken_records_are_permanent_errors_with_the_reason(lookup: Lookup, dom
 def test_look_ups_are_counted_through_includes(lookup: Lookup) -> None:
     assert evaluate(lookup, "include.test", "192.0.2.5").lookups == 1
     assert evaluate(lookup, "a.test", "198.51.100.200").lookups == 2
+
+
+def _drain(sock: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            sock.recv(4096)
+        except BlockingIOError:
+            return count
+        count += 1
+
+
+def test_a_resolver_that_times_out_is_not_asked_again() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # reads, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        lookup = Lookup(DoctorConfig(nameserver=f"127.0.0.1:{silent.getsockname()[1]}"), timeout=0.3)
+        with pytest.raises(Unanswerable, match="no answer in time"):
+            lookup.txt("ip.test")
+        assert _drain(silent) >= 1
+        with pytest.raises(Unanswerable, match=r"for ip\.test TXT"):
+            lookup.mx("mx.test")
+        assert _drain(silent) == 0

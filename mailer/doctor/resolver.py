@@ -58,7 +58,11 @@ class Lookup:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.Timeout:
-            raise Unanswerable(f"no answer for {name} {kind} in time") from None
+            # a resolver that let one question time out is not asked again: each check would
+            # wait out the time limit in turn, and a send would wait for all of them
+            self._why_none = f"DNS gave no answer in time (for {name} {kind})"
+            self._resolver = None
+            raise Unanswerable(self._why_none) from None
         except (dns.resolver.NoNameservers, dns.name.NameTooLong, dns.name.LabelTooLong,
                 dns.name.EmptyLabel) as exc:
             raise Unanswerable(f"no answer for {name} {kind}: {exc}") from None
