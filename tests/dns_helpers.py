@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSLabel
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 Records = dict[str, list[tuple[str, str]]]  # name -> [(type, value)], e.g. ("TXT", "v=spf1 -all")
@@ -42,7 +42,22 @@ def _rdata(kind: str, value: str) -> Any:
         return TXT([value[i:i + 255].encode() for i in range(0, len(value), 255)])
     if kind == "MX":
         return MX(value)
-    return {"A": A, "AAAA": AAAA}[kind](value)
+    return {"A": A, "AAAA": AAAA, "PTR": PTR}[kind](value)
+
+
+def _bind_pair(resolver: ZoneResolver, logger: Any) -> tuple[Any, Any]:
+    """A UDP server on a free port and a TCP server on the same number; another one when that TCP
+    port is taken."""
+    for _ in range(20):
+        udp = DNSServer(resolver, port=0, address="127.0.0.1", logger=logger)
+        try:
+            tcp = DNSServer(resolver, port=udp.server.server_address[1], address="127.0.0.1", logger=logger,
+                            tcp=True)
+        except OSError:
+            udp.server.server_close()
+            continue
+        return udp, tcp
+    raise OSError("no loopback port free for both UDP and TCP")
 
 
 @contextmanager
@@ -50,9 +65,8 @@ def dns_server(records: Records) -> Iterator[tuple[str, ZoneResolver]]:
     """Serve `records` over UDP and TCP on one loopback port; yields ("127.0.0.1:PORT", resolver)."""
     resolver = ZoneResolver(records)
     quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-    udp = DNSServer(resolver, port=0, address="127.0.0.1", logger=quiet)
+    udp, tcp = _bind_pair(resolver, quiet)
     port = udp.server.server_address[1]
-    tcp = DNSServer(resolver, port=port, address="127.0.0.1", logger=quiet, tcp=True)
     udp.start_thread()
     tcp.start_thread()
     try:

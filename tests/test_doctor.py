@@ -41,6 +41,7 @@ def zone(dkim_key: tuple[Path, str]) -> Records:
         "bounces.harmonymails.com": [("TXT", "v=spf1 a:relay.harmonymails.com -all"),
                                      ("MX", "mx.harmonymails.com")],
         "relay.harmonymails.com": [("A", RELAY_IP)],
+        "10.2.0.192.in-addr.arpa": [("PTR", "relay.harmonymails.com")],
         "mx.harmonymails.com": [("A", "192.0.2.25")],
         "hm1._domainkey.harmonymails.com": [("TXT", dkim_key[1])],
         "_dmarc.harmonymails.com": [("TXT", "v=DMARC1; p=quarantine; rua=mailto:dmarc@harmonymails.com")],
@@ -81,8 +82,8 @@ def good_config(tmp_path: Path, nameserver: str, smtp_server: FaultyServer,
 
 def test_a_good_zone_passes_every_dns_check(good_config: Config) -> None:
     found = findings(good_config)
-    for check in ("spf from", "spf bounces", "dkim", "dmarc", "mx bounces", "unsubscribe", "relay", "postal",
-                  "secrets"):
+    for check in ("spf from", "spf bounces", "dkim", "dmarc", "mx bounces", "unsubscribe", "reverse dns", "relay",
+                  "postal", "secrets"):
         assert found[check].status is Status.PASS, found[check]
     assert "passes 192.0.2.10 (1 of 10 look-ups)" in found["spf from"].message
     assert "2048 bits" in found["dkim"].message
@@ -113,8 +114,11 @@ def _broken(zone: Records, name: str, records: list[tuple[str, str]] | None) -> 
      "does not resolve"),
     ("_spf.harmonymails.com", [("TXT", "v=spf1 " + " ".join(f"a:h{i}.harmonymails.com" for i in range(11))
                                 + " -all")], "spf from", Status.FAIL, "more than 10 DNS look-ups"),
+    ("10.2.0.192.in-addr.arpa", None, "reverse dns", Status.FAIL, "192.0.2.10 has no PTR record"),
+    ("10.2.0.192.in-addr.arpa", [("PTR", "mx.harmonymails.com")], "reverse dns", Status.FAIL,
+     "is named mx.harmonymails.com, which does not resolve back to 192.0.2.10"),
 ], ids=["no SPF", "two SPF", "SPF misses relay", "no DKIM record", "no DMARC", "DMARC p=none",
-        "DMARC without p", "no MX", "unsubscribe host", "over 10 look-ups"])
+        "DMARC without p", "no MX", "unsubscribe host", "over 10 look-ups", "no PTR", "PTR not confirmed"])
 def test_each_broken_record_is_named_with_its_fix(
     good_config: Config, zone: Records, name: str, records: list[tuple[str, str]] | None,
     check: str, status: Status, words: str,

@@ -208,6 +208,23 @@ def check_unsubscribe_host(config: Config, lookup: Lookup) -> Finding:
     return Finding("unsubscribe", Status.PASS, f"{config.unsubscribe.base_url} is https and {host} resolves")
 
 
+def check_reverse_dns(config: Config, lookup: Lookup) -> Finding:
+    """Each relay address has a PTR name that resolves back to it (forward-confirmed reverse DNS)."""
+    ips = relay_addresses(config, lookup)
+    if not ips:
+        return Finding("reverse dns", Status.UNKNOWN, "the relay's public address is not known; set "
+                       "[doctor] sending_ips to check its reverse DNS")
+    for ip in ips:
+        names = lookup.ptr(ip)
+        if not names:
+            return Finding("reverse dns", Status.FAIL, f"{ip} has no PTR record; ask whoever owns the address "
+                           "(the hosting provider) to set one to the relay's name")
+        if not any(ip in lookup.addresses(name) for name in names[:3]):
+            return Finding("reverse dns", Status.FAIL, f"{ip} is named {names[0]}, which does not resolve back "
+                           f"to {ip}; add an A/AAAA record for {names[0]}")
+    return Finding("reverse dns", Status.PASS, f"{', '.join(ips)}: PTR names resolve back to the relay's addresses")
+
+
 def guarded(label: str, check: Callable[..., Finding], *args: object) -> Finding:
     """Run one check; a question DNS did not answer makes it UNKNOWN, never a failure."""
     try:
@@ -224,3 +241,4 @@ def dns_findings(config: Config, lookup: Lookup) -> Iterable[Finding]:
     yield guarded("dmarc", check_dmarc, config, lookup)
     yield guarded("mx bounces", check_mx, config, lookup)
     yield guarded("unsubscribe", check_unsubscribe_host, config, lookup)
+    yield guarded("reverse dns", check_reverse_dns, config, lookup)

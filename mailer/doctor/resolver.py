@@ -7,6 +7,7 @@ from typing import Any
 import dns.exception
 import dns.name
 import dns.resolver
+import dns.reversename
 
 from mailer.config import DoctorConfig
 from mailer.errors import MailerError
@@ -49,6 +50,11 @@ class Lookup:
         """The mail exchangers of `name`, most preferred first."""
         answers = sorted(self._ask(name, "MX"), key=lambda rdata: rdata.preference)
         return [rdata.exchange.to_text(omit_final_dot=True) for rdata in answers]
+
+    def ptr(self, ip: str) -> list[str]:
+        """The names the reverse zone gives for `ip`."""
+        name = dns.reversename.from_address(ip).to_text()
+        return [rdata.target.to_text(omit_final_dot=True) for rdata in self._ask(name, "PTR")]
 
     def _ask(self, name: str, kind: str) -> list[Any]:
         if self._resolver is None:
