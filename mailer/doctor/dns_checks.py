@@ -55,6 +55,7 @@ def check_spf(config: Config, lookup: Lookup, label: str, domain: str) -> Findin
 
 
 def _spf_covers(lookup: Lookup, label: str, domain: str, ips: list[str]) -> Finding:
+    most = 0
     for ip in ips:
         result = evaluate(lookup, domain, ip)
         if result.result is SpfResult.PERMERROR:
@@ -64,9 +65,9 @@ def _spf_covers(lookup: Lookup, label: str, domain: str, ips: list[str]) -> Find
             return Finding(label, Status.FAIL, f"the SPF record of {domain} gives {result.result.value} for the "
                            f"relay's address {ip}; add ip4:/ip6:{ip} or the relay provider's include: to it",
                            hopeless=result.result is SpfResult.FAIL)
-        worst = result.lookups
+        most = max(most, result.lookups)
     return Finding(label, Status.PASS, f"{domain}: one SPF record, passes {', '.join(ips)} "
-                   f"({worst} of {LOOKUP_LIMIT} look-ups)")
+                   f"({most} of {LOOKUP_LIMIT} look-ups)")
 
 
 def published_key(lookup: Lookup, name: str) -> rsa.RSAPublicKey | None:

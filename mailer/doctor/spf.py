@@ -91,10 +91,9 @@ def _check_host(lookup: Lookup, domain: str, ip: ipaddress.IPv4Address | ipaddre
 def _matches(lookup: Lookup, domain: str, mechanism: str,
              ip: ipaddress.IPv4Address | ipaddress.IPv6Address, counter: list[int]) -> bool:
     kind, _, arg = mechanism.partition(":")
+    # "a/24" and "mx/24//64" carry a prefix without a domain; "a:host/24" carries both
     kind, slash, cidr = kind.partition("/")
-    if slash:  # "a/24", "mx/24//64": the prefix follows the mechanism without a domain
-        arg, cidr = "", cidr
-    else:
+    if not slash:
         arg, _, cidr = arg.partition("/")
     kind = kind.lower()
     target = _expand(arg, domain, ip) if arg else domain
