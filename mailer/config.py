@@ -232,6 +232,28 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class DoctorConfig:
+    """What `mailer doctor` asks and whom: the resolver and the relay's public addresses."""
+
+    # "HOST:PORT" of the DNS server to ask; empty: the system's resolver; "off": no look-ups
+    nameserver: str = ""
+    # the addresses receivers see the relay connect from, checked against SPF; empty: smtp.host's
+    sending_ips: tuple[str, ...] = ()
+
+    @property
+    def dns_off(self) -> bool:
+        return self.nameserver.strip().lower() == "off"
+
+    def nameserver_address(self) -> tuple[str, int] | None:
+        """(host, port) of `nameserver`, or None for the system's resolver."""
+        text = self.nameserver.strip()
+        if not text or self.dns_off:
+            return None
+        host, _, port = text.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one frozen section per table of mailer.toml."""
 
@@ -247,6 +269,7 @@ class Config:
     inbound: InboundConfig = InboundConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     web: WebConfig = WebConfig()
+    doctor: DoctorConfig = DoctorConfig()
     source: str = "<defaults>"  # the file the values came from, for error messages
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -285,6 +308,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "inbound": InboundConfig,
     "webhooks": WebhooksConfig,
     "web": WebConfig,
+    "doctor": DoctorConfig,
 }
 
 
@@ -442,6 +466,7 @@ def validate_config(config: Config) -> None:
     _check_inbound(src, config)
     _check_webhooks(src, config)
     _check_web(src, config.web)
+    _check_doctor(src, config)
 
 
 def _check_database(src: str, config: Config) -> None:
@@ -600,6 +625,27 @@ def _check_webhooks(src: str, config: Config) -> None:
         raise ConfigError(src, "webhooks.postmark_password", "must be at least 16 characters")
     if ":" in hooks.postmark_username:
         raise ConfigError(src, "webhooks.postmark_username", "must not contain a colon (HTTP basic auth)")
+
+
+def _check_doctor(src: str, config: Config) -> None:
+    """The doctor's nameserver as HOST:PORT (or "off") and the relay's addresses as IPs."""
+    text = config.doctor.nameserver.strip()
+    if text and not config.doctor.dns_off:
+        host, _, port = text.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            valid = port.isdigit() and 1 <= int(port) <= 65535
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(src, "doctor.nameserver",
+                              f'must be "IP:PORT" such as "127.0.0.1:53", "[::1]:53", or "off"; got {text!r}')
+    for address in config.doctor.sending_ips:
+        try:
+            ipaddress.ip_address(address.strip())
+        except ValueError:
+            raise ConfigError(src, "doctor.sending_ips",
+                              f"each entry must be an IP address such as 203.0.113.5; got {address!r}") from None
 
 
 def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:

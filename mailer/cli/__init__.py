@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "demo": (("mailer.cli.demo",),
              "The whole flow on embedded defaults: list, subscribers, a campaign sent over real SMTP."),
     "dkim": (("mailer.cli.dkim",), "DKIM signing keys."),
+    "doctor": (("mailer.cli.doctor",),
+               "Check SPF, DKIM, DMARC, MX, the unsubscribe URL, the relay and the config."),
     "inbound": (("mailer.cli.inbound",),
                 "Mail coming back: bounces, spam complaints, mailto unsubscribes."),
     "init": (("mailer.cli.admin",),

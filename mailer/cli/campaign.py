@@ -31,6 +31,8 @@ from mailer.content.compose import archive_url
 from mailer.content.visible import message_parts, parse_message
 from mailer.delivery.pipeline import SendReport, send_campaign_now
 from mailer.delivery.progress import ProgressLog
+from mailer.doctor.checkup import preflight
+from mailer.doctor.spam import INSTALL_HINT, SpamCheckError, SpamVerdict, spam_verdict
 from mailer.lifecycle import (
     OPEN_STATES,
     cancel_campaign,
@@ -167,24 +169,35 @@ def campaign_ls(app: AppContext, as_json: bool) -> None:
 
 @campaign_group.command("check")
 @click.argument("campaign_id", type=int)
+@click.option("--spam", is_flag=True, help="Add SpamAssassin's score of a sample message, with the fixes.")
 @json_option
 @pass_app
 @click.pass_context
-def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, as_json: bool) -> None:
+def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, spam: bool, as_json: bool) -> None:
     """Run the compliance gate; list every problem and exit 1 when there is any.
 
     The campaign is rendered for a subscriber of each kind on its list and every
     message is checked: subject, sender, footer in both parts, unsubscribe headers.
+    With --spam, SpamAssassin (when installed) scores a sample message; a score at
+    or over its threshold counts as a problem.
 
     \b
     Example:
       $ mailer campaign check 1
       campaign 1 passes the compliance gate
+      $ mailer campaign check 1 --spam
     """
     with app.db.session() as session:
         problems = check_campaign_by_id(session, app.config, campaign_id)
+        sample = preview_campaign(session, app.config, campaign_id).message.data if spam else None
+    verdict = spam_check(sample, as_json) if sample is not None else None
+    if verdict is not None and verdict.is_spam:
+        problems = [*problems, f"SpamAssassin scores it {verdict.score} (spam from {verdict.required})"]
     if as_json:
-        echo_json({"id": campaign_id, "ok": not problems, "problems": problems})
+        report: dict[str, Any] = {"id": campaign_id, "ok": not problems, "problems": problems}
+        if spam:
+            report["spam"] = spam_json(verdict)
+        echo_json(report)
     elif problems:
         click.echo(f"campaign {campaign_id} fails the compliance gate:", err=True)
         for problem in problems:
@@ -193,6 +206,35 @@ def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, as_jso
         click.echo(f"campaign {campaign_id} passes the compliance gate")
     if problems:
         ctx.exit(1)
+
+
+def spam_check(message: bytes, as_json: bool) -> SpamVerdict | None:
+    """SpamAssassin's verdict, printed unless as JSON; None (with how to install it) without it."""
+    try:
+        verdict = spam_verdict(message)
+    except SpamCheckError as exc:
+        # the spam score is advice: the compliance gate's answer still counts on its own
+        echo_line(f"no spam score: {exc}", err=True)
+        return None
+    if as_json:
+        return verdict
+    if verdict is None:
+        click.echo(INSTALL_HINT, err=True)
+        return None
+    click.echo(f"SpamAssassin: score {verdict.score} (spam from {verdict.required})")
+    for rule in verdict.rules:
+        echo_line(f"  {rule.points:>5} {rule.name:<24} {rule.description}")
+        if rule.fix:
+            echo_line(f"        fix: {rule.fix}")
+    return verdict
+
+
+def spam_json(verdict: SpamVerdict | None) -> dict[str, Any]:
+    if verdict is None:
+        return {"installed": False, "hint": INSTALL_HINT}
+    rules = [{"name": r.name, "points": r.points, "description": r.description, "fix": r.fix}
+             for r in verdict.rules]
+    return {"installed": True, "score": verdict.score, "required": verdict.required, "rules": rules}
 
 
 @campaign_group.command("preview")
@@ -321,10 +363,12 @@ def _queue(app: AppContext, campaign_id: int, as_json: bool) -> None:
 @click.argument("campaign_id", type=int)
 @click.option("--queue", is_flag=True,
               help="Do not send here: make it due now for `mailer worker` / send-due and return at once.")
+@click.option("--force", is_flag=True,
+              help="Send even when the quick doctor finds receivers would refuse it (audited).")
 @log_options
 @json_option
 @pass_app
-def campaign_send(app: AppContext, campaign_id: int, queue: bool, log_format: str | None,
+def campaign_send(app: AppContext, campaign_id: int, queue: bool, force: bool, log_format: str | None,
                   progress_every: float, as_json: bool) -> None:
     """Send campaign ID now (after the compliance gate), with a progress bar and a summary.
 
@@ -332,6 +376,10 @@ def campaign_send(app: AppContext, campaign_id: int, queue: bool, log_format: st
     policy (5.7.x, blocklists) fail without suppressing anyone, and enough of them
     (sending.policy_block_pause_share) pause the campaign with the reason. When stderr is not
     a terminal (cron, systemd), or with --log-format, log lines go to stderr instead of the bar.
+
+    First a quick doctor asks DNS whether the DKIM key matches its published record
+    and SPF lets the relay send; a definite no refuses the send, naming the check.
+    No answer never blocks. --force sends anyway and records it in the audit trail.
 
     \b
     Example:
@@ -341,6 +389,8 @@ def campaign_send(app: AppContext, campaign_id: int, queue: bool, log_format: st
       $ mailer campaign send 3 --queue
       campaign 3 queued: a worker or the next send-due run sends it
     """
+    for finding in preflight(app.config, app.db, campaign_id, force, cli_actor()):
+        echo_line(f"warning: sending despite {finding.check}: {finding.message}", err=True)
     if queue:
         _queue(app, campaign_id, as_json)
         return
