@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from mailer.addresses import parse_mailbox
 from mailer.errors import ConfigError, InvalidInputError
@@ -34,6 +35,14 @@ PLACEHOLDER_WORDS = ("todo", "tbd", "changeme", "change me", "your address", "ex
 _FEEDBACK_LOOP_SENDER = re.compile(
     r"(?:[^@\s\"(),:;<>\[\]\\]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9-]*[A-Za-z]"
 )
+
+# what Flask-Limiter's parser reads, one limit only: "10 per hour", "10/hour", "3 per 1 day"
+_RATE_LIMIT = re.compile(r"[1-9][0-9]*\s*(?:per|/)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?")
+
+
+# an EHLO name: dot-separated labels, or an address literal such as [192.0.2.1]
+_HELO_NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                        r"|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
 
 
 def public_url(url: str) -> str:
@@ -126,6 +135,10 @@ class SmtpConfig:
     max_consecutive_errors: int = 10  # connection failures in a row before a campaign pauses
     # the provider behind the relay: its header carries each delivery's signed reference
     provider: SmtpProvider = SmtpProvider.NONE
+    ca_file: str = ""  # PEM: a private CA or the relay's own certificate, trusted besides the system's
+    client_cert: str = ""  # PEM certificate shown to a relay that asks for one
+    client_key: str = ""  # its private key, when not in client_cert's file
+    helo_name: str = ""  # the name said in EHLO; empty: this machine's fully qualified name
 
     @property
     def is_loopback(self) -> bool:
@@ -286,6 +299,43 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The subscribers' pages that `mailer serve` shows besides the unsubscribe page."""
+
+    # sites whose pages may POST a JSON sign-up from script (CORS); a plain HTML form needs none
+    allowed_origins: tuple[str, ...] = ()
+    # a directory whose files replace the shipped page templates of the same name (web/*.html)
+    templates_dir: str = ""
+    # Flask-Limiter rate limits ("N per minute/hour/day") on sign-ups, per client IP and per address
+    signup_limit_per_ip: str = "10 per hour"
+    signup_limit_per_address: str = "3 per day"
+    # where the counts live: "memory://" is per process; see the limits library for shared stores
+    rate_limit_storage: str = "memory://"
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    """What `mailer doctor` asks and whom: the resolver and the relay's public addresses."""
+
+    # "HOST:PORT" of the DNS server to ask; empty: the system's resolver; "off": no look-ups
+    nameserver: str = ""
+    # the addresses receivers see the relay connect from, checked against SPF; empty: smtp.host's
+    sending_ips: tuple[str, ...] = ()
+
+    @property
+    def dns_off(self) -> bool:
+        return self.nameserver.strip().lower() == "off"
+
+    def nameserver_address(self) -> tuple[str, int] | None:
+        """(host, port) of `nameserver`, or None for the system's resolver."""
+        text = self.nameserver.strip()
+        if not text or self.dns_off:
+            return None
+        host, _, port = text.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one frozen section per table of mailer.toml."""
 
@@ -300,6 +350,8 @@ class Config:
     consent: ConsentConfig = ConsentConfig()
     inbound: InboundConfig = InboundConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    web: WebConfig = WebConfig()
+    doctor: DoctorConfig = DoctorConfig()
     source: str = "<defaults>"  # the file the values came from, for error messages
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -337,6 +389,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "consent": ConsentConfig,
     "inbound": InboundConfig,
     "webhooks": WebhooksConfig,
+    "web": WebConfig,
+    "doctor": DoctorConfig,
 }
 
 
@@ -507,6 +561,8 @@ def validate_config(config: Config) -> None:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
     _check_inbound(src, config)
     _check_webhooks(src, config)
+    _check_web(src, config.web)
+    _check_doctor(src, config)
 
 
 def _check_database(src: str, config: Config) -> None:
@@ -558,6 +614,32 @@ def _check_smtp(src: str, config: Config) -> None:
         raise ConfigError(src, "smtp.retry_for", "must be 0 or more seconds")
     if config.smtp.max_consecutive_errors < 1:
         raise ConfigError(src, "smtp.max_consecutive_errors", "must be at least 1")
+    _check_smtp_identity(src, config.smtp)
+
+
+def _check_smtp_identity(src: str, smtp: SmtpConfig) -> None:
+    """The name said in EHLO and the certificate files, loaded now so that a bad one fails here."""
+    if smtp.helo_name and not _HELO_NAME.fullmatch(smtp.helo_name):
+        raise ConfigError(src, "smtp.helo_name", "must be a host name such as mail.example.com, or empty")
+    if smtp.client_key and not smtp.client_cert:
+        raise ConfigError(src, "smtp.client_key", "needs smtp.client_cert")
+    if not (smtp.ca_file or smtp.client_cert):
+        return
+    import ssl  # only when there is a file to check: it slows every command's start
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if smtp.ca_file:
+        try:
+            context.load_verify_locations(cafile=smtp.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(src, "smtp.ca_file", f"cannot load PEM certificates from {smtp.ca_file}: "
+                              f"{exc.strerror or exc}") from None
+    if smtp.client_cert:
+        try:
+            context.load_cert_chain(smtp.client_cert, smtp.client_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            setting = "smtp.client_key" if smtp.client_key else "smtp.client_cert"
+            raise ConfigError(src, setting, f"cannot load the certificate and its key: {exc.strerror or exc}") from None
 
 
 def _check_sending(src: str, config: Config) -> None:
@@ -669,6 +751,27 @@ def _check_webhooks(src: str, config: Config) -> None:
         raise ConfigError(src, "webhooks.postmark_username", "must not contain a colon (HTTP basic auth)")
 
 
+def _check_doctor(src: str, config: Config) -> None:
+    """The doctor's nameserver as HOST:PORT (or "off") and the relay's addresses as IPs."""
+    text = config.doctor.nameserver.strip()
+    if text and not config.doctor.dns_off:
+        host, _, port = text.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            valid = port.isdigit() and 1 <= int(port) <= 65535
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(src, "doctor.nameserver",
+                              f'must be "IP:PORT" such as "127.0.0.1:53", "[::1]:53", or "off"; got {text!r}')
+    for address in config.doctor.sending_ips:
+        try:
+            ipaddress.ip_address(address.strip())
+        except ValueError:
+            raise ConfigError(src, "doctor.sending_ips",
+                              f"each entry must be an IP address such as 203.0.113.5; got {address!r}") from None
+
+
 def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
     """An ECDSA public key as SendGrid shows it (base64 of the DER key) or as PEM.
 
@@ -688,6 +791,22 @@ def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise InvalidInputError("not a P-256 (prime256v1) ECDSA public key")
     return key
+
+
+def _check_web(src: str, web: WebConfig) -> None:
+    """The origins allowed to post sign-ups, the template directory and the rate limits."""
+    for origin in web.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+            raise ConfigError(src, "web.allowed_origins",
+                              f"each entry must be an origin such as https://www.example.com; got {origin!r}")
+    if web.templates_dir and not Path(web.templates_dir).is_dir():
+        raise ConfigError(src, "web.templates_dir", f"no such directory: {web.templates_dir}")
+    for key in ("signup_limit_per_ip", "signup_limit_per_address"):
+        if not _RATE_LIMIT.fullmatch(getattr(web, key).strip()):
+            raise ConfigError(src, f"web.{key}", f'must read like "10 per hour"; got {getattr(web, key)!r}')
+    if "://" not in web.rate_limit_storage:
+        raise ConfigError(src, "web.rate_limit_storage", 'must be a storage URL such as "memory://"')
 
 
 def _check_proxy_address(source: str, value: str) -> None:

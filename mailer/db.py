@@ -15,8 +15,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer.config import Config
+from mailer.config import Config, public_url
+from mailer.errors import MailerError
 from mailer.resources import resource_path
+
+
+class MissingDriverError(MailerError):
+    """database.url names a driver module that is not installed."""
 
 
 def normalize_email(address: str) -> str:
@@ -55,7 +60,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    try:
+        return sa.create_engine(url, **kwargs)
+    except ImportError as exc:
+        # SQLAlchemy imports the driver here: without it, one line and the fix, not a traceback
+        raise MissingDriverError(_missing_driver_message(url, exc)) from None
+
+
+def _missing_driver_message(url: str, exc: ImportError) -> str:
+    parsed = sa.engine.make_url(url)
+    module = exc.name or parsed.get_driver_name()
+    why = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot be imported"
+    fix = ("pip install 'harmony-mailer[postgres]'" if parsed.get_backend_name() == "postgresql"
+           else f"install the Python module {module}")
+    return f"database.url {public_url(url)} needs the Python module {module} ({why}); run: {fix}"
 
 
 class Database:

@@ -111,6 +111,8 @@ class MailingList(Base):
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
     title: Mapped[str] = mapped_column(sa.String(200), default="")
     double_opt_in: Mapped[bool] = mapped_column(default=False)
+    # the words a sign-up form shows beside its button; empty: the default wording (migration 0008)
+    consent_text: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -146,6 +148,9 @@ class Subscription(Base):
     consent_source: Mapped[str] = mapped_column(sa.String(200), default="")
     consent_ip: Mapped[str | None] = mapped_column(sa.String(45))
     consent_user_agent: Mapped[str | None] = mapped_column(sa.String(500))
+    # a web sign-up's page (Referer or Origin) and the consent words it showed (migration 0008)
+    consent_page: Mapped[str | None] = mapped_column(sa.String(2000))
+    consent_text: Mapped[str | None] = mapped_column(sa.Text)
     confirmed_at: Mapped[dt.datetime | None]
     # where the double opt-in link was clicked from (migration 0005_privacy)
     confirmed_ip: Mapped[str | None] = mapped_column(sa.String(45))
@@ -195,6 +200,8 @@ class Campaign(Base):
     # policy blocks are weighed from here (the last resume; NULL: from the start), so a resumed
     # campaign is not paused again by the blocks that paused it (migration 0006_policy_blocks)
     policy_counted_from: Mapped[dt.datetime | None]
+    # shown at /archive once sent (migration 0008_signup_archive)
+    archived: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     mailing_list: Mapped[MailingList | None] = relationship()

@@ -46,6 +46,7 @@ from mailer.recipients.subscribers import (
     update_profile,
 )
 from mailer.recipients.suppression import find_suppression, is_suppressed, suppress
+from mailer.recipients.web_signup import WEB_SOURCE
 
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
 # suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind
@@ -149,9 +150,12 @@ def _subscriber_data(session: Session, subscriber: Subscriber, held: HeldAboutPe
                 "source": sub.consent_source,
                 "ip": sub.consent_ip,
                 "user_agent": sub.consent_user_agent,
+                # a web sign-up's form: the page it was on and the words it showed
+                "page": sub.consent_page,
+                "wording": sub.consent_text,
             },
-            # only a double opt-in list has a confirmation step to report
-            "confirmation": None if sub.confirmed_at is None or not sub.mailing_list.double_opt_in else {
+            # only a double opt-in list, or a sign-up from the web, has a confirmation step to report
+            "confirmation": None if sub.confirmed_at is None or not _was_confirmed(sub) else {
                 "at": _iso(sub.confirmed_at),
                 "ip": sub.confirmed_ip,
                 "user_agent": sub.confirmed_user_agent,
@@ -480,3 +484,7 @@ def opted_out_member_ids(session: Session, list_name: str) -> set[int]:
         .where(Subscriber.id.in_(members))
     )
     return set(session.scalars(left)) | set(session.scalars(suppressed))
+
+
+def _was_confirmed(subscription: Subscription) -> bool:
+    return subscription.mailing_list.double_opt_in or subscription.consent_source == WEB_SOURCE

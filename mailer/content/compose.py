@@ -79,6 +79,21 @@ class RenderedMessage:
     data: bytes  # the complete RFC 5322 message, CRLF line endings, DKIM-Signature first when signed
 
 
+def smtp_wire(data: bytes) -> bytes:
+    """The message as it goes after DATA: CRLF line endings, leading dots doubled, ended by "." (RFC 5321
+    4.5.2). Bytes operations, no regular expressions: a rendered message is already CRLF, so usually
+    this only scans it."""
+    if data.count(b"\r") != data.count(b"\n") or data.count(b"\r\n") != data.count(b"\n"):
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if b"\r\n." in data:
+        data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
 class SampleAttributes(dict[str, Any]):
     """Attributes of the sample subscriber: any key a template asks for shows as `[key]`."""
 
@@ -92,6 +107,26 @@ def sample_recipient(email: str = "subscriber@example.com", name: str = "Sample 
         delivery_id=0, subscriber_id=SAMPLE_SUBSCRIBER_ID, email=email, name=name,
         attributes=SampleAttributes(), subscribed_at=None,
     )
+
+
+def archive_url(config: Config, campaign: Campaign) -> str:
+    """Where an archived campaign can be read in a browser ("" when it is not archived)."""
+    if not campaign.archived or campaign.kind is not CampaignKind.CAMPAIGN:
+        return ""
+    return f"{config.unsubscribe.base_url.rstrip('/')}/archive/{campaign.id}"
+
+
+def neutral_recipient() -> Recipient:
+    """Nobody: the archive's reader, with no name, no address and no attribute values."""
+    return Recipient(delivery_id=0, subscriber_id=SAMPLE_SUBSCRIBER_ID, email="", name="",
+                     attributes=NeutralAttributes(), subscribed_at=None)
+
+
+class NeutralAttributes(dict[str, Any]):
+    """Attributes of nobody: every key a template asks for is empty."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
 
 
 def one_line(text: str) -> str:
@@ -327,7 +362,14 @@ class Composer:
                 "name": config.company.name, "postal_address": config.company.postal_address,
                 "privacy_url": config.company.privacy_url,
             },
+            "view_in_browser_url": archive_url(config, campaign),  # "" while it is not published
         }
+        self._prepare_static()
+        self._build_layout(list_title, campaign.notice_reason)
+        self._build_headers(campaign, mailing_list, list_title)
+
+    def _prepare_static(self) -> None:
+        """Render, contain and convert once what is the same for every recipient."""
         # templates that use no per-recipient name are rendered, contained and converted once, here
         self._static_html: ContainedHtml | None = None
         if not self._html_personal:
@@ -342,8 +384,6 @@ class Composer:
             # a template that needs real values (say a number) cannot be probed; each one is contained
             with contextlib.suppress(TemplateError):
                 self._probe = _Probe(self._html_template, self._context, derive_text=self._text_template is None)
-        self._build_layout(list_title, campaign.notice_reason)
-        self._build_headers(campaign, mailing_list, list_title)
 
     def _build_layout(self, list_title: str, notice_reason: str) -> None:
         env = layout_environment()
@@ -505,6 +545,12 @@ class Composer:
         """The campaign's own HTML (as it goes in the box) and text for a recipient, without layout and footer."""
         html, text = self._bodies(recipient, self._unsubscribe_base + self.unsubscribe_token(recipient))
         return html.body, text
+
+    def public_bodies(self, unsubscribe_url: str) -> ContainedHtml:
+        """The campaign's own HTML for the public archive: rendered for nobody, with `unsubscribe_url`
+        (a page, not anyone's token) wherever the template links to unsubscribe."""
+        html, _ = self._bodies(neutral_recipient(), unsubscribe_url)
+        return html
 
     def left_out(self, recipient: Recipient) -> tuple[str, ...]:
         """What the template may not do and what is left out of its HTML for this recipient, one line each."""

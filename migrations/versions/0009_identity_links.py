@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009_identity_links"
-down_revision: str | None = "0007_live_indexes"
+down_revision: str | None = "0008_signup_archive"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -72,6 +72,8 @@ def act_on_events(events: Iterable[ProviderEvent],
             outcome = EventOutcome(InboundKind.ALREADY_PROCESSED, "acted on concurrently")
         except sa.exc.OperationalError:
             abort(503, "the database is unavailable; post again later")
+        except WebhookRefused:
+            raise  # the guard's: the whole request is refused
         except MailerError as exc:
             # a value the store refuses: this event is left, the rest of the batch goes on
             outcome = EventOutcome(InboundKind.FAILED, str(exc))
