@@ -103,6 +103,17 @@ def test_unticking_a_list_leaves_it_and_the_trail_says_from_where(
     assert smtp_server.messages == []
 
 
+def test_a_list_value_of_unicode_digits_is_no_list_and_no_server_error(
+    client: FlaskClient, config: Config, database: Database, ana: Person
+) -> None:
+    # "²" and "٣" pass str.isdigit(); the first is no number int() takes, the second no list of ours
+    status, page = _post(client, prefs_path(config, ana.subscriber_id), action="save",
+                         list=["²", "٣", str(ana.list_ids["news"])])
+
+    assert status == 200 and "You left: Offers." in page
+    assert statuses(database, ana) == {"news": SubscriptionStatus.ACTIVE, "offers": UNSUBSCRIBED}
+
+
 def test_choosing_a_list_again_waits_for_the_address_to_confirm(
     client: FlaskClient, config: Config, database: Database, ana: Person, smtp_server: FaultyServer
 ) -> None:

@@ -83,7 +83,8 @@ def preferences_post(token: str) -> tuple[str, int]:
     request can ride on one.
     """
     action = request.form.get("action", "")
-    chosen = {int(v) for v in request.form.getlist("list") if v.isdigit() and len(v) < 10}
+    # ASCII only: "²" passes isdigit() and int() refuses it
+    chosen = {int(v) for v in request.form.getlist("list") if v.isascii() and v.isdigit() and len(v) < 10}
     if len(token) > MAX_TOKEN_CHARS or action not in ("save", "leave", "link"):
         return _invalid_link()
     context = web_context()
