@@ -268,6 +268,26 @@ def test_per_ip_and_per_address_rate_limits_answer_429(
     assert client.get("/subscribe/news", environ_base={"REMOTE_ADDR": "198.51.100.1"}).status_code == 200
 
 
+def test_the_per_ip_limit_counts_an_ipv6_network_not_each_of_its_addresses(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer, apps: list[Flask]
+) -> None:
+    # one IPv6 customer holds a /64, billions of addresses: a new one per post must not start afresh
+    make_lists(database, "news")
+    path = signup_config(tmp_path, database.url, smtp_server, '[web]\nsignup_limit_per_ip = "3 per hour"\n')
+    client = _client(apps, path)
+
+    def post(n: int, ip: str) -> int:
+        return client.post("/subscribe/news", data={"email": f"p{n}@example.com", "consent": "yes"},
+                           environ_base={"REMOTE_ADDR": ip}).status_code
+
+    one_network = [post(n, f"2001:db8:1:2::{n + 1:x}") for n in range(4)]
+    another_network = post(9, "2001:db8:1:3::1")
+    wait_for_confirmations()
+
+    assert one_network == [200, 200, 200, 429]
+    assert another_network == 200
+
+
 def test_the_embed_snippet_posts_a_working_sign_up(
     cli: Cli, client: FlaskClient, database: Database, smtp_server: FaultyServer
 ) -> None:
