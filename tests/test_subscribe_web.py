@@ -240,6 +240,17 @@ def test_an_oversized_body_is_413_and_nothing_is_kept(client: FlaskClient, datab
     assert _subscriptions(database) == {}
 
 
+def test_json_nested_deeper_than_the_parser_goes_is_refused_like_any_bad_json(
+    client: FlaskClient, database: Database
+) -> None:
+    # well under the body limit, and deeper than Python's JSON parser recurses
+    response = client.post("/subscribe/news", data="[" * 15_000, content_type="application/json",
+                           headers={"Origin": ORIGIN})
+
+    assert response.status_code == 400
+    assert _subscriptions(database) == {}
+
+
 def test_per_ip_and_per_address_rate_limits_answer_429(
     tmp_path: Path, database: Database, smtp_server: FaultyServer, apps: list[Flask]
 ) -> None:
