@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,6 +18,7 @@ from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.tokens import make_preferences_token
 from mailer.web.app import create_app
+from mailer.web.preferences import ASK_THREAD
 
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/1.0"
 
@@ -31,6 +33,13 @@ def prefs_app(config: Config, rate_limits: bool = False) -> Flask:
 
 def prefs_path(config: Config, subscriber_id: int) -> str:
     return "/p/" + make_preferences_token(config.require_secret_keys(), subscriber_id)
+
+
+def wait_for_asks() -> None:
+    """`/preferences` looks the address up and mails beside its answer; wait until every one is done."""
+    for thread in threading.enumerate():
+        if thread.name == ASK_THREAD:
+            thread.join(timeout=30)
 
 
 def wait_for_messages(server: FaultyServer, count: int, timeout: float = 15.0) -> list[EmailMessage]:

@@ -130,3 +130,11 @@ def test_the_feed_is_atom_that_parses_with_every_subject_escaped(cli: Cli, clien
     assert links == [f"https://harmonymails.com/archive/{newer}", f"https://harmonymails.com/archive/{older}"]
     assert b"ana@example.com" not in response.data
     assert '<link rel="alternate" type="application/atom+xml"' in client.get("/archive").get_data(as_text=True)
+
+
+def test_an_id_past_what_the_database_holds_is_not_found(client: FlaskClient) -> None:
+    # a hand-typed or hostile address: an id no integer column holds is no campaign, not a server error
+    for campaign_id in ("2147483648", "9223372036854775808", "1" + "0" * 40):
+        response = client.get(f"/archive/{campaign_id}")
+        assert response.status_code == 404, campaign_id
+        assert b"Not Found" in response.get_data()

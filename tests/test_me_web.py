@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +41,7 @@ from mailer.models import (
     SuppressionReason,
 )
 from mailer.recipients.subscribers import find_subscriber
+from mailer.web.limits import limiter
 
 _SECRET = re.compile(r'name="session" value="([^"]+)"')
 
@@ -360,3 +362,31 @@ def test_of_several_openings_at_once_exactly_one_gets_the_page(
         codes = sorted(pool.map(open_once, range(4)))
 
     assert codes == [200, 400, 400, 400]
+
+
+def test_address_change_mails_are_limited_like_identity_links(
+    config: Config, ana: Person, smtp_server: FaultyServer
+) -> None:
+    # an opened page must not mail "confirm your new address" to any number of strangers
+    app = prefs_app(config, rate_limits=True)
+    client = app.test_client()
+    limiter.reset()
+    try:
+        path = _request_link(client, config, ana, smtp_server)  # one of the client's ten this hour
+        secret = _open(client, path)
+        codes = [_post(client, path, action="change_address", session=secret,
+                       new_email=f"stranger{i}@example.net")[0] for i in range(12)]
+        assert codes == [200] * 9 + [429] * 3
+        # a new hour for the client: one stranger is still mailed at most three times
+        limiter.reset()
+        codes = [_post(client, path, action="change_address", session=secret,
+                       new_email="victim@example.net")[0] for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        # the page itself stays usable
+        assert _post(client, path, action="show", session=secret)[0] == 200
+    finally:
+        limiter.reset()
+        app.extensions["mailer"].database.dispose()
+    time.sleep(0.5)  # the confirmations go from threads of their own
+    assert len(wait_for_messages(smtp_server, 13)) == 13
+    assert len(smtp_server.messages) == 13

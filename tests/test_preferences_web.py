@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Iterator
 from email.policy import SMTP
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from cli_helpers import Cli
 from compose_helpers import make_config, parse, render
 from flask.testing import FlaskClient
@@ -24,6 +26,7 @@ from prefs_helpers import (
     prefs_config,
     prefs_path,
     text_of,
+    wait_for_asks,
     wait_for_messages,
 )
 from recipient_helpers import (
@@ -56,6 +59,7 @@ def config(tmp_path: Path, database: Database, smtp_server: FaultyServer) -> Con
 def client(config: Config) -> Iterator[FlaskClient]:
     app = prefs_app(config)
     yield app.test_client()
+    wait_for_asks()
     app.extensions["mailer"].database.dispose()
 
 
@@ -101,6 +105,17 @@ def test_unticking_a_list_leaves_it_and_the_trail_says_from_where(
     assert event.detail["lists"] == ["Offers"] and event.detail["source"] == "preferences"
     assert event.detail["ip"] == "127.0.0.1" and event.detail["user_agent"] == BROWSER_UA
     assert smtp_server.messages == []
+
+
+def test_a_list_value_of_unicode_digits_is_no_list_and_no_server_error(
+    client: FlaskClient, config: Config, database: Database, ana: Person
+) -> None:
+    # "²" and "٣" pass str.isdigit(); the first is no number int() takes, the second no list of ours
+    status, page = _post(client, prefs_path(config, ana.subscriber_id), action="save",
+                         list=["²", "٣", str(ana.list_ids["news"])])
+
+    assert status == 200 and "You left: Offers." in page
+    assert statuses(database, ana) == {"news": SubscriptionStatus.ACTIVE, "offers": UNSUBSCRIBED}
 
 
 def test_choosing_a_list_again_waits_for_the_address_to_confirm(
@@ -207,6 +222,34 @@ def test_asking_by_address_answers_byte_for_byte_the_same_for_anyone(
     assert sorted(m["To"] for m in received) == ["ana@example.com", "ana@example.com", "lee@example.com"]
 
 
+def test_asking_by_address_does_the_same_work_before_answering_for_anyone(
+    client: FlaskClient, ana: Person, smtp_server: FaultyServer
+) -> None:
+    # what the answer waits for must not depend on the address being known: a write, a commit
+    # and a rendered message only for a known one tell it apart by how long the answer takes
+    engine = client.application.extensions["mailer"].database.engine
+    answering = threading.get_ident()
+    statements: list[str] = []
+
+    def note(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if threading.get_ident() == answering:
+            statements.append(statement.split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        work = {}
+        for address in ("nobody@example.com", "ana@example.com"):
+            statements.clear()
+            assert client.post("/preferences", data={"email": address}).status_code == 200
+            work[address] = list(statements)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+    assert work["ana@example.com"] == work["nobody@example.com"]
+    [message] = wait_for_messages(smtp_server, 1)
+    assert message["To"] == "ana@example.com"
+
+
 def _leave_all(client: FlaskClient, database: Database, person: Person) -> None:
     from mailer.recipients.optout import OptOutSource, unsubscribe
     from mailer.tokens import UnsubscribeClaim
@@ -247,6 +290,7 @@ def test_link_requests_are_limited_per_address_and_per_client(
         assert client.post(prefs_path(config, ana.subscriber_id), data={"action": "leave"}).status_code == 200
     finally:
         limiter.reset()
+        wait_for_asks()
         app.extensions["mailer"].database.dispose()
     assert len(wait_for_messages(smtp_server, 3)) == 3
 

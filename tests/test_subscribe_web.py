@@ -240,6 +240,17 @@ def test_an_oversized_body_is_413_and_nothing_is_kept(client: FlaskClient, datab
     assert _subscriptions(database) == {}
 
 
+def test_json_nested_deeper_than_the_parser_goes_is_refused_like_any_bad_json(
+    client: FlaskClient, database: Database
+) -> None:
+    # well under the body limit, and deeper than Python's JSON parser recurses
+    response = client.post("/subscribe/news", data="[" * 15_000, content_type="application/json",
+                           headers={"Origin": ORIGIN})
+
+    assert response.status_code == 400
+    assert _subscriptions(database) == {}
+
+
 def test_per_ip_and_per_address_rate_limits_answer_429(
     tmp_path: Path, database: Database, smtp_server: FaultyServer, apps: list[Flask]
 ) -> None:
@@ -266,6 +277,26 @@ def test_per_ip_and_per_address_rate_limits_answer_429(
     assert "Too Many Requests" in limited.get_data(as_text=True)
     # a page view is never limited
     assert client.get("/subscribe/news", environ_base={"REMOTE_ADDR": "198.51.100.1"}).status_code == 200
+
+
+def test_the_per_ip_limit_counts_an_ipv6_network_not_each_of_its_addresses(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer, apps: list[Flask]
+) -> None:
+    # one IPv6 customer holds a /64, billions of addresses: a new one per post must not start afresh
+    make_lists(database, "news")
+    path = signup_config(tmp_path, database.url, smtp_server, '[web]\nsignup_limit_per_ip = "3 per hour"\n')
+    client = _client(apps, path)
+
+    def post(n: int, ip: str) -> int:
+        return client.post("/subscribe/news", data={"email": f"p{n}@example.com", "consent": "yes"},
+                           environ_base={"REMOTE_ADDR": ip}).status_code
+
+    one_network = [post(n, f"2001:db8:1:2::{n + 1:x}") for n in range(4)]
+    another_network = post(9, "2001:db8:1:3::1")
+    wait_for_confirmations()
+
+    assert one_network == [200, 200, 200, 429]
+    assert another_network == 200
 
 
 def test_the_embed_snippet_posts_a_working_sign_up(

@@ -166,6 +166,23 @@ def test_the_sns_hosts_of_every_region_are_believed(url: str) -> None:
     check_sns_url(url)
 
 
+@pytest.mark.parametrize("url", [
+    "https://sns.us-east-1.amazonaws.com/?Action=ListTopics&Echo=-----BEGIN%20CERTIFICATE-----",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa.pem?x=1",
+    "https://sns.us-east-1.amazonaws.com/some/other/path.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa.pem#x",
+])
+def test_a_certificate_url_that_is_no_sns_certificate_is_never_fetched(app: Flask, world: World, url: str) -> None:
+    # SNS's host also answers API calls, whose answers echo what was asked: only its certificate
+    # files are believed, and a query never (it would also make each post fetch anew)
+    sns = FakeSns()
+    message = sns.message(payload("ses_bounce_permanent", world))
+    message["SigningCertURL"] = url
+    status, _ = post(app, sns, message)
+    assert status == 403 and sns.fetched == []
+    assert suppressions(world.database) == [] and bounce_kinds(world) == []
+
+
 def test_off_until_configured(world: World) -> None:
     plain = create_app(world.config)
     try:

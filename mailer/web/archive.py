@@ -36,7 +36,11 @@ def archive_index() -> Response:
     return _public(make_response(render_template("web/archive.html", entries=entries)))
 
 
-@archive_pages.route("/archive/<int:campaign_id>", methods=["GET"])
+# the largest id an INTEGER column holds on PostgreSQL: a bigger one is no campaign, not a database error
+MAX_CAMPAIGN_ID = 2**31 - 1
+
+
+@archive_pages.route(f"/archive/<int(max={MAX_CAMPAIGN_ID}):campaign_id>", methods=["GET"])
 def archive_item(campaign_id: int) -> Response:
     context = web_context()
     try:

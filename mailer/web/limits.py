@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from flask import Flask
 from flask_limiter import Limiter
 from limits.errors import ConfigurationError as LimitsConfigurationError
@@ -12,11 +14,23 @@ from mailer.web.context import client_ip
 
 # a request without a peer address (a unit test's environ) still gets a bucket, a shared one
 UNKNOWN_CLIENT = "unknown"
+# the network an IPv6 client is counted by: what one line or one cloud machine is given
+IPV6_CLIENT_PREFIX = 64
 
 
 def _client_key() -> str:
     # the address waitress or ProxyFix already took from a trusted proxy's X-Forwarded-For
-    return client_ip() or UNKNOWN_CLIENT
+    address = client_ip()
+    if not address:
+        return UNKNOWN_CLIENT
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
+        # one IPv6 customer gets a whole /64: counted per address, each post could come from a new one
+        return str(ipaddress.IPv6Network((parsed, IPV6_CLIENT_PREFIX), strict=False))
+    return str(parsed.ipv4_mapped if isinstance(parsed, ipaddress.IPv6Address) else parsed)
 
 
 # headers_enabled: a 429 carries Retry-After, so a well-behaved client knows when to come back

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, render_template, request
 from sqlalchemy.orm import Session
 
+from mailer.db import normalize_email
 from mailer.errors import AlreadyExistsError, InvalidInputError, SuppressedError, TokenError
 from mailer.models import IdentityLink, IdentityPurpose
 from mailer.privacy import (
@@ -29,7 +30,13 @@ from mailer.recipients.preferences import (
     open_identity_link,
 )
 from mailer.web.context import MAX_TOKEN_CHARS, client_ip, client_user_agent, web_context
-from mailer.web.preferences import send_later
+from mailer.web.limits import limiter
+from mailer.web.preferences import (
+    LINK_LIMIT_PER_ADDRESS,
+    LINK_LIMIT_PER_IP,
+    MAX_ADDRESS_CHARS,
+    send_later,
+)
 
 me_pages = Blueprint("me", __name__)
 
@@ -69,7 +76,19 @@ def me_page(token: str) -> tuple[str, int]:
     return render_template("web/me_open.html", masked_email=mask_email(email)), 200
 
 
+def _new_address_key() -> str:
+    return "address:" + normalize_email(request.form.get("new_email", "")[:MAX_ADDRESS_CHARS])
+
+
+def _not_an_address_change() -> bool:
+    # each change request mails a stranger's address: counted with the identity links
+    return request.form.get("action") != "change_address"
+
+
 @me_pages.route("/me/<path:token>", methods=["POST"], provide_automatic_options=False)
+@limiter.shared_limit(LINK_LIMIT_PER_IP, scope="identity-link-client", exempt_when=_not_an_address_change)
+@limiter.shared_limit(LINK_LIMIT_PER_ADDRESS, scope="identity-link-address", key_func=_new_address_key,
+                      exempt_when=_not_an_address_change)
 def me_post(token: str) -> Page:
     """Every action on the page; the first (open, or confirm a new address) spends the link."""
     action = request.form.get("action", "")

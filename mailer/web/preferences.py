@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 
+import sqlalchemy as sa
 from flask import Blueprint, render_template, request
 
 from mailer.config import Config
 from mailer.db import normalize_email
-from mailer.errors import DeliveryError, InvalidInputError, TokenError
+from mailer.errors import DeliveryError, InvalidInputError, MailerError, TokenError
 from mailer.recipients.preferences import (
     ChoiceResult,
     Origin,
@@ -25,7 +26,14 @@ from mailer.recipients.preferences import (
     send_pending,
     subscriber_from_token,
 )
-from mailer.web.context import MAX_TOKEN_CHARS, client_ip, client_user_agent, web_context
+from mailer.recipients.subscribers import check_email
+from mailer.web.context import (
+    MAX_TOKEN_CHARS,
+    WebContext,
+    client_ip,
+    client_user_agent,
+    web_context,
+)
 from mailer.web.limits import limiter
 
 preference_pages = Blueprint("preferences", __name__)
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 # identity links cost a message each: bounded per client and per address they go to
 LINK_LIMIT_PER_IP = "10 per hour"
 LINK_LIMIT_PER_ADDRESS = "3 per hour"
+# the threads that answer `/preferences` by mail, beside the page (tests wait for them)
+ASK_THREAD = "identity-link-by-address"
 # an address is at most 254 octets; a longer field is not worth normalizing
 MAX_ADDRESS_CHARS = 320
 
@@ -83,7 +93,8 @@ def preferences_post(token: str) -> tuple[str, int]:
     request can ride on one.
     """
     action = request.form.get("action", "")
-    chosen = {int(v) for v in request.form.getlist("list") if v.isdigit() and len(v) < 10}
+    # ASCII only: "²" passes isdigit() and int() refuses it
+    chosen = {int(v) for v in request.form.getlist("list") if v.isascii() and v.isdigit() and len(v) < 10}
     if len(token) > MAX_TOKEN_CHARS or action not in ("save", "leave", "link"):
         return _invalid_link()
     context = web_context()
@@ -145,14 +156,26 @@ def ask_page() -> tuple[str, int]:
 def ask_post() -> tuple[str, int]:
     """Mail a link to the data page when the address is known; the same answer either way."""
     typed = request.form.get("email", "")[:MAX_ADDRESS_CHARS]
-    context = web_context()
     try:
-        with context.write_session() as session:
-            mail = identity_link_by_address(session, context.config, typed, _origin())
+        address = check_email(typed)
     except InvalidInputError:
         # a typing mistake is the person's own to see; it says nothing about anyone's address
         return render_template("web/preferences_ask.html", error="Please enter a valid email address.",
                                typed=typed), 400
-    if mail is not None:
-        send_later(context.config, mail)
+    # looked up, recorded and mailed beside the answer: the writes and the message a known
+    # address costs must not make its answer slower than an unknown one's
+    threading.Thread(target=_link_by_address, args=(web_context(), address, _origin()),
+                     name=ASK_THREAD).start()
     return render_template("web/preferences_asked.html"), 200
+
+
+def _link_by_address(context: WebContext, address: str, origin: Origin) -> None:
+    try:
+        with context.write_session() as session:
+            mail = identity_link_by_address(session, context.config, address, origin)
+    except (MailerError, sa.exc.SQLAlchemyError) as exc:
+        # the address stays out of the log: a log is not where an erasure reaches
+        log.warning("an identity link asked for by address could not be prepared (%s)", type(exc).__name__)
+        return
+    if mail is not None:
+        _send_now(context.config, mail)

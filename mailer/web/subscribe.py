@@ -60,7 +60,11 @@ def _address_key() -> str:
 def _fields() -> dict[str, Any]:
     """The sign-up's fields, from a form or a JSON object; reading enforces the body limit (413)."""
     if request.is_json:
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:
+            # nested deeper than the parser goes (silent covers ValueError only): no JSON, as for any bad body
+            data = None
         return data if isinstance(data, dict) else {}
     return request.form.to_dict()
 

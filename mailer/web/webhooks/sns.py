@@ -21,6 +21,8 @@ from mailer.web.webhooks.common import WebhookRefused, as_text
 
 # only SNS's own endpoints serve its certificates and subscription links
 _SNS_HOST = re.compile(r"sns\.[a-z]{2}(?:-[a-z]+)+-[0-9]\.amazonaws\.com(?:\.cn)?")
+# where SNS keeps its signing certificates; the same host answers API calls, which echo what is asked
+_CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
 # a PEM certificate is a few KB; more is not one
 MAX_CERTIFICATE_BYTES = 64 * 1024
 # SNS rotates its certificate now and then; a handful per region is all a server ever sees
@@ -79,6 +81,9 @@ class SnsCertificates:
     def public_key(self, url: str) -> rsa.RSAPublicKey:
         """The RSA key of the certificate at `url`; raises WebhookRefused for another host or a bad certificate."""
         check_sns_url(url)
+        parts = urlsplit(url)
+        if parts.query or parts.fragment or not _CERTIFICATE_PATH.fullmatch(parts.path):
+            raise WebhookRefused(403, "the SigningCertURL is not an SNS certificate")
         with self._lock:
             cached = self._cache.get(url)
         if cached is not None:
