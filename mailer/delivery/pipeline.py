@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +19,10 @@ from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
 from mailer.delivery.claims import Batch, Outcome, SqlDeliveryStore, mark_abandoned_claims
 from mailer.delivery.deliveries import count_deliveries
+from mailer.delivery.outage import DatabaseCalls
 from mailer.delivery.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
 from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
-from mailer.errors import DeliveryError, MailerError
+from mailer.errors import DatabaseUnavailable, DeliveryError, MailerError
 from mailer.lifecycle import finish_if_done
 from mailer.models import CampaignStatus, DeliveryState, utcnow
 from mailer.policy_blocks import PolicyPauseRule
@@ -30,6 +32,12 @@ FIRST_RETRY_DELAY = 60.0
 MAX_RETRY_DELAY = 4 * 3600.0
 # recipients per job handed to a render helper: small enough that the first is back at once
 RENDER_CHUNK = 25
+# outcomes wait at most this long in memory before they are written: after kill -9, what the
+# relay answered in that time is in doubt, with the messages on the wire and queued for it
+FLUSH_SECONDS = 0.03
+# deliveries claimed ahead of the connections: this many seconds of sending, plus two database
+# transactions' time, so the next claim is back before the queue runs dry
+LOOKAHEAD = 0.03
 
 
 class DeliveryStore(Protocol):
@@ -41,6 +49,10 @@ class DeliveryStore(Protocol):
     def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> str: ...
 
     def refresh_claims(self, now: dt.datetime) -> None: ...
+
+    def heartbeat(self, now: dt.datetime, claim_timeout: float) -> int: ...
+
+    def release_lost_claims(self, campaign_id: int, keep: set[int], now: dt.datetime) -> int: ...
 
     def pause_campaign(self, campaign_id: int, reason: str) -> None: ...
 
@@ -77,6 +89,7 @@ class SendReport:
     paused_reason: str = ""  # set when the relay kept failing or refusing by policy and the campaign paused itself
     interrupted: bool = False  # a signal or --max-seconds stopped the run; the rest stays queued
     campaign_stopped: bool = False  # the campaign was paused or cancelled by someone else
+    abandoned: int = 0  # claims of dead senders (any campaign) set aside as in doubt while this one sent
 
     @property
     def handed_over(self) -> int:
@@ -106,6 +119,52 @@ class PipelineSettings:
     retry_for: float = 24 * 3600.0
     max_consecutive_errors: int = 10
     claim_timeout: float = 300.0
+    reconnect_for: float = 60.0
+
+
+class Pace:
+    """How many deliveries to hold claimed: enough that the connections never wait for the next
+    claim, and no more, since after a crash every claimed delivery not yet recorded is in doubt.
+
+    The rate the connections can carry is measured from how long each message takes to hand over
+    (Little's law: concurrency / time per message), not from the rate achieved, which the window
+    itself limits; the database's time per transaction sets how far ahead to claim."""
+
+    def __init__(self, concurrency: int, batch_size: int) -> None:
+        self.concurrency = max(1, concurrency)
+        self.batch_size = batch_size
+        self.send_seconds: float | None = None
+        self.db_seconds = 0.0
+
+    def sent(self, seconds: float) -> None:
+        previous = self.send_seconds
+        self.send_seconds = seconds if previous is None else previous + 0.2 * (seconds - previous)
+
+    def wrote(self, seconds: float) -> None:
+        self.db_seconds += 0.3 * (seconds - self.db_seconds)
+
+    @property
+    def rate(self) -> float | None:
+        """Messages per second the connections can carry, once measured."""
+        if self.send_seconds is None:
+            return None
+        return self.concurrency / max(self.send_seconds, 1e-4)
+
+    @property
+    def ahead(self) -> int:
+        rate = self.rate
+        if rate is None:
+            return self.concurrency  # nothing measured yet: one more message per connection
+        return math.ceil(rate * (LOOKAHEAD + 2 * self.db_seconds))
+
+    @property
+    def window(self) -> int:
+        return max(1, min(self.batch_size, self.concurrency + self.ahead))
+
+    @property
+    def low_water(self) -> int:
+        """Claim again when no more than this many are left queued or on the wire."""
+        return min(self.concurrency + self.ahead // 2, self.window * 3 // 4)
 
 
 class Pipeline:
@@ -120,6 +179,7 @@ class Pipeline:
         settings: PipelineSettings,
         clock: Callable[[], dt.datetime] = utcnow,
         on_batch: Callable[[SendReport], None] | None = None,
+        calls: DatabaseCalls | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -129,17 +189,23 @@ class Pipeline:
         self.on_batch = on_batch
         self.report = SendReport(campaign_id)
         self.stop_requested = asyncio.Event()
-        self._wake = asyncio.Event()  # a message finished, or a stop was asked for
+        self._calls = calls
+        self._wake = asyncio.Event()  # a message finished, outcomes are due, or a stop was asked for
         # delivery id -> (the helper's job rendering it, its place in that job)
         self._ahead: dict[int, tuple[asyncio.Future[list[RenderedMessage | str]], int]] = {}
         self._consecutive_errors = 0
         self._last_error = ""
         # the window: recipients queued for the connections, their attempts so far, the outcomes
-        # not yet recorded, and how many are claimed and not yet finished (queued or on the wire)
+        # not yet recorded (and since when), how many are claimed and not yet finished (queued or
+        # on the wire), and every delivery claimed whose outcome is not yet in the database
         self._work: asyncio.Queue[Recipient | None] = asyncio.Queue()
         self._attempts: dict[int, int] = {}
         self._finished: list[Outcome] = []
+        self._finished_since: float | None = None
         self._outstanding = 0
+        self._claimed: set[int] = set()
+        self._nothing_to_claim = False
+        self._pace = Pace(transport.concurrency, settings.batch_size)
 
     def stop(self) -> None:
         """Finish the messages in flight, record them, send no more (SIGTERM, Ctrl-C, deadline)."""
@@ -151,21 +217,43 @@ class Pipeline:
         return self._consecutive_errors >= self.settings.max_consecutive_errors
 
     async def run(self, deadline: float | None = None) -> SendReport:
-        """Run until done; `deadline` is a time.monotonic() after which no new batch is claimed."""
+        """Run until done; `deadline` is a time.monotonic() after which no new batch is claimed.
+
+        Raises DatabaseUnavailable, with the counts, when the database stays out of reach."""
+        own_calls = self._calls is None
+        calls = self._calls = self._calls or DatabaseCalls(self.settings.reconnect_for)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await self._run(deadline)
+        except DatabaseUnavailable as exc:
+            raise DatabaseUnavailable(self._gave_up(str(exc))) from None
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if own_calls:
+                calls.close()
         return self.report
 
+    @property
+    def calls(self) -> DatabaseCalls:
+        assert self._calls is not None  # set by run()
+        return self._calls
+
+    def _gave_up(self, reason: str) -> str:
+        r = self.report
+        line = f"campaign {r.campaign_id}: {r.sent} sent, {r.deferred} deferred, {r.failed} failed; stopped: {reason}"
+        if self._claimed:
+            line += (f"; {len(self._claimed)} deliveries claimed but not recorded will be in doubt "
+                     f"(`mailer campaign retry {r.campaign_id} --in-doubt` sends them again)")
+        return line
+
     async def _run(self, deadline: float | None) -> None:
-        # A sliding window of at most batch_size claimed deliveries: when three quarters of them
-        # are done, one transaction records those and claims as many new ones. The connections
-        # never wait for the database at a batch boundary, and a crash still leaves at most
-        # batch_size in doubt.
+        # A sliding window of claimed deliveries, as small as keeps the connections busy
+        # (Pace): outcomes are written within FLUSH_SECONDS of the relay's answer, in the same
+        # transaction that tops the window up again, in the database thread; the connections
+        # never wait for the database, and a crash leaves in doubt only the messages on the
+        # wire, queued just ahead of them, or answered in the last moment.
         workers = [asyncio.create_task(self._send_queued()) for _ in range(max(1, self.transport.concurrency))]
         try:
             if await self._keep_window_full(deadline):
@@ -173,58 +261,89 @@ class Pipeline:
         finally:
             await self._drain(workers)
         self._note_why_it_stopped()
+        if self._relay_down:
+            await self.calls.call(self.store.pause_campaign, self.report.campaign_id, self.report.paused_reason)
 
     async def _send_queued(self) -> None:
         # one connection's share: queued recipients until a None says the run is over
         while (recipient := await self._work.get()) is not None:
-            if self.stop_requested.is_set() or self._relay_down:
+            if self.stop_requested.is_set() or self._relay_down or self.calls.gave_up:
                 outcome = self._release(recipient)  # never left this process
             else:
+                started = time.monotonic()
                 outcome = await self._deliver(recipient, self._attempts.pop(recipient.delivery_id, 0))
-            self._finished.append(outcome)
-            self._outstanding -= 1
-            self._wake.set()
+                self._pace.sent(time.monotonic() - started)
+            self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        if not self._finished:
+            self._finished_since = time.monotonic()
+            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._wake.set)
+        self._finished.append(outcome)
+        self._outstanding -= 1
+        self._wake.set()
+
+    def _write_due(self) -> bool:
+        """Time to write outcomes and claim: the window ran low, or an outcome waited FLUSH_SECONDS."""
+        if self._outstanding <= self._pace.low_water and not self._nothing_to_claim:
+            return True
+        since = self._finished_since
+        return since is not None and time.monotonic() - since >= FLUSH_SECONDS
 
     async def _keep_window_full(self, deadline: float | None) -> bool:
         """Record what finished and claim as much again; True once nothing is left to send, False
         when a stop, the deadline, the relay or the campaign's own state ended the run."""
-        campaign_id = self.report.campaign_id
-        batch_size = self.settings.batch_size
-        refill_at = batch_size // 4
         while True:
             if self.stop_requested.is_set() or self._relay_down:
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 self.report.interrupted = True
                 return False
-            if self._outstanding > refill_at:
+            if not self._write_due():
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            done, self._finished[:] = list(self._finished), []
-            batch = self.store.claim_batch(campaign_id, batch_size - self._outstanding, self.clock(), done)
-            self.report.suppressed += batch.suppressed
-            if done and self.on_batch is not None:
-                self.on_batch(self.report)
+            batch = await self._write_and_claim()
             if batch.stopped:
                 if batch.paused_reason:
                     self.report.paused_reason = batch.paused_reason
                 else:
                     self.report.campaign_stopped = True
                 return False
-            self._queue(batch)
-            if batch.recipients or batch.suppressed:
-                continue
-            if self._outstanding == 0:
+            if self._nothing_to_claim and self._outstanding == 0:
                 return True
-            self._wake.clear()
-            await self._wake.wait()  # what is in flight may come back to the queue (relay down)
+            # what is in flight may come back to the queue (relay down): the next write claims again
+
+    async def _write_and_claim(self) -> Batch:
+        """One transaction in the database thread: the outcomes so far, and a top-up of the window."""
+        done, self._finished, self._finished_since = self._finished, [], None
+        want = max(0, self._pace.window - self._outstanding)
+        failures, started = self.calls.failures, time.monotonic()
+        try:
+            batch = await self.calls.call(self.store.claim_batch, self.report.campaign_id, want, self.clock(), done)
+        except DatabaseUnavailable:
+            self._finished[:0] = done
+            raise
+        self._pace.wrote(time.monotonic() - started)
+        self._claimed.difference_update(o.delivery_id for o in done)
+        if self.calls.failures != failures:
+            # the connection dropped during a claim that may have committed all the same
+            await self.calls.call(self.store.release_lost_claims, self.report.campaign_id,
+                                  set(self._claimed) | {r.delivery_id for r in batch.recipients}, self.clock())
+        self.report.suppressed += batch.suppressed
+        if done and self.on_batch is not None:
+            self.on_batch(self.report)
+        if not batch.stopped:
+            self._queue(batch)
+            self._nothing_to_claim = want > 0 and not (batch.recipients or batch.suppressed)
+        return batch
 
     def _queue(self, batch: Batch) -> None:
         self._attempts.update(batch.attempts)
         self._render_ahead(batch.recipients)
         for recipient in batch.recipients:
             self._work.put_nowait(recipient)
+            self._claimed.add(recipient.delivery_id)
         self._outstanding += len(batch.recipients)
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
@@ -232,23 +351,25 @@ class Pipeline:
         while not self._work.empty():
             queued = self._work.get_nowait()
             if queued is not None:
-                self._finished.append(self._release(queued))
+                self._finish(self._release(queued))
         for _ in workers:
             self._work.put_nowait(None)
         await asyncio.gather(*workers)
-        paused = self.store.record_outcomes(self.report.campaign_id, self._finished, self.clock())
-        self.report.paused_reason = self.report.paused_reason or paused
-        self._finished.clear()
         self._ahead.clear()
+        if self.calls.gave_up:
+            return  # nothing more can be written; run() reports what is left in doubt
+        done, self._finished = self._finished, []
+        paused = await self.calls.call(self.store.record_outcomes, self.report.campaign_id, done, self.clock())
+        self._claimed.difference_update(o.delivery_id for o in done)
+        self.report.paused_reason = self.report.paused_reason or paused
         if self.on_batch is not None:
             self.on_batch(self.report)
 
     def _note_why_it_stopped(self) -> None:
         if self._relay_down:
-            reason = (f"paused after {self.settings.max_consecutive_errors} connection failures in a "
-                      f"row (smtp.max_consecutive_errors); last: {self._last_error}")
-            self.store.pause_campaign(self.report.campaign_id, reason)
-            self.report.paused_reason = reason
+            self.report.paused_reason = (
+                f"paused after {self.settings.max_consecutive_errors} connection failures in a "
+                f"row (smtp.max_consecutive_errors); last: {self._last_error}")
         elif self.stop_requested.is_set():
             self.report.interrupted = True
 
@@ -321,11 +442,13 @@ class Pipeline:
                        policy_block=recipient.email if result.policy_block else None)
 
     async def _heartbeat(self) -> None:
-        # a batch may take long under a low rate cap; refreshing the claim tells other hosts we live
+        # a send may take long under a low rate cap: refreshing our claims tells other hosts we
+        # live, and setting aside a dead sender's claims here means they wait for no new cycle
         interval = max(1.0, self.settings.claim_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            self.store.refresh_claims(self.clock())
+            found = await self.calls.try_once(self.store.heartbeat, self.clock(), self.settings.claim_timeout)
+            self.report.abandoned += found or 0
 
 
 class CampaignSender:
@@ -354,6 +477,7 @@ class CampaignSender:
         self.on_batch = on_batch
         self.store = SqlDeliveryStore(database, policy_pause=PolicyPauseRule.from_config(config.sending))
         self.transport: Transport = transport or SmtpTransport(config.smtp)
+        self.calls = DatabaseCalls(config.database.reconnect_for)
         self.stopped = False
         self._pipeline: Pipeline | None = None
         self._signals: list[signal.Signals] = []
@@ -372,6 +496,7 @@ class CampaignSender:
             loop.remove_signal_handler(sig)
         self._signals.clear()
         await self.transport.close()
+        self.calls.close()
 
     def stop(self) -> None:
         """Drain: messages in flight finish and are recorded; nothing new is sent."""
@@ -393,6 +518,7 @@ class CampaignSender:
             retry_for=self.config.smtp.retry_for,
             max_consecutive_errors=self.config.smtp.max_consecutive_errors,
             claim_timeout=self.config.sending.claim_timeout,
+            reconnect_for=self.config.database.reconnect_for,
         )
 
     def prepare(self, campaign_id: int) -> Renderer:
@@ -416,9 +542,10 @@ class CampaignSender:
 
     async def send(self, campaign_id: int, renderer: Renderer | None = None) -> SendReport:
         """Send the campaign's due deliveries; marks it sent when nothing is left to send."""
-        renderer = renderer or self.prepare(campaign_id)
+        if renderer is None:
+            renderer = await self.calls.inline(self.prepare, campaign_id)
         pipeline = Pipeline(self.store, self.transport, renderer, campaign_id, self.settings,
-                            clock=self.clock, on_batch=self.on_batch)
+                            clock=self.clock, on_batch=self.on_batch, calls=self.calls)
         self._pipeline = pipeline
         if self.stopped:
             pipeline.stop()
@@ -428,9 +555,12 @@ class CampaignSender:
             self._pipeline = None
             if isinstance(renderer, RenderAhead):
                 renderer.close()
+        await self.calls.call(self._finish_if_done, campaign_id)
+        return report
+
+    def _finish_if_done(self, campaign_id: int) -> None:
         with self.database.session() as session:
             finish_if_done(session, campaign_id, self.clock())
-        return report
 
 
 def send_campaign_now(
