@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import math
@@ -32,12 +33,14 @@ FIRST_RETRY_DELAY = 60.0
 MAX_RETRY_DELAY = 4 * 3600.0
 # recipients per job handed to a render helper: small enough that the first is back at once
 RENDER_CHUNK = 25
-# outcomes wait at most this long in memory before they are written: after kill -9, what the
-# relay answered in that time is in doubt, with the messages on the wire and queued for it
+# outcomes wait at most this long in memory before they are written (sooner when claims run low)
 FLUSH_SECONDS = 0.03
-# deliveries claimed ahead of the connections: this many seconds of sending, plus two database
-# transactions' time, so the next claim is back before the queue runs dry
-LOOKAHEAD = 0.03
+# claimed and not yet recorded, at most this many seconds of sending (see Pace): after kill -9,
+# what is in doubt is the messages on the wire, queued just ahead, or answered in that time
+CLAIMED_SECONDS = 0.06
+# the achieved rate is measured over about this long, once at least MIN_RATE_SECONDS have passed
+RATE_SECONDS = 1.0
+MIN_RATE_SECONDS = 0.05
 
 
 class DeliveryStore(Protocol):
@@ -123,48 +126,46 @@ class PipelineSettings:
 
 
 class Pace:
-    """How many deliveries to hold claimed: enough that the connections never wait for the next
-    claim, and no more, since after a crash every claimed delivery not yet recorded is in doubt.
-
-    The rate the connections can carry is measured from how long each message takes to hand over
-    (Little's law: concurrency / time per message), not from the rate achieved, which the window
-    itself limits; the database's time per transaction sets how far ahead to claim."""
+    """How many deliveries may be claimed and not yet recorded: after kill -9 every one of them is
+    in doubt, so no more than CLAIMED_SECONDS of sending at the rate achieved lately, and no
+    fewer than keep the connections busy while the next claim is under way: two per connection,
+    and, with a database slower than CLAIMED_SECONDS / 3 per transaction, three times its time."""
 
     def __init__(self, concurrency: int, batch_size: int) -> None:
         self.concurrency = max(1, concurrency)
         self.batch_size = batch_size
-        self.send_seconds: float | None = None
         self.db_seconds = 0.0
+        self._done: collections.deque[tuple[float, int]] = collections.deque()  # (when, outcomes so far)
+        self._count = 0
 
-    def sent(self, seconds: float) -> None:
-        previous = self.send_seconds
-        self.send_seconds = seconds if previous is None else previous + 0.2 * (seconds - previous)
-
-    def wrote(self, seconds: float) -> None:
-        self.db_seconds += 0.3 * (seconds - self.db_seconds)
-
-    @property
-    def rate(self) -> float | None:
-        """Messages per second the connections can carry, once measured."""
-        if self.send_seconds is None:
-            return None
-        return self.concurrency / max(self.send_seconds, 1e-4)
+    def wrote(self, seconds: float, outcomes: int, now: float) -> None:
+        # slow to move: one transaction held up (an SQLite checkpoint) must not widen the window
+        self.db_seconds += 0.05 * (seconds - self.db_seconds)
+        self._count += outcomes
+        self._done.append((now, self._count))
+        while len(self._done) > 2 and now - self._done[1][0] >= RATE_SECONDS:
+            self._done.popleft()
 
     @property
-    def ahead(self) -> int:
-        rate = self.rate
-        if rate is None:
-            return self.concurrency  # nothing measured yet: one more message per connection
-        return math.ceil(rate * (LOOKAHEAD + 2 * self.db_seconds))
-
-    @property
-    def window(self) -> int:
-        return max(1, min(self.batch_size, self.concurrency + self.ahead))
+    def rate(self) -> float:
+        """Messages per second recorded over about the last RATE_SECONDS; 0 until measured."""
+        if len(self._done) < 2:
+            return 0.0
+        (first, before), (last, after) = self._done[0], self._done[-1]
+        return (after - before) / (last - first) if last - first >= MIN_RATE_SECONDS else 0.0
 
     @property
     def low_water(self) -> int:
-        """Claim again when no more than this many are left queued or on the wire."""
-        return min(self.concurrency + self.ahead // 2, self.window * 3 // 4)
+        """Claim again once no more than this many are queued or on the wire."""
+        return self.concurrency + (self.budget - self.concurrency) // 2
+
+    @property
+    def budget(self) -> int:
+        """Deliveries that may be claimed and not yet recorded."""
+        rate = self.rate
+        # a slow database (far away, or busy) needs more claimed ahead, or sending would wait for it
+        ahead = math.ceil(rate * max(CLAIMED_SECONDS, 3 * self.db_seconds))
+        return max(1, min(self.batch_size, max(2 * self.concurrency, ahead)))
 
 
 class Pipeline:
@@ -270,9 +271,7 @@ class Pipeline:
             if self.stop_requested.is_set() or self._relay_down or self.calls.gave_up:
                 outcome = self._release(recipient)  # never left this process
             else:
-                started = time.monotonic()
                 outcome = await self._deliver(recipient, self._attempts.pop(recipient.delivery_id, 0))
-                self._pace.sent(time.monotonic() - started)
             self._finish(outcome)
 
     def _finish(self, outcome: Outcome) -> None:
@@ -284,8 +283,9 @@ class Pipeline:
         self._wake.set()
 
     def _write_due(self) -> bool:
-        """Time to write outcomes and claim: the window ran low, or an outcome waited FLUSH_SECONDS."""
-        if self._outstanding <= self._pace.low_water and not self._nothing_to_claim:
+        """Time to write outcomes and claim: half the messages claimed ahead of the connections are
+        gone, or an outcome waited FLUSH_SECONDS."""
+        if not self._nothing_to_claim and self._outstanding <= self._pace.low_water:
             return True
         since = self._finished_since
         return since is not None and time.monotonic() - since >= FLUSH_SECONDS
@@ -317,14 +317,14 @@ class Pipeline:
     async def _write_and_claim(self) -> Batch:
         """One transaction in the database thread: the outcomes so far, and a top-up of the window."""
         done, self._finished, self._finished_since = self._finished, [], None
-        want = max(0, self._pace.window - self._outstanding)
+        want = max(0, self._pace.budget - self._outstanding)
         failures, started = self.calls.failures, time.monotonic()
         try:
             batch = await self.calls.call(self.store.claim_batch, self.report.campaign_id, want, self.clock(), done)
         except DatabaseUnavailable:
             self._finished[:0] = done
             raise
-        self._pace.wrote(time.monotonic() - started)
+        self._pace.wrote(time.monotonic() - started, len(done), time.monotonic())
         self._claimed.difference_update(o.delivery_id for o in done)
         if self.calls.failures != failures:
             # the connection dropped during a claim that may have committed all the same
