@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class _QuietDisconnects(logging.Filter):
+    """psycopg warns, on stderr, of each pipeline it could not close on a connection already
+    lost: the outage is said once, in our own line, so those lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error ignored terminating")
+
+
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -69,6 +78,9 @@ class DatabaseCalls:
         # only when the loop's slice runs out: after each statement, 5 ms by default. A shorter
         # slice keeps a claim transaction in milliseconds, and what a crash leaves in doubt small.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        psycopg_log = logging.getLogger("psycopg")
+        if not any(isinstance(f, _QuietDisconnects) for f in psycopg_log.filters):
+            psycopg_log.addFilter(_QuietDisconnects())
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """fn(*args) in the database thread, retried while the database is out of reach."""
