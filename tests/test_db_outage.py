@@ -121,9 +121,12 @@ def test_a_send_waits_out_a_database_outage_and_finishes_with_nothing_in_doubt(
     if command == "campaign send":
         assert f"campaign {campaign_id}: {N} sent" in out
     assert "Traceback" not in err
-    assert err.count("database unavailable:") == 1, err
-    assert err.count("database reachable again") == 1, err
-    assert "psycopg" not in err
+    # one line when it goes, one when it is back (a connection that slipped between two kills
+    # may make it two outages), and nothing else
+    outages = err.count("database unavailable:")
+    assert outages >= 1 and err.count("database reachable again") == outages, err
+    said = [line for line in err.splitlines() if not line.startswith("worker ")]
+    assert len(said) == 2 * outages, err
     received = smtp_server.handler.rcpt_counts
     assert len(received) == N and set(received.values()) == {1}, "somebody got it twice, or not at all"
     states = {d.state for d in delivery_states(database, campaign_id).values()}
@@ -152,7 +155,9 @@ def test_a_database_gone_longer_than_reconnect_for_ends_the_send_with_the_counts
     assert last.startswith(f"Error: campaign {campaign_id}: ") and " sent, " in last, err
     assert "database.reconnect_for" in last
     sent = int(last.split(": ")[2].split(" sent")[0])
-    assert err.count("\n") == 2, err  # the outage, then why it gave up: nothing else
+    # the outage (twice if a connection slipped between two kills), then why it gave up: no more
+    went, back = err.count("database unavailable:"), err.count("database reachable again")
+    assert went == back + 1 and err.count("\n") == went + back + 1, err
     # what the relay took was recorded as sent, or stays claimed (in doubt on the next run)
     received = smtp_server.handler.rcpt_counts
     assert sent == len(received) and set(received.values()) == {1}
