@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sending_helpers import add_audience, delivery_states, emails, make_campaign, sending_config
+from sending_helpers import (
+    add_audience,
+    configure,
+    delivery_states,
+    emails,
+    make_campaign,
+    sending_config,
+)
 from smtp_faults import FaultyServer
 
 from mailer.config import load_config
 from mailer.db import Database
+from mailer.delivery.claims import Batch
+from mailer.delivery.pipeline import CampaignSender, SendReport
 from mailer.errors import ConfigError
-from mailer.models import DeliveryState
+from mailer.lifecycle import start_campaign
+from mailer.models import DeliveryState, utcnow
 
 
 @pytest.mark.slow
@@ -51,3 +63,29 @@ def test_reconnect_for_is_checked(tmp_path: Path) -> None:
     path.write_text('[database]\nurl = "sqlite:///m.db"\nreconnect_for = "soon"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"database\.reconnect_for: must be a number"):
         load_config(path, environ={})
+
+
+def test_a_batch_of_one_sends_everything_with_a_transaction_or_two_per_message(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    campaign_id = make_campaign(database, add_audience(database, "news", emails(12)))
+    config = configure(tmp_path, database, smtp_server, connections=2, batch_size=1)
+    with database.session() as session:
+        start_campaign(session, campaign_id, utcnow())
+    writes = [0]
+
+    async def send() -> SendReport:
+        async with CampaignSender(config, database) as sender:
+            claim = sender.store.claim_batch
+
+            def counted(*args: Any) -> Batch:
+                writes[0] += 1
+                return claim(*args)
+
+            sender.store.claim_batch = counted  # type: ignore[method-assign]
+            return await sender.send(campaign_id)
+
+    report = asyncio.run(send())
+
+    assert report.sent == 12 and len(smtp_server.handler.rcpt_counts) == 12
+    assert writes[0] <= 2 * 12 + 2  # never a claim with no room: that would spin

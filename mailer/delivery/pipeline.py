@@ -156,8 +156,10 @@ class Pace:
 
     @property
     def low_water(self) -> int:
-        """Claim again once no more than this many are queued or on the wire."""
-        return self.concurrency + (self.budget - self.concurrency) // 2
+        """Claim again once no more than this many are queued or on the wire; always below the
+        budget, so that a claim it calls for has room for at least one."""
+        budget = self.budget
+        return min(budget - 1, self.concurrency + (budget - self.concurrency) // 2)
 
     @property
     def budget(self) -> int:
