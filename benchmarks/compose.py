@@ -33,7 +33,7 @@ from mailer.content.containment import CONTAINER_ID, CONTAINER_STYLE
 from mailer.content.dkim import generate_key
 from mailer.content.templating import layout_environment
 from mailer.models import Campaign, CampaignKind, MailingList
-from mailer.tokens import make_unsubscribe_token
+from mailer.tokens import make_preferences_token, make_unsubscribe_token
 from mailer.verp import make_return_path
 
 TARGET_RATIO = 10.0  # without DKIM, against the EmailMessage baseline
@@ -108,8 +108,10 @@ class Baseline:
         config = self.config
         token = make_unsubscribe_token(config.unsubscribe.secret_keys, recipient.subscriber_id, 3, 42)
         url = f"{config.unsubscribe.base_url}/u/{token}"
+        preferences = make_preferences_token(config.unsubscribe.secret_keys, recipient.subscriber_id)
         context = {
             "subscriber": recipient, "unsubscribe_url": url,
+            "preferences_url": f"{config.unsubscribe.base_url}/p/{preferences}",
             "campaign": {"list_title": "Harmony News"},
             "company": config.company, "subject": "Spring at Harmony: café concerts", "notice": False,
             "notice_reason": "", "ad_label": config.compliance.ad_label, "list_title": "Harmony News",

@@ -2,6 +2,7 @@
 
     $ .venv/bin/python benchmarks/send.py               # 20,000 recipients
     $ .venv/bin/python benchmarks/send.py -n 100000     # the memory target
+    $ .venv/bin/python benchmarks/send.py --rtt 40 -n 2000   # a relay 40 ms away
 
 The sink is Postfix's `smtp-sink` when it is installed, else the minimal asyncio SMTP sink
 below; either runs in a child process so that it does not share this process's CPU (a relay is
@@ -9,6 +10,11 @@ another machine in production). The pipeline is this project's whole send: audie
 claims, suppression checks, rendering, unsubscribe tokens, VERP, SMTP, outcome records, on a
 SQLite file. The raw limit sends one prebuilt message of the same size with aiosmtplib over the
 same number of connections. Raw runs before and after the pipeline; the ratio uses their mean.
+
+With --rtt MS both talk to the sink through a delay line, another child process: a TCP proxy on
+loopback that holds every chunk MS/2 in each direction, order kept (as netem would, without root).
+Then the run also prints the one-round-trip limit, connections / RTT: what a sender reaches when
+each message costs exactly one round trip per connection (RFC 2920 pipelining), and the ratio to it.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import psutil
 import sqlalchemy as sa
 
 from mailer.campaigns import create_campaign
-from mailer.config import load_config
+from mailer.config import SmtpConfig, StartTLS, load_config
 from mailer.content.compose import Composer, sample_recipient
 from mailer.db import Database, normalize_email
 from mailer.delivery.pipeline import CampaignSender
+from mailer.delivery.transport import SendStatus, SmtpTransport
 from mailer.lifecycle import start_send
 from mailer.models import (
     Campaign,
@@ -79,7 +86,7 @@ class SinkProtocol(asyncio.Protocol):
             line, self.buffer = self.buffer[:end], self.buffer[end + 2:]
             verb = line[:4].upper()
             if verb == b"EHLO":
-                self.transport.write(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+                self.transport.write(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
             elif verb == b"DATA":
                 self.in_data = True
                 self.buffer = b"\r\n" + self.buffer  # so a body of only "." still ends the data
@@ -90,6 +97,67 @@ class SinkProtocol(asyncio.Protocol):
                 return
             else:  # HELO, MAIL, RCPT, RSET, NOOP
                 self.transport.write(b"250 Ok\r\n")
+
+
+# -- the delay line --------------------------------------------------------------------------
+
+
+async def _delayed_pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: float) -> None:
+    """Forward chunks in order, each `delay` seconds after it arrived."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def forward() -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                break
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            sink.write(data)
+        sink.close()
+
+    forwarder = asyncio.create_task(forward())
+    try:
+        while data := await source.read(65536):
+            queue.put_nowait((loop.time() + delay, data))
+    except ConnectionError:
+        pass
+    queue.put_nowait((loop.time() + delay, b""))
+    await forwarder
+
+
+def run_delay_line(port: int, target: int, rtt_ms: float) -> None:
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
+        half = rtt_ms / 2000
+        await asyncio.gather(_delayed_pipe(reader, upstream_writer, half),
+                             _delayed_pipe(upstream_reader, writer, half), return_exceptions=True)
+
+    async def serve() -> None:
+        server = await asyncio.start_server(connection, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def start_delay_line(target: int, rtt_ms: float) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--delay-line-only", str(port), str(target), str(rtt_ms)])
+    wait_for_port(proc, port)
+    return proc, port
+
+
+def wait_for_port(proc: subprocess.Popen[bytes], port: int) -> None:
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise SystemExit(f"nothing listens on port {port}")
 
 
 def run_sink(port: int) -> None:
@@ -123,14 +191,8 @@ def start_sink(kind: str) -> tuple[subprocess.Popen[bytes], int, str]:
     else:
         proc = subprocess.Popen([sys.executable, __file__, "--sink-only", str(port)])
         name = "minimal asyncio sink (benchmarks/send.py), child process"
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, port, name
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise SystemExit("the sink did not start")
+    wait_for_port(proc, port)
+    return proc, port, name
 
 
 # -- the two contenders ------------------------------------------------------------------------
@@ -196,6 +258,27 @@ async def raw_send(port: int, connections: int, n: int, message: bytes) -> float
     return n / elapsed
 
 
+async def transport_send(port: int, connections: int, n: int, message: bytes) -> float:
+    """This project's SMTP transport alone: the same prebuilt message, as many callers as the
+    pipeline runs, so the transport's share of the pipeline's figure shows."""
+    transport = SmtpTransport(SmtpConfig(host="127.0.0.1", port=port, starttls=StartTLS.OFF,
+                                         connections=connections))
+    left = iter(range(n))
+
+    async def caller() -> None:
+        for i in left:
+            result = await transport.send("b-1-abcdefghij@bounces.harmonymails.com",
+                                          f"reader{i:07d}@example.com", message)
+            if result.status is not SendStatus.SENT:
+                raise SystemExit(f"the transport could not send: {result.response}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(transport.concurrency)))
+    elapsed = time.perf_counter() - started
+    await transport.close()
+    return n / elapsed
+
+
 def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int) -> tuple[float, int]:
     config = load_config(directory / "mailer.toml", environ={})
     started = time.perf_counter()
@@ -217,15 +300,27 @@ def main() -> None:
     parser.add_argument("-b", "--batch-size", type=int, default=100)
     parser.add_argument("-r", "--render-processes", type=int, default=1,
                         help="sending.render_processes (0: render in the sending process)")
+    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                        help="round trip in milliseconds added by a delay line between sender and sink")
     parser.add_argument("--sink", choices=["auto", "asyncio", "postfix"], default="auto")
     parser.add_argument("--sink-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--delay-line-only", nargs=3, metavar=("PORT", "TARGET", "RTT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink_only:
         run_sink(args.sink_only)
         return
+    if args.delay_line_only:
+        port, target, rtt = args.delay_line_only
+        run_delay_line(int(port), int(target), float(rtt))
+        return
     n, connections = args.recipients, args.connections
-    proc, port, sink_name = start_sink(args.sink)
+    children = []
     try:
+        proc, port, sink_name = start_sink(args.sink)
+        children.append(proc)
+        if args.rtt > 0:
+            proc, port = start_delay_line(port, args.rtt)
+            children.append(proc)
         with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
             directory = Path(tmp)
             database, campaign_id, size = setup(directory, port, n, connections, args.batch_size,
@@ -234,20 +329,32 @@ def main() -> None:
                        + b"x" * 76 + b"\r\n") * max(1, size // 130)
             rss_before = psutil.Process().memory_info().rss
             raw_before = asyncio.run(raw_send(port, connections, n, message))
+            transport_rate = asyncio.run(transport_send(port, connections, n, message))
             pipeline_rate, sent = pipeline_send(directory, database, campaign_id, n)
             raw_after = asyncio.run(raw_send(port, connections, n, message))
             database.dispose()
     finally:
-        proc.terminate()
-        proc.wait()
+        for proc in reversed(children):
+            proc.terminate()
+            proc.wait()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     raw = (raw_before + raw_after) / 2
     print(f"sink:        {sink_name}")
+    print(f"round trip:  {args.rtt:g} ms" + ("  (delay line: asyncio TCP proxy, child process)" if args.rtt else
+                                             "  (loopback, no delay line)"))
     print(f"recipients:  {n:,}   connections: {connections}   batch size: {args.batch_size}   "
           f"render processes: {args.render_processes}   message: {size:,} bytes")
+    if args.rtt > 0:
+        limit = connections / (args.rtt / 1000)
+        print(f"one-round-trip limit: {limit:8.0f} msg/s  (connections / RTT)")
     print(f"raw aiosmtplib:  {raw_before:8.0f} msg/s before, {raw_after:8.0f} msg/s after (mean {raw:.0f})")
+    print(f"transport alone: {transport_rate:8.0f} msg/s  (prebuilt message, {3 * connections} callers)  "
+          f"x{transport_rate / raw:.2f} raw")
     print(f"full pipeline:   {pipeline_rate:8.0f} msg/s  ({sent:,} sent and recorded)")
-    print(f"ratio:           {pipeline_rate / raw:8.2f}  (target >= 0.70)")
+    print(f"pipeline / raw:  {pipeline_rate / raw:8.2f}  (target at RTT 0: >= 1.5)")
+    if args.rtt > 0:
+        print(f"pipeline / limit:{pipeline_rate / limit:8.2f}  (target >= 0.8)   "
+              f"transport alone / limit: {transport_rate / limit:.2f}")
     print(f"peak RSS:        {peak / 2**20:8.1f} MB  (after setup {rss_before / 2**20:.1f} MB; target < 150 MB)")
     if sent != n:
         raise SystemExit(f"only {sent} of {n} messages were sent")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 import aiosmtplib
 import sqlalchemy as sa
@@ -17,7 +16,7 @@ from mailer.content.compose import Composer, Recipient, RenderedMessage, sample_
 from mailer.content.containment import EXTERNAL_STYLESHEETS
 from mailer.content.templating import load_template_source
 from mailer.db import Database, normalize_email
-from mailer.delivery.transport import start_tls_mode
+from mailer.delivery.transport import client_options, tls_context
 from mailer.errors import (
     ComplianceError,
     DeliveryError,
@@ -300,21 +299,14 @@ def has_opted_out(session: Session, address: str, list_id: int | None) -> bool:
 async def deliver_one(config: Config, message: RenderedMessage) -> None:
     """Hand one message to the relay; STARTTLS as smtp.starttls says (required unless on loopback)."""
     smtp = config.smtp
-    kwargs: dict[str, Any] = {}
-    if smtp.username:
-        kwargs = {"username": smtp.username, "password": smtp.password}
     try:
         await aiosmtplib.send(
             message.data,
             sender=message.envelope_from,
             recipients=[message.recipient],
-            hostname=smtp.host,
-            port=smtp.port,
-            timeout=smtp.timeout,
-            # the same decision as every campaign's sending connections
-            start_tls=start_tls_mode(smtp),
             use_tls=False,
-            **kwargs,
+            # TLS, certificates, EHLO name and login as every campaign's sending connections
+            **client_options(smtp, tls_context(smtp)),
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         reasons = "; ".join(f"{e.code} {e.message}" for e in exc.recipients)

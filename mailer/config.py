@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import ipaddress
 import os
@@ -11,11 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from mailer.addresses import parse_mailbox
 from mailer.errors import ConfigError, InvalidInputError
 from mailer.plus_tag import MAX_LOCAL_PART_OCTETS, ROOM_NEEDED, room_for_tag
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 DEFAULT_CONFIG_NAME = "mailer.toml"
 DEFAULT_POSTAL_ADDRESS = (
@@ -28,6 +34,14 @@ PLACEHOLDER_WORDS = ("todo", "tbd", "changeme", "change me", "your address", "ex
 _FEEDBACK_LOOP_SENDER = re.compile(
     r"(?:[^@\s\"(),:;<>\[\]\\]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9-]*[A-Za-z]"
 )
+
+# what Flask-Limiter's parser reads, one limit only: "10 per hour", "10/hour", "3 per 1 day"
+_RATE_LIMIT = re.compile(r"[1-9][0-9]*\s*(?:per|/)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?")
+
+
+# an EHLO name: dot-separated labels, or an address literal such as [192.0.2.1]
+_HELO_NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                        r"|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
 
 
 def public_url(url: str) -> str:
@@ -57,6 +71,16 @@ class StartTLS(enum.StrEnum):
     REQUIRED = "required"  # refuse to send unless STARTTLS succeeds (loopback excepted)
     OPPORTUNISTIC = "opportunistic"  # use STARTTLS when the server offers it
     OFF = "off"  # never; only for relays on loopback or a trusted network
+
+
+class SmtpProvider(enum.StrEnum):
+    """The relay behind smtp.host, when it is a provider that reports bounces by webhook."""
+
+    NONE = "none"  # our own MTA or another relay: no provider header
+    SES = "ses"  # Amazon SES: X-SES-MESSAGE-TAGS
+    SENDGRID = "sendgrid"  # SendGrid: X-SMTPAPI unique_args
+    POSTMARK = "postmark"  # Postmark: X-PM-Metadata-*
+    MAILGUN = "mailgun"  # Mailgun: X-Mailgun-Variables
 
 
 class UnsubscribeScope(enum.StrEnum):
@@ -109,6 +133,12 @@ class SmtpConfig:
     messages_per_second: float = 0.0  # 0 means no limit
     retry_for: float = 24 * 3600.0  # seconds a deferred message keeps being retried
     max_consecutive_errors: int = 10  # connection failures in a row before a campaign pauses
+    # the provider behind the relay: its header carries each delivery's signed reference
+    provider: SmtpProvider = SmtpProvider.NONE
+    ca_file: str = ""  # PEM: a private CA or the relay's own certificate, trusted besides the system's
+    client_cert: str = ""  # PEM certificate shown to a relay that asks for one
+    client_key: str = ""  # its private key, when not in client_cert's file
+    helo_name: str = ""  # the name said in EHLO; empty: this machine's fully qualified name
 
     @property
     def is_loopback(self) -> bool:
@@ -177,6 +207,54 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """The providers' webhooks under `mailer serve`; each is off (404) until its keys are set."""
+
+    ses_topic_arns: tuple[str, ...] = ()  # SNS topics whose notifications and subscriptions are believed
+    sendgrid_public_key: str = field(default="", repr=False)  # the Signed Event Webhook's verification key
+    postmark_username: str = ""  # the HTTP basic auth Postmark's webhook URL carries
+    postmark_password: str = field(default="", repr=False)
+    mailgun_signing_key: str = field(default="", repr=False)  # the HTTP webhook signing key
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The subscribers' pages that `mailer serve` shows besides the unsubscribe page."""
+
+    # sites whose pages may POST a JSON sign-up from script (CORS); a plain HTML form needs none
+    allowed_origins: tuple[str, ...] = ()
+    # a directory whose files replace the shipped page templates of the same name (web/*.html)
+    templates_dir: str = ""
+    # Flask-Limiter rate limits ("N per minute/hour/day") on sign-ups, per client IP and per address
+    signup_limit_per_ip: str = "10 per hour"
+    signup_limit_per_address: str = "3 per day"
+    # where the counts live: "memory://" is per process; see the limits library for shared stores
+    rate_limit_storage: str = "memory://"
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    """What `mailer doctor` asks and whom: the resolver and the relay's public addresses."""
+
+    # "HOST:PORT" of the DNS server to ask; empty: the system's resolver; "off": no look-ups
+    nameserver: str = ""
+    # the addresses receivers see the relay connect from, checked against SPF; empty: smtp.host's
+    sending_ips: tuple[str, ...] = ()
+
+    @property
+    def dns_off(self) -> bool:
+        return self.nameserver.strip().lower() == "off"
+
+    def nameserver_address(self) -> tuple[str, int] | None:
+        """(host, port) of `nameserver`, or None for the system's resolver."""
+        text = self.nameserver.strip()
+        if not text or self.dns_off:
+            return None
+        host, _, port = text.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one frozen section per table of mailer.toml."""
 
@@ -190,6 +268,9 @@ class Config:
     compliance: ComplianceConfig = ComplianceConfig()
     consent: ConsentConfig = ConsentConfig()
     inbound: InboundConfig = InboundConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    web: WebConfig = WebConfig()
+    doctor: DoctorConfig = DoctorConfig()
     source: str = "<defaults>"  # the file the values came from, for error messages
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -226,6 +307,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "compliance": ComplianceConfig,
     "consent": ConsentConfig,
     "inbound": InboundConfig,
+    "webhooks": WebhooksConfig,
+    "web": WebConfig,
+    "doctor": DoctorConfig,
 }
 
 
@@ -339,9 +423,23 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> Config:
         config = replace(config, unsubscribe=replace(config.unsubscribe, secret_keys=keys))
     if environ.get("MAILER_SMTP_PASSWORD"):
         config = replace(config, smtp=replace(config.smtp, password=environ["MAILER_SMTP_PASSWORD"]))
+    config = _webhook_secrets(config, environ)
     if environ.get("MAILER_DKIM_PRIVATE_KEY"):
         config = replace(config, dkim=replace(config.dkim, private_key=environ["MAILER_DKIM_PRIVATE_KEY"]))
     return config
+
+
+# the webhooks' secrets, from the environment when set there
+_WEBHOOK_SECRETS = {
+    "MAILER_WEBHOOKS_SENDGRID_PUBLIC_KEY": "sendgrid_public_key",
+    "MAILER_WEBHOOKS_POSTMARK_PASSWORD": "postmark_password",
+    "MAILER_WEBHOOKS_MAILGUN_SIGNING_KEY": "mailgun_signing_key",
+}
+
+
+def _webhook_secrets(config: Config, environ: Mapping[str, str]) -> Config:
+    found: dict[str, Any] = {attr: environ[name] for name, attr in _WEBHOOK_SECRETS.items() if environ.get(name)}
+    return replace(config, webhooks=replace(config.webhooks, **found)) if found else config
 
 
 def is_placeholder_address(text: str) -> bool:
@@ -367,6 +465,9 @@ def validate_config(config: Config) -> None:
     if config.consent.confirm_expiry <= 0:
         raise ConfigError(src, "consent.confirm_expiry", "must be more than 0 seconds")
     _check_inbound(src, config)
+    _check_webhooks(src, config)
+    _check_web(src, config.web)
+    _check_doctor(src, config)
 
 
 def _check_database(src: str, config: Config) -> None:
@@ -420,6 +521,32 @@ def _check_smtp(src: str, config: Config) -> None:
         raise ConfigError(src, "smtp.retry_for", "must be 0 or more seconds")
     if config.smtp.max_consecutive_errors < 1:
         raise ConfigError(src, "smtp.max_consecutive_errors", "must be at least 1")
+    _check_smtp_identity(src, config.smtp)
+
+
+def _check_smtp_identity(src: str, smtp: SmtpConfig) -> None:
+    """The name said in EHLO and the certificate files, loaded now so that a bad one fails here."""
+    if smtp.helo_name and not _HELO_NAME.fullmatch(smtp.helo_name):
+        raise ConfigError(src, "smtp.helo_name", "must be a host name such as mail.example.com, or empty")
+    if smtp.client_key and not smtp.client_cert:
+        raise ConfigError(src, "smtp.client_key", "needs smtp.client_cert")
+    if not (smtp.ca_file or smtp.client_cert):
+        return
+    import ssl  # only when there is a file to check: it slows every command's start
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if smtp.ca_file:
+        try:
+            context.load_verify_locations(cafile=smtp.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(src, "smtp.ca_file", f"cannot load PEM certificates from {smtp.ca_file}: "
+                              f"{exc.strerror or exc}") from None
+    if smtp.client_cert:
+        try:
+            context.load_cert_chain(smtp.client_cert, smtp.client_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            setting = "smtp.client_key" if smtp.client_key else "smtp.client_cert"
+            raise ConfigError(src, setting, f"cannot load the certificate and its key: {exc.strerror or exc}") from None
 
 
 def _check_sending(src: str, config: Config) -> None:
@@ -476,6 +603,89 @@ def _check_inbound(src: str, config: Config) -> None:
         if not authserv_id.strip() or any(ch.isspace() or ch in ';()"' for ch in authserv_id.strip()):
             raise ConfigError(src, "inbound.trusted_authserv_ids",
                               f"each entry must be one authserv-id such as mx.example.com; got {authserv_id!r}")
+
+
+# arn:aws:sns:REGION:ACCOUNT:TOPIC (aws-cn and aws-us-gov partitions too)
+_TOPIC_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(?:\.fifo)?")
+
+
+def _check_webhooks(src: str, config: Config) -> None:
+    """Each provider's keys: all of them or none, and in the shape the provider gives them."""
+    hooks = config.webhooks
+    for arn in hooks.ses_topic_arns:
+        if not _TOPIC_ARN.fullmatch(arn.strip()):
+            raise ConfigError(src, "webhooks.ses_topic_arns",
+                              f"each entry must be an SNS topic ARN such as arn:aws:sns:us-east-1:123456789012:ses-bounces; got {arn!r}")
+    if hooks.sendgrid_public_key:
+        try:
+            load_ec_public_key(hooks.sendgrid_public_key)
+        except InvalidInputError as exc:
+            raise ConfigError(src, "webhooks.sendgrid_public_key", str(exc)) from None
+    if bool(hooks.postmark_username) != bool(hooks.postmark_password):
+        raise ConfigError(src, "webhooks.postmark_password" if hooks.postmark_username else "webhooks.postmark_username",
+                          "set postmark_username and postmark_password together, or neither")
+    if hooks.postmark_password and len(hooks.postmark_password) < 16:
+        raise ConfigError(src, "webhooks.postmark_password", "must be at least 16 characters")
+    if ":" in hooks.postmark_username:
+        raise ConfigError(src, "webhooks.postmark_username", "must not contain a colon (HTTP basic auth)")
+
+
+def _check_doctor(src: str, config: Config) -> None:
+    """The doctor's nameserver as HOST:PORT (or "off") and the relay's addresses as IPs."""
+    text = config.doctor.nameserver.strip()
+    if text and not config.doctor.dns_off:
+        host, _, port = text.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            valid = port.isdigit() and 1 <= int(port) <= 65535
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(src, "doctor.nameserver",
+                              f'must be "IP:PORT" such as "127.0.0.1:53", "[::1]:53", or "off"; got {text!r}')
+    for address in config.doctor.sending_ips:
+        try:
+            ipaddress.ip_address(address.strip())
+        except ValueError:
+            raise ConfigError(src, "doctor.sending_ips",
+                              f"each entry must be an IP address such as 203.0.113.5; got {address!r}") from None
+
+
+def load_ec_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """An ECDSA public key as SendGrid shows it (base64 of the DER key) or as PEM.
+
+    Raises InvalidInputError when it is neither, or not a P-256 key."""
+    # loaded here: every command reads the config, few of them check a SendGrid key
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        if "-----BEGIN" in text:
+            key = serialization.load_pem_public_key(text.strip().encode("ascii"))
+        else:
+            key = serialization.load_der_public_key(base64.b64decode("".join(text.split()), validate=True))
+    except (ValueError, UnicodeEncodeError, binascii.Error, UnsupportedAlgorithm):
+        raise InvalidInputError("not an ECDSA public key: paste the verification key SendGrid shows") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise InvalidInputError("not a P-256 (prime256v1) ECDSA public key")
+    return key
+
+
+def _check_web(src: str, web: WebConfig) -> None:
+    """The origins allowed to post sign-ups, the template directory and the rate limits."""
+    for origin in web.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+            raise ConfigError(src, "web.allowed_origins",
+                              f"each entry must be an origin such as https://www.example.com; got {origin!r}")
+    if web.templates_dir and not Path(web.templates_dir).is_dir():
+        raise ConfigError(src, "web.templates_dir", f"no such directory: {web.templates_dir}")
+    for key in ("signup_limit_per_ip", "signup_limit_per_address"):
+        if not _RATE_LIMIT.fullmatch(getattr(web, key).strip()):
+            raise ConfigError(src, f"web.{key}", f'must read like "10 per hour"; got {getattr(web, key)!r}')
+    if "://" not in web.rate_limit_storage:
+        raise ConfigError(src, "web.rate_limit_storage", 'must be a storage URL such as "memory://"')
 
 
 def _check_proxy_address(source: str, value: str) -> None:

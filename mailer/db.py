@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,8 +15,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer.config import Config
+from mailer.config import Config, public_url
+from mailer.errors import MailerError
 from mailer.resources import resource_path
+
+
+class MissingDriverError(MailerError):
+    """database.url names a driver module that is not installed."""
 
 
 def normalize_email(address: str) -> str:
@@ -55,7 +60,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    try:
+        return sa.create_engine(url, **kwargs)
+    except ImportError as exc:
+        # SQLAlchemy imports the driver here: without it, one line and the fix, not a traceback
+        raise MissingDriverError(_missing_driver_message(url, exc)) from None
+
+
+def _missing_driver_message(url: str, exc: ImportError) -> str:
+    parsed = sa.engine.make_url(url)
+    module = exc.name or parsed.get_driver_name()
+    why = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot be imported"
+    fix = ("pip install 'harmony-mailer[postgres]'" if parsed.get_backend_name() == "postgresql"
+           else f"install the Python module {module}")
+    return f"database.url {public_url(url)} needs the Python module {module} ({why}); run: {fix}"
 
 
 class Database:
@@ -100,6 +118,28 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# rows SQLite's ANALYZE reads per index: enough for its planner, and quick on a million-row table
+SQLITE_ANALYSIS_LIMIT = 1000
+
+
+def analyze_tables(session: Session, tables: Sequence[str]) -> None:
+    """Fresh planner statistics for tables the caller has just filled (an import, an audience snapshot).
+
+    Until statistics catch up (autovacuum may be minutes behind, or off), PostgreSQL plans a
+    send to a list imported a moment ago as if the list had a handful of members, and walks
+    the whole list for every batch. Runs in the caller's transaction, whose own new rows
+    ANALYZE counts; PostgreSQL skips a table that another ANALYZE or VACUUM holds rather than
+    wait for it, and only warns (never fails) for a role that does not own the tables.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(sa.text("ANALYZE (SKIP_LOCKED) " + ", ".join(tables)))
+    elif dialect == "sqlite":
+        session.execute(sa.text(f"PRAGMA analysis_limit={SQLITE_ANALYSIS_LIMIT}"))
+        for table in tables:
+            session.execute(sa.text(f"ANALYZE {table}"))
 
 
 def alembic_config(url: str) -> Any:

@@ -156,6 +156,23 @@ def schedule_campaign(session: Session, campaign_id: int, at: dt.datetime,
     return campaign
 
 
+def queue_campaign(session: Session, campaign_id: int, now: dt.datetime | None = None,
+                   actor: str | None = None) -> Campaign:
+    """Make a draft, scheduled or missed campaign due now: the next worker or send-due run starts it.
+
+    A campaign already sending is left as it is (the workers send its rest); any other state is refused."""
+    now = now or utcnow()
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status is CampaignStatus.SENDING:
+        return campaign
+    if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.MISSED):
+        raise _refuse(campaign, "queue")
+    # due at the moment of the command itself, never refused as past however long the gate took
+    _move_or_refuse(session, campaign, CampaignStatus.SCHEDULED, "queue", SCHEDULED, actor,
+                    "due now, for the workers", scheduled_at=now.astimezone(dt.UTC), status_reason="")
+    return campaign
+
+
 def pause_campaign(session: Session, campaign_id: int, reason: str, actor: str | None = None) -> Campaign:
     """Stop a sending campaign after the batches in flight; `resume` goes on."""
     campaign = get_campaign(session, campaign_id)

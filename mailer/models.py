@@ -111,6 +111,8 @@ class MailingList(Base):
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
     title: Mapped[str] = mapped_column(sa.String(200), default="")
     double_opt_in: Mapped[bool] = mapped_column(default=False)
+    # the words a sign-up form shows beside its button; empty: the default wording (migration 0008)
+    consent_text: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -146,6 +148,9 @@ class Subscription(Base):
     consent_source: Mapped[str] = mapped_column(sa.String(200), default="")
     consent_ip: Mapped[str | None] = mapped_column(sa.String(45))
     consent_user_agent: Mapped[str | None] = mapped_column(sa.String(500))
+    # a web sign-up's page (Referer or Origin) and the consent words it showed (migration 0008)
+    consent_page: Mapped[str | None] = mapped_column(sa.String(2000))
+    consent_text: Mapped[str | None] = mapped_column(sa.Text)
     confirmed_at: Mapped[dt.datetime | None]
     # where the double opt-in link was clicked from (migration 0005_privacy)
     confirmed_ip: Mapped[str | None] = mapped_column(sa.String(45))
@@ -195,17 +200,42 @@ class Campaign(Base):
     # policy blocks are weighed from here (the last resume; NULL: from the start), so a resumed
     # campaign is not paused again by the blocks that paused it (migration 0006_policy_blocks)
     policy_counted_from: Mapped[dt.datetime | None]
+    # shown at /archive once sent (migration 0008_signup_archive)
+    archived: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     mailing_list: Mapped[MailingList | None] = relationship()
+
+
+# name, state, columns: the queue of each campaign in due order, and who holds what in flight
+LIVE_INDEXES: tuple[tuple[str, DeliveryState, tuple[str, ...]], ...] = (
+    ("ix_deliveries_pending", DeliveryState.PENDING, ("campaign_id", "next_attempt_at")),
+    ("ix_deliveries_deferred", DeliveryState.DEFERRED, ("campaign_id", "next_attempt_at")),
+    ("ix_deliveries_in_flight", DeliveryState.SENDING, ("claimed_by", "claimed_at")),
+)
+
+
+def live_state_sql(state: DeliveryState) -> str:
+    """`state = 'pending'`: the condition of a live-work index, as SQL both databases accept."""
+    return f"state = '{state.value}'"
+
+
+def _live_index(name: str, state: DeliveryState, *columns: str) -> sa.Index:
+    where = sa.text(live_state_sql(state))
+    return sa.Index(name, *columns, postgresql_where=where, sqlite_where=where)
 
 
 class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         sa.UniqueConstraint("campaign_id", "subscriber_id"),
-        # the claim query scans by (campaign, state, due time)
+        # counts, retries and cancels by (campaign, state); claims use the live-work indexes below
         sa.Index("ix_deliveries_claim", "campaign_id", "state", "next_attempt_at"),
+        # live work only (migration 0007_live_indexes): finished deliveries are not in these
+        # indexes, so claims, heartbeats and abandoned-claim checks cost the same with ten
+        # million of them as with none. Queries name the state as a literal (live_state) so
+        # the planner can prove a partial index applies, whatever it does with parameters.
+        *(_live_index(name, state, *columns) for name, state, columns in LIVE_INDEXES),
         {"sqlite_autoincrement": True},  # delivery ids are signed into bounce addresses
     )
 
@@ -226,6 +256,13 @@ class Delivery(Base):
     sent_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def live_state(state: DeliveryState) -> sa.ColumnElement[bool]:
+    """Delivery.state = '<state>' with the value written into the SQL rather than bound: a
+    prepared statement's generic plan cannot use a partial index for a bound value, and SQLite
+    matches a partial index only on the same literal term."""
+    return Delivery.state == sa.literal_column(f"'{state.value}'")
 
 
 class AuditEvent(Base):
@@ -281,3 +318,41 @@ class InboundMessage(Base):
     fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
     kind: Mapped[str] = mapped_column(sa.String(20))
     processed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class IdentityPurpose(enum.StrEnum):
+    """What an emailed identity link lets the person who follows it do."""
+
+    SEE_DATA = "see_data"  # open /me/: see, download, correct and erase what is held
+    CHANGE_ADDRESS = "change_address"  # sent to a new address: move the subscriber to it
+
+
+class IdentityLink(Base):
+    """A link mailed to prove a person controls an address: valid one hour, opened once."""
+
+    __tablename__ = "identity_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # the random id the signed token carries; the token alone cannot be replayed once this row says so
+    nonce: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # an erasure deletes the subscriber, and with it every link and the new address it holds
+    subscriber_id: Mapped[int] = mapped_column(sa.ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[IdentityPurpose] = mapped_column(_enum(IdentityPurpose, "identity_purpose"))
+    new_email: Mapped[str | None] = mapped_column(sa.String(320))  # for CHANGE_ADDRESS only
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]  # the first POST spent the link; it never opens again
+    # sha256 of the secret the opened page's forms carry: the page's later actions need it, so
+    # whoever only has the link (a forwarded mail, a scanner) can do nothing after the first opening
+    session_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    closed_at: Mapped[dt.datetime | None]  # the page was left for good (erased, address changed)
+class WebhookToken(Base):
+    """A signed webhook's one-time token (Mailgun's), kept while its timestamp is fresh so a replay is refused."""
+
+    __tablename__ = "webhook_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(sa.String(20))
+    # sha256 of the token: unique per provider, whoever posts it again
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -28,6 +28,7 @@ from mailer.models import (
     BounceEvent,
     Campaign,
     Delivery,
+    IdentityLink,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -45,6 +46,7 @@ from mailer.recipients.subscribers import (
     update_profile,
 )
 from mailer.recipients.suppression import find_suppression, is_suppressed, suppress
+from mailer.recipients.web_signup import WEB_SOURCE
 
 _IDENTIFYING_DETAIL = frozenset({"ip", "user_agent", "email", "name"})
 # suppressions that describe the old mailbox, not the person's wish: a corrected address leaves them behind
@@ -148,9 +150,12 @@ def _subscriber_data(session: Session, subscriber: Subscriber, held: HeldAboutPe
                 "source": sub.consent_source,
                 "ip": sub.consent_ip,
                 "user_agent": sub.consent_user_agent,
+                # a web sign-up's form: the page it was on and the words it showed
+                "page": sub.consent_page,
+                "wording": sub.consent_text,
             },
-            # only a double opt-in list has a confirmation step to report
-            "confirmation": None if sub.confirmed_at is None or not sub.mailing_list.double_opt_in else {
+            # only a double opt-in list, or a sign-up from the web, has a confirmation step to report
+            "confirmation": None if sub.confirmed_at is None or not _was_confirmed(sub) else {
                 "at": _iso(sub.confirmed_at),
                 "ip": sub.confirmed_ip,
                 "user_agent": sub.confirmed_user_agent,
@@ -179,9 +184,11 @@ def _subscriber_data(session: Session, subscriber: Subscriber, held: HeldAboutPe
 
 
 def export_subscriber(
-    session: Session, config: Config, email: str, actor: str, reason: str = ""
+    session: Session, config: Config, email: str, actor: str, reason: str = "",
+    origin: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything held about one address, as JSON-ready data; the export is audit-logged.
+    """Everything held about one address, as JSON-ready data; the export is audit-logged
+    (`origin`: where a web request came from, for the event's detail).
 
     Raises NotFoundError when nothing at all is held about the address.
     """
@@ -223,7 +230,7 @@ def export_subscriber(
     # an erased address is named by its hash only, even when someone types it in again
     named = subscriber.email if subscriber else (suppression.email if suppression else None)
     record_event(session, "export", actor, subject=named or held.digest,
-                 reason=reason or "access and portability request (GDPR art. 15, 20)")
+                 reason=reason or "access and portability request (GDPR art. 15, 20)", detail=dict(origin or {}))
     return data
 
 
@@ -244,8 +251,10 @@ def update_subscriber(
     name: str | None = None,
     attributes: Mapping[str, str] | None = None,
     reason: str = "",
+    origin: Mapping[str, Any] | None = None,
 ) -> UpdateResult:
     """Rectify a subscriber's address, name or attributes; an empty attribute value removes it.
+    `origin` (where a web request came from) goes into the audit event's detail.
 
     Raises NotFoundError for an unknown address, InvalidInputError for a malformed value
     (line breaks included), SuppressedError when the new address has opted out or was
@@ -267,7 +276,7 @@ def update_subscriber(
         record_event(
             session, "rectify", actor, subject=subscriber.email,
             reason=reason or "rectification request (GDPR art. 16)",
-            detail={"changed": result.changed,
+            detail={**(origin or {}), "changed": result.changed,
                     **({"previous_address_hash": address_hash(old_key)}
                        if "email" in result.changed and old_key != subscriber.email_normalized else {}),
                     # the new address was suppressed for the same reason as the old one
@@ -437,8 +446,8 @@ def _scrub_campaign_reasons(session: Session, needles: re.Pattern[str]) -> None:
         event.reason = _scrub(event.reason, needles)
 
 
-# every table an erasure deletes from or rewrites
-_ERASURE_TABLES = (Subscriber, Subscription, Suppression, Delivery, BounceEvent, AuditEvent)
+# every table an erasure deletes from or rewrites (identity links go with their subscriber)
+_ERASURE_TABLES = (Subscriber, Subscription, Suppression, Delivery, BounceEvent, AuditEvent, IdentityLink)
 
 
 def purge_erased_from_disk(database: Database) -> DiskPurge:
@@ -475,3 +484,7 @@ def opted_out_member_ids(session: Session, list_name: str) -> set[int]:
         .where(Subscriber.id.in_(members))
     )
     return set(session.scalars(left)) | set(session.scalars(suppressed))
+
+
+def _was_confirmed(subscription: Subscription) -> bool:
+    return subscription.mailing_list.double_opt_in or subscription.consent_source == WEB_SOURCE

@@ -13,3 +13,9 @@ def resource_path(name: str) -> Path:
     if installed.is_dir():
         return installed
     return _PACKAGE_DIR.parent / name
+
+
+def template_search_path(override_dir: str = "") -> list[Path]:
+    """Where page templates are looked up: the operator's directory first (`[web] templates_dir`), then ours."""
+    shipped = resource_path("templates")
+    return [Path(override_dir), shipped] if override_dir else [shipped]

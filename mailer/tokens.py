@@ -1,4 +1,4 @@
-"""Signed tokens for unsubscribe and confirmation links (itsdangerous)."""
+"""Signed tokens for unsubscribe, confirmation, preference and identity links (itsdangerous)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from mailer.errors import TokenError
 
 UNSUBSCRIBE_SALT = "mailer.unsubscribe"
 CONFIRM_SALT = "mailer.confirm"
+PREFERENCES_SALT = "mailer.preferences"
+IDENTITY_SALT = "mailer.identity"
 _SIGNER_KWARGS = {"digest_method": hashlib.sha256}
 
 
@@ -92,3 +94,39 @@ def _claim(payload: Any) -> UnsubscribeClaim:
     if not (is_id(subscriber_id, False) and is_id(list_id, True) and is_id(campaign_id, True)):
         raise TokenError("invalid unsubscribe token")
     return UnsubscribeClaim(subscriber_id, list_id, campaign_id)
+
+
+def make_preferences_token(keys: tuple[str, ...] | list[str], subscriber_id: int) -> str:
+    """The footer's preference-centre token: names one subscriber, never expires, like unsubscribe's."""
+    serializer = URLSafeSerializer(_ordered(keys), salt=PREFERENCES_SALT, signer_kwargs=_SIGNER_KWARGS)
+    return str(serializer.dumps(subscriber_id))
+
+
+def read_preferences_token(keys: tuple[str, ...] | list[str], token: str) -> int:
+    """The subscriber id a preference-centre token names; raises TokenError when it is not ours."""
+    serializer = URLSafeSerializer(_ordered(keys), salt=PREFERENCES_SALT, signer_kwargs=_SIGNER_KWARGS)
+    try:
+        payload: Any = serializer.loads(token)
+    except (BadData, UnicodeError, ValueError) as exc:
+        raise TokenError("invalid preferences token") from exc
+    if not isinstance(payload, int) or isinstance(payload, bool) or payload <= 0:
+        raise TokenError("invalid preferences token")
+    return payload
+
+
+def make_identity_token(keys: tuple[str, ...] | list[str], nonce: str) -> str:
+    """A token for an emailed identity link; the nonce names its row, which says whether it was used."""
+    serializer = URLSafeTimedSerializer(_ordered(keys), salt=IDENTITY_SALT, signer_kwargs=_SIGNER_KWARGS)
+    return str(serializer.dumps(nonce))
+
+
+def read_identity_token(keys: tuple[str, ...] | list[str], token: str, max_age_seconds: float) -> str:
+    """The nonce of an identity token younger than max_age_seconds; raises TokenError otherwise."""
+    serializer = URLSafeTimedSerializer(_ordered(keys), salt=IDENTITY_SALT, signer_kwargs=_SIGNER_KWARGS)
+    try:
+        payload: Any = serializer.loads(token, max_age=int(max_age_seconds))
+    except (BadData, UnicodeError, ValueError) as exc:
+        raise TokenError("invalid or expired identity link") from exc
+    if not isinstance(payload, str) or not 0 < len(payload) <= 64:
+        raise TokenError("invalid identity link")
+    return payload

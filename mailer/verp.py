@@ -36,3 +36,19 @@ def parse_return_path(config: Config, address: str) -> int | None:
         if hmac.compare_digest(_signature(key, delivery_id), match["sig"]):
             return delivery_id
     return None
+
+
+# the name under which a provider's header carries a delivery's reference, echoed in its webhooks
+PROVIDER_REFERENCE_NAME = "mailer_ref"
+
+
+def make_delivery_reference(config: Config, delivery_id: int) -> str:
+    """`b-<delivery id>-<signature>`: the return path's signed local part, for a provider header.
+
+    Letters, digits and dashes only, as every provider's tags and variables allow."""
+    return make_return_path(config, delivery_id).partition("@")[0]
+
+
+def parse_delivery_reference(config: Config, reference: str) -> int | None:
+    """The delivery a reference stands for, or None when it is not one we signed."""
+    return parse_return_path(config, f"{reference}@{config.sender.bounce_domain}")

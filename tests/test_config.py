@@ -32,7 +32,7 @@ def test_example_config_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
     config = load_config(ROOT / "config.example.toml", environ={})
     for section in ("database", "company", "sender", "smtp", "sending", "unsubscribe", "dkim",
-                    "compliance", "consent", "inbound"):
+                    "compliance", "consent", "inbound", "webhooks"):
         assert f"[{section}]" in text
         fields = getattr(config, section).__dataclass_fields__
         for name in fields:

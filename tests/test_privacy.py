@@ -84,6 +84,8 @@ def test_export_is_json_holding_the_consent_record(cli: Cli, tmp_path: Path) -> 
         "source": "import:people.csv (web form 2024)",
         "ip": "203.0.113.7",
         "user_agent": None,
+        "page": None,
+        "wording": None,
     }
     assert data["suppression"] is None
     assert data["controller"]["postal_address"]

@@ -159,6 +159,6 @@ def test_worker_sends_what_becomes_due_and_stops_on_sigterm(
         out, err = worker.communicate(timeout=30)
 
     assert worker.returncode == 0, err
-    assert "worker stopped" in err
+    assert "event=worker_stopped" in err
     assert "30 sent" in out
     assert len(smtp_server.handler.rcpt_counts) == 30 and set(smtp_server.handler.rcpt_counts.values()) == {1}

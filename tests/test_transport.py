@@ -126,9 +126,9 @@ def test_an_idle_connection_the_relay_closed_is_reopened_without_losing_the_mess
         transport = SmtpTransport(smtp_for(smtp_server, connections=1))
         first = await transport.send("b@bounces.harmonymails.com", "a@example.com", MESSAGE)
         # the relay hangs up on the idle session (as relays do after their idle timeout)
-        client = transport.connections[0]._client
-        assert client is not None and client.transport is not None
-        client.transport.close()
+        session = transport.connections[0].session
+        assert session is not None
+        session.transport.close()
         await asyncio.sleep(0.1)
         second = await transport.send("b@bounces.harmonymails.com", "b@example.com", MESSAGE)
         await transport.close()

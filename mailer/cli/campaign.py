@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mailer.archive import set_archived
 from mailer.audit import cli_actor
-from mailer.campaign_report import campaign_status
+from mailer.campaign_report import CampaignStatusReport, campaign_status
 from mailer.campaigns import (
     check_campaign_by_id,
     create_campaign,
@@ -23,17 +25,25 @@ from mailer.campaigns import (
 from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.reports import describe_send, describe_status
+from mailer.cli.sending import log_options, progress_log
 from mailer.cli.terminal import echo_line, terminal_safe
+from mailer.content.compose import archive_url
 from mailer.content.visible import message_parts, parse_message
 from mailer.delivery.pipeline import SendReport, send_campaign_now
+from mailer.delivery.progress import ProgressLog
+from mailer.doctor.checkup import preflight
+from mailer.doctor.spam import INSTALL_HINT, SpamCheckError, SpamVerdict, spam_verdict
 from mailer.lifecycle import (
+    OPEN_STATES,
     cancel_campaign,
     pause_campaign,
+    queue_campaign,
     resume_campaign,
     retry_campaign,
     schedule_campaign,
     start_send,
 )
+from mailer.models import CampaignStatus
 
 # headers a person wants to see in a preview, in this order
 PREVIEW_HEADERS = ("From", "Reply-To", "To", "Subject", "Date", "Message-ID", "List-Id",
@@ -62,10 +72,13 @@ def campaign_group() -> None:
 @click.option("--from", "from_address", default=None, metavar="ADDR",
               help="One sender mailbox on the sending domain, 'Name <user@domain>' with the name as "
                    "plain text (default: sender.from).")
+@click.option("--archive", "archived", is_flag=True,
+              help="Publish it at /archive once sent, and give templates view_in_browser_url.")
 @json_option
 @pass_app
 def campaign_create(
-    app: AppContext, list_name: str, subject: str, template: str, from_address: str | None, as_json: bool
+    app: AppContext, list_name: str, subject: str, template: str, from_address: str | None, archived: bool,
+    as_json: bool,
 ) -> None:
     """Create a draft campaign and print its id.
 
@@ -88,6 +101,8 @@ def campaign_create(
             from_address=from_address,
         )
         campaign_id = created.campaign.id
+        if archived:
+            set_archived(session, campaign_id, True, cli_actor())
     if as_json:
         echo_json({"id": campaign_id, "problems": created.problems})
     else:
@@ -96,6 +111,32 @@ def campaign_create(
         echo_line(f"warning: {problem}", err=True)
     if created.problems:
         click.echo(f"`mailer campaign check {campaign_id}` refuses to send until these are fixed", err=True)
+
+
+@campaign_group.command("archive")
+@click.argument("campaign_id", type=int)
+@click.argument("state", type=click.Choice(["on", "off"]))
+@pass_app
+def campaign_archive(app: AppContext, campaign_id: int, state: str) -> None:
+    """Publish campaign ID at /archive once it is sent (on), or take it down (off).
+
+    The archive shows it as nobody in particular would get it: no name, no address, no
+    working unsubscribe link. Messages sent while it is on link to it ("View this email in
+    your browser").
+
+    \b
+    Example:
+      $ mailer campaign archive 3 on
+      campaign 3 is published at https://harmonymails.com/archive/3 once sent
+    """
+    with app.db.session() as session:
+        campaign = set_archived(session, campaign_id, state == "on", cli_actor())
+        url = archive_url(app.config, campaign)
+        sent = campaign.status is CampaignStatus.SENT
+    if state == "off":
+        click.echo(f"campaign {campaign_id} is not in the archive")
+    else:
+        click.echo(f"campaign {campaign_id} is published at {url}{'' if sent else ' once sent'}")
 
 
 @campaign_group.command("ls")
@@ -128,24 +169,35 @@ def campaign_ls(app: AppContext, as_json: bool) -> None:
 
 @campaign_group.command("check")
 @click.argument("campaign_id", type=int)
+@click.option("--spam", is_flag=True, help="Add SpamAssassin's score of a sample message, with the fixes.")
 @json_option
 @pass_app
 @click.pass_context
-def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, as_json: bool) -> None:
+def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, spam: bool, as_json: bool) -> None:
     """Run the compliance gate; list every problem and exit 1 when there is any.
 
     The campaign is rendered for a subscriber of each kind on its list and every
     message is checked: subject, sender, footer in both parts, unsubscribe headers.
+    With --spam, SpamAssassin (when installed) scores a sample message; a score at
+    or over its threshold counts as a problem.
 
     \b
     Example:
       $ mailer campaign check 1
       campaign 1 passes the compliance gate
+      $ mailer campaign check 1 --spam
     """
     with app.db.session() as session:
         problems = check_campaign_by_id(session, app.config, campaign_id)
+        sample = preview_campaign(session, app.config, campaign_id).message.data if spam else None
+    verdict = spam_check(sample, as_json) if sample is not None else None
+    if verdict is not None and verdict.is_spam:
+        problems = [*problems, f"SpamAssassin scores it {verdict.score} (spam from {verdict.required})"]
     if as_json:
-        echo_json({"id": campaign_id, "ok": not problems, "problems": problems})
+        report: dict[str, Any] = {"id": campaign_id, "ok": not problems, "problems": problems}
+        if spam:
+            report["spam"] = spam_json(verdict)
+        echo_json(report)
     elif problems:
         click.echo(f"campaign {campaign_id} fails the compliance gate:", err=True)
         for problem in problems:
@@ -154,6 +206,35 @@ def campaign_check(ctx: click.Context, app: AppContext, campaign_id: int, as_jso
         click.echo(f"campaign {campaign_id} passes the compliance gate")
     if problems:
         ctx.exit(1)
+
+
+def spam_check(message: bytes, as_json: bool) -> SpamVerdict | None:
+    """SpamAssassin's verdict, printed unless as JSON; None (with how to install it) without it."""
+    try:
+        verdict = spam_verdict(message)
+    except SpamCheckError as exc:
+        # the spam score is advice: the compliance gate's answer still counts on its own
+        echo_line(f"no spam score: {exc}", err=True)
+        return None
+    if as_json:
+        return verdict
+    if verdict is None:
+        click.echo(INSTALL_HINT, err=True)
+        return None
+    click.echo(f"SpamAssassin: score {verdict.score} (spam from {verdict.required})")
+    for rule in verdict.rules:
+        echo_line(f"  {rule.points:>5} {rule.name:<24} {rule.description}")
+        if rule.fix:
+            echo_line(f"        fix: {rule.fix}")
+    return verdict
+
+
+def spam_json(verdict: SpamVerdict | None) -> dict[str, Any]:
+    if verdict is None:
+        return {"installed": False, "hint": INSTALL_HINT}
+    rules = [{"name": r.name, "points": r.points, "description": r.description, "fix": r.fix}
+             for r in verdict.rules]
+    return {"installed": True, "score": verdict.score, "required": verdict.required, "rules": rules}
 
 
 @campaign_group.command("preview")
@@ -220,26 +301,37 @@ def campaign_test(app: AppContext, campaign_id: int, to: str) -> None:
     echo_line(f"sent a test of campaign {campaign_id} to {message.recipient} ({message.message_id})")
 
 
-def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool) -> None:
-    """Start (or go on with) a campaign and send it here, with a progress bar on a terminal."""
+def _progress_bar(campaign_id: int, total: int) -> tuple[Any, Callable[[SendReport], None]]:
+    bar: Any = click.progressbar(length=total, label=f"campaign {campaign_id}", show_pos=True)
+    bar.__enter__()
+    done = [0]
+
+    def on_batch(report: SendReport) -> None:
+        now = report.handed_over + report.suppressed
+        bar.update(now - done[0])
+        done[0] = now
+
+    return bar, on_batch
+
+
+def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool, log: ProgressLog | None = None) -> None:
+    """Start (or go on with) a campaign and send it here: log lines when `log` is given, else a
+    progress bar on a terminal."""
     total = start_send(app.config, app.db, campaign_id)
     bar: Any = None
     on_batch: Callable[[SendReport], None] | None = None
-    if not as_json and sys.stdout.isatty() and total:
-        bar = click.progressbar(length=total, label=f"campaign {campaign_id}", show_pos=True)
-        bar.__enter__()
-        done = [0]
-
-        def on_batch(report: SendReport) -> None:
-            now = report.handed_over + report.suppressed
-            bar.update(now - done[0])
-            done[0] = now
-
+    if log is not None:
+        on_batch = log.on_batch
+        log.started(campaign_id)
+    elif not as_json and sys.stdout.isatty() and total:
+        bar, on_batch = _progress_bar(campaign_id, total)
     try:
         report = send_campaign_now(app.config, app.db, campaign_id, handle_signals=True, on_batch=on_batch)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    if log is not None:
+        log.finished(report)
     with app.db.session() as session:
         status = campaign_status(session, campaign_id)
     if as_json:
@@ -251,39 +343,79 @@ def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool) -> Non
         raise click.ClickException(f"campaign {campaign_id} paused: {report.paused_reason}")
 
 
+def _queue(app: AppContext, campaign_id: int, as_json: bool) -> None:
+    """Hand the campaign to the workers: due now, sent by the next worker or send-due run."""
+    ensure_campaign_may_start(app.config, app.db, campaign_id)
+    with app.db.session() as session:
+        campaign = queue_campaign(session, campaign_id)
+        status, when = campaign.status, campaign.scheduled_at
+    if as_json:
+        echo_json({"id": campaign_id, "status": status.value, "scheduled_at": when.isoformat() if when else None})
+        return
+    if status is CampaignStatus.SENDING:
+        click.echo(f"campaign {campaign_id} is already sending; workers and send-due send the rest")
+    else:
+        click.echo(f"campaign {campaign_id} queued: a worker or the next send-due run sends it")
+    click.echo(f"follow it with `mailer campaign status {campaign_id} --watch`")
+
+
 @campaign_group.command("send")
 @click.argument("campaign_id", type=int)
+@click.option("--queue", is_flag=True,
+              help="Do not send here: make it due now for `mailer worker` / send-due and return at once.")
+@click.option("--force", is_flag=True,
+              help="Send even when the quick doctor finds receivers would refuse it (audited).")
+@log_options
 @json_option
 @pass_app
-def campaign_send(app: AppContext, campaign_id: int, as_json: bool) -> None:
+def campaign_send(app: AppContext, campaign_id: int, queue: bool, force: bool, log_format: str | None,
+                  progress_every: float, as_json: bool) -> None:
     """Send campaign ID now (after the compliance gate), with a progress bar and a summary.
 
     Ctrl-C or SIGTERM lets the messages in flight finish; run it again to go on. Refusals by
     policy (5.7.x, blocklists) fail without suppressing anyone, and enough of them
-    (sending.policy_block_pause_share) pause the campaign with the reason.
+    (sending.policy_block_pause_share) pause the campaign with the reason. When stderr is not
+    a terminal (cron, systemd), or with --log-format, log lines go to stderr instead of the bar.
+
+    First a quick doctor asks DNS whether the DKIM key matches its published record
+    and SPF lets the relay send; a definite no refuses the send, naming the check.
+    No answer never blocks. --force sends anyway and records it in the audit trail.
 
     \b
     Example:
       $ mailer campaign send 3
       campaign 3: 1200 sent, 2 deferred, 1 failed, 4 suppressed
       status: sending (1200 sent, 2 deferred, 1 failed, 4 suppressed)
+      $ mailer campaign send 3 --queue
+      campaign 3 queued: a worker or the next send-due run sends it
     """
-    _send_in_foreground(app, campaign_id, as_json)
+    for finding in preflight(app.config, app.db, campaign_id, force, cli_actor()):
+        echo_line(f"warning: sending despite {finding.check}: {finding.message}", err=True)
+    if queue:
+        _queue(app, campaign_id, as_json)
+        return
+    logging = log_format is not None or not sys.stderr.isatty()
+    log = progress_log(app, log_format, progress_every) if logging else None
+    _send_in_foreground(app, campaign_id, as_json, log)
 
 
 @campaign_group.command("schedule")
 @click.argument("campaign_id", type=int)
-@click.option("--at", "at_text", required=True, metavar="ISO-8601",
-              help="When to send; without an offset it is this machine's local time.")
+@click.option("--at", "at_text", required=True, metavar="ISO-8601|now",
+              help="When to send; without an offset it is this machine's local time; `now`: due at once.")
 @pass_app
 def campaign_schedule(app: AppContext, campaign_id: int, at_text: str) -> None:
-    """Schedule campaign ID; `mailer send-due` (cron) sends it when its time comes.
+    """Schedule campaign ID; `mailer send-due` (cron) or a worker sends it when its time comes.
 
     \b
     Example:
       $ mailer campaign schedule 3 --at 2026-12-01T09:00+01:00
       campaign 3 scheduled for 2026-12-01T08:00:00+00:00
+      $ mailer campaign schedule 3 --at now
     """
+    if at_text.strip().lower() == "now":
+        _queue(app, campaign_id, as_json=False)
+        return
     try:
         at = dt.datetime.fromisoformat(at_text)
     except ValueError:
@@ -380,16 +512,31 @@ def campaign_retry(app: AppContext, campaign_id: int, in_doubt: bool, later: boo
     _send_in_foreground(app, campaign_id, as_json)
 
 
+# states a watched campaign does not leave on its own
+WATCH_ENDS = (CampaignStatus.SENT, CampaignStatus.PAUSED, CampaignStatus.CANCELLED, CampaignStatus.MISSED,
+              CampaignStatus.DRAFT)
+WATCH_POLL_SECONDS = 2.0  # each look counts the campaign's deliveries: cheap, but not free on a big list
+
+
 @campaign_group.command("status")
 @click.argument("campaign_id", type=int)
+@click.option("--watch", is_flag=True,
+              help="Follow it with a progress bar until it is sent, paused or cancelled; Ctrl-C stops "
+                   "watching, not sending.")
 @json_option
 @pass_app
-def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) -> None:
-    """Show a campaign's state, its deliveries counted by state, and its policy blocks.
+@click.pass_context
+def campaign_status_command(ctx: click.Context, app: AppContext, campaign_id: int, watch: bool,
+                            as_json: bool) -> None:
+    """Show a campaign's state, its deliveries counted by state, and what came back.
+
+    What came back: hard and soft bounces, policy blocks, spam complaints and unsubscribes,
+    by mail, webhook or link, and the complaint rate, with a warning over Gmail's 0.3%.
 
     A policy block is a delivery the receiver refused for the sender's sake (5.7.x: a
     blocklist, DMARC, SPF); the address is kept. sending.policy_block_pause_share of them
-    pauses the campaign, with the reason shown here.
+    pauses the campaign, with the reason shown here. With --watch it exits 0 once the
+    campaign is sent, 1 when it ends paused, cancelled or missed.
 
     \b
     Example:
@@ -397,11 +544,68 @@ def campaign_status_command(app: AppContext, campaign_id: int, as_json: bool) ->
       campaign 3 "December news"
       status: sent (4990 sent, 6 failed, 4 suppressed)
       policy blocks: 2 (refused for the sender's reputation or authentication, not the address; nobody suppressed)
+      came back: 4 hard bounces, 3 soft bounces, 2 policy blocks, 1 complaints, 12 unsubscribes; complaint rate 0.02%
+      $ mailer campaign send 3 --queue && mailer campaign status 3 --watch
     """
     with app.db.session() as session:
         status = campaign_status(session, campaign_id)
+    if watch and not as_json:
+        echo_line(f'campaign {status.id} "{status.subject}"')
+        try:
+            status = _watch(app, status)
+        except KeyboardInterrupt:
+            click.echo(f"\nstopped watching; campaign {campaign_id} goes on", err=True)
+            ctx.exit(130)
+    elif watch:
+        status = _wait_until_it_ends(app, status, lambda _status: None)
     if as_json:
         echo_json(status.as_dict())
-        return
-    echo_line(f'campaign {status.id} "{status.subject}"')
-    click.echo(describe_status(status))
+    else:
+        if not watch:
+            echo_line(f'campaign {status.id} "{status.subject}"')
+        click.echo(describe_status(status))
+    if watch and status.status is not CampaignStatus.SENT:
+        ctx.exit(1)
+
+
+def _done_and_total(status: CampaignStatusReport) -> tuple[int, int]:
+    total = sum(status.counts.values())
+    return total - sum(status.counts[state] for state in OPEN_STATES), total
+
+
+def _wait_until_it_ends(app: AppContext, status: CampaignStatusReport,
+                        show: Callable[[CampaignStatusReport], None]) -> CampaignStatusReport:
+    while True:
+        show(status)
+        if status.status in WATCH_ENDS:
+            return status
+        time.sleep(WATCH_POLL_SECONDS)
+        with app.db.session() as session:
+            status = campaign_status(session, status.id)
+
+
+def _watch(app: AppContext, status: CampaignStatusReport) -> CampaignStatusReport:
+    """A progress bar on a terminal; elsewhere a line whenever the counts change."""
+    bar: Any = None
+    last: list[tuple[str, int, int]] = []
+
+    def show(status: CampaignStatusReport) -> None:
+        nonlocal bar
+        done, total = _done_and_total(status)
+        if not sys.stdout.isatty():
+            if not last or last[-1] != (status.status.value, done, total):
+                last.append((status.status.value, done, total))
+                waiting = " (waiting for a worker or send-due)" if status.status is CampaignStatus.SCHEDULED else ""
+                click.echo(f"{status.status.value}: {done} of {total} done{waiting}")
+            return
+        if bar is None and total:
+            bar = click.progressbar(length=total, label=f"campaign {status.id}", show_pos=True)
+            bar.__enter__()
+        if bar is not None:
+            bar.update(done - bar.pos)
+
+    try:
+        return _wait_until_it_ends(app, status, show)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)

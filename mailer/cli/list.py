@@ -1,4 +1,4 @@
-"""`mailer list create|ls`."""
+"""`mailer list create|form|ls`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from mailer.cli import main
 from mailer.cli.context import AppContext, echo_json, json_option, pass_app
 from mailer.cli.terminal import echo_line, terminal_safe
 from mailer.recipients.lists import create_list, summarize_lists
+from mailer.recipients.web_signup import embed_snippet
 
 
 @main.group("list")
@@ -18,6 +19,7 @@ def list_group() -> None:
     Example:
       $ mailer list create news --title "Harmony News"
       $ mailer list ls
+      $ mailer list form news > signup-form.html
     """
 
 
@@ -25,9 +27,13 @@ def list_group() -> None:
 @click.argument("name")
 @click.option("--title", default="", help="Human-readable title shown to recipients.")
 @click.option("--double-opt-in", is_flag=True, help="New subscribers must confirm by email.")
+@click.option("--consent", "consent_text", default="",
+              help="The words the sign-up form shows beside its tick box (default: ours, naming the list).")
 @pass_app
-def list_create(app: AppContext, name: str, title: str, double_opt_in: bool) -> None:
+def list_create(app: AppContext, name: str, title: str, double_opt_in: bool, consent_text: str) -> None:
     """Create a mailing list called NAME.
+
+    Sign-ups from the web are always confirmed by email, whatever --double-opt-in says.
 
     \b
     Example:
@@ -35,8 +41,26 @@ def list_create(app: AppContext, name: str, title: str, double_opt_in: bool) -> 
       created list news
     """
     with app.db.session() as session:
-        create_list(session, name, title, double_opt_in)
+        create_list(session, name, title, double_opt_in, consent_text)
     click.echo(f"created list {name}")
+
+
+@list_group.command("form")
+@click.argument("name")
+@pass_app
+def list_form(app: AppContext, name: str) -> None:
+    """Print the HTML sign-up form for list NAME, to paste into the company's site.
+
+    It posts to `mailer serve` at [unsubscribe] base_url and works without script; every
+    sign-up is confirmed by email before anything else is sent.
+
+    \b
+    Example:
+      $ mailer list form news > signup-form.html
+    """
+    with app.db.session() as session:
+        snippet = embed_snippet(session, app.config, name)
+    click.echo(snippet, nl=False)
 
 
 @list_group.command("ls")

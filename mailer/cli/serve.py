@@ -22,9 +22,12 @@ DEFAULT_THREADS = 8  # the GIL and SQLite's one writer make more threads slower,
               help="Requests handled at once.")
 @pass_app
 def serve(app: AppContext, host: str, port: int, threads: int) -> None:
-    """Run the unsubscribe web app under waitress until interrupted.
+    """Run the subscribers' web app under waitress until interrupted.
 
-    Serves GET/POST /u/<token> (the page and RFC 8058 one-click) and GET /healthz.
+    Serves GET/POST /u/<token> (the page and RFC 8058 one-click), the subscribers' pages
+    (/subscribe/<list>, /confirm/<token>, /p/<token>, /preferences, /me/<token>, /archive),
+    GET /healthz, and POST /webhooks/ses|sendgrid|postmark|mailgun for each provider
+    [webhooks] configures.
     List-Unsubscribe links must be https: put nginx or another proxy with TLS in front
     and set unsubscribe.base_url to its public address. With unsubscribe.trusted_proxies set,
     X-Forwarded-For and -Proto are believed only from unsubscribe.trusted_proxy_address.
@@ -32,7 +35,7 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     \b
     Example:
       $ mailer serve --host 127.0.0.1 --port 8080
-      serving the unsubscribe app on http://127.0.0.1:8080 (8 threads)
+      serving the web app on http://127.0.0.1:8080 (8 threads)
     """
     from waitress.server import create_server
 
@@ -60,7 +63,7 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     except OSError as exc:
         # a port already taken or a host that is not ours: one line, not a traceback
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    click.echo(f"serving the unsubscribe app on http://{host}:{port} ({threads} threads)")
+    click.echo(f"serving the web app on http://{host}:{port} ({threads} threads)")
     # systemd and docker stop with SIGTERM: stop as on Ctrl-C, where waitress lets the requests in
     # flight finish (up to 5 s), rather than dying with an opt-out half written
     signal.signal(signal.SIGTERM, _interrupt)

@@ -27,7 +27,7 @@ from mailer.content.notice_rules import notice_problems
 from mailer.content.visible import FooterHtml, VisibleHtml, message_parts, parse_message
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
-from mailer.tokens import read_unsubscribe_token
+from mailer.tokens import read_preferences_token, read_unsubscribe_token
 
 # a subject must not pretend to answer or pass on a conversation that never happened
 # (what mail clients in English, German, Nordic, Baltic, Romance, Dutch, Slavic, Hungarian,
@@ -323,6 +323,7 @@ def _check_footer(
         unsubscribe_url = _check_list_unsubscribe(config, message, problems)
         if unsubscribe_url:
             links["the unsubscribe link"] = unsubscribe_url
+        links["the preference centre link"] = _preferences_url(config, text, problems)
     # the footer is the system's, after the template's box where nothing of the template reaches:
     # what it says is what a reader sees
     for what, phrase in wanted.items():
@@ -378,6 +379,19 @@ def _check_list_unsubscribe(config: Config, message: EmailMessage, problems: lis
     if claim.subscriber_id <= 0:
         problems.append("the unsubscribe token names no subscriber")
     return url
+
+
+def _preferences_url(config: Config, text: str, problems: list[str]) -> str:
+    """The footer's signed link to the subscriber's preference centre, as the text part gives it."""
+    base = config.unsubscribe.base_url.rstrip("/") + "/p/"
+    found = re.search(re.escape(base) + r"([A-Za-z0-9_.\-]+)", text)
+    if found is None:
+        return base  # reported below as missing from both parts
+    try:
+        read_preferences_token(config.require_secret_keys(), found[1])
+    except MailerError:
+        problems.append("the preference centre link does not verify")
+    return found[0]
 
 
 def _has_phrase(haystack: str, phrase: str) -> bool:

@@ -6,6 +6,7 @@ import binascii
 import contextlib
 import datetime as dt
 import email.policy
+import json
 import re
 import time
 import uuid
@@ -19,7 +20,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from mailer.addresses import parse_mailbox
-from mailer.config import Config
+from mailer.config import Config, SmtpProvider
 from mailer.content.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
 from mailer.content.dkim import DkimSigner, signer_from_config
 from mailer.content.templating import (
@@ -34,8 +35,8 @@ from mailer.content.templating import (
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.plus_tag import make_unsubscribe_address
-from mailer.tokens import UnsubscribeClaim, make_unsubscribe_token
-from mailer.verp import make_return_path
+from mailer.tokens import UnsubscribeClaim, make_preferences_token, make_unsubscribe_token
+from mailer.verp import PROVIDER_REFERENCE_NAME, make_return_path
 
 TEST_SUBJECT_PREFIX = "[TEST] "
 # a subscriber id no real row reaches: links in previews and test messages unsubscribe nobody
@@ -78,6 +79,21 @@ class RenderedMessage:
     data: bytes  # the complete RFC 5322 message, CRLF line endings, DKIM-Signature first when signed
 
 
+def smtp_wire(data: bytes) -> bytes:
+    """The message as it goes after DATA: CRLF line endings, leading dots doubled, ended by "." (RFC 5321
+    4.5.2). Bytes operations, no regular expressions: a rendered message is already CRLF, so usually
+    this only scans it."""
+    if data.count(b"\r") != data.count(b"\n") or data.count(b"\r\n") != data.count(b"\n"):
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if b"\r\n." in data:
+        data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
 class SampleAttributes(dict[str, Any]):
     """Attributes of the sample subscriber: any key a template asks for shows as `[key]`."""
 
@@ -91,6 +107,26 @@ def sample_recipient(email: str = "subscriber@example.com", name: str = "Sample 
         delivery_id=0, subscriber_id=SAMPLE_SUBSCRIBER_ID, email=email, name=name,
         attributes=SampleAttributes(), subscribed_at=None,
     )
+
+
+def archive_url(config: Config, campaign: Campaign) -> str:
+    """Where an archived campaign can be read in a browser ("" when it is not archived)."""
+    if not campaign.archived or campaign.kind is not CampaignKind.CAMPAIGN:
+        return ""
+    return f"{config.unsubscribe.base_url.rstrip('/')}/archive/{campaign.id}"
+
+
+def neutral_recipient() -> Recipient:
+    """Nobody: the archive's reader, with no name, no address and no attribute values."""
+    return Recipient(delivery_id=0, subscriber_id=SAMPLE_SUBSCRIBER_ID, email="", name="",
+                     attributes=NeutralAttributes(), subscribed_at=None)
+
+
+class NeutralAttributes(dict[str, Any]):
+    """Attributes of nobody: every key a template asks for is empty."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
 
 
 def one_line(text: str) -> str:
@@ -298,10 +334,12 @@ class Composer:
         self._list_id = mailing_list.id if mailing_list is not None else None
         self._domain = config.sender.sending_domain
         self._unsubscribe_base = config.unsubscribe.base_url.rstrip("/") + "/u/"
+        self._preferences_base = config.unsubscribe.base_url.rstrip("/") + "/p/"
         self._mailto = config.unsubscribe.mailto
         self._plus_tag = config.unsubscribe.mailto_plus_tag and bool(self._mailto)
         self.subject = (TEST_SUBJECT_PREFIX if test else "") + one_line(campaign.subject)
         self._signer: DkimSigner | None = signer_from_config(config)
+        self._provider = config.smtp.provider
 
         name = campaign.template_name or f"campaign {campaign.id}"
         source = TemplateSource(name=name, html=campaign.html_template, text=campaign.text_template)
@@ -324,7 +362,14 @@ class Composer:
                 "name": config.company.name, "postal_address": config.company.postal_address,
                 "privacy_url": config.company.privacy_url,
             },
+            "view_in_browser_url": archive_url(config, campaign),  # "" while it is not published
         }
+        self._prepare_static()
+        self._build_layout(list_title, campaign.notice_reason)
+        self._build_headers(campaign, mailing_list, list_title)
+
+    def _prepare_static(self) -> None:
+        """Render, contain and convert once what is the same for every recipient."""
         # templates that use no per-recipient name are rendered, contained and converted once, here
         self._static_html: ContainedHtml | None = None
         if not self._html_personal:
@@ -339,8 +384,6 @@ class Composer:
             # a template that needs real values (say a number) cannot be probed; each one is contained
             with contextlib.suppress(TemplateError):
                 self._probe = _Probe(self._html_template, self._context, derive_text=self._text_template is None)
-        self._build_layout(list_title, campaign.notice_reason)
-        self._build_headers(campaign, mailing_list, list_title)
 
     def _build_layout(self, list_title: str, notice_reason: str) -> None:
         env = layout_environment()
@@ -352,6 +395,7 @@ class Composer:
             "ad_label": self._config.compliance.ad_label,
             "list_title": list_title or f"mail from {self._config.company.name}",
             "unsubscribe_url": _SLOT.format("unsubscribe_url"),
+            "preferences_url": _SLOT.format("preferences_url"),
             "recipient_email": _SLOT.format("recipient_email"),
             "subscribed_on": _SLOT.format("subscribed_on"),
         }
@@ -413,6 +457,10 @@ class Composer:
     def unsubscribe_token(self, recipient: Recipient) -> str:
         return make_unsubscribe_token(self._keys, recipient.subscriber_id, self._list_id, self.campaign_id)
 
+    def preferences_url(self, recipient: Recipient) -> str:
+        """The footer's link to the preference centre: signed per subscriber, never expires."""
+        return self._preferences_base + make_preferences_token(self._keys, recipient.subscriber_id)
+
     def message_id(self, recipient: Recipient) -> str:
         if self._test:
             return f"<test-{self.campaign_id}.{uuid.uuid4().hex}@{self._domain}>"
@@ -443,15 +491,19 @@ class Composer:
         url = self._unsubscribe_base + token
         html_body, text_body = self._bodies(recipient, url)
         phrase = subscribed_phrase(recipient.subscribed_at)
+        # a notice's footer has no preference link: its slot is not in the layout
+        preferences = "" if self.is_notice else self.preferences_url(recipient)
         html = self._html_layout.fill(
             {"body": html_body.body, "template_css": _style_element(html_body.css),
-             "unsubscribe_url": str(escape(url)), "recipient_email": str(escape(address)), "subscribed_on": phrase}
+             "unsubscribe_url": str(escape(url)), "preferences_url": str(escape(preferences)),
+             "recipient_email": str(escape(address)), "subscribed_on": phrase}
         )
         text = self._text_layout.fill(
-            {"body": text_body.rstrip("\n"), "unsubscribe_url": url,
+            {"body": text_body.rstrip("\n"), "unsubscribe_url": url, "preferences_url": preferences,
              "recipient_email": address, "subscribed_on": phrase}
         )
         message_id = self.message_id(recipient)
+        envelope_from = make_return_path(self._config, recipient.delivery_id)
         lines = [
             self._from_line,
             b"To: " + format_mailbox(recipient.name, address).encode("ascii") + b"\r\n",
@@ -460,6 +512,9 @@ class Composer:
             b"Message-ID: " + message_id.encode("ascii") + b"\r\n",
             self._middle_lines,
         ]
+        if self._provider is not SmtpProvider.NONE:
+            # the return path's signed local part: the provider echoes it in its webhooks
+            lines.append(provider_header(self._provider, envelope_from.partition("@")[0]))
         if not self.is_notice:
             unsubscribe = f"List-Unsubscribe: <{url}>"
             if self._mailto:
@@ -480,7 +535,7 @@ class Composer:
         if self._signer is not None:
             data = self._signer.sign(data) + data
         return RenderedMessage(
-            envelope_from=make_return_path(self._config, recipient.delivery_id),
+            envelope_from=envelope_from,
             recipient=address,
             message_id=message_id,
             data=data,
@@ -490,6 +545,12 @@ class Composer:
         """The campaign's own HTML (as it goes in the box) and text for a recipient, without layout and footer."""
         html, text = self._bodies(recipient, self._unsubscribe_base + self.unsubscribe_token(recipient))
         return html.body, text
+
+    def public_bodies(self, unsubscribe_url: str) -> ContainedHtml:
+        """The campaign's own HTML for the public archive: rendered for nobody, with `unsubscribe_url`
+        (a page, not anyone's token) wherever the template links to unsubscribe."""
+        html, _ = self._bodies(neutral_recipient(), unsubscribe_url)
+        return html
 
     def left_out(self, recipient: Recipient) -> tuple[str, ...]:
         """What the template may not do and what is left out of its HTML for this recipient, one line each."""
@@ -527,6 +588,20 @@ class Composer:
             stamp = format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
             self._date_cache = (now, f"Date: {stamp}\r\n".encode("ascii"))
         return self._date_cache[1]
+
+
+def provider_header(provider: SmtpProvider, reference: str) -> bytes:
+    """The header in which the relay's provider keeps our delivery reference and echoes it in its webhooks."""
+    name = PROVIDER_REFERENCE_NAME
+    if provider is SmtpProvider.SES:
+        line = f"X-SES-MESSAGE-TAGS: {name}={reference}"
+    elif provider is SmtpProvider.SENDGRID:
+        line = "X-SMTPAPI: " + json.dumps({"unique_args": {name: reference}})
+    elif provider is SmtpProvider.POSTMARK:
+        line = f"X-PM-Metadata-{name}: {reference}"
+    else:
+        line = "X-Mailgun-Variables: " + json.dumps({name: reference})
+    return line.encode("ascii") + b"\r\n"
 
 
 def _style_element(css: str) -> str:

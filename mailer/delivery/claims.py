@@ -27,6 +27,7 @@ from mailer.models import (
     SubscriptionStatus,
     Suppression,
     SuppressionReason,
+    live_state,
 )
 from mailer.policy_blocks import PolicyPauseRule, pause_for_policy_blocks, record_policy_block
 from mailer.recipients.suppression import AuditNote, suppress
@@ -118,7 +119,7 @@ class SqlDeliveryStore:
             result = session.execute(
                 sa.update(Delivery)
                 .where(Delivery.campaign_id == campaign_id, Delivery.claimed_by == self.worker_id,
-                       Delivery.state == DeliveryState.SENDING, Delivery.id.not_in(keep))
+                       live_state(DeliveryState.SENDING), Delivery.id.not_in(keep))
                 .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
@@ -133,7 +134,7 @@ class SqlDeliveryStore:
 def _refresh(session: Session, worker_id: str, now: dt.datetime) -> None:
     session.execute(
         sa.update(Delivery)
-        .where(Delivery.claimed_by == worker_id, Delivery.state == DeliveryState.SENDING)
+        .where(Delivery.claimed_by == worker_id, live_state(DeliveryState.SENDING))
         .values(claimed_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -167,22 +168,23 @@ def claim_due_deliveries(
     session: Session, campaign_id: int, limit: int, now: dt.datetime, worker_id: str
 ) -> list[int]:
     """claim_due_deliveries: mark up to `limit` due deferred, then pending rows as sending by us."""
-    due_retries = sa.and_(Delivery.state == DeliveryState.DEFERRED, Delivery.next_attempt_at <= now)
+    due_retries = sa.and_(live_state(DeliveryState.DEFERRED), Delivery.next_attempt_at <= now)
     claimed = _claim_where(session, campaign_id, due_retries, limit, now, worker_id)
     if len(claimed) < limit:
-        waiting = Delivery.state == DeliveryState.PENDING
+        waiting = live_state(DeliveryState.PENDING)
         claimed += _claim_where(session, campaign_id, waiting, limit - len(claimed), now, worker_id)
     return sorted(claimed)
 
 
 def _claim_where(session: Session, campaign_id: int, condition: sa.ColumnElement[bool], limit: int,
                  now: dt.datetime, worker_id: str) -> list[int]:
-    # one state at a time, ordered by next_attempt_at: the (campaign_id, state, next_attempt_at)
-    # index then yields rows in order and the scan stops at LIMIT, so a claim costs the same at
-    # the end of a 100,000-row campaign as at its start (an OR of states made every claim sort
-    # the whole campaign). The inner SELECT skips rows another worker holds (PostgreSQL FOR
-    # UPDATE SKIP LOCKED), so concurrent workers take disjoint batches without waiting; SQLite
-    # ignores the clause, and the session's BEGIN IMMEDIATE makes the claim one writer at a time.
+    # one state at a time, ordered by next_attempt_at: that state's live-work index on
+    # (campaign_id, next_attempt_at) then yields rows in order and the scan stops at LIMIT, so a
+    # claim costs the same at the end of a 100,000-row campaign as at its start (an OR of states
+    # made every claim sort the whole campaign), and finished deliveries are not in the index.
+    # The inner SELECT skips rows another worker holds (PostgreSQL FOR UPDATE SKIP LOCKED), so
+    # concurrent workers take disjoint batches without waiting; SQLite ignores the clause, and
+    # the session's BEGIN IMMEDIATE makes the claim one writer at a time.
     due = (
         sa.select(Delivery.id)
         .where(Delivery.campaign_id == campaign_id, condition)
@@ -300,7 +302,7 @@ def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: flo
     host = socket.gethostname()
     claimers = session.execute(
         sa.select(Delivery.claimed_by, sa.func.max(Delivery.claimed_at))
-        .where(Delivery.state == DeliveryState.SENDING)
+        .where(live_state(DeliveryState.SENDING))
         .group_by(Delivery.claimed_by)
     ).all()
     stale_before = now - dt.timedelta(seconds=claim_timeout)
@@ -314,7 +316,7 @@ def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: flo
                        Delivery.claimed_by.is_(None))
     result = session.execute(
         sa.update(Delivery)
-        .where(Delivery.state == DeliveryState.SENDING, condition)
+        .where(live_state(DeliveryState.SENDING), condition)
         .values(state=DeliveryState.IN_DOUBT, updated_at=now,
                 last_response="the sender stopped while this message was in flight")
         .execution_options(synchronize_session=False)

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from mailer.db import analyze_tables
 from mailer.models import (
     Campaign,
     CampaignKind,
@@ -27,10 +28,16 @@ NOTICE_BLOCKING_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionR
 def snapshot_audience(session: Session, campaign: Campaign, now: dt.datetime) -> int:
     """Create the campaign's pending deliveries; returns how many. Running it again adds only newcomers."""
     if campaign.kind is CampaignKind.NOTICE:
-        return insert_notice_audience(session, campaign.id, now)
-    if campaign.list_id is None:
+        created = insert_notice_audience(session, campaign.id, now)
+    elif campaign.list_id is None:
         return 0
-    return insert_list_audience(session, campaign.id, campaign.list_id, now)
+    else:
+        created = insert_list_audience(session, campaign.id, campaign.list_id, now)
+    if created:
+        # the claims of this send are planned on these statistics: a new campaign's rows unknown
+        # to them would be planned as a handful
+        analyze_tables(session, ["deliveries"])
+    return created
 
 
 def _insert_deliveries(session: Session, campaign_id: int, subscribers: sa.Select[Any],

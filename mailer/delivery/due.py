@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from mailer.config import Config
 from mailer.db import Database
 from mailer.delivery.claims import mark_abandoned_claims
-from mailer.delivery.pipeline import CampaignSender, SendReport
+from mailer.delivery.pipeline import CampaignSender, Renderer, SendReport
+from mailer.delivery.progress import SendWatcher
 from mailer.errors import DatabaseUnavailable, MailerError
 from mailer.lifecycle import (
     MAILER_ACTOR,
@@ -125,6 +126,7 @@ async def send_due(
     clock: Callable[[], dt.datetime] = utcnow,
     on_batch: Callable[[SendReport], None] | None = None,
     sender: CampaignSender | None = None,
+    watch: SendWatcher | None = None,
 ) -> DueReport:
     """One cron run: mark missed schedules, start due ones, send every due delivery.
 
@@ -134,6 +136,7 @@ async def send_due(
     report = DueReport()
     deadline = time.monotonic() + max_seconds if max_seconds is not None else None
     own_sender = sender is None
+    on_batch = on_batch or (watch.on_batch if watch is not None else None)
     active = sender or CampaignSender(config, database, deadline=deadline, handle_signals=handle_signals,
                                       clock=clock, on_batch=on_batch)
     if own_sender:
@@ -145,7 +148,7 @@ async def send_due(
             if active.stopped or (deadline is not None and time.monotonic() >= deadline):
                 report.interrupted = True
                 break
-            await _send_one(active, database, campaign_id, report)
+            await _send_one(active, database, campaign_id, report, watch)
         await active.calls.call(_finish_idle, database, clock())
     finally:
         if own_sender:
@@ -178,7 +181,8 @@ def _finish_idle(database: Database, now: dt.datetime) -> None:
         _finish_idle_campaigns(session, now)
 
 
-async def _send_one(active: CampaignSender, database: Database, campaign_id: int, report: DueReport) -> None:
+async def _send_one(active: CampaignSender, database: Database, campaign_id: int, report: DueReport,
+                    watch: SendWatcher | None) -> None:
     try:
         renderer = await active.calls.inline(active.prepare, campaign_id)
     except DatabaseUnavailable:
@@ -187,9 +191,19 @@ async def _send_one(active: CampaignSender, database: Database, campaign_id: int
         report.refused[campaign_id] = str(exc)
         await active.calls.call(_pause_refused, database, campaign_id, str(exc))
         return
-    result = await active.send(campaign_id, renderer)
+    result = await _watched_send(active, campaign_id, renderer, watch)
     report.sends.append(result)
     report.interrupted = report.interrupted or result.interrupted
+
+
+async def _watched_send(sender: CampaignSender, campaign_id: int, renderer: Renderer,
+                        watch: SendWatcher | None) -> SendReport:
+    if watch is not None:
+        watch.started(campaign_id)
+    result = await sender.send(campaign_id, renderer)
+    if watch is not None:
+        watch.finished(result)
+    return result
 
 
 def _pause_refused(database: Database, campaign_id: int, reason: str) -> None:
@@ -206,13 +220,15 @@ async def run_worker(
     handle_signals: bool = True,
     on_cycle: Callable[[DueReport], None] | None = None,
     max_cycles: int | None = None,
+    watch: SendWatcher | None = None,
 ) -> int:
     """Run send-due cycles until SIGTERM/SIGINT, sleeping `poll_seconds` when idle; returns cycles run."""
-    sender = CampaignSender(config, database, handle_signals=handle_signals)
+    sender = CampaignSender(config, database, handle_signals=handle_signals,
+                            on_batch=watch.on_batch if watch is not None else None)
     cycles = 0
     async with sender:
         while not sender.stopped and (max_cycles is None or cycles < max_cycles):
-            report = await send_due(config, database, sender=sender)
+            report = await send_due(config, database, sender=sender, watch=watch)
             cycles += 1
             if on_cycle is not None:
                 on_cycle(report)

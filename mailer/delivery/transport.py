@@ -1,15 +1,29 @@
-"""SMTP delivery: persistent aiosmtplib connections shared by many messages, under one rate cap."""
+"""SMTP delivery: persistent connections shared by many messages, pipelined when the relay allows it,
+under one rate cap."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 from dataclasses import dataclass
 
 import aiosmtplib
 
 from mailer.bounce_class import BounceClass, classify
-from mailer.config import SmtpConfig, StartTLS
+from mailer.config import SmtpConfig
+from mailer.content.compose import smtp_wire
+from mailer.delivery.smtp_session import (
+    Reply,
+    Session,
+    describe_failure,
+    open_session,
+)
+
+# what a test send or a confirmation mail uses to reach the relay as the campaigns do
+from mailer.delivery.smtp_session import client_options as client_options
+from mailer.delivery.smtp_session import start_tls_mode as start_tls_mode
+from mailer.delivery.smtp_session import tls_context as tls_context
 
 
 class SendStatus(enum.StrEnum):
@@ -64,111 +78,156 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
-def start_tls_mode(smtp: SmtpConfig) -> bool | None:
-    """aiosmtplib's start_tls: True demands it, None uses it when offered, False never."""
-    if smtp.starttls is StartTLS.OFF:
-        return False
-    if smtp.starttls is StartTLS.OPPORTUNISTIC or smtp.is_loopback:
-        return None
-    return True
+# the replies that let a transaction go on: to MAIL, to RCPT, to DATA
+_ACCEPTED: tuple[tuple[int, ...], ...] = ((250,), (250, 251), (354,))
+# concurrent send() callers per connection: one waiting for its message's reply, one whose commands
+# follow that message on the wire, one ready behind them
+CALLERS_PER_CONNECTION = 3
 
 
 class SmtpConnection:
-    """One SMTP session, opened on first use and again after the relay drops it."""
+    """One SMTP session, opened on first use and again after the relay drops it.
 
-    def __init__(self, smtp: SmtpConfig, local_hostname: str | None = None) -> None:
+    Callers take turns writing. When the relay offers PIPELINING (RFC 2920) a turn is MAIL, RCPT and
+    DATA in one write, then the message once DATA is accepted; the next caller's commands follow at
+    once while the message still waits for its reply, so each message costs about one round trip.
+    Without PIPELINING a turn is the whole transaction in lock step."""
+
+    def __init__(self, smtp: SmtpConfig, context: ssl.SSLContext | None) -> None:
         self.config = smtp
-        self.local_hostname = local_hostname
+        self.context = context
         self.start_tls = start_tls_mode(smtp)
-        self._client: aiosmtplib.SMTP | None = None
-
-    async def _open(self) -> aiosmtplib.SMTP:
-        if self._client is not None and self._client.is_connected:
-            return self._client
-        cfg = self.config
-        client = aiosmtplib.SMTP(
-            hostname=cfg.host, port=cfg.port, timeout=cfg.timeout, start_tls=self.start_tls,
-            local_hostname=self.local_hostname,
-            username=cfg.username or None, password=cfg.password or None,
-        )
-        await client.connect()
-        if client.is_ehlo_or_helo_needed:
-            await client.ehlo()
-        self._client = client
-        return client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def quit(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        self.session: Session | None = None
+        self.load = 0  # callers inside send()
+        self._turn = asyncio.Lock()
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
         """One mail transaction; never raises for anything the relay or the network does."""
         bad = next((a for a in (envelope_from, recipient) if not _is_envelope_address(a)), None)
         if bad is not None:
             return SendResult(SendStatus.PERMANENT, None, f"not an address SMTP can carry: {bad!r}")
-        for attempt in range(2):
-            try:
-                client = await self._open()
-            except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 or 554 on connect
-                self.close()
-                return SendResult(SendStatus.NOT_SENT, exc.code, f"{exc.code} {exc.message}",
-                                  connection_failed=True)
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                self.close()
-                return SendResult(SendStatus.NOT_SENT, None, _describe(exc), connection_failed=True)
-            utf8 = not (envelope_from.isascii() and recipient.isascii())
-            if utf8 and not client.supports_extension("smtputf8"):
-                return SendResult(SendStatus.PERMANENT, None,
-                                  "the relay does not offer SMTPUTF8, needed for this non-ASCII address")
-            try:
-                await _mail(client, envelope_from, utf8)
-            except aiosmtplib.SMTPServerDisconnected:
-                # an idle connection the relay has since closed: nothing was sent, so open a new one
-                self.close()
-                if attempt == 0:
-                    continue
-                return SendResult(SendStatus.NOT_SENT, None, "the relay closed the connection",
-                                  connection_failed=True)
-            except aiosmtplib.SMTPResponseException as exc:
-                return await self._refused(client, exc)
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                self.close()
-                return SendResult(SendStatus.TRANSIENT, None, _describe(exc), connection_failed=True)
-            return await self._finish(client, recipient, data)
+        wire = smtp_wire(data)
+        self.load += 1
+        try:
+            for attempt in range(2):
+                result = await self._transaction(envelope_from, recipient, wire, retry=attempt == 0)
+                if result is not None:
+                    return result
+        finally:
+            self.load -= 1
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _finish(self, client: aiosmtplib.SMTP, recipient: str, data: bytes) -> SendResult:
+    async def _transaction(self, sender: str, recipient: str, wire: bytes, retry: bool) -> SendResult | None:
+        """The outcome, or None when the session ended before anything reached the relay."""
+        await self._turn.acquire()
+        holding = True
         try:
-            await _rcpt(client, recipient)
-            response = await client.data(data)
-        except aiosmtplib.SMTPResponseException as exc:
-            return await self._refused(client, exc)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            # dropped or stalled mid-transaction: the relay did not confirm, so it is retried later
-            self.close()
-            return SendResult(SendStatus.TRANSIENT, None, _describe(exc), connection_failed=True)
-        return SendResult(SendStatus.SENT, response.code, f"{response.code} {response.message}")
+            started = await self._start(sender, recipient, wire, retry)
+            if not isinstance(started, tuple):
+                return started
+            session, end = started
+            if session.pipelining:
+                self._turn.release()  # the next caller's commands may follow the message now
+                holding = False
+            return await self._finish(session, end)
+        finally:
+            if holding:
+                self._turn.release()
 
-    async def _refused(self, client: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException) -> SendResult:
-        result = classify_reply(exc.code, exc.message)
-        if exc.code == 421:
-            self.close()  # the relay is closing this session
-            return result
+    async def _start(self, sender: str, recipient: str, wire: bytes,
+                     retry: bool) -> SendResult | tuple[Session, asyncio.Future[Reply | None]] | None:
+        session = await self._open()
+        if isinstance(session, SendResult):
+            return session
+        utf8 = not (sender.isascii() and recipient.isascii())
+        if utf8 and not session.smtputf8:
+            return SendResult(SendStatus.PERMANENT, None,
+                              "the relay does not offer SMTPUTF8, needed for this non-ASCII address")
         try:
-            await client.rset()
-        except (aiosmtplib.SMTPException, OSError):
-            self.close()
+            replies = await self._envelope(session, _commands(sender, recipient, utf8))
+        except TimeoutError:
+            # perhaps a message ahead of this one stalled the session; nothing of this one was sent
+            self._drop(session)
+            return None if retry else SendResult(SendStatus.TRANSIENT, None, self._timed_out(),
+                                                 connection_failed=True)
+        except BaseException:
+            # cancelled halfway: the relay may be waiting for a message that will never come
+            self._drop(session)
+            raise
+        for accepted, reply in zip(_ACCEPTED, replies, strict=False):
+            if reply is None:
+                # the relay hung up before the message: nothing was sent, a new session may take it
+                self._drop(session)
+                return None if retry else SendResult(SendStatus.NOT_SENT, None, "the relay closed the connection",
+                                                     connection_failed=True)
+            if reply.code not in accepted:
+                return self._refused(session, reply, replies)
+        return session, session.send(wire, 1)[0]
+
+    async def _envelope(self, session: Session, commands: list[bytes]) -> list[Reply | None]:
+        """MAIL, RCPT and DATA in one write when pipelining, else one by one until one is refused."""
+        async with asyncio.timeout(self.config.timeout):
+            if session.pipelining:
+                return [await reply for reply in session.send(b"".join(commands), len(commands))]
+            replies: list[Reply | None] = []
+            for command, accepted in zip(commands, _ACCEPTED, strict=True):
+                reply = await session.send(command, 1)[0]
+                replies.append(reply)
+                if reply is None or reply.code not in accepted:
+                    break
+            return replies
+
+    def _refused(self, session: Session, reply: Reply, replies: list[Reply | None]) -> SendResult:
+        result = classify_reply(reply.code, reply.text)
+        if reply.code == 421 or not session.alive:
+            self._drop(session)  # the relay is closing this session
+        elif len(replies) == 3 and replies[2] is not None and replies[2].code == 354:
+            # DATA accepted after a refused envelope (a broken relay): end it empty, send no body
+            session.send_and_ignore(b".\r\n")
+        else:
+            session.send_and_ignore(b"RSET\r\n")
         return result
 
+    async def _finish(self, session: Session, end: asyncio.Future[Reply | None]) -> SendResult:
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                reply = await end
+        except TimeoutError:
+            self._drop(session)
+            return SendResult(SendStatus.TRANSIENT, None, self._timed_out(), connection_failed=True)
+        if reply is None:
+            # dropped after the message went: the relay did not confirm, so it is retried later
+            self._drop(session)
+            return SendResult(SendStatus.TRANSIENT, None, "the relay closed the connection before accepting "
+                              "the message", connection_failed=True)
+        if reply.code == 421:
+            self._drop(session)
+        return classify_reply(reply.code, reply.text)
+
+    async def _open(self) -> Session | SendResult:
+        if self.session is not None and self.session.alive:
+            return self.session
+        self.session = None
+        try:
+            self.session = await open_session(self.config, self.context, self.start_tls)
+        except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 or 554 on connect
+            return SendResult(SendStatus.NOT_SENT, exc.code, f"{exc.code} {exc.message}", connection_failed=True)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return SendResult(SendStatus.NOT_SENT, None, describe_failure(exc), connection_failed=True)
+        return self.session
+
+    def _timed_out(self) -> str:
+        return f"timed out: no reply from the relay within {self.config.timeout:g} s"
+
+    def _drop(self, session: Session) -> None:
+        session.close()
+        if self.session is session:
+            self.session = None
+
+    async def quit(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await session.quit(min(self.config.timeout, 5.0))
 
 def _is_envelope_address(address: str) -> bool:
     # addresses come validated from the database and from VERP, but nothing that could break
@@ -176,49 +235,31 @@ def _is_envelope_address(address: str) -> bool:
     return "@" in address and not any(ch in address for ch in "<> \t\r\n\x00") and address.isprintable()
 
 
-# MAIL and RCPT as aiosmtplib sends them, without re-parsing an address we built or validated:
-# that parsing was a tenth of the sender's CPU time per message
-async def _mail(client: aiosmtplib.SMTP, sender: str, utf8: bool) -> None:
-    options = (b"SMTPUTF8",) if utf8 else ()
-    response = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8") + b">", *options)
-    if response.code != 250:
-        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
-
-
-async def _rcpt(client: aiosmtplib.SMTP, recipient: str) -> None:
-    response = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
-    if response.code not in (250, 251):
-        raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        return f"timed out: {exc}"
-    return f"{type(exc).__name__}: {exc}"
-
+def _commands(sender: str, recipient: str, utf8: bool) -> list[bytes]:
+    # built from addresses validated above, never re-parsed: that parsing was a tenth of the CPU
+    option = b" SMTPUTF8" if utf8 else b""
+    return [b"MAIL FROM:<" + sender.encode("utf-8") + b">" + option + b"\r\n",
+            b"RCPT TO:<" + recipient.encode("utf-8") + b">\r\n",
+            b"DATA\r\n"]
 
 class SmtpTransport:
     """`smtp.connections` persistent connections; any number of senders share them."""
 
-    def __init__(self, smtp: SmtpConfig, local_hostname: str | None = None) -> None:
-        self.connections = [SmtpConnection(smtp, local_hostname) for _ in range(smtp.connections)]
-        self._idle: asyncio.Queue[SmtpConnection] = asyncio.Queue()
-        for connection in self.connections:
-            self._idle.put_nowait(connection)
+    def __init__(self, smtp: SmtpConfig) -> None:
+        context = tls_context(smtp)
+        self.connections = [SmtpConnection(smtp, context) for _ in range(smtp.connections)]
         self._rate = RateLimiter(smtp.messages_per_second)
 
     @property
     def concurrency(self) -> int:
-        return len(self.connections)
+        """Concurrent send() callers that keep every connection busy."""
+        return CALLERS_PER_CONNECTION * len(self.connections)
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
-        """Send one message on the next free connection; waits for the rate cap and a free connection."""
-        connection = await self._idle.get()
-        try:
-            await self._rate.wait()
-            return await connection.send(envelope_from, recipient, data)
-        finally:
-            self._idle.put_nowait(connection)
+        """Send one message on the least busy connection, within the rate cap."""
+        await self._rate.wait()
+        connection = min(self.connections, key=lambda c: c.load)
+        return await connection.send(envelope_from, recipient, data)
 
     async def close(self) -> None:
         """QUIT every open connection."""

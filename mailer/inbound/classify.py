@@ -348,6 +348,8 @@ _KIND_OF_CLASS = {
     BounceClass.TRANSIENT: InboundKind.SOFT_BOUNCE,
     BounceClass.DELIVERED: InboundKind.OTHER,
 }
+# what a bounce reported another way (a provider's webhook) makes, by the same table
+KIND_OF_CLASS = _KIND_OF_CLASS
 
 
 def _diagnostic_text(diagnostic: str) -> str:

@@ -155,24 +155,35 @@ async def _deliver(config: Config, data: bytes, recipient: str) -> SendResult:
         await transport.close()
 
 
+def send_transactional(config: Config, message: EmailMessage, recipient: str) -> None:
+    """Send one transactional message (a confirmation, an identity link) through the configured
+    relay, DKIM-signed when configured.
+
+    Raises DeliveryError, carrying the relay's reply, when it cannot be reached or refuses the message.
+    """
+    data = message.as_bytes(policy=email.policy.SMTP)
+    signer = signer_from_config(config)
+    if signer is not None:
+        data = signer.sign(data) + data
+    result = asyncio.run(_deliver(config, data, recipient))
+    if result.status is not SendStatus.SENT:
+        raise DeliveryError(" ".join(result.response.split()))
+
+
 def send_confirmation(config: Config, request: ConfirmationRequest) -> None:
     """Send one confirmation message through the configured relay, DKIM-signed when configured.
 
     Raises DeliveryError when the relay cannot be reached or refuses the message.
     """
-    message = build_confirmation_message(config, request)
-    data = message.as_bytes(policy=email.policy.SMTP)
-    signer = signer_from_config(config)
-    if signer is not None:
-        data = signer.sign(data) + data
-    result = asyncio.run(_deliver(config, data, request.recipient))
-    if result.status is not SendStatus.SENT:
+    try:
+        send_transactional(config, build_confirmation_message(config, request), request.recipient)
+    except DeliveryError as exc:
         raise DeliveryError(
             f"the confirmation message to {request.email} could not be sent "
-            f"({' '.join(result.response.split())}); they "
+            f"({exc}); they "
             f"stay unconfirmed: retry with `mailer subscriber send-confirmation {request.email} "
             f"--list {request.list_name}`"
-        )
+        ) from None
 
 
 def _subscription(session: Session, subscriber_id: int, list_id: int) -> Subscription | None:

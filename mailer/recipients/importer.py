@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.db import Database, address_hash, normalize_email
+from mailer.db import Database, address_hash, analyze_tables, normalize_email
 from mailer.errors import ImportFileError, InvalidInputError, path_text
 from mailer.models import Base, Subscriber, Subscription, SubscriptionStatus, Suppression, utcnow
 from mailer.recipients.lists import get_list
@@ -129,6 +129,11 @@ def import_csv(
             transaction.rollback()
         else:
             transaction.commit()
+    if report.added and not dry_run:
+        # a send right after the import is planned on these statistics; once the import is
+        # committed, so that nothing here can undo it
+        with database.session() as session:
+            analyze_tables(session, ["subscribers", "subscriptions"])
     return report
 
 

@@ -25,8 +25,16 @@ class ListSummary:
     suppressed: int  # active subscriptions whose address opted out everywhere or bounced
 
 
-def create_list(session: Session, name: str, title: str = "", double_opt_in: bool = False) -> MailingList:
-    """Create a list; raises AlreadyExistsError or InvalidInputError."""
+MAX_CONSENT_TEXT = 1000
+
+
+def create_list(
+    session: Session, name: str, title: str = "", double_opt_in: bool = False, consent_text: str = ""
+) -> MailingList:
+    """Create a list; raises AlreadyExistsError or InvalidInputError.
+
+    `consent_text`: the words its sign-up form shows beside the box people tick (empty: ours).
+    """
     if not _LIST_NAME.match(name):
         raise InvalidInputError(
             f"invalid list name {name!r}: use up to 100 letters, digits, '.', '_' or '-'"
@@ -34,9 +42,13 @@ def create_list(session: Session, name: str, title: str = "", double_opt_in: boo
     check_unicode("the list title", title)
     if any(ch in title for ch in "\r\n") or len(title) > 200:
         raise InvalidInputError("a list title must be one line of at most 200 characters")
+    consent_text = check_unicode("the consent wording", consent_text.strip())
+    if len(consent_text) > MAX_CONSENT_TEXT:
+        raise InvalidInputError(f"the consent wording must be at most {MAX_CONSENT_TEXT} characters")
     if session.scalar(sa.select(MailingList.id).where(MailingList.name == name)) is not None:
         raise AlreadyExistsError(f"a list named {name!r} already exists")
-    mailing_list = MailingList(name=name, title=title or name, double_opt_in=double_opt_in)
+    mailing_list = MailingList(name=name, title=title or name, double_opt_in=double_opt_in,
+                               consent_text=consent_text)
     session.add(mailing_list)
     session.flush()
     return mailing_list

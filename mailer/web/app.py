@@ -6,18 +6,25 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
+import jinja2
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mailer.config import Config, load_config
 from mailer.db import Database
-from mailer.resources import resource_path
+from mailer.resources import template_search_path
+from mailer.web.archive import archive_pages
 from mailer.web.assets import assets
 from mailer.web.confirm import confirm_pages
 from mailer.web.context import WebContext, add_security_headers, error_page, page_context
-from mailer.web.health import health_pages
+from mailer.web.health import health_pages, watch_database
+from mailer.web.limits import init_limiter
+from mailer.web.me import me_pages
+from mailer.web.preferences import preference_pages
+from mailer.web.subscribe import subscribe_pages
 from mailer.web.unsubscribe import unsubscribe_pages
+from mailer.web.webhooks import webhook_pages
 
 # a one-click body is 26 bytes and a multipart one a few hundred; nothing legitimate is bigger
 MAX_BODY_BYTES = 16 * 1024
@@ -40,7 +47,9 @@ def create_app(
     if config is None:
         config = load_config()
     config.require_secret_keys()
-    app = Flask(__name__, template_folder=str(resource_path("templates")), static_folder=None)
+    app = Flask(__name__, static_folder=None)
+    # the operator's page templates, when set, come before ours
+    app.jinja_loader = jinja2.FileSystemLoader(template_search_path(config.web.templates_dir))
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES,
@@ -48,14 +57,18 @@ def create_app(
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
+    init_limiter(app, config)
     app.extensions["mailer"] = WebContext(config, Database.from_config(config))
     hops = config.unsubscribe.trusted_proxies
     if hops and not server_reads_proxy_headers:
         # under another WSGI server (gunicorn...): behind nginx or a load balancer, REMOTE_ADDR is the proxy; the opt-out record wants the recipient
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    for blueprint in (unsubscribe_pages, confirm_pages, health_pages, assets):
+    for blueprint in (unsubscribe_pages, confirm_pages, subscribe_pages, preference_pages, me_pages,
+                      archive_pages, health_pages, assets):
         app.register_blueprint(blueprint)
+    app.register_blueprint(webhook_pages)
     app.register_error_handler(HTTPException, error_page)
+    watch_database(app)
     app.after_request(add_security_headers)
     app.context_processor(page_context)
     return app
