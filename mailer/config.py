@@ -94,10 +94,11 @@ class UnsubscribeScope(enum.StrEnum):
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = "sqlite:///mailer.db"
+    reconnect_for: float = 60.0  # seconds a send waits for a database that went away before it gives up
 
     def __repr__(self) -> str:
         # a PostgreSQL URL may carry a password; a config ends up in logs and tracebacks
-        return f"DatabaseConfig(url={public_url(self.url)!r})"
+        return f"DatabaseConfig(url={public_url(self.url)!r}, reconnect_for={self.reconnect_for!r})"
 
 
 @dataclass(frozen=True)
@@ -571,6 +572,8 @@ def _check_database(src: str, config: Config) -> None:
         raise ConfigError(src, "database.url", "must not be empty")
     if not _parses_as_url(config.database.url):
         raise ConfigError(src, "database.url", "not a database URL such as sqlite:///mailer.db")
+    if not 0 <= config.database.reconnect_for <= 24 * 3600:
+        raise ConfigError(src, "database.reconnect_for", "must be from 0 to 86400 seconds")
 
 
 def _check_company(src: str, config: Config) -> None:

@@ -59,6 +59,11 @@ class DeliveryError(MailerError):
     """Sending cannot start or go on (campaign state, relay down)."""
 
 
+class DatabaseUnavailable(MailerError):
+    """The database stayed out of reach longer than the command may wait (database.reconnect_for);
+    the command line exits with 75 (EX_TEMPFAIL)."""
+
+
 def check_unicode(what: str, text: str) -> str:
     """`text` unchanged; raises InvalidInputError naming `what` when it is not valid Unicode.
 

@@ -11,7 +11,7 @@ from mailer import __version__
 from mailer.cli.context import AppContext
 from mailer.cli.params import TextCheckedCommand, TextCheckedGroup
 from mailer.cli.terminal import terminal_safe
-from mailer.errors import MailerError
+from mailer.errors import DatabaseUnavailable, MailerError
 
 # every top-level command: the modules that define it, imported when it runs, and its one-line
 # help, so that `mailer --help` and an MTA's `inbound process -` do not pay for SQLAlchemy, Flask,
@@ -44,9 +44,16 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+class _TryLater(click.ClickException):
+    """A failure that passes by itself, such as a database out of reach: sysexits.h EX_TEMPFAIL,
+    so that systemd or cron can tell it from a refusal."""
+
+    exit_code = 75
+
+
 class MailerGroup(click.Group):
     """Loads each command when it is used, and turns every MailerError into one line on stderr
-    and exit status 1, here and nowhere else."""
+    and exit status 1 (75 for DatabaseUnavailable), here and nowhere else."""
 
     # every command made with @main.command() or @main.group() refuses text that is not UTF-8
     command_class = TextCheckedCommand
@@ -73,7 +80,8 @@ class MailerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MailerError as exc:
-            raise click.ClickException(terminal_safe(str(exc))) from exc
+            error = _TryLater if isinstance(exc, DatabaseUnavailable) else click.ClickException
+            raise error(terminal_safe(str(exc))) from exc
         except click.ClickException as exc:
             if type(exc) is not click.ClickException:
                 raise  # usage errors quote only what the person typed on this command line

@@ -102,17 +102,42 @@ class SqlDeliveryStore:
     def refresh_claims(self, now: dt.datetime) -> None:
         """Heartbeat: our claims are alive, so no other host takes them as in doubt."""
         with self.database.session() as session:
-            session.execute(
+            _refresh(session, self.worker_id, now)
+
+    def heartbeat(self, now: dt.datetime, claim_timeout: float) -> int:
+        """Refresh our claims and set aside those of dead senders as in doubt, in one transaction;
+        returns how many of theirs were set aside. Any busy sender does it, so a dead one's claims
+        never wait for the next cycle of some worker."""
+        with self.database.session() as session:
+            _refresh(session, self.worker_id, now)
+            return mark_abandoned_claims(session, now, claim_timeout)
+
+    def release_lost_claims(self, campaign_id: int, keep: set[int], now: dt.datetime) -> int:
+        """Put back in the queue our claims this sender does not know of: a claim whose commit
+        went through while the connection dropped before its answer. None of them was sent."""
+        with self.database.session() as session:
+            result = session.execute(
                 sa.update(Delivery)
-                .where(Delivery.claimed_by == self.worker_id, live_state(DeliveryState.SENDING))
-                .values(claimed_at=now)
+                .where(Delivery.campaign_id == campaign_id, Delivery.claimed_by == self.worker_id,
+                       live_state(DeliveryState.SENDING), Delivery.id.not_in(keep))
+                .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def pause_campaign(self, campaign_id: int, reason: str) -> None:
         """The relay keeps failing: stop the campaign with a reason the marketer can read."""
         with self.database.session() as session:
             pause_on_failure(session, campaign_id, reason)
+
+
+def _refresh(session: Session, worker_id: str, now: dt.datetime) -> None:
+    session.execute(
+        sa.update(Delivery)
+        .where(Delivery.claimed_by == worker_id, live_state(DeliveryState.SENDING))
+        .values(claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime,

@@ -17,7 +17,7 @@ from mailer.db import Database
 from mailer.delivery.claims import mark_abandoned_claims
 from mailer.delivery.pipeline import CampaignSender, Renderer, SendReport
 from mailer.delivery.progress import SendWatcher
-from mailer.errors import MailerError
+from mailer.errors import DatabaseUnavailable, MailerError
 from mailer.lifecycle import (
     MAILER_ACTOR,
     finish_if_done,
@@ -130,9 +130,33 @@ async def send_due(
 ) -> DueReport:
     """One cron run: mark missed schedules, start due ones, send every due delivery.
 
-    Several runs may overlap (cron every minute, several workers): claims keep them apart."""
+    Several runs may overlap (cron every minute, several workers): claims keep them apart. The
+    database work runs in the sender's database thread and waits out a short outage
+    (database.reconnect_for); past it, DatabaseUnavailable."""
     report = DueReport()
-    now = clock()
+    deadline = time.monotonic() + max_seconds if max_seconds is not None else None
+    own_sender = sender is None
+    on_batch = on_batch or (watch.on_batch if watch is not None else None)
+    active = sender or CampaignSender(config, database, deadline=deadline, handle_signals=handle_signals,
+                                      clock=clock, on_batch=on_batch)
+    if own_sender:
+        await active.__aenter__()
+    try:
+        await active.calls.call(_start_due, config, database, clock(), report)
+        sendable = await active.calls.call(_sendable, database, clock())
+        for campaign_id in sendable:
+            if active.stopped or (deadline is not None and time.monotonic() >= deadline):
+                report.interrupted = True
+                break
+            await _send_one(active, database, campaign_id, report, watch)
+        await active.calls.call(_finish_idle, database, clock())
+    finally:
+        if own_sender:
+            await active.__aexit__(None, None, None)
+    return report
+
+
+def _start_due(config: Config, database: Database, now: dt.datetime, report: DueReport) -> None:
     with database.session() as session:
         report.missed = mark_missed_campaigns(session, now, config.sending.max_lateness)
         report.in_doubt = mark_abandoned_claims(session, now, config.sending.claim_timeout)
@@ -145,35 +169,31 @@ async def send_due(
                     report.started.append(campaign_id)
         except MailerError as exc:
             report.refused[campaign_id] = str(exc)
-    deadline = time.monotonic() + max_seconds if max_seconds is not None else None
-    own_sender = sender is None
-    on_batch = on_batch or (watch.on_batch if watch is not None else None)
-    active = sender or CampaignSender(config, database, deadline=deadline, handle_signals=handle_signals,
-                                      clock=clock, on_batch=on_batch)
-    if own_sender:
-        await active.__aenter__()
-    try:
-        with database.session() as session:
-            sendable = campaigns_with_due_deliveries(session, clock())
-        for campaign_id in sendable:
-            if active.stopped or (deadline is not None and time.monotonic() >= deadline):
-                report.interrupted = True
-                break
-            try:
-                renderer = active.prepare(campaign_id)
-            except MailerError as exc:
-                report.refused[campaign_id] = str(exc)
-                _pause_refused(database, campaign_id, str(exc))
-                continue
-            result = await _watched_send(active, campaign_id, renderer, watch)
-            report.sends.append(result)
-            report.interrupted = report.interrupted or result.interrupted
-    finally:
-        if own_sender:
-            await active.__aexit__(None, None, None)
+
+
+def _sendable(database: Database, now: dt.datetime) -> list[int]:
     with database.session() as session:
-        _finish_idle_campaigns(session, clock())
-    return report
+        return campaigns_with_due_deliveries(session, now)
+
+
+def _finish_idle(database: Database, now: dt.datetime) -> None:
+    with database.session() as session:
+        _finish_idle_campaigns(session, now)
+
+
+async def _send_one(active: CampaignSender, database: Database, campaign_id: int, report: DueReport,
+                    watch: SendWatcher | None) -> None:
+    try:
+        renderer = await active.calls.inline(active.prepare, campaign_id)
+    except DatabaseUnavailable:
+        raise
+    except MailerError as exc:
+        report.refused[campaign_id] = str(exc)
+        await active.calls.call(_pause_refused, database, campaign_id, str(exc))
+        return
+    result = await _watched_send(active, campaign_id, renderer, watch)
+    report.sends.append(result)
+    report.interrupted = report.interrupted or result.interrupted
 
 
 async def _watched_send(sender: CampaignSender, campaign_id: int, renderer: Renderer,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
+import math
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +20,10 @@ from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
 from mailer.delivery.claims import Batch, Outcome, SqlDeliveryStore, mark_abandoned_claims
 from mailer.delivery.deliveries import count_deliveries
+from mailer.delivery.outage import DatabaseCalls
 from mailer.delivery.render_ahead import MIN_MESSAGES_FOR_HELPER, HelperGone, RenderAhead
 from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
-from mailer.errors import DeliveryError, MailerError
+from mailer.errors import DatabaseUnavailable, DeliveryError, MailerError
 from mailer.lifecycle import finish_if_done
 from mailer.models import CampaignStatus, DeliveryState, utcnow
 from mailer.policy_blocks import PolicyPauseRule
@@ -30,6 +33,14 @@ FIRST_RETRY_DELAY = 60.0
 MAX_RETRY_DELAY = 4 * 3600.0
 # recipients per job handed to a render helper: small enough that the first is back at once
 RENDER_CHUNK = 25
+# outcomes wait at most this long in memory before they are written (sooner when claims run low)
+FLUSH_SECONDS = 0.03
+# claimed and not yet recorded, at most this many seconds of sending (see Pace): after kill -9,
+# what is in doubt is the messages on the wire, queued just ahead, or answered in that time
+CLAIMED_SECONDS = 0.06
+# the achieved rate is measured over about this long, once at least MIN_RATE_SECONDS have passed
+RATE_SECONDS = 1.0
+MIN_RATE_SECONDS = 0.05
 
 
 class DeliveryStore(Protocol):
@@ -41,6 +52,10 @@ class DeliveryStore(Protocol):
     def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> str: ...
 
     def refresh_claims(self, now: dt.datetime) -> None: ...
+
+    def heartbeat(self, now: dt.datetime, claim_timeout: float) -> int: ...
+
+    def release_lost_claims(self, campaign_id: int, keep: set[int], now: dt.datetime) -> int: ...
 
     def pause_campaign(self, campaign_id: int, reason: str) -> None: ...
 
@@ -77,6 +92,7 @@ class SendReport:
     paused_reason: str = ""  # set when the relay kept failing or refusing by policy and the campaign paused itself
     interrupted: bool = False  # a signal or --max-seconds stopped the run; the rest stays queued
     campaign_stopped: bool = False  # the campaign was paused or cancelled by someone else
+    abandoned: int = 0  # claims of dead senders (any campaign) set aside as in doubt while this one sent
 
     @property
     def handed_over(self) -> int:
@@ -106,6 +122,52 @@ class PipelineSettings:
     retry_for: float = 24 * 3600.0
     max_consecutive_errors: int = 10
     claim_timeout: float = 300.0
+    reconnect_for: float = 60.0
+
+
+class Pace:
+    """How many deliveries may be claimed and not yet recorded: after kill -9 every one of them is
+    in doubt, so no more than CLAIMED_SECONDS of sending at the rate achieved lately, and no
+    fewer than keep the connections busy while the next claim is under way: two per connection,
+    and, with a database slower than CLAIMED_SECONDS / 3 per transaction, three times its time."""
+
+    def __init__(self, concurrency: int, batch_size: int) -> None:
+        self.concurrency = max(1, concurrency)
+        self.batch_size = batch_size
+        self.db_seconds = 0.0
+        self._done: collections.deque[tuple[float, int]] = collections.deque()  # (when, outcomes so far)
+        self._count = 0
+
+    def wrote(self, seconds: float, outcomes: int, now: float) -> None:
+        # slow to move: one transaction held up (an SQLite checkpoint) must not widen the window
+        self.db_seconds += 0.05 * (seconds - self.db_seconds)
+        self._count += outcomes
+        self._done.append((now, self._count))
+        while len(self._done) > 2 and now - self._done[1][0] >= RATE_SECONDS:
+            self._done.popleft()
+
+    @property
+    def rate(self) -> float:
+        """Messages per second recorded over about the last RATE_SECONDS; 0 until measured."""
+        if len(self._done) < 2:
+            return 0.0
+        (first, before), (last, after) = self._done[0], self._done[-1]
+        return (after - before) / (last - first) if last - first >= MIN_RATE_SECONDS else 0.0
+
+    @property
+    def low_water(self) -> int:
+        """Claim again once no more than this many are queued or on the wire; always below the
+        budget, so that a claim it calls for has room for at least one."""
+        budget = self.budget
+        return min(budget - 1, self.concurrency + (budget - self.concurrency) // 2)
+
+    @property
+    def budget(self) -> int:
+        """Deliveries that may be claimed and not yet recorded."""
+        rate = self.rate
+        # a slow database (far away, or busy) needs more claimed ahead, or sending would wait for it
+        ahead = math.ceil(rate * max(CLAIMED_SECONDS, 3 * self.db_seconds))
+        return max(1, min(self.batch_size, max(2 * self.concurrency, ahead)))
 
 
 class Pipeline:
@@ -120,6 +182,7 @@ class Pipeline:
         settings: PipelineSettings,
         clock: Callable[[], dt.datetime] = utcnow,
         on_batch: Callable[[SendReport], None] | None = None,
+        calls: DatabaseCalls | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -129,17 +192,23 @@ class Pipeline:
         self.on_batch = on_batch
         self.report = SendReport(campaign_id)
         self.stop_requested = asyncio.Event()
-        self._wake = asyncio.Event()  # a message finished, or a stop was asked for
+        self._calls = calls
+        self._wake = asyncio.Event()  # a message finished, outcomes are due, or a stop was asked for
         # delivery id -> (the helper's job rendering it, its place in that job)
         self._ahead: dict[int, tuple[asyncio.Future[list[RenderedMessage | str]], int]] = {}
         self._consecutive_errors = 0
         self._last_error = ""
         # the window: recipients queued for the connections, their attempts so far, the outcomes
-        # not yet recorded, and how many are claimed and not yet finished (queued or on the wire)
+        # not yet recorded (and since when), how many are claimed and not yet finished (queued or
+        # on the wire), and every delivery claimed whose outcome is not yet in the database
         self._work: asyncio.Queue[Recipient | None] = asyncio.Queue()
         self._attempts: dict[int, int] = {}
         self._finished: list[Outcome] = []
+        self._finished_since: float | None = None
         self._outstanding = 0
+        self._claimed: set[int] = set()
+        self._nothing_to_claim = False
+        self._pace = Pace(transport.concurrency, settings.batch_size)
 
     def stop(self) -> None:
         """Finish the messages in flight, record them, send no more (SIGTERM, Ctrl-C, deadline)."""
@@ -151,21 +220,43 @@ class Pipeline:
         return self._consecutive_errors >= self.settings.max_consecutive_errors
 
     async def run(self, deadline: float | None = None) -> SendReport:
-        """Run until done; `deadline` is a time.monotonic() after which no new batch is claimed."""
+        """Run until done; `deadline` is a time.monotonic() after which no new batch is claimed.
+
+        Raises DatabaseUnavailable, with the counts, when the database stays out of reach."""
+        own_calls = self._calls is None
+        calls = self._calls = self._calls or DatabaseCalls(self.settings.reconnect_for)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await self._run(deadline)
+        except DatabaseUnavailable as exc:
+            raise DatabaseUnavailable(self._gave_up(str(exc))) from None
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if own_calls:
+                calls.close()
         return self.report
 
+    @property
+    def calls(self) -> DatabaseCalls:
+        assert self._calls is not None  # set by run()
+        return self._calls
+
+    def _gave_up(self, reason: str) -> str:
+        r = self.report
+        line = f"campaign {r.campaign_id}: {r.sent} sent, {r.deferred} deferred, {r.failed} failed; stopped: {reason}"
+        if self._claimed:
+            line += (f"; {len(self._claimed)} deliveries claimed but not recorded will be in doubt "
+                     f"(`mailer campaign retry {r.campaign_id} --in-doubt` sends them again)")
+        return line
+
     async def _run(self, deadline: float | None) -> None:
-        # A sliding window of at most batch_size claimed deliveries: when three quarters of them
-        # are done, one transaction records those and claims as many new ones. The connections
-        # never wait for the database at a batch boundary, and a crash still leaves at most
-        # batch_size in doubt.
+        # A sliding window of claimed deliveries, as small as keeps the connections busy
+        # (Pace): outcomes are written within FLUSH_SECONDS of the relay's answer, in the same
+        # transaction that tops the window up again, in the database thread; the connections
+        # never wait for the database, and a crash leaves in doubt only the messages on the
+        # wire, queued just ahead of them, or answered in the last moment.
         workers = [asyncio.create_task(self._send_queued()) for _ in range(max(1, self.transport.concurrency))]
         try:
             if await self._keep_window_full(deadline):
@@ -173,58 +264,88 @@ class Pipeline:
         finally:
             await self._drain(workers)
         self._note_why_it_stopped()
+        if self._relay_down:
+            await self.calls.call(self.store.pause_campaign, self.report.campaign_id, self.report.paused_reason)
 
     async def _send_queued(self) -> None:
         # one connection's share: queued recipients until a None says the run is over
         while (recipient := await self._work.get()) is not None:
-            if self.stop_requested.is_set() or self._relay_down:
+            if self.stop_requested.is_set() or self._relay_down or self.calls.gave_up:
                 outcome = self._release(recipient)  # never left this process
             else:
                 outcome = await self._deliver(recipient, self._attempts.pop(recipient.delivery_id, 0))
-            self._finished.append(outcome)
-            self._outstanding -= 1
-            self._wake.set()
+            self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        if not self._finished:
+            self._finished_since = time.monotonic()
+            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._wake.set)
+        self._finished.append(outcome)
+        self._outstanding -= 1
+        self._wake.set()
+
+    def _write_due(self) -> bool:
+        """Time to write outcomes and claim: half the messages claimed ahead of the connections are
+        gone, or an outcome waited FLUSH_SECONDS."""
+        if not self._nothing_to_claim and self._outstanding <= self._pace.low_water:
+            return True
+        since = self._finished_since
+        return since is not None and time.monotonic() - since >= FLUSH_SECONDS
 
     async def _keep_window_full(self, deadline: float | None) -> bool:
         """Record what finished and claim as much again; True once nothing is left to send, False
         when a stop, the deadline, the relay or the campaign's own state ended the run."""
-        campaign_id = self.report.campaign_id
-        batch_size = self.settings.batch_size
-        refill_at = batch_size // 4
         while True:
             if self.stop_requested.is_set() or self._relay_down:
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 self.report.interrupted = True
                 return False
-            if self._outstanding > refill_at:
+            if not self._write_due():
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            done, self._finished[:] = list(self._finished), []
-            batch = self.store.claim_batch(campaign_id, batch_size - self._outstanding, self.clock(), done)
-            self.report.suppressed += batch.suppressed
-            if done and self.on_batch is not None:
-                self.on_batch(self.report)
+            batch = await self._write_and_claim()
             if batch.stopped:
                 if batch.paused_reason:
                     self.report.paused_reason = batch.paused_reason
                 else:
                     self.report.campaign_stopped = True
                 return False
-            self._queue(batch)
-            if batch.recipients or batch.suppressed:
-                continue
-            if self._outstanding == 0:
+            if self._nothing_to_claim and self._outstanding == 0:
                 return True
-            self._wake.clear()
-            await self._wake.wait()  # what is in flight may come back to the queue (relay down)
+            # what is in flight may come back to the queue (relay down): the next write claims again
+
+    async def _write_and_claim(self) -> Batch:
+        """One transaction in the database thread: the outcomes so far, and a top-up of the window."""
+        done, self._finished, self._finished_since = self._finished, [], None
+        want = max(0, self._pace.budget - self._outstanding)
+        failures, started = self.calls.failures, time.monotonic()
+        try:
+            batch = await self.calls.call(self.store.claim_batch, self.report.campaign_id, want, self.clock(), done)
+        except DatabaseUnavailable:
+            self._finished[:0] = done
+            raise
+        self._pace.wrote(time.monotonic() - started, len(done), time.monotonic())
+        self._claimed.difference_update(o.delivery_id for o in done)
+        if self.calls.failures != failures:
+            # the connection dropped during a claim that may have committed all the same
+            await self.calls.call(self.store.release_lost_claims, self.report.campaign_id,
+                                  set(self._claimed) | {r.delivery_id for r in batch.recipients}, self.clock())
+        self.report.suppressed += batch.suppressed
+        if done and self.on_batch is not None:
+            self.on_batch(self.report)
+        if not batch.stopped:
+            self._queue(batch)
+            self._nothing_to_claim = want > 0 and not (batch.recipients or batch.suppressed)
+        return batch
 
     def _queue(self, batch: Batch) -> None:
         self._attempts.update(batch.attempts)
         self._render_ahead(batch.recipients)
         for recipient in batch.recipients:
             self._work.put_nowait(recipient)
+            self._claimed.add(recipient.delivery_id)
         self._outstanding += len(batch.recipients)
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
@@ -232,23 +353,25 @@ class Pipeline:
         while not self._work.empty():
             queued = self._work.get_nowait()
             if queued is not None:
-                self._finished.append(self._release(queued))
+                self._finish(self._release(queued))
         for _ in workers:
             self._work.put_nowait(None)
         await asyncio.gather(*workers)
-        paused = self.store.record_outcomes(self.report.campaign_id, self._finished, self.clock())
-        self.report.paused_reason = self.report.paused_reason or paused
-        self._finished.clear()
         self._ahead.clear()
+        if self.calls.gave_up:
+            return  # nothing more can be written; run() reports what is left in doubt
+        done, self._finished = self._finished, []
+        paused = await self.calls.call(self.store.record_outcomes, self.report.campaign_id, done, self.clock())
+        self._claimed.difference_update(o.delivery_id for o in done)
+        self.report.paused_reason = self.report.paused_reason or paused
         if self.on_batch is not None:
             self.on_batch(self.report)
 
     def _note_why_it_stopped(self) -> None:
         if self._relay_down:
-            reason = (f"paused after {self.settings.max_consecutive_errors} connection failures in a "
-                      f"row (smtp.max_consecutive_errors); last: {self._last_error}")
-            self.store.pause_campaign(self.report.campaign_id, reason)
-            self.report.paused_reason = reason
+            self.report.paused_reason = (
+                f"paused after {self.settings.max_consecutive_errors} connection failures in a "
+                f"row (smtp.max_consecutive_errors); last: {self._last_error}")
         elif self.stop_requested.is_set():
             self.report.interrupted = True
 
@@ -321,11 +444,13 @@ class Pipeline:
                        policy_block=recipient.email if result.policy_block else None)
 
     async def _heartbeat(self) -> None:
-        # a batch may take long under a low rate cap; refreshing the claim tells other hosts we live
+        # a send may take long under a low rate cap: refreshing our claims tells other hosts we
+        # live, and setting aside a dead sender's claims here means they wait for no new cycle
         interval = max(1.0, self.settings.claim_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            self.store.refresh_claims(self.clock())
+            found = await self.calls.try_once(self.store.heartbeat, self.clock(), self.settings.claim_timeout)
+            self.report.abandoned += found or 0
 
 
 class CampaignSender:
@@ -354,6 +479,7 @@ class CampaignSender:
         self.on_batch = on_batch
         self.store = SqlDeliveryStore(database, policy_pause=PolicyPauseRule.from_config(config.sending))
         self.transport: Transport = transport or SmtpTransport(config.smtp)
+        self.calls = DatabaseCalls(config.database.reconnect_for)
         self.stopped = False
         self._pipeline: Pipeline | None = None
         self._signals: list[signal.Signals] = []
@@ -372,6 +498,7 @@ class CampaignSender:
             loop.remove_signal_handler(sig)
         self._signals.clear()
         await self.transport.close()
+        self.calls.close()
 
     def stop(self) -> None:
         """Drain: messages in flight finish and are recorded; nothing new is sent."""
@@ -393,6 +520,7 @@ class CampaignSender:
             retry_for=self.config.smtp.retry_for,
             max_consecutive_errors=self.config.smtp.max_consecutive_errors,
             claim_timeout=self.config.sending.claim_timeout,
+            reconnect_for=self.config.database.reconnect_for,
         )
 
     def prepare(self, campaign_id: int) -> Renderer:
@@ -416,9 +544,10 @@ class CampaignSender:
 
     async def send(self, campaign_id: int, renderer: Renderer | None = None) -> SendReport:
         """Send the campaign's due deliveries; marks it sent when nothing is left to send."""
-        renderer = renderer or self.prepare(campaign_id)
+        if renderer is None:
+            renderer = await self.calls.inline(self.prepare, campaign_id)
         pipeline = Pipeline(self.store, self.transport, renderer, campaign_id, self.settings,
-                            clock=self.clock, on_batch=self.on_batch)
+                            clock=self.clock, on_batch=self.on_batch, calls=self.calls)
         self._pipeline = pipeline
         if self.stopped:
             pipeline.stop()
@@ -428,9 +557,12 @@ class CampaignSender:
             self._pipeline = None
             if isinstance(renderer, RenderAhead):
                 renderer.close()
+        await self.calls.call(self._finish_if_done, campaign_id)
+        return report
+
+    def _finish_if_done(self, campaign_id: int) -> None:
         with self.database.session() as session:
             finish_if_done(session, campaign_id, self.clock())
-        return report
 
 
 def send_campaign_now(

@@ -35,6 +35,8 @@ def _helper_main(connection: Connection, config: Config, campaign_id: int) -> No
     # If the parent dies outright, the pipe closes and recv_bytes() ends the loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import sqlalchemy as sa
+
     from mailer.campaigns import get_campaign
     from mailer.db import Database
 
@@ -43,6 +45,8 @@ def _helper_main(connection: Connection, config: Config, campaign_id: int) -> No
         with database.session() as session:
             campaign = get_campaign(session, campaign_id)
             composer = Composer(config, campaign, campaign.mailing_list)
+    except sa.exc.DBAPIError:
+        return  # the database is out of reach (restarting?): the sender renders for itself
     finally:
         database.dispose()
     while True:
