@@ -29,6 +29,8 @@ TEMPLATES = [
     "{% set s %}{{ subscriber.name }}{% endset %}<p>{{ s|length }} {{ subscriber.city }}</p>",
     '<body bgcolor="{{ subscriber.city }}" class="{{ subscriber.name }}"><p>{{ subscriber.name }}</p></body>',
     "<ul>{% for word in subscriber.name.split() %}<li>{{ word }}</li>{% endfor %}</ul>",
+    "<style>p { color: red } @media (max-width: 600px) { #hm-content p { color: blue } }</style>"
+    "<p>{{ subscriber.name }} in <b>{{ subscriber.city }}</b></p>",
 ]
 VALUES = st.one_of(
     st.text(max_size=12),
@@ -70,8 +72,10 @@ def test_ordinary_values_take_the_shape_and_risky_places_do_not() -> None:
     # a value that would be blank, or holds a line break, is contained per message
     assert contained_both_ways(1, " ", "Lisbon")[0] is None
     assert contained_both_ways(1, "\nAna", "Lisbon")[0] is None
-    # with rules to inline, a value in an attribute could change what they select
+    # with rules to inline, a value in an attribute could change what they select; in text it cannot
     assert contained_both_ways(2, "Ana", "Lisbon")[0] is None
+    fast, slow = contained_both_ways(len(TEMPLATES) - 1, "Ana", "Lisbon")
+    assert fast is not None and fast == slow and 'style="color: red;"' in fast.body
 
 
 @settings(max_examples=60, deadline=None)

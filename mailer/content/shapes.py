@@ -37,7 +37,7 @@ _ATTRIBUTE = re.compile(r'\s([^\s="/>]+)="([^"]*)"')
 _REWRITTEN = frozenset({"style", "size"}) | SIZE_ATTRIBUTES
 _STYLE_ELEMENT = re.compile(r"<style", re.IGNORECASE)
 MAX_SHAPES = 32  # branches a campaign takes; past that, the rest are contained per recipient
-GIVE_UP_AFTER = 20  # renderings in a row that fit no shape: the template is not one for this
+GIVE_UP_AFTER = 20  # renderings that fit no shape, none before them did: the template is not one for this
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,17 @@ class ShapeCache:
     def __init__(self) -> None:
         self._shapes: dict[str, Shape | None] = {}
         self._misses = 0
+        self._hits = 0
         self.gave_up = False
 
     def contained(self, marked: str, raw: str) -> ContainedHtml | None:
         """The contained HTML for a rendering with its values marked, `raw` the same rendering unmarked."""
         found = self._contained(marked, raw)
-        self._misses = 0 if found is not None else self._misses + 1
-        self.gave_up = self._misses >= GIVE_UP_AFTER
+        if found is None:
+            self._misses += 1
+        else:
+            self._hits += 1
+        self.gave_up = not self._hits and self._misses >= GIVE_UP_AFTER
         return found
 
     def _contained(self, marked: str, raw: str) -> ContainedHtml | None:
