@@ -118,7 +118,7 @@ class Baseline:
             "recipient_email": recipient.email, "subscribed_on": " on 17 May 2025",
             # the baseline skips containing the template: the ratio shows what the Composer's costs
             "document": False, "container_id": CONTAINER_ID, "container_style": CONTAINER_STYLE,
-            "template_css": "",
+            "template_css": "", "view_in_browser_url": "",
         }
         html = self.html_layout.render({**context, "body": Markup(self.html.render(context))})
         text = self.text_layout.render({**context, "body": self.text.render(context)})

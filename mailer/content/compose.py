@@ -23,6 +23,8 @@ from mailer.addresses import parse_mailbox
 from mailer.config import Config, SmtpProvider
 from mailer.content.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
 from mailer.content.dkim import DkimSigner, signer_from_config
+from mailer.content.sandbox import MAX_RENDER_SECONDS, RenderTimeout, marking_outputs, render_clock
+from mailer.content.shapes import ShapeCache, shape_of
 from mailer.content.templating import (
     TemplateSource,
     compile_campaign_templates,
@@ -50,8 +52,6 @@ _SLOT_RE = re.compile("\x00([a-z_]+)\x00")
 # markers for subscriber values in a probe rendering of a personal HTML template (see _Probe)
 _PROBE = "\x01{}\x01"
 _PROBE_RE = re.compile("\x01([a-z0-9]+)\x01")
-# a style attribute holding a marker: a value there could write CSS, so the probe does not hold
-_MARKER_IN_STYLE = re.compile('style="[^"]*\x01')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _ADDRESS_SPEC = re.compile(r"^[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+$")
 _HEADER_POLICY = email.policy.SMTP
@@ -268,8 +268,9 @@ class _Probe:
 
     Parsing, inlining and deriving text cost milliseconds a message. When a recipient's rendering
     equals the probe's with their values in place of the markers, the template took the same
-    path for them: their contained HTML is the probe's with their escaped values in place, and
-    their derived text the probe's with their values in place. Any other rendering (a branch
+    path for them: their contained HTML is the probe's shape filled with their values (see
+    shapes; a value in an unquoted attribute stays whole there), and their derived text the
+    probe's with their values in place. Any other rendering (a branch
     on a value, a filter that changed one) is contained and converted as usual.
     """
 
@@ -281,19 +282,11 @@ class _Probe:
             label="HTML template",
         )
         self._raw = _Skeleton(raw, _PROBE_RE)
-        contained = contain_html(raw)
-        self._left_out = contained.left_out
-        self._css = contained.css
-        # a value may go only where its escaped text cannot change the structure: text and plain
-        # attribute values, not CSS, and every marker still in place after the parse
-        self._html: _Skeleton | None = None
-        if (
-            sorted(_PROBE_RE.findall(contained.body)) == sorted(_PROBE_RE.findall(raw))
-            and not _PROBE_RE.search(contained.css)
-            and not _MARKER_IN_STYLE.search(contained.body)
-        ):
-            self._html = _Skeleton(contained.body, _PROBE_RE)
-        self._text = _Skeleton(html_to_text(contained.body), _PROBE_RE) if derive_text else None
+        pieces = _PROBE_RE.split(raw)
+        self._slot_names = pieces[1::2]
+        # values go only where their text cannot change the structure (see shapes)
+        self._shape = shape_of(pieces[0::2], unquoted_whole=True)
+        self._text = _Skeleton(html_to_text(contain_html(raw).body), _PROBE_RE) if derive_text else None
 
     def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None]:
         """The recipient's contained HTML and derived text when the probe holds for them, else None for each."""
@@ -306,8 +299,8 @@ class _Probe:
         if self._raw.fill(escaped) != raw:
             return None, None
         html = None
-        if self._html is not None:
-            html = ContainedHtml(body=self._html.fill(escaped), css=self._css, left_out=self._left_out)
+        if self._shape is not None:
+            html = self._shape.fill_escaped([escaped[name] for name in self._slot_names])
         text = None
         # the converter folds runs of blanks as a browser would; values holding them take the slow path
         if self._text is not None and all(" ".join(value.split()) == value for value in values.values()):
@@ -380,6 +373,7 @@ class Composer:
         elif self._text_template is None and self._static_html is not None:
             self._static_text = html_to_text(self._static_html.body)
         self._probe: _Probe | None = None
+        self._shapes = ShapeCache() if self._static_html is None else None
         if self._static_html is None:
             # a template that needs real values (say a number) cannot be probed; each one is contained
             with contextlib.suppress(TemplateError):
@@ -475,7 +469,14 @@ class Composer:
         InvalidInputError when the address cannot be put in a header.
         """
         try:
-            return self._render_message(recipient)
+            # one clock for all of the message's renders: arming it costs more than a small render
+            with render_clock():
+                return self._render_message(recipient)
+        except RenderTimeout:
+            raise TemplateError(
+                f"rendering the message took longer than {MAX_RENDER_SECONDS:g} seconds; "
+                "a loop in the template runs away"
+            ) from None
         except UnicodeEncodeError as exc:
             if not "\ud800" <= exc.object[exc.start] <= "\udfff":
                 raise
@@ -568,6 +569,8 @@ class Composer:
             probed_html = None
             if self._probe is not None:
                 probed_html, probed_text = self._probe.bodies(raw, recipient, url)
+            if probed_html is None:
+                probed_html = self._shaped(context, raw)
             html_body = probed_html if probed_html is not None else contain_html(raw)
         if self._static_text is not None:
             text_body = self._static_text
@@ -576,6 +579,17 @@ class Composer:
         else:
             text_body = probed_text if probed_text is not None else html_to_text(html_body.body)
         return html_body, text_body
+
+    def _shaped(self, context: Mapping[str, Any], raw: str) -> ContainedHtml | None:
+        """The recipient's contained HTML from the shape their rendering shares with others, if it does."""
+        if self._shapes is None or self._shapes.gave_up:
+            return None
+        try:
+            with marking_outputs():
+                marked = self._render_html(context)
+        except TemplateError:
+            return None
+        return self._shapes.contained(marked, raw)
 
     def _personal_context(self, recipient: Recipient, url: str) -> dict[str, Any]:
         subscriber = {"email": recipient.email, "name": recipient.name, "attributes": recipient.attributes}

@@ -9,6 +9,7 @@ capped as well, for lengths that only add up or multiply in the layout.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -47,12 +48,32 @@ _MATH_FUNCTIONS = frozenset({
 _CLAMP_OPEN = f"clamp(-{MAX_LENGTH_PX}px,"
 _CLAMP_CLOSE = f",{MAX_LENGTH_PX}px)"
 # HTML attributes a browser reads as px (or % with a '%'); `size` only on <hr>, where it is a height
-_SIZE_ATTRIBUTES = frozenset({"width", "height", "cellpadding", "cellspacing", "border", "hspace", "vspace"})
+SIZE_ATTRIBUTES = frozenset({"width", "height", "cellpadding", "cellspacing", "border", "hspace", "vspace"})
 _HTML_DIMENSION = re.compile(r"\s*(\d*\.?\d+)\s*(%?)")
+# a campaign repeats the same few dozen style attributes in every message: each is parsed once
+# per process; longer ones are rare and not worth the memory
+_CACHED_STYLE_CHARS = 2_000
+_CACHED_STYLES = 4_096
 
 
 def bound_style(style: str, notes: dict[str, None]) -> str:
     """The declarations of a style attribute with every length bounded; the same string when none is too big."""
+    if len(style) > _CACHED_STYLE_CHARS:
+        return _bound_style(style, notes)
+    bounded, found = _bound_style_cached(style)
+    notes.update(dict.fromkeys(found))
+    return style if bounded is None else bounded
+
+
+@functools.lru_cache(maxsize=_CACHED_STYLES)
+def _bound_style_cached(style: str) -> tuple[str | None, tuple[str, ...]]:
+    """The bounded style (None: unchanged) and the notes it makes, in order."""
+    notes: dict[str, None] = {}
+    bounded = _bound_style(style, notes)
+    return (None if bounded is style else bounded), tuple(notes)
+
+
+def _bound_style(style: str, notes: dict[str, None]) -> str:
     if not any(char.isdigit() or char == "(" for char in style):
         return style
     declarations = tinycss2.parse_declaration_list(style, skip_comments=True, skip_whitespace=True)
@@ -85,7 +106,7 @@ def bound_rule_list(content: Iterable[tinycss2.ast.Node], notes: dict[str, None]
 
 def bound_size_attribute(tag: str, name: str, value: str, notes: dict[str, None]) -> str:
     """An HTML size attribute (width, height, cellpadding...) cut to the bound; other attributes as they are."""
-    if name not in _SIZE_ATTRIBUTES and not (name == "size" and tag == "hr"):
+    if name not in SIZE_ATTRIBUTES and not (name == "size" and tag == "hr"):
         return value
     match = _HTML_DIMENSION.match(value)
     if match is None:

@@ -16,6 +16,7 @@ from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
 
 # an email is read in an inbox: Gmail clips a message at 102 KB, so a million characters is far
 # past any real campaign, and small enough that building and checking it takes a blink
@@ -51,6 +52,21 @@ MAX_JSON_INDENT = 16
 # the most characters one string character can become when written out: `\u00e9` in JSON
 _ESCAPE_GROWTH = 6
 _local = threading.local()
+
+
+# around each value a template writes out while marking_outputs() is on; no escaping produces them
+OUTPUT_OPEN = "\x02"
+OUTPUT_CLOSE = "\x03"
+
+
+@contextlib.contextmanager
+def marking_outputs() -> Iterator[None]:
+    """Within the block, every value an autoescaped template writes out comes escaped between the markers."""
+    _local.marking = True
+    try:
+        yield
+    finally:
+        _local.marking = False
 
 
 class RenderTimeout(BaseException):
@@ -358,7 +374,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         # lipsum(n) writes n paragraphs: placeholder text has no place in a sent campaign
         self.globals.pop("lipsum", None)
         # every `{{ value }}` passes here before it is turned into text
-        self.finalize = self.bounded_text
+        self.finalize = self.written_text
 
     def bounded_concat(self, value: Any) -> Any:
         return check_size(value, "a joined value")
@@ -366,6 +382,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def bounded_text(self, value: Any) -> Any:
         """The value itself when its written-out form is within the limits."""
         _check_written(value, "a written-out value")
+        return value
+
+    def written_text(self, value: Any) -> Any:
+        """What `{{ value }}` writes: the bounded value, between OUTPUT_OPEN and OUTPUT_CLOSE while marking."""
+        self.bounded_text(value)
+        if getattr(_local, "marking", False):
+            return Markup(OUTPUT_OPEN) + escape(value) + Markup(OUTPUT_CLOSE)
         return value
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
