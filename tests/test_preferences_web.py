@@ -376,3 +376,26 @@ def test_a_relay_that_is_down_is_said_on_the_footer_page_and_hidden_on_the_addre
     assert status == 503 and "We could not send the link just now" in page
     assert known == unknown  # the relay's trouble must not tell a known address from another
     assert smtp_server.messages == []
+
+
+def test_choosing_lists_again_and_again_from_one_footer_is_limited(
+    config: Config, ana: Person, smtp_server: FaultyServer
+) -> None:
+    # a forwarded footer: leaving and choosing a list again mails its owner a confirmation each time
+    app = prefs_app(config, rate_limits=True)
+    client = app.test_client()
+    limiter.reset()
+    path = prefs_path(config, ana.subscriber_id)
+    news = str(ana.list_ids["news"])
+    try:
+        codes = []
+        for _ in range(11):
+            assert client.post(path, data={"action": "save"}).status_code == 200  # leaving is never limited
+            codes.append(client.post(path, data={"action": "save", "list": news}).status_code)
+        assert codes == [200] * 10 + [429]
+        assert client.post(path, data={"action": "leave"}).status_code == 200
+    finally:
+        limiter.reset()
+        wait_for_asks()
+        app.extensions["mailer"].database.dispose()
+    assert len(wait_for_messages(smtp_server, 10)) == 10

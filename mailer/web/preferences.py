@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # identity links cost a message each: bounded per client and per address they go to
 LINK_LIMIT_PER_IP = "10 per hour"
 LINK_LIMIT_PER_ADDRESS = "3 per hour"
+# saves that choose lists, per footer link: each list chosen again mails a confirmation, and a
+# forwarded footer must not become a way to flood its owner's inbox
+CHOICE_LIMIT_PER_LINK = "10 per hour"
 # the threads that answer `/preferences` by mail, beside the page (tests wait for them)
 ASK_THREAD = "identity-link-by-address"
 # an address is at most 254 octets; a longer field is not worth normalizing
@@ -61,6 +64,15 @@ def _address_key() -> str:
     """The rate-limit key of the address a form names (the subscriber's for a footer link)."""
     typed = request.form.get("email", "")[:MAX_ADDRESS_CHARS]
     return "address:" + (normalize_email(typed) if typed else request.path)
+
+
+def _link_key() -> str:
+    return "link:" + request.path
+
+
+def _not_a_choice_of_lists() -> bool:
+    # leaving lists mails nobody; only a save that chooses some can mail a confirmation
+    return request.form.get("action") != "save" or not request.form.getlist("list")
 
 
 def _not_a_link_request() -> bool:
@@ -86,6 +98,7 @@ def preferences_page(token: str) -> tuple[str, int]:
 @limiter.shared_limit(LINK_LIMIT_PER_IP, scope="identity-link-client", exempt_when=_not_a_link_request)
 @limiter.shared_limit(LINK_LIMIT_PER_ADDRESS, scope="identity-link-address", key_func=_address_key,
                       exempt_when=_not_a_link_request)
+@limiter.limit(CHOICE_LIMIT_PER_LINK, key_func=_link_key, exempt_when=_not_a_choice_of_lists)
 def preferences_post(token: str) -> tuple[str, int]:
     """Save the list choice, leave everything, or mail a link to the data page.
 
