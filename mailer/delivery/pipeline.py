@@ -326,7 +326,8 @@ class Pipeline:
         except DatabaseUnavailable:
             self._finished[:0] = done
             raise
-        self._pace.wrote(time.monotonic() - started, len(done), time.monotonic())
+        finished = time.monotonic()
+        self._pace.wrote(finished - started, len(done), finished)
         self._claimed.difference_update(o.delivery_id for o in done)
         if self.calls.failures != failures:
             # the connection dropped during a claim that may have committed all the same
