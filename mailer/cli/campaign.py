@@ -587,14 +587,14 @@ def _wait_until_it_ends(app: AppContext, status: CampaignStatusReport,
 def _watch(app: AppContext, status: CampaignStatusReport) -> CampaignStatusReport:
     """A progress bar on a terminal; elsewhere a line whenever the counts change."""
     bar: Any = None
-    last: list[tuple[str, int, int]] = []
+    shown: tuple[str, int, int] | None = None  # the line printed last
 
     def show(status: CampaignStatusReport) -> None:
-        nonlocal bar
+        nonlocal bar, shown
         done, total = _done_and_total(status)
         if not sys.stdout.isatty():
-            if not last or last[-1] != (status.status.value, done, total):
-                last.append((status.status.value, done, total))
+            if shown != (status.status.value, done, total):
+                shown = (status.status.value, done, total)
                 waiting = " (waiting for a worker or send-due)" if status.status is CampaignStatus.SCHEDULED else ""
                 click.echo(f"{status.status.value}: {done} of {total} done{waiting}")
             return
