@@ -371,7 +371,7 @@ class Composer:
         elif self._text_template is None and self._static_html is not None:
             self._static_text = html_to_text(self._static_html.body)
         self._probe: _Probe | None = None
-        self._shapes = ShapeCache() if self._static_html is None else None
+        self._shapes = ShapeCache()
         if self._static_html is None:
             # a template that needs real values (say a number) cannot be probed; each one is contained
             with contextlib.suppress(TemplateError):
@@ -580,7 +580,7 @@ class Composer:
 
     def _shaped(self, context: Mapping[str, Any], raw: str) -> ContainedHtml | None:
         """The recipient's contained HTML from the shape their rendering shares with others, if it does."""
-        if self._shapes is None or self._shapes.gave_up:
+        if self._shapes.gave_up:
             return None
         try:
             with marking_outputs():
