@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,7 @@ from sending_helpers import (
 )
 from smtp_faults import FaultyServer, Received
 
+from mailer.config import Config
 from mailer.content.compliance import message_parts, parse_message
 from mailer.content.compose import Composer, Recipient, RenderedMessage
 from mailer.db import Database
@@ -30,18 +32,30 @@ from mailer.lifecycle import get_campaign, start_send
 from mailer.models import DeliveryState
 
 
-def test_the_render_helper_renders_what_the_composer_renders(
-    tmp_path: Path, database: Database, smtp_server: FaultyServer
-) -> None:
-    list_id = add_audience(database, "news", emails(2))
+def _started_send(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer, *, audience: int
+) -> tuple[Config, int, Composer]:
+    """A campaign to `audience` addresses, its send started, and its composer."""
+    list_id = add_audience(database, "news", emails(audience))
     campaign_id = make_campaign(database, list_id)
     config = configure(tmp_path, database, smtp_server)
     start_send(config, database, campaign_id)
     with database.session() as session:
         campaign = get_campaign(session, campaign_id)
         composer = Composer(config, campaign, campaign.mailing_list)
-    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
-                        attributes={}, subscribed_at=None) for i in (1, 2)]
+    return config, campaign_id, composer
+
+
+def _people(ids: Iterable[int]) -> list[Recipient]:
+    return [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
+                      attributes={}, subscribed_at=None) for i in ids]
+
+
+def test_the_render_helper_renders_what_the_composer_renders(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    config, campaign_id, composer = _started_send(tmp_path, database, smtp_server, audience=2)
+    people = _people((1, 2))
 
     async def render_in_helper() -> list[object]:
         helper = RenderAhead(composer, config, campaign_id)
@@ -65,15 +79,8 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 ) -> None:
     # a sender killed, or stopped while a job was being rendered: the helper's answer has no
     # reader any more, and that must not put a traceback on the operator's terminal or cron mail
-    list_id = add_audience(database, "news", emails(1))
-    campaign_id = make_campaign(database, list_id)
-    config = configure(tmp_path, database, smtp_server)
-    start_send(config, database, campaign_id)
-    with database.session() as session:
-        campaign = get_campaign(session, campaign_id)
-        composer = Composer(config, campaign, campaign.mailing_list)
-    people = [Recipient(delivery_id=i, subscriber_id=i, email=f"p{i}@example.com", name=f"Person {i}",
-                        attributes={}, subscribed_at=None) for i in range(300)]
+    config, campaign_id, composer = _started_send(tmp_path, database, smtp_server, audience=1)
+    people = _people(range(300))
 
     async def close_while_rendering() -> int | None:
         ahead = RenderAhead(composer, config, campaign_id)

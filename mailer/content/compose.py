@@ -236,12 +236,12 @@ class _Skeleton:
 
     def __init__(self, rendered: str, slots: re.Pattern[str] = _SLOT_RE) -> None:
         pieces = slots.split(rendered)
-        self._static = pieces[0::2]
-        self._slots = pieces[1::2]
+        self.static = pieces[0::2]
+        self.slots = pieces[1::2]
 
     def fill(self, values: Mapping[str, str]) -> str:
-        out = [self._static[0]]
-        for name, text in zip(self._slots, self._static[1:], strict=True):
+        out = [self.static[0]]
+        for name, text in zip(self.slots, self.static[1:], strict=True):
             out.append(values[name])
             out.append(text)
         return "".join(out)
@@ -282,10 +282,8 @@ class _Probe:
             label="HTML template",
         )
         self._raw = _Skeleton(raw, _PROBE_RE)
-        pieces = _PROBE_RE.split(raw)
-        self._slot_names = pieces[1::2]
         # values go only where their text cannot change the structure (see shapes)
-        self._shape = shape_of(pieces[0::2], unquoted_whole=True)
+        self._shape = shape_of(self._raw.static, unquoted_whole=True)
         self._text = _Skeleton(html_to_text(contain_html(raw).body), _PROBE_RE) if derive_text else None
 
     def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None]:
@@ -300,7 +298,7 @@ class _Probe:
             return None, None
         html = None
         if self._shape is not None:
-            html = self._shape.fill_escaped([escaped[name] for name in self._slot_names])
+            html = self._shape.fill_escaped([escaped[name] for name in self._raw.slots])
         text = None
         # the converter folds runs of blanks as a browser would; values holding them take the slow path
         if self._text is not None and all(" ".join(value.split()) == value for value in values.values()):
@@ -373,7 +371,7 @@ class Composer:
         elif self._text_template is None and self._static_html is not None:
             self._static_text = html_to_text(self._static_html.body)
         self._probe: _Probe | None = None
-        self._shapes = ShapeCache() if self._static_html is None else None
+        self._shapes = ShapeCache()
         if self._static_html is None:
             # a template that needs real values (say a number) cannot be probed; each one is contained
             with contextlib.suppress(TemplateError):
@@ -582,7 +580,7 @@ class Composer:
 
     def _shaped(self, context: Mapping[str, Any], raw: str) -> ContainedHtml | None:
         """The recipient's contained HTML from the shape their rendering shares with others, if it does."""
-        if self._shapes is None or self._shapes.gave_up:
+        if self._shapes.gave_up:
             return None
         try:
             with marking_outputs():

@@ -96,11 +96,11 @@ class ShapeCache:
         return found
 
     def _contained(self, marked: str, raw: str) -> ContainedHtml | None:
-        pieces = _REGION.split(marked)
-        static, values = pieces[0::2], pieces[1::2]
         # marking must not have changed what the template wrote (say, the length of a captured block)
         if _REGION.sub(r"\1", marked) != raw:
             return None
+        pieces = _REGION.split(marked)
+        static, values = pieces[0::2], pieces[1::2]
         key = OUTPUT_OPEN.join(static)
         if key not in self._shapes:
             if len(self._shapes) >= MAX_SHAPES:
