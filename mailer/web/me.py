@@ -169,7 +169,7 @@ def _request_address_change(session: Session, link: IdentityLink, secret: str) -
     subscriber = link_subscriber(session, link)
     try:
         mail = address_change_link(session, web_context().config, subscriber,
-                                   request.form.get("new_email", "")[:320], _origin())
+                                   request.form.get("new_email", "")[:MAX_ADDRESS_CHARS], _origin())
     except InvalidInputError as exc:
         return _data_page(session, link, secret, error=str(exc), status=400)
     # the same words whether or not the address can be used: they must not tell whose it is
