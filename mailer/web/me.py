@@ -20,7 +20,6 @@ from mailer.privacy import (
 )
 from mailer.recipients.optout import mask_email
 from mailer.recipients.preferences import (
-    Origin,
     PendingMail,
     address_change_link,
     check_link_session,
@@ -29,12 +28,13 @@ from mailer.recipients.preferences import (
     link_subscriber,
     open_identity_link,
 )
-from mailer.web.context import MAX_TOKEN_CHARS, client_ip, client_user_agent, web_context
+from mailer.web.context import MAX_TOKEN_CHARS, web_context
 from mailer.web.limits import limiter
 from mailer.web.preferences import (
     LINK_LIMIT_PER_ADDRESS,
     LINK_LIMIT_PER_IP,
     MAX_ADDRESS_CHARS,
+    request_origin,
     send_later,
 )
 
@@ -44,10 +44,6 @@ me_pages = Blueprint("me", __name__)
 Page = tuple[str, int] | Response
 # actions that work only with the secret the link's first opening handed out
 _SESSION_ACTIONS = frozenset({"show", "download", "correct", "change_address", "erase_ask", "erase"})
-
-
-def _origin() -> Origin:
-    return Origin(client_ip(), client_user_agent())
 
 
 def _invalid_link() -> tuple[str, int]:
@@ -134,7 +130,7 @@ def _act(session: Session, link: IdentityLink, action: str, secret: str) -> Page
     email = link_subscriber(session, link).email
     if action == "download":
         data = export_subscriber(session, web_context().config, email, "web",
-                                 "downloaded from the personal data page", origin=_origin().detail())
+                                 "downloaded from the personal data page", origin=request_origin().detail())
         body = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
         return Response(body, mimetype="application/json",
                         headers={"Content-Disposition": 'attachment; filename="my-data.json"'})
@@ -157,7 +153,7 @@ def _correct(session: Session, link: IdentityLink, secret: str, email: str) -> P
     try:
         result = update_subscriber(session, email, "web", name=request.form.get("name"),
                                    attributes=attributes, reason="corrected on the personal data page",
-                                   origin=_origin().detail())
+                                   origin=request_origin().detail())
     except InvalidInputError as exc:
         # refused before anything changed
         return _data_page(session, link, secret, error=str(exc), status=400)
@@ -169,7 +165,7 @@ def _request_address_change(session: Session, link: IdentityLink, secret: str) -
     subscriber = link_subscriber(session, link)
     try:
         mail = address_change_link(session, web_context().config, subscriber,
-                                   request.form.get("new_email", "")[:320], _origin())
+                                   request.form.get("new_email", "")[:MAX_ADDRESS_CHARS], request_origin())
     except InvalidInputError as exc:
         return _data_page(session, link, secret, error=str(exc), status=400)
     # the same words whether or not the address can be used: they must not tell whose it is
@@ -185,7 +181,8 @@ def _change_address(session: Session, link: IdentityLink) -> tuple[str, int]:
     email = link_subscriber(session, link).email
     try:
         update_subscriber(session, email, "web", new_email=link.new_email,
-                          reason="address change confirmed from the new address", origin=_origin().detail())
+                          reason="address change confirmed from the new address",
+                          origin=request_origin().detail())
     except (SuppressedError, AlreadyExistsError):
         # taken or opted out since the request: say no more than that it cannot be done
         return render_template("web/me_address_done.html", changed=False), 409
@@ -197,7 +194,8 @@ def _data_page(session: Session, link: IdentityLink, secret: str, *, note: str =
                status: int = 200) -> tuple[str, int]:
     email = link_subscriber(session, link).email
     data: dict[str, Any] = export_subscriber(session, web_context().config, email, "web",
-                                             "shown on the personal data page", origin=_origin().detail())
+                                             "shown on the personal data page",
+                                             origin=request_origin().detail())
     return render_template(
         "web/me.html", data=data, session_secret=secret, note=note, error=error,
         expires_at=link.expires_at, everything=json.dumps(data, indent=2, ensure_ascii=False),

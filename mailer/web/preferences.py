@@ -51,7 +51,8 @@ ASK_THREAD = "identity-link-by-address"
 MAX_ADDRESS_CHARS = 320
 
 
-def _origin() -> Origin:
+def request_origin() -> Origin:
+    """Who asked: the client's address and user agent, as the records of a change keep them."""
     return Origin(client_ip(), client_user_agent())
 
 
@@ -115,13 +116,13 @@ def preferences_post(token: str) -> tuple[str, int]:
         with context.write_session() as session:
             subscriber = subscriber_from_token(session, context.config, token)
             if action == "leave":
-                result = leave_everything(session, context.config, subscriber, _origin())
+                result = leave_everything(session, context.config, subscriber, request_origin())
                 return render_template("web/unsubscribed.html", masked_email=result.masked_email,
                                        list_only=False, list_title=""), 200
             if action == "link":
-                mail = identity_link_for(session, context.config, subscriber, _origin())
+                mail = identity_link_for(session, context.config, subscriber, request_origin())
             else:
-                choice = save_list_choice(session, context.config, subscriber, chosen, _origin())
+                choice = save_list_choice(session, context.config, subscriber, chosen, request_origin())
                 view = preference_view(session, subscriber)
     except TokenError:
         return _invalid_link()
@@ -177,7 +178,7 @@ def ask_post() -> tuple[str, int]:
                                typed=typed), 400
     # looked up, recorded and mailed beside the answer: the writes and the message a known
     # address costs must not make its answer slower than an unknown one's
-    threading.Thread(target=_link_by_address, args=(web_context(), address, _origin()),
+    threading.Thread(target=_link_by_address, args=(web_context(), address, request_origin()),
                      name=ASK_THREAD).start()
     return render_template("web/preferences_asked.html"), 200
 

@@ -47,6 +47,14 @@ def read_json(raw: bytes) -> Any:
         abort(400, "the body is not JSON")
 
 
+def read_json_object(raw: bytes, refused: str) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 with `refused` when it is JSON of another shape."""
+    found = read_json(raw)
+    if not isinstance(found, dict):
+        abort(400, refused)
+    return found
+
+
 def raw_body() -> bytes:
     """The body exactly as it was signed (read once, before any form parsing)."""
     return request.get_data(cache=True, as_text=False, parse_form_data=False)

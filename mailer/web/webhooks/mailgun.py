@@ -20,7 +20,7 @@ from mailer.web.webhooks.common import (
     as_object,
     as_text,
     raw_body,
-    read_json,
+    read_json_object,
     refusal,
 )
 
@@ -89,9 +89,7 @@ def mailgun_webhook() -> tuple[Response, int]:
     hooks = web_context().config.webhooks
     if not hooks.mailgun_signing_key:
         abort(404)
-    payload = read_json(raw_body())
-    if not isinstance(payload, dict):
-        abort(400, "expected a Mailgun webhook object")
+    payload = read_json_object(raw_body(), "expected a Mailgun webhook object")
     try:
         token = check_signature(hooks, as_object(payload.get("signature")))
 

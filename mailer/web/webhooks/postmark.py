@@ -17,7 +17,7 @@ from mailer.web.webhooks.common import (
     as_object,
     as_text,
     raw_body,
-    read_json,
+    read_json_object,
     refusal,
 )
 
@@ -78,7 +78,5 @@ def postmark_webhook() -> tuple[Response, int]:
         response, status = refusal(refused)
         response.headers["WWW-Authenticate"] = 'Basic realm="webhooks"'
         return response, status
-    payload = read_json(raw_body())
-    if not isinstance(payload, dict):
-        abort(400, "expected one Postmark record")
+    payload = read_json_object(raw_body(), "expected one Postmark record")
     return act_on_events([postmark_event(payload)])

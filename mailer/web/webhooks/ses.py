@@ -17,7 +17,7 @@ from mailer.web.webhooks.common import (
     as_object,
     as_text,
     raw_body,
-    read_json,
+    read_json_object,
     refusal,
 )
 from mailer.web.webhooks.sns import SnsCertificates, verify_message
@@ -88,9 +88,7 @@ def ses_webhook() -> tuple[Response, int]:
     hooks = web_context().config.webhooks
     if not hooks.ses_topic_arns:
         abort(404)
-    message = read_json(raw_body())
-    if not isinstance(message, dict):
-        abort(400, "expected an SNS message")
+    message = read_json_object(raw_body(), "expected an SNS message")
     topic = as_text(message.get("TopicArn"), 300)
     try:
         if topic not in {arn.strip() for arn in hooks.ses_topic_arns}:
@@ -106,7 +104,6 @@ def ses_webhook() -> tuple[Response, int]:
             return jsonify(ignored=kind), 200
     except WebhookRefused as refused:
         return refusal(refused)
-    notification = read_json(as_text(message.get("Message"), 1 << 22).encode("utf-8"))
-    if not isinstance(notification, dict):
-        abort(400, "the SNS message holds no SES notification")
+    notification = read_json_object(as_text(message.get("Message"), 1 << 22).encode("utf-8"),
+                                    "the SNS message holds no SES notification")
     return act_on_events(ses_events(as_text(message.get("MessageId"), 200), notification))
