@@ -116,10 +116,15 @@ class SenderConfig:
     domain: str = ""  # the sending domain; empty means the domain of from_address
 
     @property
+    def from_domain(self) -> str:
+        """The domain of from_address, lower-cased."""
+        return parseaddr(self.from_address)[1].rpartition("@")[2].lower()
+
+    @property
     def sending_domain(self) -> str:
         if self.domain:
             return self.domain.lower()
-        return parseaddr(self.from_address)[1].rpartition("@")[2].lower()
+        return self.from_domain
 
 
 @dataclass(frozen=True)
@@ -594,8 +599,7 @@ def _check_sender(src: str, config: Config) -> None:
     _check_mailbox(src, "sender.from", config.sender.from_address)
     if config.sender.reply_to:
         _check_mailbox(src, "sender.reply_to", config.sender.reply_to)
-    from_domain = parseaddr(config.sender.from_address)[1].rpartition("@")[2].lower()
-    if from_domain != config.sender.sending_domain:
+    if config.sender.from_domain != config.sender.sending_domain:
         raise ConfigError(
             src, "sender.from", f"must be on the sending domain {config.sender.sending_domain}"
         )

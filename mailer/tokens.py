@@ -34,6 +34,14 @@ def _ordered(keys: tuple[str, ...] | list[str]) -> list[str]:
     return list(reversed(keys))
 
 
+def _load(serializer: URLSafeSerializer | URLSafeTimedSerializer, token: str, error: str, **kwargs: Any) -> Any:
+    """What a token carries; TokenError(error) when it is tampered with, truncated, expired or not ours."""
+    try:
+        return serializer.loads(token, **kwargs)
+    except (BadData, UnicodeError, ValueError) as exc:
+        raise TokenError(error) from exc
+
+
 def make_unsubscribe_token(
     keys: tuple[str, ...] | list[str],
     subscriber_id: int,
@@ -48,10 +56,7 @@ def make_unsubscribe_token(
 def read_unsubscribe_token(keys: tuple[str, ...] | list[str], token: str) -> UnsubscribeClaim:
     """Verify a token; raises TokenError when it is tampered with, truncated or not ours."""
     serializer = URLSafeSerializer(_ordered(keys), salt=UNSUBSCRIBE_SALT, signer_kwargs=_SIGNER_KWARGS)
-    try:
-        payload: Any = serializer.loads(token)
-    except (BadData, UnicodeError, ValueError) as exc:
-        raise TokenError("invalid unsubscribe token") from exc
+    payload = _load(serializer, token, "invalid unsubscribe token")
     return _claim(payload)
 
 
@@ -67,11 +72,8 @@ def read_confirm_token(
     """Verify a confirmation token younger than max_age_seconds and return its subscriber id,
     list id and signing time (whole seconds, UTC); raises TokenError otherwise."""
     serializer = URLSafeTimedSerializer(_ordered(keys), salt=CONFIRM_SALT, signer_kwargs=_SIGNER_KWARGS)
-    try:
-        payload: Any
-        payload, issued_at = serializer.loads(token, max_age=int(max_age_seconds), return_timestamp=True)
-    except (BadData, UnicodeError, ValueError) as exc:
-        raise TokenError("invalid or expired confirmation token") from exc
+    payload, issued_at = _load(serializer, token, "invalid or expired confirmation token",
+                               max_age=int(max_age_seconds), return_timestamp=True)
     if (
         not isinstance(payload, list)
         or len(payload) != 2
@@ -105,10 +107,7 @@ def make_preferences_token(keys: tuple[str, ...] | list[str], subscriber_id: int
 def read_preferences_token(keys: tuple[str, ...] | list[str], token: str) -> int:
     """The subscriber id a preference-centre token names; raises TokenError when it is not ours."""
     serializer = URLSafeSerializer(_ordered(keys), salt=PREFERENCES_SALT, signer_kwargs=_SIGNER_KWARGS)
-    try:
-        payload: Any = serializer.loads(token)
-    except (BadData, UnicodeError, ValueError) as exc:
-        raise TokenError("invalid preferences token") from exc
+    payload = _load(serializer, token, "invalid preferences token")
     if not isinstance(payload, int) or isinstance(payload, bool) or payload <= 0:
         raise TokenError("invalid preferences token")
     return payload
@@ -123,10 +122,7 @@ def make_identity_token(keys: tuple[str, ...] | list[str], nonce: str) -> str:
 def read_identity_token(keys: tuple[str, ...] | list[str], token: str, max_age_seconds: float) -> str:
     """The nonce of an identity token younger than max_age_seconds; raises TokenError otherwise."""
     serializer = URLSafeTimedSerializer(_ordered(keys), salt=IDENTITY_SALT, signer_kwargs=_SIGNER_KWARGS)
-    try:
-        payload: Any = serializer.loads(token, max_age=int(max_age_seconds))
-    except (BadData, UnicodeError, ValueError) as exc:
-        raise TokenError("invalid or expired identity link") from exc
+    payload = _load(serializer, token, "invalid or expired identity link", max_age=int(max_age_seconds))
     if not isinstance(payload, str) or not 0 < len(payload) <= 64:
         raise TokenError("invalid identity link")
     return payload

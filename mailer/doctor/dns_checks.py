@@ -6,7 +6,6 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Callable, Iterable
-from email.utils import parseaddr
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
@@ -20,10 +19,6 @@ from mailer.doctor.spf import LOOKUP_LIMIT, SpfResult, evaluate, spf_records
 from mailer.errors import ConfigError
 
 GOOD_KEY_BITS = 2048
-
-
-def from_domain(config: Config) -> str:
-    return parseaddr(config.sender.from_address)[1].rpartition("@")[2].lower()
 
 
 def relay_addresses(config: Config, lookup: Lookup) -> list[str]:
@@ -157,7 +152,7 @@ def _organizational(domain: str) -> str:
 
 def check_dmarc(config: Config, lookup: Lookup) -> Finding:
     """A DMARC record with a policy, and From aligned with the DKIM d= or the return path's domain."""
-    domain = from_domain(config)
+    domain = config.sender.from_domain
     found = _dmarc_record(lookup, domain)
     if found is None:
         return Finding("dmarc", Status.FAIL, f"no DMARC record at _dmarc.{domain}; publish a TXT record such as "
@@ -236,7 +231,7 @@ def guarded(label: str, check: Callable[..., Finding], *args: object) -> Finding
 
 def dns_findings(config: Config, lookup: Lookup) -> Iterable[Finding]:
     bounce = config.sender.bounce_domain.lower()
-    yield guarded("spf from", check_spf, config, lookup, "spf from", from_domain(config))
+    yield guarded("spf from", check_spf, config, lookup, "spf from", config.sender.from_domain)
     yield guarded("spf bounces", check_spf, config, lookup, "spf bounces", bounce)
     yield guarded("dkim", check_dkim, config, lookup)
     yield guarded("dmarc", check_dmarc, config, lookup)

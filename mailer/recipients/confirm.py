@@ -126,18 +126,27 @@ def build_confirmation_message(config: Config, request: ConfirmationRequest) -> 
         f"<a href=\"{e(company.privacy_url)}\">Privacy policy</a></p>\n"
         "</body></html>\n"
     )
+    return transactional_message(config, request.name, request.recipient,
+                                 f"Please confirm your subscription to {request.list_title}",
+                                 "confirm", text, body)
+
+
+def transactional_message(
+    config: Config, name: str, recipient: str, subject: str, msgid_kind: str, text: str, html_body: str
+) -> EmailMessage:
+    """A transactional message from the configured sender to one person, with a text and an HTML part."""
     message = EmailMessage()
     message["From"] = parse_mailbox(config.sender.from_address)
     # a structured Address encodes a non-ASCII name and can never carry a line break
-    message["To"] = Address(display_name=request.name, addr_spec=request.recipient)
-    message["Subject"] = f"Please confirm your subscription to {request.list_title}"
+    message["To"] = Address(display_name=name, addr_spec=recipient)
+    message["Subject"] = subject
     message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid("confirm", domain=config.sender.sending_domain)
+    message["Message-ID"] = make_msgid(msgid_kind, domain=config.sender.sending_domain)
     if config.sender.reply_to:
         message["Reply-To"] = parse_mailbox(config.sender.reply_to)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
     message.set_content(text)
-    message.add_alternative(body, subtype="html")
+    message.add_alternative(html_body, subtype="html")
     return message
 
 

@@ -7,16 +7,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from typing import Any
 
 import jinja2
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from mailer.addresses import parse_mailbox
 from mailer.audit import insert_event, record_event
 from mailer.config import Config
 from mailer.consent import request_origin
@@ -37,6 +34,7 @@ from mailer.recipients.confirm import (
     prepare_confirmation,
     send_confirmation,
     send_transactional,
+    transactional_message,
 )
 from mailer.recipients.optout import OptOutResult, mask_email, unsubscribe
 from mailer.recipients.subscribers import check_email, find_subscriber
@@ -270,19 +268,7 @@ def _link_message(config: Config, template: str, to: str, name: str, url: str, s
         html = env.get_template(f"{template}.html.j2").render(context)
     except jinja2.TemplateError as exc:  # our own templates: a packaging fault, not user input
         raise RuntimeError(f"the {template} email templates are broken: {exc}") from exc
-    message = EmailMessage()
-    message["From"] = parse_mailbox(config.sender.from_address)
-    # a structured Address encodes a non-ASCII name and can never carry a line break
-    message["To"] = Address(display_name=name, addr_spec=header_address(to))
-    message["Subject"] = subject
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid("identity", domain=config.sender.sending_domain)
-    if config.sender.reply_to:
-        message["Reply-To"] = parse_mailbox(config.sender.reply_to)
-    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
-    message.set_content(text)
-    message.add_alternative(html, subtype="html")
-    return message
+    return transactional_message(config, name, header_address(to), subject, "identity", text, html)
 
 
 def find_identity_link(session: Session, config: Config, token: str) -> IdentityLink:
