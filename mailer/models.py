@@ -209,7 +209,7 @@ class Campaign(Base):
 
 # name, state, columns: the queue of each campaign in due order, and who holds what in flight
 LIVE_INDEXES: tuple[tuple[str, DeliveryState, tuple[str, ...]], ...] = (
-    ("ix_deliveries_pending", DeliveryState.PENDING, ("campaign_id", "next_attempt_at")),
+    ("ix_deliveries_pending", DeliveryState.PENDING, ("campaign_id", "id")),  # 0011_pending_by_id
     ("ix_deliveries_deferred", DeliveryState.DEFERRED, ("campaign_id", "next_attempt_at")),
     ("ix_deliveries_in_flight", DeliveryState.SENDING, ("claimed_by", "claimed_at")),
 )

@@ -61,6 +61,27 @@ def test_two_senders_claim_disjoint_batches_until_none_is_left(database: Databas
     assert set(_state_of(database, campaign_id).values()) == {DeliveryState.SENDING}
 
 
+def test_rows_put_back_behind_a_senders_last_claim_are_still_sent_once(database: Database) -> None:
+    # a sender's claims go on after the last id it took; rows put back in the queue behind it
+    # (released by a stopped send) are claimed once the rows ahead run short, none twice
+    campaign_id = _started_campaign(database, emails(10))
+    store = SqlDeliveryStore(database, "host-a:1:")
+    first = store.claim_batch(campaign_id, 3, T0).recipients
+    store.record_outcomes(campaign_id, [Outcome(r.delivery_id, DeliveryState.PENDING) for r in first], T0)
+
+    batches: list[list[str]] = []
+    while batch := store.claim_batch(campaign_id, 3, T0).recipients:
+        batches.append([r.email for r in batch])
+        store.record_outcomes(campaign_id, [Outcome(r.delivery_id, DeliveryState.SENT, 250, "250 ok")
+                                            for r in batch], T0)
+
+    released = {r.email for r in first}
+    claimed = [address for batch in batches for address in batch]
+    assert not released & set(batches[0])  # the next claim went on past them
+    assert sorted(claimed) == emails(10)
+    assert set(_state_of(database, campaign_id).values()) == {DeliveryState.SENT}
+
+
 def test_outcomes_are_recorded_and_a_hard_bounce_is_suppressed_once(database: Database) -> None:
     campaign_id = _started_campaign(database, emails(4))
     store = SqlDeliveryStore(database, "host-a:1:")

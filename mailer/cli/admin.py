@@ -32,7 +32,7 @@ def init(app: AppContext) -> None:
     Example:
       $ mailer init
       wrote mailer.toml
-      database sqlite:///mailer.db is at revision 0010_webhook_events
+      database sqlite:///mailer.db is at revision 0011_pending_by_id
     """
     target = Path(app.config_path) if app.config_path else Path(DEFAULT_CONFIG_NAME)
     if not target.exists():
@@ -64,7 +64,7 @@ def db_upgrade(app: AppContext) -> None:
     \b
     Example:
       $ mailer db upgrade
-      database sqlite:///mailer.db is at revision 0010_webhook_events
+      database sqlite:///mailer.db is at revision 0011_pending_by_id
     """
     _upgrade(app)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailer.bounce_class import enhanced_status
 from mailer.content.compose import Recipient
@@ -65,6 +67,11 @@ class SqlDeliveryStore:
         self.database = database
         self.worker_id = worker_id or make_worker_id()
         self.policy_pause = policy_pause or PolicyPauseRule()
+        # per campaign, the highest pending id this sender claimed: its next claim starts there
+        self.claimed_upto: dict[int, int] = {}
+        # the deliveries this sender holds in flight: the heartbeat refreshes them by id
+        self._held: set[int] = set()
+        self._lock = threading.Lock()
 
     def claim_batch(self, campaign_id: int, limit: int, now: dt.datetime,
                     finished: Sequence[Outcome] = ()) -> Batch:
@@ -74,21 +81,35 @@ class SqlDeliveryStore:
         no longer sending (paused, cancelled); the outcomes are recorded all the same, and
         `paused_reason` says when they themselves paused it."""
         with self.database.session() as session:
-            if finished:
-                reason = _record(session, campaign_id, finished, now, self.policy_pause)
-                if reason:
-                    return Batch(stopped=True, paused_reason=reason)
-            if limit <= 0:
-                return Batch()
-            campaign = session.execute(
-                sa.select(Campaign.status, Campaign.kind, Campaign.list_id).where(Campaign.id == campaign_id)
-            ).one_or_none()
-            if campaign is None or campaign.status is not CampaignStatus.SENDING:
-                return Batch(stopped=True)
-            ids = claim_due_deliveries(session, campaign_id, limit, now, self.worker_id)
-            if not ids:
-                return Batch()
-            return _load_recipients(session, ids, campaign.kind, campaign.list_id, now)
+            reason = _record(session, campaign_id, finished, now, self.policy_pause) if finished else ""
+            if reason:
+                batch = Batch(stopped=True, paused_reason=reason)
+            elif limit <= 0:
+                batch = Batch()
+            else:
+                batch = self._claim(session, campaign_id, limit, now)
+        self._let_go(finished)
+        with self._lock:
+            self._held.update(recipient.delivery_id for recipient in batch.recipients)
+        return batch
+
+    def _claim(self, session: Session, campaign_id: int, limit: int, now: dt.datetime) -> Batch:
+        campaign = session.execute(
+            sa.select(Campaign.status, Campaign.kind, Campaign.list_id).where(Campaign.id == campaign_id)
+        ).one_or_none()
+        if campaign is None or campaign.status is not CampaignStatus.SENDING:
+            return Batch(stopped=True)
+        claimed = claim_due_deliveries(session, campaign_id, limit, now, self.worker_id,
+                                       after=self.claimed_upto.get(campaign_id, 0))
+        # moved on even if this transaction fails: rows skipped so are claimed from the start later
+        self.claimed_upto[campaign_id] = max(self.claimed_upto.get(campaign_id, 0), claimed.last_pending)
+        if not claimed.ids:
+            return Batch()
+        return _load_recipients(session, claimed.ids, campaign.kind, campaign.list_id, now)
+
+    def _let_go(self, outcomes: Sequence[Outcome]) -> None:
+        with self._lock:
+            self._held.difference_update(outcome.delivery_id for outcome in outcomes)
 
     def record_outcomes(self, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime) -> str:
         """Write what happened to each claimed delivery in one transaction; suppress hard bounces.
@@ -97,19 +118,21 @@ class SqlDeliveryStore:
         if not outcomes:
             return ""
         with self.database.session() as session:
-            return _record(session, campaign_id, outcomes, now, self.policy_pause)
+            reason = _record(session, campaign_id, outcomes, now, self.policy_pause)
+        self._let_go(outcomes)
+        return reason
 
     def refresh_claims(self, now: dt.datetime) -> None:
         """Heartbeat: our claims are alive, so no other host takes them as in doubt."""
         with self.database.session() as session:
-            _refresh(session, self.worker_id, now)
+            _refresh(session, self.worker_id, self._holding(), now)
 
     def heartbeat(self, now: dt.datetime, claim_timeout: float) -> int:
         """Refresh our claims and set aside those of dead senders as in doubt, in one transaction;
         returns how many of theirs were set aside. Any busy sender does it, so a dead one's claims
         never wait for the next cycle of some worker."""
         with self.database.session() as session:
-            _refresh(session, self.worker_id, now)
+            _refresh(session, self.worker_id, self._holding(), now)
             return mark_abandoned_claims(session, now, claim_timeout)
 
     def release_lost_claims(self, campaign_id: int, keep: set[int], now: dt.datetime) -> int:
@@ -123,7 +146,13 @@ class SqlDeliveryStore:
                 .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        with self._lock:
+            self._held.intersection_update(keep)
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def _holding(self) -> list[int]:
+        with self._lock:
+            return sorted(self._held)
 
     def pause_campaign(self, campaign_id: int, reason: str) -> None:
         """The relay keeps failing: stop the campaign with a reason the marketer can read."""
@@ -131,13 +160,18 @@ class SqlDeliveryStore:
             pause_on_failure(session, campaign_id, reason)
 
 
-def _refresh(session: Session, worker_id: str, now: dt.datetime) -> None:
-    session.execute(
-        sa.update(Delivery)
-        .where(Delivery.claimed_by == worker_id, live_state(DeliveryState.SENDING))
-        .values(claimed_at=now)
-        .execution_options(synchronize_session=False)
-    )
+def _refresh(session: Session, worker_id: str, held: list[int], now: dt.datetime) -> None:
+    # by primary key: every claim and every refresh leaves a dead entry in the in-flight index
+    # until the next vacuum, so a walk of our entries there grows with all this sender ever sent.
+    # No condition on the state, so no plan can take that index instead: a row we hold is ours
+    # while claimed_by says so (an outcome, a release or a suppression clears it).
+    if held:
+        session.execute(
+            sa.update(Delivery)
+            .where(Delivery.id.in_(held), Delivery.claimed_by == worker_id)
+            .values(claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now: dt.datetime,
@@ -164,31 +198,49 @@ def _record(session: Session, campaign_id: int, outcomes: Sequence[Outcome], now
     return pause_for_policy_blocks(session, campaign_id, policy_pause) if blocked else ""
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """The deliveries one claim marked as ours, and the highest pending id among them (0: none)."""
+
+    ids: list[int]
+    last_pending: int
+
+
 def claim_due_deliveries(
-    session: Session, campaign_id: int, limit: int, now: dt.datetime, worker_id: str
-) -> list[int]:
-    """claim_due_deliveries: mark up to `limit` due deferred, then pending rows as sending by us."""
+    session: Session, campaign_id: int, limit: int, now: dt.datetime, worker_id: str, after: int = 0
+) -> Claimed:
+    """claim_due_deliveries: mark up to `limit` due deferred, then pending rows as sending by us.
+
+    Pending rows are taken in id order after `after`, the sender's last claimed pending id: the
+    index scan then starts past the entries its earlier claims left dead, so a claim costs the same
+    at the end of a million-row send as at its start. Only when those run short does it look
+    before `after`, for rows put back behind it (released claims, in-doubt retries)."""
     due_retries = sa.and_(live_state(DeliveryState.DEFERRED), Delivery.next_attempt_at <= now)
-    claimed = _claim_where(session, campaign_id, due_retries, limit, now, worker_id)
+    claimed = _claim_where(session, campaign_id, due_retries, Delivery.next_attempt_at, limit, now, worker_id)
+    pending: list[int] = []
+    waiting = live_state(DeliveryState.PENDING)
     if len(claimed) < limit:
-        waiting = live_state(DeliveryState.PENDING)
-        claimed += _claim_where(session, campaign_id, waiting, limit - len(claimed), now, worker_id)
-    return sorted(claimed)
+        pending = _claim_where(session, campaign_id, sa.and_(waiting, Delivery.id > after), Delivery.id,
+                               limit - len(claimed), now, worker_id)
+    if after and len(claimed) + len(pending) < limit:
+        pending += _claim_where(session, campaign_id, sa.and_(waiting, Delivery.id <= after), Delivery.id,
+                                limit - len(claimed) - len(pending), now, worker_id)
+    return Claimed(sorted(claimed + pending), max(pending, default=0))
 
 
-def _claim_where(session: Session, campaign_id: int, condition: sa.ColumnElement[bool], limit: int,
-                 now: dt.datetime, worker_id: str) -> list[int]:
-    # one state at a time, ordered by next_attempt_at: that state's live-work index on
-    # (campaign_id, next_attempt_at) then yields rows in order and the scan stops at LIMIT, so a
-    # claim costs the same at the end of a 100,000-row campaign as at its start (an OR of states
-    # made every claim sort the whole campaign), and finished deliveries are not in the index.
+def _claim_where(session: Session, campaign_id: int, condition: sa.ColumnElement[bool],
+                 order: InstrumentedAttribute[Any], limit: int, now: dt.datetime, worker_id: str) -> list[int]:
+    # one state at a time, in the order of that state's live-work index (deferred by
+    # next_attempt_at, pending by id): the index then yields rows in order and the scan stops at
+    # LIMIT (an OR of states made every claim sort the whole campaign), and finished deliveries
+    # are not in the index.
     # The inner SELECT skips rows another worker holds (PostgreSQL FOR UPDATE SKIP LOCKED), so
     # concurrent workers take disjoint batches without waiting; SQLite ignores the clause, and
     # the session's BEGIN IMMEDIATE makes the claim one writer at a time.
     due = (
         sa.select(Delivery.id)
         .where(Delivery.campaign_id == campaign_id, condition)
-        .order_by(Delivery.next_attempt_at)
+        .order_by(order)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
