@@ -12,11 +12,11 @@ that send into Postfix's smtp-sink (or the asyncio sink of benchmarks/send.py).
 
 Figures:
 - claim time per batch: the claim of `batch_size` deliveries (what every batch of a send runs),
-  the heartbeat and the abandoned-claim check, each the median of repeated runs rolled back, at
-  the start of the send, in the middle and at the end. Sending the whole million on this shared
-  machine takes too long, so the middle and end are made in SQL: half, then all but one percent,
-  of the deliveries are updated to sent, leaving the dead row versions and index entries a real
-  send leaves (no vacuum in between).
+  the heartbeat and the abandoned-claim check of a sender holding one batch in flight, each the
+  median of repeated runs rolled back, at the start of the send, in the middle and at the end.
+  Sending the whole million on this shared machine takes too long, so the middle and end are made
+  in SQL: half, then all but one percent, of the deliveries are claimed, then updated to sent,
+  leaving the dead row versions and index entries a real send leaves (no vacuum in between).
 - msg/s per worker count, over a fixed window of --seconds once the first message is out (the
   small list is requeued in SQL before each window so there is always work).
 - the database's CPU: the CPU seconds of the PostgreSQL backends serving the benchmark database,
@@ -49,9 +49,14 @@ from send import SECRET, start_sink
 from mailer.campaigns import create_campaign
 from mailer.config import Config, load_config
 from mailer.db import Database
-from mailer.delivery.claims import SqlDeliveryStore, claim_due_deliveries, mark_abandoned_claims
+from mailer.delivery.claims import (
+    Outcome,
+    SqlDeliveryStore,
+    claim_due_deliveries,
+    mark_abandoned_claims,
+)
 from mailer.lifecycle import start_send
-from mailer.models import utcnow
+from mailer.models import DeliveryState, utcnow
 from mailer.recipients.lists import create_list
 
 DATABASE = "scale_bench"
@@ -152,8 +157,15 @@ def median_ms(run: Callable[[], object]) -> float:
 
 
 def measure_claims(database: Database, campaign_id: int, batch_size: int) -> dict[str, float]:
-    """The claim, heartbeat and abandoned-claim check as a sender runs them, each rolled back."""
+    """The claim, heartbeat and abandoned-claim check as a busy sender runs them: it holds one batch
+    in flight and its next claim starts after the last id the send has claimed. The claims and
+    checks are rolled back; the batch held is put back in the queue afterwards."""
     store = SqlDeliveryStore(database, worker_id="scale-bench:1")
+    with database.session() as session:
+        store.claimed_upto[campaign_id] = int(session.scalar(sa.text(
+            "SELECT coalesce(max(id), 0) FROM deliveries WHERE campaign_id = :c AND state <> 'pending'"),
+            {"c": campaign_id}) or 0)
+    held = store.claim_batch(campaign_id, batch_size, utcnow())
 
     def rolled_back(action: Callable[[sa.orm.Session], object]) -> Callable[[], object]:
         def run() -> None:
@@ -162,16 +174,22 @@ def measure_claims(database: Database, campaign_id: int, batch_size: int) -> dic
                 session.rollback()
         return run
 
-    return {
-        "claim pages": float(claim_buffers(database, campaign_id, batch_size)),
-        "claim": median_ms(rolled_back(
-            lambda s: claim_due_deliveries(s, campaign_id, batch_size, utcnow(), store.worker_id))),
+    def claim(session: sa.orm.Session) -> object:
+        return claim_due_deliveries(session, campaign_id, batch_size, utcnow(), store.worker_id,
+                                    after=store.claimed_upto[campaign_id])
+
+    figures = {
+        "claim pages": float(claim_buffers(database, claim)),
+        "claim": median_ms(rolled_back(claim)),
         "heartbeat": median_ms(lambda: store.refresh_claims(utcnow())),
         "abandoned check": median_ms(rolled_back(lambda s: mark_abandoned_claims(s, utcnow(), 300.0))),
     }
+    store.record_outcomes(campaign_id, [Outcome(r.delivery_id, DeliveryState.PENDING) for r in held.recipients],
+                          utcnow())
+    return figures
 
 
-def claim_buffers(database: Database, campaign_id: int, batch_size: int) -> int:
+def claim_buffers(database: Database, claim: Callable[[sa.orm.Session], object]) -> int:
     """Pages the claim of one batch reads and writes (EXPLAIN ANALYZE, BUFFERS, rolled back):
     the work of a claim, which unlike its time does not depend on what else the machine runs."""
     statements: list[tuple[str, Any]] = []
@@ -183,7 +201,7 @@ def claim_buffers(database: Database, campaign_id: int, batch_size: int) -> int:
     with database.sessionmaker() as session, session.begin():
         sa.event.listen(database.engine, "before_cursor_execute", record)
         try:
-            claim_due_deliveries(session, campaign_id, batch_size, utcnow(), "scale-bench:1")
+            claim(session)
         finally:
             sa.event.remove(database.engine, "before_cursor_execute", record)
         session.rollback()
@@ -199,15 +217,21 @@ def claim_buffers(database: Database, campaign_id: int, batch_size: int) -> int:
 
 
 def finish_share(database: Database, campaign_id: int, share: float) -> None:
-    """Mark the first `share` of the campaign's deliveries sent, as a send would have by then."""
+    """Send the first `share` of the campaign's deliveries as a sender would have by then: each
+    row claimed (pending to sending), then sent, in transactions of their own, so the live-work
+    indexes keep the dead entries a real send leaves until the next vacuum."""
     with database.session() as session:
         total = session.scalar(sa.text("SELECT count(*) FROM deliveries WHERE campaign_id = :c"),
                                {"c": campaign_id}) or 0
         session.execute(sa.text(
-            "UPDATE deliveries SET state = 'sent', attempts = 1, last_code = 250, sent_at = now(), "
+            "UPDATE deliveries SET state = 'sending', claimed_by = 'scale-bench:0', claimed_at = now(), "
             "updated_at = now() WHERE id IN (SELECT id FROM deliveries WHERE campaign_id = :c "
             "AND state = 'pending' ORDER BY id LIMIT :n)"),
             {"c": campaign_id, "n": max(0, int(total * share) - sent_count(session, campaign_id))})
+    with database.session() as session:
+        session.execute(sa.text(
+            "UPDATE deliveries SET state = 'sent', attempts = 1, last_code = 250, sent_at = now(), "
+            "claimed_by = NULL, updated_at = now() WHERE state = 'sending' AND claimed_by = 'scale-bench:0'"))
 
 
 def sent_count(session: sa.orm.Session, campaign_id: int) -> int:
@@ -327,7 +351,7 @@ def report(scenarios: list[Scenario], args: argparse.Namespace) -> None:
     print()
     print(f"load at the end: {_load()} (1, 5, 15 min) on {os.cpu_count()} cores; "
           f"render processes per worker: {args.render_processes}")
-    print("middle and end of the send made in SQL (half, then 99% of the deliveries updated to sent, "
+    print("middle and end of the send made in SQL (half, then 99% of the deliveries claimed, then sent, "
           "no vacuum); msg/s over a window of at most "
           f"{args.seconds:.0f} s once the first message was out")
     print(f"{'':34}{large.name:>24}{small.name:>24}{'ratio':>8}")
