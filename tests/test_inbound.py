@@ -31,6 +31,7 @@ from mailer.config import InboundConfig, UnsubscribeScope
 from mailer.db import Database, address_hash
 from mailer.errors import InvalidInputError
 from mailer.inbound.process import InboundKind, process_inbound
+from mailer.inbound.sources import read_sources
 from mailer.models import (
     BounceEvent,
     DeliveryState,
@@ -340,6 +341,17 @@ def test_cli_prints_counts_per_class_and_lists_what_it_left_alone(
     data = json.loads(cli("inbound", "process", str(maildir), "--json").output)
     assert data["counts"]["already_processed"] == 1 and data["counts"]["other"] == 1
     assert [m["kind"] for m in data["messages"]] == ["already_processed", "other"]
+
+
+def test_a_maildir_is_read_in_delivery_order_within_one_second(tmp_path: Path) -> None:
+    # names carry the microsecond unpadded: 95000 came before 120000 though "M120000" sorts first
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "new").mkdir()
+    for name, body in (("1764406800.M120000P7.host", b"second"), ("1764406800.M95000P7.host", b"first"),
+                       ("1764406801.M5P7.host", b"third")):
+        (tmp_path / "new" / name).write_bytes(b"Subject: x\n\n" + body + b"\n")
+    assert [raw.data.split(b"\n\n")[1] for raw in read_sources(tmp_path)] == [b"first\n", b"second\n", b"third\n"]
 
 
 def test_cli_reports_an_unreadable_source_in_one_line(world: World, cli: Cli, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,6 +80,16 @@ def _read_bounded(stream: _Readable) -> tuple[bytes, bool]:
     return data, False
 
 
+_NUMBERS = re.compile(r"(\d+)")
+
+
+def delivery_order(name: str) -> list[tuple[int, str]]:
+    """A Maildir name's sort key, its numbers compared as numbers: `1764406800.M95000P7.host`
+    (seconds, then microseconds, as Python and Dovecot write them) comes before `...M120000P7`,
+    which a plain string sort puts first."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in _NUMBERS.split(name)]
+
+
 def _read_maildir(path: Path) -> Iterator[RawMessage]:
     # only what no run has handled yet: all of new/, and what a mail client moved to cur/ unseen
     waiting: list[tuple[str, str]] = []
@@ -92,7 +103,7 @@ def _read_maildir(path: Path) -> Iterator[RawMessage]:
                 continue
             waiting.append((folder, entry.name))
     # Maildir names start with the delivery time: sorted, a rerun meets them in the same order
-    for folder, name in sorted(waiting, key=lambda found: found[1]):
+    for folder, name in sorted(waiting, key=lambda found: delivery_order(found[1])):
         try:
             with (path / folder / name).open("rb") as fh:
                 data, too_large = _read_bounded(fh)
