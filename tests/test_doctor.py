@@ -162,6 +162,33 @@ def test_from_aligned_with_neither_dkim_nor_the_return_path_fails(
     assert found["spf bounces"].status is Status.PASS
 
 
+def _co_uk_findings(tmp_path: Path, nameserver: str, zone: Records, smtp_server: FaultyServer,
+                    bounce_domain: str) -> Finding:
+    # the organizational domain of news.harmonymails.co.uk is harmonymails.co.uk (the Public
+    # Suffix List), not its last two labels: co.uk belongs to nobody
+    zone["_dmarc.harmonymails.co.uk"] = [("TXT", "v=DMARC1; p=reject")]
+    zone[bounce_domain] = [("TXT", f"v=spf1 ip4:{RELAY_IP} -all"), ("MX", "mx.harmonymails.com")]
+    path = doctor_config(tmp_path, nameserver, smtp_server, None, extra=(
+        f'[sender]\nfrom = "News <news@news.harmonymails.co.uk>"\nbounce_domain = "{bounce_domain}"\n'))
+    return findings(load_config(path, environ={}))["dmarc"]
+
+
+def test_dmarc_of_a_subdomain_is_found_at_its_organizational_domain_under_a_two_label_suffix(
+    tmp_path: Path, nameserver: str, zone: Records, smtp_server: FaultyServer,
+) -> None:
+    found = _co_uk_findings(tmp_path, nameserver, zone, smtp_server, "bounces.harmonymails.co.uk")
+    assert found.status is Status.PASS, found
+    assert found.message.startswith("_dmarc.harmonymails.co.uk has p=reject; From aligned via SPF")
+
+
+def test_two_owners_under_one_public_suffix_are_not_aligned(
+    tmp_path: Path, nameserver: str, zone: Records, smtp_server: FaultyServer,
+) -> None:
+    found = _co_uk_findings(tmp_path, nameserver, zone, smtp_server, "bounces.mailhost.co.uk")
+    assert found.status is Status.FAIL
+    assert "aligned with neither the DKIM domain nor the return path's domain" in found.message
+
+
 def test_dns_that_does_not_answer_is_unknown_not_a_failure(
     tmp_path: Path, nameserver: str, dns: tuple[str, ZoneResolver], smtp_server: FaultyServer,
 ) -> None:

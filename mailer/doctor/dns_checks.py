@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from publicsuffixlist import PublicSuffixList
 
 from mailer.config import Config
 from mailer.content.dkim import load_private_key
@@ -131,8 +133,8 @@ def check_dkim(config: Config, lookup: Lookup) -> Finding:
 
 
 def _dmarc_record(lookup: Lookup, domain: str) -> tuple[str, dict[str, str]] | None:
-    # receivers fall back to the organizational domain; its last two labels stand in for it here
-    candidates = [domain, ".".join(domain.split(".")[-2:])]
+    # receivers fall back to the organizational domain (RFC 7489 6.6.3)
+    candidates = [domain, _organizational(domain)]
     for name in dict.fromkeys(candidates):
         for txt in lookup.txt(f"_dmarc.{name}"):
             if txt.replace(" ", "").lower().startswith("v=dmarc1"):
@@ -147,7 +149,14 @@ def _aligned(domain: str, other: str, strict: bool) -> bool:
 
 
 def _organizational(domain: str) -> str:
-    return ".".join(domain.lower().rstrip(".").split(".")[-2:])
+    # RFC 7489 3.2: the public suffix and one label more (harmonymails.co.uk, not co.uk)
+    name = domain.lower().rstrip(".")
+    return _public_suffixes().privatesuffix(name) or name
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    return PublicSuffixList()  # the list shipped with the package: no network
 
 
 def check_dmarc(config: Config, lookup: Lookup) -> Finding:
