@@ -286,16 +286,17 @@ class _Probe:
         self._shape = shape_of(self._raw.static, unquoted_whole=True)
         self._text = _Skeleton(html_to_text(contain_html(raw).body), _PROBE_RE) if derive_text else None
 
-    def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None]:
-        """The recipient's contained HTML and derived text when the probe holds for them, else None for each."""
+    def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None] | None:
+        """None when the probe does not hold for the recipient; else their contained HTML and derived
+        text, each None where it cannot be had from the probe (the HTML is then contained as is)."""
         values = {"e": recipient.email, "n": recipient.name, "u": url}
         for index, key in enumerate(self._attributes.asked):
             if key not in recipient.attributes:
-                return None, None
+                return None
             values[f"a{index}"] = str(recipient.attributes[key])
         escaped = {slot: str(escape(value)) for slot, value in values.items()}
         if self._raw.fill(escaped) != raw:
-            return None, None
+            return None
         html = None
         if self._shape is not None:
             html = self._shape.fill_escaped([escaped[name] for name in self._raw.slots])
@@ -564,12 +565,13 @@ class Composer:
         else:
             context = self._personal_context(recipient, url)
             raw = self._render_html(context)
-            probed_html = None
-            if self._probe is not None:
-                probed_html, probed_text = self._probe.bodies(raw, recipient, url)
-            if probed_html is None:
-                probed_html = self._shaped(context, raw)
-            html_body = probed_html if probed_html is not None else contain_html(raw)
+            probed = self._probe.bodies(raw, recipient, url) if self._probe is not None else None
+            if probed is None:
+                shaped = self._shaped(context, raw)
+            else:
+                # the probe held: its shape is this rendering's, and where it has none no shape fits
+                shaped, probed_text = probed
+            html_body = shaped if shaped is not None else contain_html(raw)
         if self._static_text is not None:
             text_body = self._static_text
         elif self._text_template is not None:
@@ -582,6 +584,8 @@ class Composer:
         """The recipient's contained HTML from the shape their rendering shares with others, if it does."""
         if self._shapes.gave_up:
             return None
+        if (known := self._shapes.known(raw)) is not None:
+            return known  # no marked rendering needed
         try:
             with marking_outputs():
                 marked = self._render_html(context)
