@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import datetime as dt
 import email.policy
@@ -34,6 +33,7 @@ from mailer.content.templating import (
     referenced_names,
     render_template,
 )
+from mailer.content.wire import QuotedPrintableLines, dot_stuffed, is_clean_head, smtp_wire
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.plus_tag import make_unsubscribe_address
@@ -77,21 +77,13 @@ class RenderedMessage:
     recipient: str  # the single RCPT TO
     message_id: str  # "<...@sending-domain>", the same for every resend to this subscriber
     data: bytes  # the complete RFC 5322 message, CRLF line endings, DKIM-Signature first when signed
+    # the message as SMTP carries it after DATA (see wire.smtp_wire), made where the message is
+    # rendered so the sending loop does not scan it again; derived from data when not given
+    wire: bytes = b""
 
-
-def smtp_wire(data: bytes) -> bytes:
-    """The message as it goes after DATA: CRLF line endings, leading dots doubled, ended by "." (RFC 5321
-    4.5.2). Bytes operations, no regular expressions: a rendered message is already CRLF, so usually
-    this only scans it."""
-    if data.count(b"\r") != data.count(b"\n") or data.count(b"\r\n") != data.count(b"\n"):
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    if b"\r\n." in data:
-        data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
+    def __post_init__(self) -> None:
+        if not self.wire:
+            object.__setattr__(self, "wire", smtp_wire(self.data))
 
 
 class SampleAttributes(dict[str, Any]):
@@ -211,18 +203,6 @@ def subject_header(subject: str) -> bytes:
     if "=?" in subject or not subject.isascii():
         return b"Subject: " + encoded_words(one_line(subject)).encode("ascii") + b"\r\n"
     return fold_header("Subject", subject)
-
-
-def quoted_printable(text: str) -> bytes:
-    """UTF-8 quoted-printable with CRLF line endings and a final one; no line longer than 76 octets."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.endswith("\n"):
-        text += "\n"
-    # b2a_qp ends every line the way the first line ends; a leading CRLF, cut off after,
-    # makes that CRLF without a pass over the text to rewrite each LF
-    encoded: bytes = binascii.b2a_qp(("\r\n" + text).encode("utf-8"), istext=True, header=False)
-    return encoded[2:]
 
 
 def subscribed_phrase(subscribed_at: dt.datetime | None) -> str:
@@ -432,6 +412,7 @@ class Composer:
         self._html_separator = b"\r\n" + self._part_header("html")
         self._closing = f"\r\n--{self._boundary}--\r\n".encode("ascii")
         self._date_cache: tuple[int, bytes] = (0, b"")
+        self._qp = QuotedPrintableLines()
 
     def _part_header(self, subtype: str) -> bytes:
         return (
@@ -524,22 +505,26 @@ class Composer:
                     mailto = make_unsubscribe_address(self._keys[0], mailto, claim)
                 unsubscribe += f",\r\n <mailto:{mailto}?subject=unsubscribe%20{token}>"
             lines.append(unsubscribe.encode("ascii") + b"\r\n")
-        lines += [
-            self._tail_lines,
-            quoted_printable(text),
-            self._html_separator,
-            quoted_printable(html),
-            self._closing,
-        ]
-        data = b"".join(lines)
+        lines.append(self._tail_lines)
+        return self._finished(envelope_from, address, message_id, b"".join(lines),
+                              (self._qp.encode(text), self._qp.encode(html)))
+
+    def _finished(self, envelope_from: str, address: str, message_id: str, head: bytes,
+                  parts: tuple[bytes, bytes]) -> RenderedMessage:
+        """The message from its head and its two encoded parts, signed when DKIM is set, and its wire form."""
+        text, html = parts
+        data = b"".join((head, text, self._html_separator, html, self._closing))
         if self._signer is not None:
-            data = self._signer.sign(data) + data
-        return RenderedMessage(
-            envelope_from=envelope_from,
-            recipient=address,
-            message_id=message_id,
-            data=data,
-        )
+            signature = self._signer.sign(data)
+            data, head = signature + data, signature + head
+        # only a line of a part can start with a dot; the rest is ours and needs no pass over it
+        if is_clean_head(head):
+            wire = b"".join((head, dot_stuffed(text), self._html_separator, dot_stuffed(html), self._closing,
+                             b".\r\n"))
+        else:
+            wire = smtp_wire(data)
+        return RenderedMessage(envelope_from=envelope_from, recipient=address, message_id=message_id,
+                               data=data, wire=wire)
 
     def campaign_bodies(self, recipient: Recipient) -> tuple[str, str]:
         """The campaign's own HTML (as it goes in the box) and text for a recipient, without layout and footer."""

@@ -66,7 +66,7 @@ class Transport(Protocol):
     @property
     def concurrency(self) -> int: ...
 
-    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult: ...
+    async def send_wire(self, envelope_from: str, recipient: str, wire: bytes) -> SendResult: ...
 
     async def close(self) -> None: ...
 
@@ -411,7 +411,7 @@ class Pipeline:
             self.report.failed += 1
             return Outcome(recipient.delivery_id, DeliveryState.FAILED,
                            response=f"could not render the message: {message}")
-        result = await self.transport.send(message.envelope_from, message.recipient, message.data)
+        result = await self.transport.send_wire(message.envelope_from, message.recipient, message.wire)
         if result.connection_failed:
             self._consecutive_errors += 1
             self._last_error = result.response
