@@ -9,6 +9,7 @@ from compose_helpers import dkim_key, make_campaign, make_config, make_recipient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailer.content.compose import RenderedMessage
 from mailer.content.wire import QuotedPrintableLines, quoted_printable, smtp_wire
 
 # what makes quoted-printable depend on where a line ends: blanks before the break, a lone dot,
@@ -41,3 +42,11 @@ def test_the_wire_form_is_the_message_dot_stuffed_and_ended(body: str, tmp_path:
         assert message.wire.endswith(b"\r\n.\r\n")
         if body.startswith("."):
             assert b"\r\n..starts with a dot" in message.wire and b"\r\n..starts" not in message.data
+
+
+
+@pytest.mark.parametrize("data", [b"", b".", b"..\r\n", b"a\nb", b"a\r\n.b\r\n", b".x\r\n"])
+def test_any_message_has_its_wire_form(data: bytes) -> None:
+    message = RenderedMessage("b-1-x@bounces.example.com", "ana@example.com", "<m@example.com>", data)
+    assert message.wire == smtp_wire(data)
+    assert message.outgoing.wire == smtp_wire(data)

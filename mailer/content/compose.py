@@ -13,7 +13,7 @@ from base64 import b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 from markupsafe import Markup, escape
@@ -33,7 +33,12 @@ from mailer.content.templating import (
     referenced_names,
     render_template,
 )
-from mailer.content.wire import QuotedPrintableLines, dot_stuffed, is_clean_head, smtp_wire
+from mailer.content.wire import (
+    QuotedPrintableLines,
+    dot_stuffed,
+    is_clean_head,
+    smtp_wire,
+)
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.plus_tag import make_unsubscribe_address
@@ -84,6 +89,18 @@ class RenderedMessage:
     def __post_init__(self) -> None:
         if not self.wire:
             object.__setattr__(self, "wire", smtp_wire(self.data))
+
+    @property
+    def outgoing(self) -> Outgoing:
+        return Outgoing(self.envelope_from, self.recipient, self.wire)
+
+
+class Outgoing(NamedTuple):
+    """What the sending loop needs of a rendered message: a render helper sends it this, half the bytes."""
+
+    envelope_from: str
+    recipient: str
+    wire: bytes
 
 
 class SampleAttributes(dict[str, Any]):

@@ -76,3 +76,4 @@ def dot_stuffed(part: bytes) -> bytes:
     if b"\r\n." in part:
         part = part.replace(b"\r\n.", b"\r\n..")
     return b"." + part if part.startswith(b".") else part
+

@@ -16,7 +16,7 @@ from typing import Protocol
 from mailer.campaigns import get_campaign
 from mailer.config import Config
 from mailer.content.compliance import ensure_compliant
-from mailer.content.compose import Composer, Recipient, RenderedMessage
+from mailer.content.compose import Composer, Outgoing, Recipient, RenderedMessage
 from mailer.db import Database
 from mailer.delivery.claims import Batch, Outcome, SqlDeliveryStore, mark_abandoned_claims
 from mailer.delivery.deliveries import count_deliveries
@@ -195,7 +195,7 @@ class Pipeline:
         self._calls = calls
         self._wake = asyncio.Event()  # a message finished, outcomes are due, or a stop was asked for
         # delivery id -> (the helper's job rendering it, its place in that job)
-        self._ahead: dict[int, tuple[asyncio.Future[list[RenderedMessage | str]], int]] = {}
+        self._ahead: dict[int, tuple[asyncio.Future[list[Outgoing | str]], int]] = {}
         self._consecutive_errors = 0
         self._last_error = ""
         # the window: recipients queued for the connections, their attempts so far, the outcomes
@@ -389,7 +389,7 @@ class Pipeline:
             for index, recipient in enumerate(chunk):
                 self._ahead[recipient.delivery_id] = (job, index)
 
-    async def _render(self, recipient: Recipient) -> RenderedMessage | str:
+    async def _render(self, recipient: Recipient) -> Outgoing | str:
         """The message, or why it cannot be rendered."""
         slot = self._ahead.pop(recipient.delivery_id, None)
         # while the helper is still starting, rendering here beats waiting for it
@@ -400,7 +400,7 @@ class Pipeline:
             except HelperGone:
                 pass  # the helper died (killed by hand?): render here from now on
         try:
-            return self.renderer.render(recipient)
+            return self.renderer.render(recipient).outgoing
         except MailerError as exc:
             return str(exc) or type(exc).__name__
 
