@@ -41,7 +41,7 @@ from mailer.content.compose import Composer, sample_recipient
 from mailer.db import Database, normalize_email
 from mailer.delivery.pipeline import CampaignSender
 from mailer.delivery.transport import SendStatus, SmtpTransport
-from mailer.lifecycle import start_send
+from mailer.lifecycle import begin_send
 from mailer.models import (
     Campaign,
     MailingList,
@@ -302,11 +302,11 @@ def peak_rss() -> int:
 def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int) -> tuple[float, int]:
     config = load_config(directory / "mailer.toml", environ={})
     started = time.perf_counter()
-    start_send(config, database, campaign_id)
+    started = begin_send(config, database, campaign_id)  # as `campaign send` does
 
     async def run() -> int:
         async with CampaignSender(config, database) as sender:
-            return (await sender.send(campaign_id)).sent
+            return (await sender.send(campaign_id, checked=started.checked)).sent
 
     sent = asyncio.run(run())
     elapsed = time.perf_counter() - started

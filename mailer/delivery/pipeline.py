@@ -524,8 +524,9 @@ class CampaignSender:
             reconnect_for=self.config.database.reconnect_for,
         )
 
-    def prepare(self, campaign_id: int) -> Renderer:
-        """Check the campaign is sending and compliant, and compile its templates once.
+    def prepare(self, campaign_id: int, checked: Composer | None = None) -> Renderer:
+        """Check the campaign is sending and compliant, and compile its templates once; `checked` is
+        the composer of the gate this process ran when it started the send (lifecycle.begin_send).
 
         Raises DeliveryError, ComplianceError or TemplateError."""
         with self.database.session() as session:
@@ -533,9 +534,11 @@ class CampaignSender:
             campaign = get_campaign(session, campaign_id)
             if campaign.status is not CampaignStatus.SENDING:
                 raise DeliveryError(f"campaign {campaign_id} is {campaign.status.value}, not sending")
-            mailing_list = campaign.mailing_list
-            ensure_compliant(self.config, campaign, mailing_list)
-            composer = Composer(self.config, campaign, mailing_list)
+            composer = checked
+            if composer is None:
+                mailing_list = campaign.mailing_list
+                ensure_compliant(self.config, campaign, mailing_list)
+                composer = Composer(self.config, campaign, mailing_list)
             counts = count_deliveries(session, campaign_id)
         due = counts[DeliveryState.PENDING] + counts[DeliveryState.DEFERRED]
         processes = self.config.sending.render_processes
@@ -543,10 +546,13 @@ class CampaignSender:
             return RenderAhead(composer, self.config, campaign_id, processes)
         return composer
 
-    async def send(self, campaign_id: int, renderer: Renderer | None = None) -> SendReport:
-        """Send the campaign's due deliveries; marks it sent when nothing is left to send."""
+    async def send(self, campaign_id: int, renderer: Renderer | None = None, *,
+                   checked: Composer | None = None) -> SendReport:
+        """Send the campaign's due deliveries; marks it sent when nothing is left to send.
+
+        `checked`: see prepare()."""
         if renderer is None:
-            renderer = await self.calls.inline(self.prepare, campaign_id)
+            renderer = await self.calls.inline(self.prepare, campaign_id, checked)
         pipeline = Pipeline(self.store, self.transport, renderer, campaign_id, self.settings,
                             clock=self.clock, on_batch=self.on_batch, calls=self.calls)
         self._pipeline = pipeline
@@ -573,11 +579,13 @@ def send_campaign_now(
     *,
     handle_signals: bool = False,
     on_batch: Callable[[SendReport], None] | None = None,
+    checked: Composer | None = None,
 ) -> SendReport:
-    """Send a sending campaign's due deliveries in this process, until done or stopped."""
+    """Send a sending campaign's due deliveries in this process, until done or stopped (`checked`:
+    see CampaignSender.prepare)."""
 
     async def run() -> SendReport:
         async with CampaignSender(config, database, handle_signals=handle_signals, on_batch=on_batch) as sender:
-            return await sender.send(campaign_id)
+            return await sender.send(campaign_id, checked=checked)
 
     return asyncio.run(run())
