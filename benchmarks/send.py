@@ -302,11 +302,11 @@ def peak_rss() -> int:
 def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int) -> tuple[float, int]:
     config = load_config(directory / "mailer.toml", environ={})
     started = time.perf_counter()
-    started = begin_send(config, database, campaign_id)  # as `campaign send` does
+    begun = begin_send(config, database, campaign_id)  # as `campaign send` does
 
     async def run() -> int:
         async with CampaignSender(config, database) as sender:
-            return (await sender.send(campaign_id, checked=started.checked)).sent
+            return (await sender.send(campaign_id, checked=begun.checked)).sent
 
     sent = asyncio.run(run())
     elapsed = time.perf_counter() - started
