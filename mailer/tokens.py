@@ -21,6 +21,7 @@ CONFIRM_SALT = "mailer.confirm"
 PREFERENCES_SALT = "mailer.preferences"
 IDENTITY_SALT = "mailer.identity"
 _SIGNER_KWARGS = {"digest_method": hashlib.sha256}
+MIN_ZLIB_OUTPUT = 8  # a 2-byte header, an empty final block (2 bytes) and the 4-byte Adler-32
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class _LinkSigner:
 
     def dumps(self, obj: Any) -> str:
         payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        compressed = zlib.compress(payload)
+        # zlib's output is never under 8 bytes, so a payload of up to 9 is never sent compressed
+        compressed = zlib.compress(payload) if len(payload) > MIN_ZLIB_OUTPUT + 1 else payload
         if len(compressed) < len(payload) - 1:
             value = b"." + _base64(compressed)
         else:
