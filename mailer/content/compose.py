@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.policy
+import functools
 import json
 import re
 import time
@@ -225,7 +226,13 @@ def subject_header(subject: str) -> bytes:
 def subscribed_phrase(subscribed_at: dt.datetime | None) -> str:
     if subscribed_at is None:
         return ""
-    return f" on {subscribed_at.day} {subscribed_at:%B %Y}"
+    return f" on {subscribed_at.day} {_month_and_year(subscribed_at.year, subscribed_at.month)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _month_and_year(year: int, month: int) -> str:
+    # strftime for every message cost more than the rest of the footer's values
+    return f"{dt.date(year, month, 1):%B %Y}"
 
 
 class _Skeleton:
