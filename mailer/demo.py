@@ -23,7 +23,7 @@ from mailer.config import Config, load_config
 from mailer.db import Database
 from mailer.delivery.pipeline import CampaignSender, SendReport
 from mailer.errors import MailerError
-from mailer.lifecycle import start_send
+from mailer.lifecycle import begin_send
 from mailer.models import SuppressionReason
 from mailer.recipients.lists import create_list
 from mailer.recipients.subscribers import Consent, add_subscriber
@@ -173,11 +173,12 @@ def run_demo(directory: Path) -> DemoResult:
             database.upgrade()
             campaign_id, subscribers = seed(database, config)
             started = time.monotonic()
-            audience = start_send(config, database, campaign_id)
+            begun = begin_send(config, database, campaign_id)
+            audience = begun.open_deliveries
 
             async def send() -> SendReport:
                 async with CampaignSender(config, database, handle_signals=True) as sender:
-                    return await sender.send(campaign_id)
+                    return await sender.send(campaign_id, checked=begun.checked)
 
             report = asyncio.run(send())
             seconds = time.monotonic() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -121,20 +122,37 @@ def start_campaign(session: Session, campaign_id: int, now: dt.datetime | None =
     return created
 
 
-def start_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> int:
+@dataclass(frozen=True)
+class StartedSend:
+    """A send started in this process."""
+
+    open_deliveries: int
+    # the campaign's composer when this start ran the compliance gate, so that a sender in this
+    # process neither runs the gate nor compiles the templates a second time; None when the
+    # campaign was already sending (resumed), and the sender checks it itself
+    checked: Composer | None
+
+
+def begin_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> StartedSend:
     """Run the compliance gate, then start the campaign (a no-op when already sending).
 
-    Returns how many deliveries are open. Raises ComplianceError, TemplateError or DeliveryError."""
+    Raises ComplianceError, TemplateError or DeliveryError."""
+    checked = None
     with database.session() as session:
         campaign = get_campaign(session, campaign_id)
         if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
             # rendered for one subscriber of each kind on the list: a template that fails for
             # some of them is found before the first message, not in the middle of the send
             ensure_stored_campaign_compliant(session, config, campaign)
-            Composer(config, campaign, campaign.mailing_list)  # templates that do not compile fail here
+            checked = Composer(config, campaign, campaign.mailing_list)  # templates that do not compile fail here
         start_campaign(session, campaign_id, now)
         counts = count_deliveries(session, campaign_id)
-    return sum(counts[state] for state in OPEN_STATES)
+    return StartedSend(sum(counts[state] for state in OPEN_STATES), checked)
+
+
+def start_send(config: Config, database: Database, campaign_id: int, now: dt.datetime | None = None) -> int:
+    """begin_send() for callers that send elsewhere (a worker, cron): how many deliveries are open."""
+    return begin_send(config, database, campaign_id, now).open_deliveries
 
 
 def schedule_campaign(session: Session, campaign_id: int, at: dt.datetime,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -13,8 +14,15 @@ _LOCAL = re.compile(r"^b-(?P<id>[0-9]+)-(?P<sig>[a-z2-7]{10})$")
 
 
 def _signature(key: str, delivery_id: int) -> str:
-    mac = hmac.new(key.encode("utf-8"), f"verp:{delivery_id}".encode("ascii"), hashlib.sha256).digest()
-    return base64.b32encode(mac[:10]).decode("ascii").lower()[:10]
+    mac = _keyed(key).copy()
+    mac.update(f"verp:{delivery_id}".encode("ascii"))
+    return base64.b32encode(mac.digest()[:10]).decode("ascii").lower()[:10]
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed(key: str) -> hmac.HMAC:
+    # keyed once: a return path is made for every message sent
+    return hmac.new(key.encode("utf-8"), digestmod=hashlib.sha256)
 
 
 def make_return_path(config: Config, delivery_id: int) -> str:

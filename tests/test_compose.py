@@ -22,7 +22,7 @@ from compose_helpers import (
 
 from mailer.content.compliance import VisibleHtml, check_message
 from mailer.content.compose import Composer, RenderedMessage
-from mailer.content.templating import html_to_text
+from mailer.content.templating import compile_template, html_to_text, render_template
 from mailer.errors import InvalidInputError, TemplateError, TokenError
 from mailer.models import CampaignKind
 from mailer.tokens import read_unsubscribe_token
@@ -350,3 +350,24 @@ def test_derived_text_part_is_exactly_the_html_converted_for_every_recipient(htm
         assert text_body == html_to_text(html_body)
         text, _ = parts(parse(composer.render(person).data))
         assert text.startswith(text_body.rstrip("\n"))
+
+
+@pytest.mark.parametrize("expression", [
+    "subscriber.attributes.clear()", "subscriber.attributes.update(city='x')", "subscriber.attributes.pop('city')",
+    "subscriber.tags.append('x')", "subscriber.name.__class__", "subscriber.name.split.__self__",
+    "subscriber.attributes.__class__.mro()",
+])
+def test_a_template_can_neither_change_subscriber_data_nor_reach_python_internals(expression: str) -> None:
+    template = compile_template(f"<p>{{{{ {expression} }}}}</p>", html=True, label="HTML template")
+    for _ in range(2):  # the second time the sandbox answers from what it learnt the first
+        subscriber = {"name": "Ana Lima", "attributes": {"city": "Lisbon"}, "tags": ["a"]}
+        try:
+            written = render_template(template, {"subscriber": subscriber}, label="HTML template")
+        except TemplateError:
+            written = ""
+        assert subscriber == {"name": "Ana Lima", "attributes": {"city": "Lisbon"}, "tags": ["a"]}
+        assert "class" not in written and "built-in" not in written
+    # what does not change anything is still there to use
+    allowed = compile_template("{{ subscriber.attributes.get('city') }} {{ subscriber.name.split()[0] }}",
+                               html=True, label="t")
+    assert render_template(allowed, {"subscriber": subscriber}, label="t") == "Lisbon Ana"

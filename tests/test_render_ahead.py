@@ -23,7 +23,7 @@ from smtp_faults import FaultyServer, Received
 
 from mailer.config import Config
 from mailer.content.compliance import message_parts, parse_message
-from mailer.content.compose import Composer, Recipient, RenderedMessage
+from mailer.content.compose import Composer, Outgoing, Recipient
 from mailer.db import Database
 from mailer.delivery.pipeline import CampaignSender
 from mailer.delivery.render_ahead import RenderAhead
@@ -66,12 +66,19 @@ def test_the_render_helper_renders_what_the_composer_renders(
 
     for ahead, person in zip(asyncio.run(render_in_helper()), people, strict=True):
         here = composer.render(person)
-        assert ahead.recipient == here.recipient  # type: ignore[attr-defined]
-        assert ahead.message_id == here.message_id  # type: ignore[attr-defined]
-        theirs, ours = parse_message(ahead.data), parse_message(here.data)  # type: ignore[attr-defined]
+        assert isinstance(ahead, Outgoing)
+        assert (ahead.envelope_from, ahead.recipient) == (here.envelope_from, here.recipient)
+        theirs, ours = parse_message(unstuffed(ahead.wire)), parse_message(here.data)
+        assert theirs["Message-ID"] == here.message_id
         assert message_parts(theirs) == message_parts(ours)
         for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Id"):
             assert theirs[header] == ours[header]
+
+
+def unstuffed(wire: bytes) -> bytes:
+    """The message a wire form carries: without the final dot line, leading dots single again."""
+    assert wire.endswith(b"\r\n.\r\n")
+    return wire[:-3].replace(b"\r\n..", b"\r\n.")
 
 
 def test_a_render_helper_whose_sender_has_gone_exits_quietly(
@@ -136,7 +143,7 @@ def test_a_render_that_fails_is_reported_for_that_recipient_alone(
     plain = Recipient(delivery_id=2, subscriber_id=2, email="plain@example.com", name="Plain",
                       attributes={}, subscribed_at=None)
 
-    async def render_in_helper() -> list[RenderedMessage | str]:
+    async def render_in_helper() -> list[Outgoing | str]:
         ahead = RenderAhead(composer, config, campaign_id)
         try:
             return await ahead.submit([gold, plain, gold])
@@ -144,8 +151,8 @@ def test_a_render_that_fails_is_reported_for_that_recipient_alone(
             ahead.close()
 
     first, failed, last = asyncio.run(render_in_helper())
-    assert isinstance(first, RenderedMessage) and isinstance(last, RenderedMessage)
-    assert b"Your tier: gold" in first.data and first.recipient == "gold@example.com"
+    assert isinstance(first, Outgoing) and isinstance(last, Outgoing)
+    assert b"Your tier: gold" in first.wire and first.recipient == "gold@example.com"
     # the same words the sender would record had it rendered the message itself
     with pytest.raises(MailerError) as here:
         composer.render(plain)

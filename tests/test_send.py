@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from cli_helpers import Cli
 from sending_helpers import (
@@ -25,7 +26,8 @@ from mailer.db import Database
 from mailer.delivery.deliveries import snapshot_audience
 from mailer.delivery.due import send_due
 from mailer.delivery.pipeline import CampaignSender, send_campaign_now
-from mailer.lifecycle import start_send
+from mailer.errors import DeliveryError
+from mailer.lifecycle import begin_send, start_send
 from mailer.models import (
     Campaign,
     CampaignKind,
@@ -374,3 +376,25 @@ def test_send_refuses_a_template_that_fails_for_some_subscribers_before_mailing_
     assert "tier" in refused.stderr
     assert smtp_server.messages == []
     assert campaign_row(database, campaign_id).status is CampaignStatus.DRAFT
+
+
+def test_a_send_started_here_is_checked_once_and_a_resumed_one_is_checked_by_the_sender(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    config = configure(tmp_path, database, smtp_server)
+    list_id = add_audience(database, "news", emails(3))
+    campaign_id = make_campaign(database, list_id)
+    started = begin_send(config, database, campaign_id)
+    assert started.open_deliveries == 3 and started.checked is not None
+    # already sending: nothing was checked here, so the sender runs the gate itself
+    assert begin_send(config, database, campaign_id).checked is None
+
+    async def send() -> int:
+        async with CampaignSender(config, database) as sender:
+            return (await sender.send(campaign_id, checked=started.checked)).sent
+
+    assert asyncio.run(send()) == 3
+    assert sorted(smtp_server.handler.rcpt_counts.values()) == [1, 1, 1]
+    # a checked composer never sends a campaign that is no longer sending
+    with pytest.raises(DeliveryError, match="is sent, not sending"):
+        CampaignSender(config, database).prepare(campaign_id, started.checked)

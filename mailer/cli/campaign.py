@@ -35,13 +35,13 @@ from mailer.doctor.checkup import preflight
 from mailer.doctor.spam import INSTALL_HINT, SpamCheckError, SpamVerdict, spam_verdict
 from mailer.lifecycle import (
     OPEN_STATES,
+    begin_send,
     cancel_campaign,
     pause_campaign,
     queue_campaign,
     resume_campaign,
     retry_campaign,
     schedule_campaign,
-    start_send,
 )
 from mailer.models import CampaignStatus
 
@@ -317,7 +317,8 @@ def _progress_bar(campaign_id: int, total: int) -> tuple[Any, Callable[[SendRepo
 def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool, log: ProgressLog | None = None) -> None:
     """Start (or go on with) a campaign and send it here: log lines when `log` is given, else a
     progress bar on a terminal."""
-    total = start_send(app.config, app.db, campaign_id)
+    started = begin_send(app.config, app.db, campaign_id)
+    total = started.open_deliveries
     bar: Any = None
     on_batch: Callable[[SendReport], None] | None = None
     if log is not None:
@@ -326,7 +327,8 @@ def _send_in_foreground(app: AppContext, campaign_id: int, as_json: bool, log: P
     elif not as_json and sys.stdout.isatty() and total:
         bar, on_batch = _progress_bar(campaign_id, total)
     try:
-        report = send_campaign_now(app.config, app.db, campaign_id, handle_signals=True, on_batch=on_batch)
+        report = send_campaign_now(app.config, app.db, campaign_id, handle_signals=True, on_batch=on_batch,
+                                   checked=started.checked)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import datetime as dt
 import email.policy
+import functools
 import json
 import re
 import time
@@ -14,7 +14,7 @@ from base64 import b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 from markupsafe import Markup, escape
@@ -33,6 +33,12 @@ from mailer.content.templating import (
     layout_environment,
     referenced_names,
     render_template,
+)
+from mailer.content.wire import (
+    QuotedPrintableLines,
+    dot_stuffed,
+    is_clean_head,
+    smtp_wire,
 )
 from mailer.errors import InvalidInputError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
@@ -77,21 +83,25 @@ class RenderedMessage:
     recipient: str  # the single RCPT TO
     message_id: str  # "<...@sending-domain>", the same for every resend to this subscriber
     data: bytes  # the complete RFC 5322 message, CRLF line endings, DKIM-Signature first when signed
+    # the message as SMTP carries it after DATA (see wire.smtp_wire), made where the message is
+    # rendered so the sending loop does not scan it again; derived from data when not given
+    wire: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.wire:
+            object.__setattr__(self, "wire", smtp_wire(self.data))
+
+    @property
+    def outgoing(self) -> Outgoing:
+        return Outgoing(self.envelope_from, self.recipient, self.wire)
 
 
-def smtp_wire(data: bytes) -> bytes:
-    """The message as it goes after DATA: CRLF line endings, leading dots doubled, ended by "." (RFC 5321
-    4.5.2). Bytes operations, no regular expressions: a rendered message is already CRLF, so usually
-    this only scans it."""
-    if data.count(b"\r") != data.count(b"\n") or data.count(b"\r\n") != data.count(b"\n"):
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    if b"\r\n." in data:
-        data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
+class Outgoing(NamedTuple):
+    """What the sending loop needs of a rendered message: a render helper sends it this, half the bytes."""
+
+    envelope_from: str
+    recipient: str
+    wire: bytes
 
 
 class SampleAttributes(dict[str, Any]):
@@ -213,22 +223,16 @@ def subject_header(subject: str) -> bytes:
     return fold_header("Subject", subject)
 
 
-def quoted_printable(text: str) -> bytes:
-    """UTF-8 quoted-printable with CRLF line endings and a final one; no line longer than 76 octets."""
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.endswith("\n"):
-        text += "\n"
-    # b2a_qp ends every line the way the first line ends; a leading CRLF, cut off after,
-    # makes that CRLF without a pass over the text to rewrite each LF
-    encoded: bytes = binascii.b2a_qp(("\r\n" + text).encode("utf-8"), istext=True, header=False)
-    return encoded[2:]
-
-
 def subscribed_phrase(subscribed_at: dt.datetime | None) -> str:
     if subscribed_at is None:
         return ""
-    return f" on {subscribed_at.day} {subscribed_at:%B %Y}"
+    return f" on {subscribed_at.day} {_month_and_year(subscribed_at.year, subscribed_at.month)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _month_and_year(year: int, month: int) -> str:
+    # strftime for every message cost more than the rest of the footer's values
+    return f"{dt.date(year, month, 1):%B %Y}"
 
 
 class _Skeleton:
@@ -286,16 +290,17 @@ class _Probe:
         self._shape = shape_of(self._raw.static, unquoted_whole=True)
         self._text = _Skeleton(html_to_text(contain_html(raw).body), _PROBE_RE) if derive_text else None
 
-    def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None]:
-        """The recipient's contained HTML and derived text when the probe holds for them, else None for each."""
+    def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None] | None:
+        """None when the probe does not hold for the recipient; else their contained HTML and derived
+        text, each None where it cannot be had from the probe (the HTML is then contained as is)."""
         values = {"e": recipient.email, "n": recipient.name, "u": url}
         for index, key in enumerate(self._attributes.asked):
             if key not in recipient.attributes:
-                return None, None
+                return None
             values[f"a{index}"] = str(recipient.attributes[key])
         escaped = {slot: str(escape(value)) for slot, value in values.items()}
         if self._raw.fill(escaped) != raw:
-            return None, None
+            return None
         html = None
         if self._shape is not None:
             html = self._shape.fill_escaped([escaped[name] for name in self._raw.slots])
@@ -431,6 +436,7 @@ class Composer:
         self._html_separator = b"\r\n" + self._part_header("html")
         self._closing = f"\r\n--{self._boundary}--\r\n".encode("ascii")
         self._date_cache: tuple[int, bytes] = (0, b"")
+        self._qp = QuotedPrintableLines()
 
     def _part_header(self, subtype: str) -> bytes:
         return (
@@ -523,22 +529,26 @@ class Composer:
                     mailto = make_unsubscribe_address(self._keys[0], mailto, claim)
                 unsubscribe += f",\r\n <mailto:{mailto}?subject=unsubscribe%20{token}>"
             lines.append(unsubscribe.encode("ascii") + b"\r\n")
-        lines += [
-            self._tail_lines,
-            quoted_printable(text),
-            self._html_separator,
-            quoted_printable(html),
-            self._closing,
-        ]
-        data = b"".join(lines)
+        lines.append(self._tail_lines)
+        return self._finished(envelope_from, address, message_id, b"".join(lines),
+                              (self._qp.encode(text), self._qp.encode(html)))
+
+    def _finished(self, envelope_from: str, address: str, message_id: str, head: bytes,
+                  parts: tuple[bytes, bytes]) -> RenderedMessage:
+        """The message from its head and its two encoded parts, signed when DKIM is set, and its wire form."""
+        text, html = parts
+        data = b"".join((head, text, self._html_separator, html, self._closing))
         if self._signer is not None:
-            data = self._signer.sign(data) + data
-        return RenderedMessage(
-            envelope_from=envelope_from,
-            recipient=address,
-            message_id=message_id,
-            data=data,
-        )
+            signature = self._signer.sign(data)
+            data, head = signature + data, signature + head
+        # only a line of a part can start with a dot; the rest is ours and needs no pass over it
+        if is_clean_head(head):
+            wire = b"".join((head, dot_stuffed(text), self._html_separator, dot_stuffed(html), self._closing,
+                             b".\r\n"))
+        else:
+            wire = smtp_wire(data)
+        return RenderedMessage(envelope_from=envelope_from, recipient=address, message_id=message_id,
+                               data=data, wire=wire)
 
     def campaign_bodies(self, recipient: Recipient) -> tuple[str, str]:
         """The campaign's own HTML (as it goes in the box) and text for a recipient, without layout and footer."""
@@ -564,12 +574,13 @@ class Composer:
         else:
             context = self._personal_context(recipient, url)
             raw = self._render_html(context)
-            probed_html = None
-            if self._probe is not None:
-                probed_html, probed_text = self._probe.bodies(raw, recipient, url)
-            if probed_html is None:
-                probed_html = self._shaped(context, raw)
-            html_body = probed_html if probed_html is not None else contain_html(raw)
+            probed = self._probe.bodies(raw, recipient, url) if self._probe is not None else None
+            if probed is None:
+                shaped = self._shaped(context, raw)
+            else:
+                # the probe held: its shape is this rendering's, and where it has none no shape fits
+                shaped, probed_text = probed
+            html_body = shaped if shaped is not None else contain_html(raw)
         if self._static_text is not None:
             text_body = self._static_text
         elif self._text_template is not None:
@@ -582,6 +593,8 @@ class Composer:
         """The recipient's contained HTML from the shape their rendering shares with others, if it does."""
         if self._shapes.gave_up:
             return None
+        if (known := self._shapes.known(raw)) is not None:
+            return known  # no marked rendering needed
         try:
             with marking_outputs():
                 marked = self._render_html(context)

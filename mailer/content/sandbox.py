@@ -361,6 +361,12 @@ class _BoundedCodeGenerator(CodeGenerator):
         self.write(")))")
 
 
+# the types of a template's values (subscriber data is JSON, the rest is ours): exactly these, no
+# subclass, whose attributes are what the type says
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list, tuple})
+_SAFE_ATTRIBUTES: dict[tuple[type, str], bool] = {}
+
+
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with every way a template grows a value checked against the limits."""
 
@@ -390,6 +396,17 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         if getattr(_local, "marking", False):
             return Markup(OUTPUT_OPEN) + escape(value) + Markup(OUTPUT_CLOSE)
         return value
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        kind = type(obj)
+        if kind not in _PLAIN_TYPES:
+            return bool(super().is_safe_attribute(obj, attr, value))
+        # for these the answer depends on the type and the name alone, and its ABC checks cost
+        # more than the rest of a small render: asked once per process
+        known = _SAFE_ATTRIBUTES.get((kind, attr))
+        if known is None:
+            known = _SAFE_ATTRIBUTES[kind, attr] = bool(super().is_safe_attribute(obj, attr, value))
+        return known
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":

@@ -81,6 +81,8 @@ class ShapeCache:
 
     def __init__(self) -> None:
         self._shapes: dict[str, Shape | None] = {}
+        # the shapes found so far with the pieces between their values, to match unmarked renderings
+        self._known: list[tuple[tuple[str, ...], Shape]] = []
         self._misses = 0
         self._hits = 0
         self.gave_up = False
@@ -95,6 +97,21 @@ class ShapeCache:
         self.gave_up = not self._hits and self._misses >= GIVE_UP_AFTER
         return found
 
+    def known(self, raw: str) -> ContainedHtml | None:
+        """The contained HTML of an unmarked rendering that is a known shape's pieces with plain values
+        between them, or None (then mark it and ask `contained`).
+
+        Which rendering the pieces came from does not matter: a shape holds for any plain values
+        between its pieces (see the module's note), so the first split that fits is as good as the
+        template's own, and one that does not fit costs only the marked rendering it saves."""
+        for static, shape in self._known:
+            values = values_between(raw, static)
+            found = shape.fill_escaped(values) if values is not None else None
+            if found is not None:
+                self._hits += 1
+                return found
+        return None
+
     def _contained(self, marked: str, raw: str) -> ContainedHtml | None:
         # marking must not have changed what the template wrote (say, the length of a captured block)
         if _REGION.sub(r"\1", marked) != raw:
@@ -106,8 +123,31 @@ class ShapeCache:
             if len(self._shapes) >= MAX_SHAPES:
                 return None
             self._shapes[key] = shape_of(static)
+            if (new := self._shapes[key]) is not None:
+                self._known.append((tuple(static), new))
         shape = self._shapes[key]
         return shape.fill_escaped(values) if shape is not None else None
+
+
+def values_between(raw: str, static: tuple[str, ...]) -> list[str] | None:
+    """`raw` split into the values between these pieces, each piece found at its first place after
+    the value before it; None when the pieces are not all there in order."""
+    first, last = static[0], static[-1]
+    if len(static) == 1:
+        return [] if raw == first else None
+    end = len(raw) - len(last)
+    if end < len(first) or not raw.startswith(first) or not raw.endswith(last):
+        return None
+    values = []
+    position = len(first)
+    for piece in static[1:-1]:
+        found = raw.find(piece, position, end)
+        if found < 0:
+            return None
+        values.append(raw[position:found])
+        position = found + len(piece)
+    values.append(raw[position:end])
+    return values
 
 
 def shape_of(static: list[str], *, unquoted_whole: bool = False) -> Shape | None:

@@ -16,7 +16,7 @@ from typing import Protocol
 from mailer.campaigns import get_campaign
 from mailer.config import Config
 from mailer.content.compliance import ensure_compliant
-from mailer.content.compose import Composer, Recipient, RenderedMessage
+from mailer.content.compose import Composer, Outgoing, Recipient, RenderedMessage
 from mailer.db import Database
 from mailer.delivery.claims import Batch, Outcome, SqlDeliveryStore, mark_abandoned_claims
 from mailer.delivery.deliveries import count_deliveries
@@ -66,7 +66,7 @@ class Transport(Protocol):
     @property
     def concurrency(self) -> int: ...
 
-    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult: ...
+    async def send_wire(self, envelope_from: str, recipient: str, wire: bytes) -> SendResult: ...
 
     async def close(self) -> None: ...
 
@@ -195,7 +195,7 @@ class Pipeline:
         self._calls = calls
         self._wake = asyncio.Event()  # a message finished, outcomes are due, or a stop was asked for
         # delivery id -> (the helper's job rendering it, its place in that job)
-        self._ahead: dict[int, tuple[asyncio.Future[list[RenderedMessage | str]], int]] = {}
+        self._ahead: dict[int, tuple[asyncio.Future[list[Outgoing | str]], int]] = {}
         self._consecutive_errors = 0
         self._last_error = ""
         # the window: recipients queued for the connections, their attempts so far, the outcomes
@@ -389,7 +389,7 @@ class Pipeline:
             for index, recipient in enumerate(chunk):
                 self._ahead[recipient.delivery_id] = (job, index)
 
-    async def _render(self, recipient: Recipient) -> RenderedMessage | str:
+    async def _render(self, recipient: Recipient) -> Outgoing | str:
         """The message, or why it cannot be rendered."""
         slot = self._ahead.pop(recipient.delivery_id, None)
         # while the helper is still starting, rendering here beats waiting for it
@@ -400,7 +400,7 @@ class Pipeline:
             except HelperGone:
                 pass  # the helper died (killed by hand?): render here from now on
         try:
-            return self.renderer.render(recipient)
+            return self.renderer.render(recipient).outgoing
         except MailerError as exc:
             return str(exc) or type(exc).__name__
 
@@ -411,7 +411,7 @@ class Pipeline:
             self.report.failed += 1
             return Outcome(recipient.delivery_id, DeliveryState.FAILED,
                            response=f"could not render the message: {message}")
-        result = await self.transport.send(message.envelope_from, message.recipient, message.data)
+        result = await self.transport.send_wire(message.envelope_from, message.recipient, message.wire)
         if result.connection_failed:
             self._consecutive_errors += 1
             self._last_error = result.response
@@ -524,8 +524,9 @@ class CampaignSender:
             reconnect_for=self.config.database.reconnect_for,
         )
 
-    def prepare(self, campaign_id: int) -> Renderer:
-        """Check the campaign is sending and compliant, and compile its templates once.
+    def prepare(self, campaign_id: int, checked: Composer | None = None) -> Renderer:
+        """Check the campaign is sending and compliant, and compile its templates once; `checked` is
+        the composer of the gate this process ran when it started the send (lifecycle.begin_send).
 
         Raises DeliveryError, ComplianceError or TemplateError."""
         with self.database.session() as session:
@@ -533,9 +534,11 @@ class CampaignSender:
             campaign = get_campaign(session, campaign_id)
             if campaign.status is not CampaignStatus.SENDING:
                 raise DeliveryError(f"campaign {campaign_id} is {campaign.status.value}, not sending")
-            mailing_list = campaign.mailing_list
-            ensure_compliant(self.config, campaign, mailing_list)
-            composer = Composer(self.config, campaign, mailing_list)
+            composer = checked
+            if composer is None:
+                mailing_list = campaign.mailing_list
+                ensure_compliant(self.config, campaign, mailing_list)
+                composer = Composer(self.config, campaign, mailing_list)
             counts = count_deliveries(session, campaign_id)
         due = counts[DeliveryState.PENDING] + counts[DeliveryState.DEFERRED]
         processes = self.config.sending.render_processes
@@ -543,10 +546,13 @@ class CampaignSender:
             return RenderAhead(composer, self.config, campaign_id, processes)
         return composer
 
-    async def send(self, campaign_id: int, renderer: Renderer | None = None) -> SendReport:
-        """Send the campaign's due deliveries; marks it sent when nothing is left to send."""
+    async def send(self, campaign_id: int, renderer: Renderer | None = None, *,
+                   checked: Composer | None = None) -> SendReport:
+        """Send the campaign's due deliveries; marks it sent when nothing is left to send.
+
+        `checked`: see prepare()."""
         if renderer is None:
-            renderer = await self.calls.inline(self.prepare, campaign_id)
+            renderer = await self.calls.inline(self.prepare, campaign_id, checked)
         pipeline = Pipeline(self.store, self.transport, renderer, campaign_id, self.settings,
                             clock=self.clock, on_batch=self.on_batch, calls=self.calls)
         self._pipeline = pipeline
@@ -573,11 +579,13 @@ def send_campaign_now(
     *,
     handle_signals: bool = False,
     on_batch: Callable[[SendReport], None] | None = None,
+    checked: Composer | None = None,
 ) -> SendReport:
-    """Send a sending campaign's due deliveries in this process, until done or stopped."""
+    """Send a sending campaign's due deliveries in this process, until done or stopped (`checked`:
+    see CampaignSender.prepare)."""
 
     async def run() -> SendReport:
         async with CampaignSender(config, database, handle_signals=handle_signals, on_batch=on_batch) as sender:
-            return await sender.send(campaign_id)
+            return await sender.send(campaign_id, checked=checked)
 
     return asyncio.run(run())

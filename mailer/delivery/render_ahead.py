@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 from mailer.config import Config
-from mailer.content.compose import Composer, Recipient, RenderedMessage
+from mailer.content.compose import Composer, Outgoing, Recipient, RenderedMessage
 from mailer.errors import MailerError
 
 # below this many messages a helper process costs more to start than it saves
@@ -54,10 +54,10 @@ def _helper_main(connection: Connection, config: Config, campaign_id: int) -> No
             job, recipients = pickle.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return
-        rendered: list[RenderedMessage | str] = []
+        rendered: list[Outgoing | str] = []
         for recipient in recipients:
             try:
-                rendered.append(composer.render(recipient))
+                rendered.append(composer.render(recipient).outgoing)
             except MailerError as exc:
                 rendered.append(str(exc) or type(exc).__name__)
         try:
@@ -66,7 +66,7 @@ def _helper_main(connection: Connection, config: Config, campaign_id: int) -> No
             return  # the sender has gone (killed, or stopped before this answer): so do we
 
 
-def _retrieve(future: asyncio.Future[list[RenderedMessage | str]]) -> None:
+def _retrieve(future: asyncio.Future[list[Outgoing | str]]) -> None:
     if not future.cancelled():
         future.exception()
 
@@ -82,7 +82,7 @@ class _Helper:
                                        name="mailer-render", daemon=True)
         self.process.start()
         child_end.close()
-        self.waiting: dict[int, asyncio.Future[list[RenderedMessage | str]]] = {}
+        self.waiting: dict[int, asyncio.Future[list[Outgoing | str]]] = {}
         self.queued: collections.deque[tuple[int, bytes]] = collections.deque()  # not written yet
         self.unanswered: dict[int, int] = {}  # job written to the helper -> its size in bytes
         self.reading = False
@@ -105,9 +105,9 @@ class RenderAhead:
     def render(self, recipient: Recipient) -> RenderedMessage:
         return self.composer.render(recipient)
 
-    def submit(self, recipients: Sequence[Recipient]) -> asyncio.Future[list[RenderedMessage | str]]:
+    def submit(self, recipients: Sequence[Recipient]) -> asyncio.Future[list[Outgoing | str]]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[RenderedMessage | str]] = loop.create_future()
+        future: asyncio.Future[list[Outgoing | str]] = loop.create_future()
         # a job whose messages were released unsent is never awaited: take its exception anyway
         future.add_done_callback(_retrieve)
         helper = next(self._next_helper)

@@ -12,7 +12,7 @@ import aiosmtplib
 
 from mailer.bounce_class import BounceClass, classify
 from mailer.config import SmtpConfig
-from mailer.content.compose import smtp_wire
+from mailer.content.wire import smtp_wire
 from mailer.delivery.smtp_session import (
     Reply,
     Session,
@@ -101,12 +101,12 @@ class SmtpConnection:
         self.load = 0  # callers inside send()
         self._turn = asyncio.Lock()
 
-    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
-        """One mail transaction; never raises for anything the relay or the network does."""
+    async def send(self, envelope_from: str, recipient: str, wire: bytes) -> SendResult:
+        """One mail transaction for a message in its wire form (see smtp_wire); never raises for
+        anything the relay or the network does."""
         bad = next((a for a in (envelope_from, recipient) if not _is_envelope_address(a)), None)
         if bad is not None:
             return SendResult(SendStatus.PERMANENT, None, f"not an address SMTP can carry: {bad!r}")
-        wire = smtp_wire(data)
         self.load += 1
         try:
             for attempt in range(2):
@@ -257,9 +257,13 @@ class SmtpTransport:
 
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
         """Send one message on the least busy connection, within the rate cap."""
+        return await self.send_wire(envelope_from, recipient, smtp_wire(data))
+
+    async def send_wire(self, envelope_from: str, recipient: str, wire: bytes) -> SendResult:
+        """send() for a message already in its wire form (RenderedMessage.wire): no pass over it here."""
         await self._rate.wait()
         connection = min(self.connections, key=lambda c: c.load)
-        return await connection.send(envelope_from, recipient, data)
+        return await connection.send(envelope_from, recipient, wire)
 
     async def close(self) -> None:
         """QUIT every open connection."""

@@ -1,0 +1,52 @@
+"""A message's bytes: its parts encoded line by line and its wire form, byte for byte what encoding it whole gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from compose_helpers import dkim_key, make_campaign, make_config, make_recipient, render
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailer.content.compose import RenderedMessage
+from mailer.content.wire import QuotedPrintableLines, quoted_printable, smtp_wire
+
+# what makes quoted-printable depend on where a line ends: blanks before the break, a lone dot,
+# '=', long lines, CR in every position, text that is not ASCII
+TEXTS = st.lists(
+    st.one_of(st.text(max_size=90), st.sampled_from(["", ".", " ", "\t", "=", "a \n", ".\n", "x" * 80, "\r",
+                                                     "\r\n", "\n", "Zoë \u2028", "é" * 40])),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(texts=st.lists(TEXTS, min_size=1, max_size=4))
+def test_encoding_line_by_line_is_encoding_the_whole_text(texts: list[str]) -> None:
+    lines = QuotedPrintableLines()  # one per campaign: later texts reuse what earlier ones encoded
+    for text in texts:
+        assert lines.encode(text) == quoted_printable(text)
+
+
+@pytest.mark.parametrize("body", [
+    "<p>plain</p>",
+    # lines that begin with a dot, inside and at the start of each part, are doubled on the wire only
+    ".starts with a dot\n.\n..two\n<p>\n.x</p>",
+])
+def test_the_wire_form_is_the_message_dot_stuffed_and_ended(body: str, tmp_path: Path) -> None:
+    dkim_key(str(tmp_path))
+    for config in (make_config(), make_config(dkim_key=tmp_path / "hm1.pem")):
+        message = render(config, make_campaign(html=body, text=body), make_recipient())
+        assert message.wire == smtp_wire(message.data)
+        assert message.wire.endswith(b"\r\n.\r\n")
+        if body.startswith("."):
+            assert b"\r\n..starts with a dot" in message.wire and b"\r\n..starts" not in message.data
+
+
+
+@pytest.mark.parametrize("data", [b"", b".", b"..\r\n", b"a\nb", b"a\r\n.b\r\n", b".x\r\n"])
+def test_any_message_has_its_wire_form(data: bytes) -> None:
+    message = RenderedMessage("b-1-x@bounces.example.com", "ana@example.com", "<m@example.com>", data)
+    assert message.wire == smtp_wire(data)
+    assert message.outgoing.wire == smtp_wire(data)
