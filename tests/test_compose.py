@@ -20,6 +20,7 @@ from compose_helpers import (
     token_of,
 )
 
+from mailer.content import sandbox
 from mailer.content.compliance import VisibleHtml, check_message
 from mailer.content.compose import Composer, RenderedMessage
 from mailer.content.templating import compile_template, html_to_text, render_template
@@ -371,3 +372,19 @@ def test_a_template_can_neither_change_subscriber_data_nor_reach_python_internal
     allowed = compile_template("{{ subscriber.attributes.get('city') }} {{ subscriber.name.split()[0] }}",
                                html=True, label="t")
     assert render_template(allowed, {"subscriber": subscriber}, label="t") == "Lisbon Ana"
+
+
+def test_attribute_names_from_data_do_not_pile_up_in_the_sandbox_and_are_still_checked() -> None:
+    # `|attr` with a name taken from each subscriber: a worker mailing millions must not keep them all
+    template = compile_template("{{ subscriber.name|attr(subscriber.attributes.key) is defined }}", html=True,
+                                label="t")
+    kept = len(sandbox._SAFE_ATTRIBUTES)
+    for number in range(1500):
+        subscriber = {"name": "Ana", "attributes": {"key": f"name{number}"}}
+        assert render_template(template, {"subscriber": subscriber}, label="t") == "False"
+    assert len(sandbox._SAFE_ATTRIBUTES) == kept
+    # an internal name is refused, a real method found
+    internal = {"name": "Ana", "attributes": {"key": "__class__"}}
+    assert render_template(template, {"subscriber": internal}, label="t") == "False"
+    assert render_template(template, {"subscriber": {"name": "Ana", "attributes": {"key": "upper"}}},
+                           label="t") == "True"

@@ -364,6 +364,8 @@ class _BoundedCodeGenerator(CodeGenerator):
 # the types of a template's values (subscriber data is JSON, the rest is ours): exactly these, no
 # subclass, whose attributes are what the type says
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list, tuple})
+# bounded by the attributes these types have: the sandbox asks only once getattr has found one,
+# so a name from data (`x|attr(subscriber.name)`) that is no attribute is never kept
 _SAFE_ATTRIBUTES: dict[tuple[type, str], bool] = {}
 
 
