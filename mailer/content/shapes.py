@@ -50,8 +50,9 @@ class Shape:
     left_out: tuple[str, ...]
 
     def fill_escaped(self, values: list[str]) -> ContainedHtml | None:
-        """The shape with these values as the template wrote them (escaped); None when one is not plain text."""
-        if any(not _PLAIN.fullmatch(value) or not value.strip(" ") for value in values):
+        """The shape with these values as the template wrote them (escaped); None when one is not plain
+        text, or starts with a blank: before <body> and in a <colgroup> the parser drops or parts those."""
+        if any(value.startswith(" ") or not _PLAIN.fullmatch(value) for value in values):
             return None
         return self.fill([_unescaped(value) for value in values])
 
