@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
 from mailer.bounce_class import enhanced_status
 from mailer.content.compose import Recipient
@@ -94,9 +94,7 @@ class SqlDeliveryStore:
         return batch
 
     def _claim(self, session: Session, campaign_id: int, limit: int, now: dt.datetime) -> Batch:
-        campaign = session.execute(
-            sa.select(Campaign.status, Campaign.kind, Campaign.list_id).where(Campaign.id == campaign_id)
-        ).one_or_none()
+        campaign = session.connection().execute(_CAMPAIGN_STATE, {"campaign": campaign_id}).one_or_none()
         if campaign is None or campaign.status is not CampaignStatus.SENDING:
             return Batch(stopped=True)
         claimed = claim_due_deliveries(session, campaign_id, limit, now, self.worker_id,
@@ -215,21 +213,22 @@ def claim_due_deliveries(
     index scan then starts past the entries its earlier claims left dead, so a claim costs the same
     at the end of a million-row send as at its start. Only when those run short does it look
     before `after`, for rows put back behind it (released claims, in-doubt retries)."""
-    due_retries = sa.and_(live_state(DeliveryState.DEFERRED), Delivery.next_attempt_at <= now)
-    claimed = _claim_where(session, campaign_id, due_retries, Delivery.next_attempt_at, limit, now, worker_id)
+    connection = session.connection()
+    params = {"campaign": campaign_id, "now": now, "worker_id": worker_id, "after": after}
+
+    def claim(statement: sa.Update, wanted: int) -> list[int]:
+        return list(connection.execute(statement, {**params, "limit": wanted}).scalars())
+
+    claimed = claim(_CLAIM_RETRIES, limit)
     pending: list[int] = []
-    waiting = live_state(DeliveryState.PENDING)
     if len(claimed) < limit:
-        pending = _claim_where(session, campaign_id, sa.and_(waiting, Delivery.id > after), Delivery.id,
-                               limit - len(claimed), now, worker_id)
+        pending = claim(_CLAIM_PENDING_AFTER, limit - len(claimed))
     if after and len(claimed) + len(pending) < limit:
-        pending += _claim_where(session, campaign_id, sa.and_(waiting, Delivery.id <= after), Delivery.id,
-                                limit - len(claimed) - len(pending), now, worker_id)
+        pending += claim(_CLAIM_PENDING_UPTO, limit - len(claimed) - len(pending))
     return Claimed(sorted(claimed + pending), max(pending, default=0))
 
 
-def _claim_where(session: Session, campaign_id: int, condition: sa.ColumnElement[bool],
-                 order: InstrumentedAttribute[Any], limit: int, now: dt.datetime, worker_id: str) -> list[int]:
+def _claim_where(condition: sa.ColumnElement[bool], order: sa.ColumnElement[Any]) -> sa.Update:
     # one state at a time, in the order of that state's live-work index (deferred by
     # next_attempt_at, pending by id): the index then yields rows in order and the scan stops at
     # LIMIT (an OR of states made every claim sort the whole campaign), and finished deliveries
@@ -238,48 +237,47 @@ def _claim_where(session: Session, campaign_id: int, condition: sa.ColumnElement
     # concurrent workers take disjoint batches without waiting; SQLite ignores the clause, and
     # the session's BEGIN IMMEDIATE makes the claim one writer at a time.
     due = (
-        sa.select(Delivery.id)
-        .where(Delivery.campaign_id == campaign_id, condition)
+        sa.select(_DELIVERIES.c.id)
+        .where(_DELIVERIES.c.campaign_id == sa.bindparam("campaign"), condition)
         .order_by(order)
-        .limit(limit)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
         .with_for_update(skip_locked=True)
     )
-    return list(session.scalars(
-        sa.update(Delivery)
-        .where(Delivery.id.in_(due.scalar_subquery()))
-        .values(state=DeliveryState.SENDING, claimed_by=worker_id, claimed_at=now, updated_at=now)
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    ).all())
+    return (
+        _DELIVERIES.update()
+        .where(_DELIVERIES.c.id.in_(due.scalar_subquery()))
+        .values(state=DeliveryState.SENDING, claimed_by=sa.bindparam("worker_id"),
+                claimed_at=sa.bindparam("now"), updated_at=sa.bindparam("now"))
+        .returning(_DELIVERIES.c.id)
+    )
+
+
+# The statements of a send's every claim, built once: a claim runs every few tens of
+# milliseconds, and building and keying a statement cost several times what SQLite does with it.
+_DELIVERIES: sa.Table = Delivery.__table__  # type: ignore[assignment]
+_CAMPAIGN_STATE = (
+    sa.select(Campaign.__table__.c.status, Campaign.__table__.c.kind, Campaign.__table__.c.list_id)
+    .where(Campaign.__table__.c.id == sa.bindparam("campaign"))
+)
+_CLAIM_RETRIES = _claim_where(
+    sa.and_(live_state(DeliveryState.DEFERRED), _DELIVERIES.c.next_attempt_at <= sa.bindparam("now")),
+    _DELIVERIES.c.next_attempt_at)
+_CLAIM_PENDING_AFTER = _claim_where(
+    sa.and_(live_state(DeliveryState.PENDING), _DELIVERIES.c.id > sa.bindparam("after")), _DELIVERIES.c.id)
+_CLAIM_PENDING_UPTO = _claim_where(
+    sa.and_(live_state(DeliveryState.PENDING), _DELIVERIES.c.id <= sa.bindparam("after")), _DELIVERIES.c.id)
 
 
 def _load_recipients(
     session: Session, ids: list[int], kind: CampaignKind, list_id: int | None, now: dt.datetime
 ) -> Batch:
     # select_claimed_recipients: one row per claimed delivery with its person and subscription
-    rows = session.execute(
-        sa.select(
-            Delivery.id, Delivery.attempts, Subscriber.id.label("subscriber_id"), Subscriber.email,
-            Subscriber.email_normalized, Subscriber.name, Subscriber.attributes,
-            Subscription.status, Subscription.confirmed_at, Subscription.consent_at,
-        )
-        .select_from(Delivery)
-        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .outerjoin(
-            Subscription,
-            sa.and_(Subscription.subscriber_id == Delivery.subscriber_id, Subscription.list_id == list_id),
-        )
-        .where(Delivery.id.in_(ids))
-        .order_by(Delivery.id)
-    ).all()
+    connection = session.connection()
+    rows = connection.execute(_CLAIMED_RECIPIENTS, {"ids": ids, "list_id": list_id}).all()
     hashes = {row.id: address_hash(row.email_normalized) for row in rows if row.email_normalized}
     # select_suppressions_by_hash: the authority on opt-outs, erased addresses included
     reasons = dict(
-        session.execute(
-            sa.select(Suppression.address_hash, Suppression.reason).where(
-                Suppression.address_hash.in_(set(hashes.values()))
-            )
-        ).all()
+        connection.execute(_SUPPRESSIONS_BY_HASH, {"hashes": list(set(hashes.values()))}).all()
     ) if hashes else {}
     batch = Batch()
     blocked: list[int] = []
@@ -299,51 +297,77 @@ def _load_recipients(
         batch.attempts[row.id] = row.attempts
     if blocked:
         # mark_suppressed_deliveries: opted out after the snapshot; recorded, never sent
-        session.execute(
-            sa.update(Delivery)
-            .where(Delivery.id.in_(blocked))
-            .values(state=DeliveryState.SUPPRESSED, claimed_by=None, updated_at=now,
-                    last_response="opted out before its turn")
-            .execution_options(synchronize_session=False)
-        )
+        connection.execute(_MARK_SUPPRESSED, {"ids": blocked, "now": now})
         batch.suppressed = len(blocked)
     return batch
+
+
+_SUBSCRIBERS: sa.Table = Subscriber.__table__  # type: ignore[assignment]
+_SUBSCRIPTIONS: sa.Table = Subscription.__table__  # type: ignore[assignment]
+_SUPPRESSIONS: sa.Table = Suppression.__table__  # type: ignore[assignment]
+_CLAIMED_RECIPIENTS = (
+    sa.select(
+        _DELIVERIES.c.id, _DELIVERIES.c.attempts, _SUBSCRIBERS.c.id.label("subscriber_id"), _SUBSCRIBERS.c.email,
+        _SUBSCRIBERS.c.email_normalized, _SUBSCRIBERS.c.name, _SUBSCRIBERS.c.attributes,
+        _SUBSCRIPTIONS.c.status, _SUBSCRIPTIONS.c.confirmed_at, _SUBSCRIPTIONS.c.consent_at,
+    )
+    .select_from(_DELIVERIES)
+    .outerjoin(_SUBSCRIBERS, _SUBSCRIBERS.c.id == _DELIVERIES.c.subscriber_id)
+    .outerjoin(_SUBSCRIPTIONS, sa.and_(_SUBSCRIPTIONS.c.subscriber_id == _DELIVERIES.c.subscriber_id,
+                                       _SUBSCRIPTIONS.c.list_id == sa.bindparam("list_id")))
+    .where(_DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_DELIVERIES.c.id)
+)
+_SUPPRESSIONS_BY_HASH = (
+    sa.select(_SUPPRESSIONS.c.address_hash, _SUPPRESSIONS.c.reason)
+    .where(_SUPPRESSIONS.c.address_hash.in_(sa.bindparam("hashes", expanding=True)))
+)
+_MARK_SUPPRESSED = (
+    _DELIVERIES.update()
+    .where(_DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(state=DeliveryState.SUPPRESSED, claimed_by=None, updated_at=sa.bindparam("now"),
+            last_response="opted out before its turn")
+)
 
 
 def update_delivery_outcomes(session: Session, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
     """update_delivery_outcomes: one executemany UPDATE by primary key for the whole batch."""
     handed_over = [o for o in outcomes if o.state is not DeliveryState.PENDING]
     released = [o.delivery_id for o in outcomes if o.state is DeliveryState.PENDING]
+    connection = session.connection()
     if handed_over:
-        table: sa.Table = Delivery.__table__  # type: ignore[assignment]
-        statement = (
-            table.update()
-            .where(table.c.id == sa.bindparam("b_id"))
-            .values(
-                state=sa.bindparam("b_state"), attempts=table.c.attempts + 1,
-                last_code=sa.bindparam("b_code"), last_response=sa.bindparam("b_response"),
-                next_attempt_at=sa.bindparam("b_next", type_=table.c.next_attempt_at.type),
-                sent_at=sa.bindparam("b_sent", type_=table.c.sent_at.type),
-                claimed_by=None, updated_at=now,
-            )
-        )
-        session.execute(statement, [
+        connection.execute(_RECORD_OUTCOME, [
             {
-                "b_id": o.delivery_id, "b_state": o.state.value, "b_code": o.code,
+                "b_id": o.delivery_id, "b_state": o.state, "b_code": o.code,
                 "b_response": o.response[:1000], "b_next": o.next_attempt_at,
-                "b_sent": now if o.state is DeliveryState.SENT else None,
+                "b_sent": now if o.state is DeliveryState.SENT else None, "now": now,
             }
             for o in handed_over
         ])
     if released:
         # release_unsent_claims: never handed to the relay (stop signal, relay down): back in the queue
-        session.execute(
-            sa.update(Delivery)
-            .where(Delivery.id.in_(released), Delivery.state == DeliveryState.SENDING)
-            .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, next_attempt_at=None,
-                    updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        connection.execute(_RELEASE_UNSENT, {"ids": released, "now": now})
+
+
+_RECORD_OUTCOME = (
+    _DELIVERIES.update()
+    .where(_DELIVERIES.c.id == sa.bindparam("b_id"))
+    .values(
+        state=sa.bindparam("b_state", type_=_DELIVERIES.c.state.type), attempts=_DELIVERIES.c.attempts + 1,
+        last_code=sa.bindparam("b_code"), last_response=sa.bindparam("b_response"),
+        next_attempt_at=sa.bindparam("b_next", type_=_DELIVERIES.c.next_attempt_at.type),
+        sent_at=sa.bindparam("b_sent", type_=_DELIVERIES.c.sent_at.type),
+        claimed_by=None, updated_at=sa.bindparam("now", type_=_DELIVERIES.c.updated_at.type),
+    )
+)
+_RELEASE_UNSENT = (
+    _DELIVERIES.update()
+    .where(_DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
+           _DELIVERIES.c.state == DeliveryState.SENDING)
+    .values(state=DeliveryState.PENDING, claimed_by=None, claimed_at=None, next_attempt_at=None,
+            updated_at=sa.bindparam("now"))
+)
+
 
 def mark_abandoned_claims(session: Session, now: dt.datetime, claim_timeout: float) -> int:
     """mark_abandoned_claims: in-flight rows whose sender died become in_doubt; returns how many.
