@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import aiosmtplib
 import psutil
@@ -299,10 +300,25 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int) -> tuple[float, int]:
+class PipelineRun(NamedTuple):
+    rate: float
+    sent: int
+    snapshot_seconds: float  # begin_send: the audience snapshot, inside the rate's time
+    sender_cpu: float  # CPU seconds of this process, user and system
+    helper_cpu: float  # CPU seconds of the render helpers, which have exited
+
+
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int) -> PipelineRun:
     config = load_config(directory / "mailer.toml", environ={})
+    cpu_self, cpu_children = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     begun = begin_send(config, database, campaign_id)  # as `campaign send` does
+    snapshot = time.perf_counter() - started
 
     async def run() -> int:
         async with CampaignSender(config, database) as sender:
@@ -310,7 +326,8 @@ def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int)
 
     sent = asyncio.run(run())
     elapsed = time.perf_counter() - started
-    return n / elapsed, sent
+    return PipelineRun(n / elapsed, sent, snapshot, cpu_seconds(resource.RUSAGE_SELF) - cpu_self,
+                       cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_children)
 
 
 def main() -> None:
@@ -351,7 +368,8 @@ def main() -> None:
             raw_before = asyncio.run(raw_send(port, connections, n, message))
             transport_rate = asyncio.run(transport_send(port, connections, n, message))
             fresh_peak = reset_peak_rss()
-            pipeline_rate, sent = pipeline_send(directory, database, campaign_id, n)
+            run = pipeline_send(directory, database, campaign_id, n)
+            pipeline_rate, sent = run.rate, run.sent
             send_peak = peak_rss()
             # the render helpers have exited and been waited for; the sink is still running
             helper_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 if args.render_processes else 0
@@ -376,6 +394,9 @@ def main() -> None:
           f"x{transport_rate / raw:.2f} raw")
     print(f"full pipeline:   {pipeline_rate:8.0f} msg/s  ({sent:,} sent and recorded)")
     print(f"pipeline / raw:  {pipeline_rate / raw:8.2f}  (target at RTT 0: >= 1.5)")
+    print(f"CPU per message: {run.sender_cpu / n * 1e6:8.0f} us sending process, "
+          f"{run.helper_cpu / n * 1e6:.0f} us render helpers; audience snapshot {run.snapshot_seconds:.2f} s "
+          f"(in the pipeline's time)")
     if args.rtt > 0:
         print(f"pipeline / limit:{pipeline_rate / limit:8.2f}  (target >= 0.8)   "
               f"transport alone / limit: {transport_rate / limit:.2f}")
