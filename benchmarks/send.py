@@ -313,6 +313,12 @@ def cpu_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def sink_seconds(sink: psutil.Process) -> float:
+    """CPU seconds the sink (and a delay line would be another process) has used so far."""
+    times = sink.cpu_times()
+    return float(times.user + times.system)
+
+
 def pipeline_send(directory: Path, database: Database, campaign_id: int, n: int) -> PipelineRun:
     config = load_config(directory / "mailer.toml", environ={})
     cpu_self, cpu_children = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -355,6 +361,7 @@ def main() -> None:
     try:
         proc, port, sink_name = start_sink(args.sink)
         children.append(proc)
+        sink = psutil.Process(proc.pid)
         if args.rtt > 0:
             proc, port = start_delay_line(port, args.rtt)
             children.append(proc)
@@ -365,10 +372,14 @@ def main() -> None:
             message = (b"From: news@harmonymails.com\r\nTo: reader@example.com\r\nSubject: x\r\n\r\n"
                        + b"x" * 76 + b"\r\n") * max(1, size // 130)
             rss_before = psutil.Process().memory_info().rss
+            sink_cpu = sink_seconds(sink)
             raw_before = asyncio.run(raw_send(port, connections, n, message))
+            sink_raw, sink_cpu = sink_seconds(sink) - sink_cpu, sink_seconds(sink)
             transport_rate = asyncio.run(transport_send(port, connections, n, message))
             fresh_peak = reset_peak_rss()
+            sink_cpu = sink_seconds(sink)
             run = pipeline_send(directory, database, campaign_id, n)
+            sink_pipeline = sink_seconds(sink) - sink_cpu
             pipeline_rate, sent = run.rate, run.sent
             send_peak = peak_rss()
             # the render helpers have exited and been waited for; the sink is still running
@@ -397,6 +408,8 @@ def main() -> None:
     print(f"CPU per message: {run.sender_cpu / n * 1e6:8.0f} us sending process, "
           f"{run.helper_cpu / n * 1e6:.0f} us render helpers; audience snapshot {run.snapshot_seconds:.2f} s "
           f"(in the pipeline's time)")
+    print(f"sink CPU:        {sink_pipeline / n * 1e6:8.0f} us per message in the pipeline, "
+          f"{sink_raw / n * 1e6:.0f} us in the first raw run")
     if args.rtt > 0:
         print(f"pipeline / limit:{pipeline_rate / limit:8.2f}  (target >= 0.8)   "
               f"transport alone / limit: {transport_rate / limit:.2f}")
