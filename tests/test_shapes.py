@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mailer.content.compose import Composer
 from mailer.content.containment import contain_html
 from mailer.content.sandbox import marking_outputs
-from mailer.content.shapes import ShapeCache
+from mailer.content.shapes import GIVE_UP_AFTER, ShapeCache
 from mailer.content.templating import compile_template, load_template_source, render_template
 
 # values land in text, tables, <pre>, attributes (plain, unquoted, rewritten, in names), after '<' and
@@ -103,6 +103,21 @@ def test_the_composer_builds_personal_templates_as_containing_each_message_would
     context = composer._personal_context(recipient, url)
     raw = render_template(composer._html_template, context, label="t")
     assert html == contain_html(raw).body
+
+
+def test_a_probe_that_never_holds_is_let_go_and_the_messages_stay_those_of_containment() -> None:
+    # the shipped welcome template greets by first name: for two-word names the probe never holds
+    source = load_template_source("welcome")
+    composer = Composer(make_config(), make_campaign(source.html, source.text), make_list())
+    recipients = [make_recipient(name=f"Reader {n}", attributes={"city": "Lisbon"}) for n in range(GIVE_UP_AFTER)]
+    # past the give-up, a recipient the probe would hold for is still built as containment would
+    recipients.append(make_recipient(name="Ana", attributes={"city": "Faro"}))
+    for recipient in recipients:
+        html, _ = composer.campaign_bodies(recipient)
+        url = composer._unsubscribe_base + composer.unsubscribe_token(recipient)
+        raw = render_template(composer._html_template, composer._personal_context(recipient, url), label="t")
+        assert html == contain_html(raw).body
+    assert composer._probe is not None and composer._probe.gave_up
 
 
 # a piece of plain text between two values: a name holding it splits the rendering two ways

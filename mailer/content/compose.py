@@ -24,7 +24,7 @@ from mailer.config import Config, SmtpProvider
 from mailer.content.containment import CONTAINER_ID, CONTAINER_STYLE, ContainedHtml, contain_html
 from mailer.content.dkim import DkimSigner, signer_from_config
 from mailer.content.sandbox import MAX_RENDER_SECONDS, RenderTimeout, marking_outputs, render_clock
-from mailer.content.shapes import ShapeCache, shape_of
+from mailer.content.shapes import GIVE_UP_AFTER, ShapeCache, shape_of
 from mailer.content.templating import (
     TemplateSource,
     compile_campaign_templates,
@@ -289,6 +289,15 @@ class _Probe:
         # values go only where their text cannot change the structure (see shapes)
         self._shape = shape_of(self._raw.static, unquoted_whole=True)
         self._text = _Skeleton(html_to_text(contain_html(raw).body), _PROBE_RE) if derive_text else None
+        self._held = 0
+        self._failed = 0
+
+    @property
+    def gave_up(self) -> bool:
+        """The probe held for none of the first GIVE_UP_AFTER recipients (a value the template
+        derives, say a first name, differs from its marker) and brings only HTML, which the
+        shapes give as well: trying it for each recipient would cost time for nothing."""
+        return self._text is None and not self._held and self._failed >= GIVE_UP_AFTER
 
     def bodies(self, raw: str, recipient: Recipient, url: str) -> tuple[ContainedHtml | None, str | None] | None:
         """None when the probe does not hold for the recipient; else their contained HTML and derived
@@ -300,7 +309,9 @@ class _Probe:
             values[f"a{index}"] = str(recipient.attributes[key])
         escaped = {slot: str(escape(value)) for slot, value in values.items()}
         if self._raw.fill(escaped) != raw:
+            self._failed += 1
             return None
+        self._held += 1
         html = None
         if self._shape is not None:
             html = self._shape.fill_escaped([escaped[name] for name in self._raw.slots])
@@ -574,7 +585,8 @@ class Composer:
         else:
             context = self._personal_context(recipient, url)
             raw = self._render_html(context)
-            probed = self._probe.bodies(raw, recipient, url) if self._probe is not None else None
+            probe = self._probe
+            probed = probe.bodies(raw, recipient, url) if probe is not None and not probe.gave_up else None
             if probed is None:
                 shaped = self._shaped(context, raw)
             else:
