@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,28 +337,51 @@ def update_delivery_outcomes(session: Session, outcomes: Sequence[Outcome], now:
     released = [o.delivery_id for o in outcomes if o.state is DeliveryState.PENDING]
     connection = session.connection()
     if handed_over:
-        connection.execute(_RECORD_OUTCOME, [
-            {
-                "b_id": o.delivery_id, "b_state": o.state, "b_code": o.code,
-                "b_response": o.response[:1000], "b_next": o.next_attempt_at,
-                "b_sent": now if o.state is DeliveryState.SENT else None, "now": now,
-            }
-            for o in handed_over
-        ])
+        _record_outcomes(connection, handed_over, now)
     if released:
         # release_unsent_claims: never handed to the relay (stop signal, relay down): back in the queue
         connection.execute(_RELEASE_UNSENT, {"ids": released, "now": now})
+
+
+def _record_outcomes(connection: sa.Connection, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+    # the statement compiled once per database, its values made ready for the driver here: every
+    # row has the same time and one of three states, and converting each row's values one by
+    # one cost more than the database spends writing them
+    sql, names, time_of, state_of = _outcome_statement(connection.dialect)
+    at = time_of(now)
+    rows = [
+        {"b_id": o.delivery_id, "b_state": state_of(o.state), "b_code": o.code, "b_response": o.response[:1000],
+         "b_next": time_of(o.next_attempt_at) if o.next_attempt_at is not None else None,
+         "b_sent": at if o.state is DeliveryState.SENT else None, "now": at}
+        for o in outcomes
+    ]
+    connection.exec_driver_sql(sql, [tuple(row[name] for name in names) for row in rows] if names else rows)
+
+
+@functools.cache
+def _outcome_statement(dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None, Callable[[Any], Any],
+                                                      Callable[[Any], Any]]:
+    """The outcome UPDATE as the driver takes it: its SQL, the order of its parameters (None when
+    they go by name), and how a time and a state are written."""
+    compiled = _RECORD_OUTCOME.compile(dialect=dialect)
+
+    def processor(column: sa.Column[Any]) -> Callable[[Any], Any]:
+        process = column.type.bind_processor(dialect)
+        return process if process is not None else (lambda value: value)
+
+    positional = compiled.positiontup
+    return (compiled.string, tuple(positional) if positional else None, processor(_DELIVERIES.c.updated_at),
+            processor(_DELIVERIES.c.state))
 
 
 _RECORD_OUTCOME = (
     _DELIVERIES.update()
     .where(_DELIVERIES.c.id == sa.bindparam("b_id"))
     .values(
-        state=sa.bindparam("b_state", type_=_DELIVERIES.c.state.type), attempts=_DELIVERIES.c.attempts + 1,
+        state=sa.bindparam("b_state"), attempts=_DELIVERIES.c.attempts + sa.literal_column("1"),
         last_code=sa.bindparam("b_code"), last_response=sa.bindparam("b_response"),
-        next_attempt_at=sa.bindparam("b_next", type_=_DELIVERIES.c.next_attempt_at.type),
-        sent_at=sa.bindparam("b_sent", type_=_DELIVERIES.c.sent_at.type),
-        claimed_by=None, updated_at=sa.bindparam("now", type_=_DELIVERIES.c.updated_at.type),
+        next_attempt_at=sa.bindparam("b_next"), sent_at=sa.bindparam("b_sent"),
+        claimed_by=sa.null(), updated_at=sa.bindparam("now"),
     )
 )
 _RELEASE_UNSENT = (
