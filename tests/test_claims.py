@@ -18,6 +18,8 @@ from mailer.models import (
     AuditEvent,
     CampaignStatus,
     DeliveryState,
+    Subscriber,
+    Subscription,
     Suppression,
     SuppressionReason,
     utcnow,
@@ -59,6 +61,19 @@ def test_two_senders_claim_disjoint_batches_until_none_is_left(database: Databas
     assert sorted(claimed) == emails(10)
     assert not nothing.stopped
     assert set(_state_of(database, campaign_id).values()) == {DeliveryState.SENDING}
+
+
+def test_a_claimed_recipient_carries_when_they_subscribed_for_the_footer(database: Database) -> None:
+    # the footer says since when: confirmed by double opt-in, else the consent itself
+    campaign_id = _started_campaign(database, emails(2))
+    confirmed, consented = dt.datetime(2026, 3, 3, 8, 0, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, 8, 0, tzinfo=dt.UTC)
+    with database.session() as session:
+        session.execute(sa.update(Subscription).values(consent_at=consented, confirmed_at=None))
+        subscriber_id = session.scalar(sa.select(Subscriber.id).where(Subscriber.email == emails(2)[0]))
+        session.execute(sa.update(Subscription).where(Subscription.subscriber_id == subscriber_id)
+                        .values(confirmed_at=confirmed))
+    batch = SqlDeliveryStore(database).claim_batch(campaign_id, 10, T0)
+    assert {r.email: r.subscribed_at for r in batch.recipients} == {emails(2)[0]: confirmed, emails(2)[1]: consented}
 
 
 def test_rows_put_back_behind_a_senders_last_claim_are_still_sent_once(database: Database) -> None:

@@ -293,7 +293,7 @@ def _load_recipients(
             continue
         batch.recipients.append(Recipient(
             delivery_id=row.id, subscriber_id=row.subscriber_id, email=row.email, name=row.name,
-            attributes=dict(row.attributes or {}), subscribed_at=row.confirmed_at or row.consent_at,
+            attributes=dict(row.attributes or {}), subscribed_at=row.subscribed_at,
         ))
         batch.attempts[row.id] = row.attempts
     if blocked:
@@ -310,7 +310,9 @@ _CLAIMED_RECIPIENTS = (
     sa.select(
         _DELIVERIES.c.id, _DELIVERIES.c.attempts, _SUBSCRIBERS.c.id.label("subscriber_id"), _SUBSCRIBERS.c.email,
         _SUBSCRIBERS.c.email_normalized, _SUBSCRIBERS.c.name, _SUBSCRIBERS.c.attributes,
-        _SUBSCRIPTIONS.c.status, _SUBSCRIPTIONS.c.confirmed_at, _SUBSCRIPTIONS.c.consent_at,
+        _SUBSCRIPTIONS.c.status,
+        sa.func.coalesce(_SUBSCRIPTIONS.c.confirmed_at, _SUBSCRIPTIONS.c.consent_at,
+                         type_=_SUBSCRIPTIONS.c.confirmed_at.type).label("subscribed_at"),
     )
     .select_from(_DELIVERIES)
     .outerjoin(_SUBSCRIBERS, _SUBSCRIBERS.c.id == _DELIVERIES.c.subscriber_id)
