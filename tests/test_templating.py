@@ -115,3 +115,14 @@ def test_an_undefined_name_is_refused_not_rendered_empty() -> None:
     with pytest.raises(TemplateError, match="undefined variable: 'person' is undefined"):
         render_template(plain, {}, label="text template news")
     assert render_template(plain, {"person": "Ana"}, label="text template news") == "Hello Ana"
+
+
+def test_a_dotted_name_reads_a_key_unless_a_dict_method_has_that_name() -> None:
+    # as in Jinja: `subscriber.name` is the key; `attributes.items` stays the method, even
+    # when the subscriber's data has an "items" key
+    template = compile_template(
+        "{{ subscriber.name }}|{{ subscriber.attributes.city }}|{{ subscriber.attributes.items() | list | length }}"
+        "|{{ subscriber.attributes.get('city') }}",
+        html=False, label="text template news")
+    subscriber = {"name": "Ana", "attributes": {"city": "Faro", "items": "3 records", "get": "x"}}
+    assert render_template(template, {"subscriber": subscriber}, label="t") == "Ana|Faro|3|Faro"

@@ -400,6 +400,15 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             return Markup(OUTPUT_OPEN) + escape(value) + Markup(OUTPUT_CLOSE)
         return value
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # `subscriber.name`, `campaign.list_title`: a key of a plain dict. Jinja first asks the
+        # dict for an attribute of that name and takes the key once that fails; a dict has no
+        # attributes but its type's, so where the name is none of those the answer is the key
+        # without a raised and caught AttributeError, the most of such a lookup's cost
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         kind = type(obj)
         if kind not in _PLAIN_TYPES:
@@ -462,6 +471,7 @@ def render_clock(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
         _local.armed = False
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 _alarm_set = False  # render_clock's handler is set for SIGALRM in this process
 
 
