@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -360,11 +359,21 @@ def _record_outcomes(connection: sa.Connection, outcomes: Sequence[Outcome], now
     connection.exec_driver_sql(sql, [tuple(row[name] for name in names) for row in rows] if names else rows)
 
 
-@functools.cache
-def _outcome_statement(dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None, Callable[[Any], Any],
-                                                      Callable[[Any], Any]]:
+_OutcomeStatement = tuple[str, tuple[str, ...] | None, Callable[[Any], Any], Callable[[Any], Any]]
+# per kind of database and driver, not per engine: an engine is made per command and per test
+_OUTCOME_STATEMENTS: dict[tuple[str, str, str], _OutcomeStatement] = {}
+
+
+def _outcome_statement(dialect: sa.Dialect) -> _OutcomeStatement:
     """The outcome UPDATE as the driver takes it: its SQL, the order of its parameters (None when
     they go by name), and how a time and a state are written."""
+    key = (dialect.name, dialect.driver, dialect.paramstyle)
+    if key not in _OUTCOME_STATEMENTS:
+        _OUTCOME_STATEMENTS[key] = _compile_outcome_statement(dialect)
+    return _OUTCOME_STATEMENTS[key]
+
+
+def _compile_outcome_statement(dialect: sa.Dialect) -> _OutcomeStatement:
     compiled = _RECORD_OUTCOME.compile(dialect=dialect)
 
     def processor(column: sa.Column[Any]) -> Callable[[Any], Any]:
