@@ -17,6 +17,7 @@ from mailer.lifecycle import cancel_campaign, pause_campaign, start_campaign
 from mailer.models import (
     AuditEvent,
     CampaignStatus,
+    Delivery,
     DeliveryState,
     Subscriber,
     Subscription,
@@ -74,6 +75,21 @@ def test_a_claimed_recipient_carries_when_they_subscribed_for_the_footer(databas
                         .values(confirmed_at=confirmed))
     batch = SqlDeliveryStore(database).claim_batch(campaign_id, 10, T0)
     assert {r.email: r.subscribed_at for r in batch.recipients} == {emails(2)[0]: confirmed, emails(2)[1]: consented}
+
+
+def test_outcome_times_are_stored_as_every_other_write_stores_them(database: Database) -> None:
+    # a query for "sent at or after T0" must find a message sent at T0 exactly, whatever wrote it
+    campaign_id = _started_campaign(database, emails(2))
+    store = SqlDeliveryStore(database)
+    sent, deferred = store.claim_batch(campaign_id, 2, T0).recipients
+    retry_at = T0 + dt.timedelta(minutes=1)
+    store.record_outcomes(campaign_id, [Outcome(sent.delivery_id, DeliveryState.SENT, 250, "250 ok"),
+                                        Outcome(deferred.delivery_id, DeliveryState.DEFERRED, 451, "451 later",
+                                                next_attempt_at=retry_at)], T0)
+    with database.session() as session:
+        assert session.scalars(sa.select(Delivery.id).where(Delivery.sent_at >= T0)).all() == [sent.delivery_id]
+        assert session.scalars(sa.select(Delivery.id).where(Delivery.next_attempt_at <= retry_at,
+                                                            Delivery.updated_at >= T0)).all() == [deferred.delivery_id]
 
 
 def test_rows_put_back_behind_a_senders_last_claim_are_still_sent_once(database: Database) -> None:

@@ -377,7 +377,8 @@ def _compile_outcome_statement(dialect: sa.Dialect) -> _OutcomeStatement:
     compiled = _RECORD_OUTCOME.compile(dialect=dialect)
 
     def processor(column: sa.Column[Any]) -> Callable[[Any], Any]:
-        process = column.type.bind_processor(dialect)
+        # the type as this database has it: SQLite's DATETIME writes the text every other write does
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
         return process if process is not None else (lambda value: value)
 
     positional = compiled.positiontup
