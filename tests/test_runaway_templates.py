@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import sqlalchemy as sa
 from cli_helpers import Cli
 from compose_helpers import make_campaign, make_config, make_recipient, render
 
+from mailer.content.sandbox import render_clock
 from mailer.content.templating import compile_template, render_template
 from mailer.db import Database
 from mailer.errors import TemplateError
@@ -192,3 +195,18 @@ def test_ordinary_templates_still_render() -> None:
               '{{ "ab"|center(6) }} {{ ("x" * 3)|upper }} {{ "{:>4}".format(7) }} {{ "%d%%" % 25 }}')
     rendered = render_template(compile_template(source, html=False, label="t"), {}, label="t")
     assert rendered == '    x 1024 ab 1,2   ab   XXX    7 25%'
+
+
+def test_the_render_clock_still_stops_a_render_after_something_else_took_its_signal() -> None:
+    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    template = compile_template(endless, html=False, label="text template news")
+    with render_clock(0.05):
+        pass  # the clock's handler is set
+    # a stray alarm outside any render changes nothing
+    os.kill(os.getpid(), signal.SIGALRM)
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)  # another part of the process takes the signal
+    try:
+        with pytest.raises(TemplateError, match="took longer than"), render_clock(0.05):
+            render_template(template, {}, label="text template news")
+    finally:
+        signal.signal(signal.SIGALRM, previous)

@@ -441,7 +441,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise RenderTimeout
+    if getattr(_local, "armed", False):
+        raise RenderTimeout
 
 
 @contextlib.contextmanager
@@ -452,16 +453,15 @@ def render_clock(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
     a process per message would cost more than the message. Every render (the gate, a
     preview, the sender and its render helpers) runs in a main thread, where signals land;
     elsewhere the block runs unbounded in time but the size limits still hold. The handler is
-    set at the first render and stays: nothing else in the mailer uses SIGALRM, and setting it
-    twice per message cost more than the timer.
+    set at the first render and stays (set again should anything replace it): nothing else in
+    the mailer uses SIGALRM, setting and restoring it per message cost more than the timer, and
+    outside a render it ignores the signal.
     """
     if threading.current_thread() is not threading.main_thread() or getattr(_local, "armed", False):
         yield
         return
-    global _alarm_set
-    if not _alarm_set:
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
         signal.signal(signal.SIGALRM, _on_alarm)
-        _alarm_set = True
     _local.armed = True
     try:
         signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -472,7 +472,6 @@ def render_clock(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
-_alarm_set = False  # render_clock's handler is set for SIGALRM in this process
 
 
 def render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> str:
