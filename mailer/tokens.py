@@ -43,10 +43,7 @@ class _LinkSigner(Signer):
 
     @functools.cached_property
     def _signing_key(self) -> bytes:
-        return super().derive_key()
-
-    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-        return self._signing_key if secret_key is None else super().derive_key(secret_key)
+        return self.derive_key()
 
     def get_signature(self, value: str | bytes) -> bytes:
         # hmac.digest: the same MAC in one call, without building an HMAC object per link
