@@ -368,6 +368,8 @@ _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list, tuple})
 # bounded by the attributes these types have: the sandbox asks only once getattr has found one,
 # so a name from data (`x|attr(subscriber.name)`) that is no attribute is never kept
 _SAFE_ATTRIBUTES: dict[tuple[type, str], bool] = {}
+# all a plain dict has for attributes: any other dotted name on one can only be a key
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -469,9 +471,6 @@ def render_clock(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         _local.armed = False
-
-
-_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 def render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> str:
