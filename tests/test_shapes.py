@@ -8,7 +8,7 @@ from compose_helpers import HTML, TEXT, make_campaign, make_config, make_list, m
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mailer.content.compose import Composer
+from mailer.content.compose import Composer, Recipient
 from mailer.content.containment import contain_html
 from mailer.content.sandbox import marking_outputs
 from mailer.content.shapes import GIVE_UP_AFTER, ShapeCache
@@ -97,12 +97,16 @@ def test_the_composer_builds_personal_templates_as_containing_each_message_would
     source = load_template_source("welcome")
     html_template, text_template = (source.html, source.text) if shipped else (HTML, TEXT)
     composer = Composer(make_config(), make_campaign(html_template, text_template), make_list())
-    recipient = make_recipient(name=name, attributes={"city": city})
+    built, contained = built_and_contained(composer, make_recipient(name=name, attributes={"city": city}))
+    assert built == contained
+
+
+def built_and_contained(composer: Composer, recipient: Recipient) -> tuple[str, str]:
+    """The campaign HTML the composer builds for the recipient, and containing their rendering gives."""
     html, _ = composer.campaign_bodies(recipient)
     url = composer._unsubscribe_base + composer.unsubscribe_token(recipient)
-    context = composer._personal_context(recipient, url)
-    raw = render_template(composer._html_template, context, label="t")
-    assert html == contain_html(raw).body
+    raw = render_template(composer._html_template, composer._personal_context(recipient, url), label="t")
+    return html, contain_html(raw).body
 
 
 def test_a_probe_that_never_holds_is_let_go_and_the_messages_stay_those_of_containment() -> None:
@@ -113,10 +117,8 @@ def test_a_probe_that_never_holds_is_let_go_and_the_messages_stay_those_of_conta
     # past the give-up, a recipient the probe would hold for is still built as containment would
     recipients.append(make_recipient(name="Ana", attributes={"city": "Faro"}))
     for recipient in recipients:
-        html, _ = composer.campaign_bodies(recipient)
-        url = composer._unsubscribe_base + composer.unsubscribe_token(recipient)
-        raw = render_template(composer._html_template, composer._personal_context(recipient, url), label="t")
-        assert html == contain_html(raw).body
+        built, contained = built_and_contained(composer, recipient)
+        assert built == contained
     assert composer._probe is not None and composer._probe.gave_up
 
 
