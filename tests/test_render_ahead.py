@@ -81,6 +81,35 @@ def unstuffed(wire: bytes) -> bytes:
     return wire[:-3].replace(b"\r\n..", b"\r\n.")
 
 
+def test_a_job_rendered_here_while_the_helper_starts_is_never_sent_to_it(
+    tmp_path: Path, database: Database, smtp_server: FaultyServer
+) -> None:
+    # the sender renders for itself while a helper imports and compiles; a helper that then
+    # rendered that backlog again would hold up every message queued behind it
+    config, campaign_id, composer = _started_send(tmp_path, database, smtp_server, audience=1)
+    people = _people(range(1, 8))
+
+    async def take_while_starting() -> tuple[bool, list[Outgoing | str], list[Outgoing | str], int]:
+        ahead = RenderAhead(composer, config, campaign_id)
+        try:
+            done_here = ahead.submit(people[:3])
+            later = ahead.submit(people[3:5])
+            partly = ahead.submit(people[5:])
+            assert not ahead.warm  # the helper cannot have said it is up: the loop has not run
+            for _ in people[:3]:
+                ahead.taken(done_here)
+            ahead.taken(partly)  # one of two: the other still needs the helper
+            answers = await later, await partly
+            return done_here.cancelled(), *answers, len(ahead.helpers[0].waiting)
+        finally:
+            ahead.close()
+
+    dropped, later, partly, waiting = asyncio.run(take_while_starting())
+    assert dropped and waiting == 0
+    assert [m.recipient for m in later + partly if isinstance(m, Outgoing)] == [
+        "p4@example.com", "p5@example.com", "p6@example.com", "p7@example.com"]
+
+
 def test_a_render_helper_whose_sender_has_gone_exits_quietly(
     tmp_path: Path, database: Database, smtp_server: FaultyServer, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -392,13 +392,16 @@ class Pipeline:
     async def _render(self, recipient: Recipient) -> Outgoing | str:
         """The message, or why it cannot be rendered."""
         slot = self._ahead.pop(recipient.delivery_id, None)
-        # while the helper is still starting, rendering here beats waiting for it
-        if slot is not None and isinstance(self.renderer, RenderAhead) and (slot[0].done() or self.renderer.warm):
+        if slot is not None and isinstance(self.renderer, RenderAhead):
             job, index = slot
-            try:
-                return (await job)[index]
-            except HelperGone:
-                pass  # the helper died (killed by hand?): render here from now on
+            if job.done() or self.renderer.warm:
+                try:
+                    return (await job)[index]
+                except HelperGone:
+                    pass  # the helper died (killed by hand?): render here from now on
+            else:
+                # while the helper is still starting, rendering here beats waiting for it
+                self.renderer.taken(job)
         try:
             return self.renderer.render(recipient).outgoing
         except MailerError as exc:

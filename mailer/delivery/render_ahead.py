@@ -10,6 +10,7 @@ import pickle
 import signal
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from typing import NamedTuple
 
 from mailer.config import Config
 from mailer.content.compose import Composer, Outgoing, Recipient, RenderedMessage
@@ -22,6 +23,8 @@ MIN_MESSAGES_FOR_HELPER = 2000
 # blocked on an answer the sender has not read, each would wait for the other for ever. Well
 # under any socket buffer, and about ten jobs ahead, which keeps a helper busy.
 MAX_UNANSWERED_BYTES = 32 * 1024
+# the job number of a helper's first word: its composer is built, it takes jobs from now on
+_READY = -1
 
 
 class HelperGone(MailerError):
@@ -49,6 +52,10 @@ def _helper_main(connection: Connection, config: Config, campaign_id: int) -> No
         return  # the database is out of reach (restarting?): the sender renders for itself
     finally:
         database.dispose()
+    try:
+        connection.send_bytes(pickle.dumps((_READY, []), pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        return
     while True:
         try:
             job, recipients = pickle.loads(connection.recv_bytes())
@@ -86,13 +93,22 @@ class _Helper:
         self.queued: collections.deque[tuple[int, bytes]] = collections.deque()  # not written yet
         self.unanswered: dict[int, int] = {}  # job written to the helper -> its size in bytes
         self.reading = False
+        self.ready = False  # the helper has said its composer is built; nothing is written before
+
+
+class _Job(NamedTuple):
+    helper: _Helper
+    number: int
 
 
 class RenderAhead:
     """A Renderer that renders claimed messages ahead, in `processes` helper processes.
 
     `submit()` starts rendering a chunk and returns its future; `render()` renders in this
-    process, which the pipeline does while the helpers start, or after one has died.
+    process, which the pipeline does while the helpers start, or after one has died. Jobs wait
+    here until their helper is up (a second or so, importing and compiling); `taken()` says a
+    recipient of a job was rendered here meanwhile, and a job all of whose recipients were is
+    dropped unwritten, so that a helper never starts on a backlog already sent.
     """
 
     def __init__(self, composer: Composer, config: Config, campaign_id: int, processes: int = 1) -> None:
@@ -100,7 +116,10 @@ class RenderAhead:
         self.helpers = [_Helper(config, campaign_id) for _ in range(max(1, processes))]
         self._next_helper = itertools.cycle(self.helpers)
         self._jobs = itertools.count()
-        self.warm = False  # set once a helper has answered
+        self.warm = False  # set once a helper is up
+        # each job not yet answered: its helper and number, and how many of its recipients are
+        # still to be had from it
+        self._open: dict[asyncio.Future[list[Outgoing | str]], tuple[_Job, int]] = {}
 
     def render(self, recipient: Recipient) -> RenderedMessage:
         return self.composer.render(recipient)
@@ -117,6 +136,8 @@ class RenderAhead:
         job = next(self._jobs)
         helper.waiting[job] = future
         helper.queued.append((job, pickle.dumps((job, list(recipients)), pickle.HIGHEST_PROTOCOL)))
+        self._open[future] = (_Job(helper, job), len(recipients))
+        future.add_done_callback(self._closed)
         if not helper.reading:
             # the answers are read by the event loop itself: no threads, no locks
             loop.add_reader(helper.connection.fileno(), self._receive, helper)
@@ -124,9 +145,30 @@ class RenderAhead:
         self._write_queued(helper)
         return future
 
+    def taken(self, future: asyncio.Future[list[Outgoing | str]]) -> None:
+        """One recipient of the job behind `future` was rendered in this process; once all of them
+        were, a job not yet written to its helper is dropped (its future cancelled)."""
+        entry = self._open.get(future)
+        if entry is None:
+            return
+        job, wanted = entry
+        if wanted > 1:
+            self._open[future] = (job, wanted - 1)
+            return
+        queued = job.helper.queued
+        for place, (number, _) in enumerate(queued):
+            if number == job.number:
+                del queued[place]
+                del job.helper.waiting[number]
+                future.cancel()
+                return
+
+    def _closed(self, future: asyncio.Future[list[Outgoing | str]]) -> None:
+        self._open.pop(future, None)
+
     def _write_queued(self, helper: _Helper) -> None:
         # one job always goes when none is unanswered (the helper is then waiting to read it all)
-        while helper.queued:
+        while helper.ready and helper.queued:
             job, payload = helper.queued[0]
             if helper.unanswered and sum(helper.unanswered.values()) + len(payload) > MAX_UNANSWERED_BYTES:
                 return
@@ -144,11 +186,14 @@ class RenderAhead:
         except (EOFError, OSError):
             self._helper_gone(helper)
             return
+        if job == _READY:
+            helper.ready = self.warm = True
+            self._write_queued(helper)
+            return
         helper.unanswered.pop(job, None)
         answered = helper.waiting.pop(job, None)
         if answered is not None and not answered.done():
             answered.set_result(rendered)
-            self.warm = True
         self._write_queued(helper)
 
     def _helper_gone(self, helper: _Helper) -> None:
