@@ -10,6 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+# kept where the composer reads it without loading the database; still known by this name here
+from mailer.kinds import CampaignKind as CampaignKind
+
 # alembic and the models agree on constraint names through this convention
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -69,13 +72,6 @@ class SuppressionReason(enum.StrEnum):
     COMPLAINT = "complaint"  # the recipient reported a message as spam (ARF)
     MANUAL = "manual"  # a marketer added it with `mailer suppress add`
     ERASED = "erased"  # GDPR erasure: only the hash of the address is kept
-
-
-class CampaignKind(enum.StrEnum):
-    """What a message is, in law."""
-
-    CAMPAIGN = "campaign"  # commercial: ad label, unsubscribe, suppression applies
-    NOTICE = "notice"  # transactional legal notice (breach, terms): reaches opted-out people too
 
 
 class CampaignStatus(enum.StrEnum):
