@@ -34,7 +34,7 @@ from mailer.models import DeliveryState
 
 def _started_send(
     tmp_path: Path, database: Database, smtp_server: FaultyServer, *, audience: int
-) -> tuple[Config, int, Composer]:
+) -> tuple[Config, Composer]:
     """A campaign to `audience` addresses, its send started, and its composer."""
     list_id = add_audience(database, "news", emails(audience))
     campaign_id = make_campaign(database, list_id)
@@ -43,7 +43,7 @@ def _started_send(
     with database.session() as session:
         campaign = get_campaign(session, campaign_id)
         composer = Composer(config, campaign, campaign.mailing_list)
-    return config, campaign_id, composer
+    return config, composer
 
 
 def _people(ids: Iterable[int]) -> list[Recipient]:
@@ -54,11 +54,11 @@ def _people(ids: Iterable[int]) -> list[Recipient]:
 def test_the_render_helper_renders_what_the_composer_renders(
     tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
-    config, campaign_id, composer = _started_send(tmp_path, database, smtp_server, audience=2)
+    config, composer = _started_send(tmp_path, database, smtp_server, audience=2)
     people = _people((1, 2))
 
     async def render_in_helper() -> list[object]:
-        helper = RenderAhead(composer, config, campaign_id)
+        helper = RenderAhead(composer, config)
         try:
             return list(await helper.submit(people))
         finally:
@@ -81,16 +81,27 @@ def unstuffed(wire: bytes) -> bytes:
     return wire[:-3].replace(b"\r\n..", b"\r\n.")
 
 
+def test_a_render_helper_starts_without_the_database_layer() -> None:
+    # a helper is spawned: a fresh interpreter imports what it runs, and SQLAlchemy with the
+    # models is two thirds of a second of that, during which the sender renders alone. The
+    # `mailer` script (the spawned helper's main module) and the helper's own modules need none of it.
+    found = subprocess.run(
+        [sys.executable, "-c", "import sys, mailer.cli, mailer.delivery.render_ahead; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy' or m == 'mailer.models'))"],
+        capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
+
+
 def test_a_job_rendered_here_while_the_helper_starts_is_never_sent_to_it(
     tmp_path: Path, database: Database, smtp_server: FaultyServer
 ) -> None:
     # the sender renders for itself while a helper imports and compiles; a helper that then
     # rendered that backlog again would hold up every message queued behind it
-    config, campaign_id, composer = _started_send(tmp_path, database, smtp_server, audience=1)
+    config, composer = _started_send(tmp_path, database, smtp_server, audience=1)
     people = _people(range(1, 8))
 
     async def take_while_starting() -> tuple[bool, list[Outgoing | str], list[Outgoing | str], int]:
-        ahead = RenderAhead(composer, config, campaign_id)
+        ahead = RenderAhead(composer, config)
         try:
             done_here = ahead.submit(people[:3])
             later = ahead.submit(people[3:5])
@@ -115,11 +126,11 @@ def test_a_render_helper_whose_sender_has_gone_exits_quietly(
 ) -> None:
     # a sender killed, or stopped while a job was being rendered: the helper's answer has no
     # reader any more, and that must not put a traceback on the operator's terminal or cron mail
-    config, campaign_id, composer = _started_send(tmp_path, database, smtp_server, audience=1)
+    config, composer = _started_send(tmp_path, database, smtp_server, audience=1)
     people = _people(range(300))
 
     async def close_while_rendering() -> int | None:
-        ahead = RenderAhead(composer, config, campaign_id)
+        ahead = RenderAhead(composer, config)
         await ahead.submit(people[:1])  # the helper is up
         ahead.submit(people)  # long enough to render that the sender is gone before the answer
         ahead.close()
@@ -140,7 +151,7 @@ def test_a_send_goes_on_when_its_render_helper_dies(
     async def run() -> None:
         async with CampaignSender(config, database) as sender:
             composer = sender.prepare(campaign_id)
-            helper = RenderAhead(composer, config, campaign_id)  # type: ignore[arg-type]
+            helper = RenderAhead(composer, config)  # type: ignore[arg-type]
 
             def kill_the_helper(received: Received) -> None:
                 if len(smtp_server.messages) == 100:
@@ -173,7 +184,7 @@ def test_a_render_that_fails_is_reported_for_that_recipient_alone(
                       attributes={}, subscribed_at=None)
 
     async def render_in_helper() -> list[Outgoing | str]:
-        ahead = RenderAhead(composer, config, campaign_id)
+        ahead = RenderAhead(composer, config)
         try:
             return await ahead.submit([gold, plain, gold])
         finally:
@@ -203,7 +214,7 @@ async def main() -> None:
     with database.session() as session:
         campaign = get_campaign(session, int(sys.argv[2]))
         composer = Composer(config, campaign, campaign.mailing_list)
-    ahead = RenderAhead(composer, config, campaign.id)
+    ahead = RenderAhead(composer, config)
     await ahead.submit([Recipient(1, 1, "p@example.com", "P", {}, None)])
     print(ahead.helpers[0].process.pid, flush=True)
     time.sleep(600)

@@ -546,7 +546,7 @@ class CampaignSender:
         due = counts[DeliveryState.PENDING] + counts[DeliveryState.DEFERRED]
         processes = self.config.sending.render_processes
         if processes and due >= MIN_MESSAGES_FOR_HELPER:
-            return RenderAhead(composer, self.config, campaign_id, processes)
+            return RenderAhead(composer, self.config, processes)
         return composer
 
     async def send(self, campaign_id: int, renderer: Renderer | None = None, *,
