@@ -126,3 +126,23 @@ def test_a_dotted_name_reads_a_key_unless_a_dict_method_has_that_name() -> None:
         html=False, label="text template news")
     subscriber = {"name": "Ana", "attributes": {"city": "Faro", "items": "3 records", "get": "x"}}
     assert render_template(template, {"subscriber": subscriber}, label="t") == "Ana|Faro|3|Faro"
+
+
+def test_methods_of_plain_values_are_called_in_loops_and_blocks_and_stay_bounded() -> None:
+    # a call inside a loop or a block carries the names set there; a plain value's method
+    # takes none of them, and a method that can grow a value is still measured first
+    template = compile_template(
+        "{% for p in people %}{{ p.name.split()[0] }},{{ p.attributes.get('city', '-') }};{% endfor %}"
+        "{% block shout %}{{ people[0].name.upper() }}{% endblock %}",
+        html=False, label="text template news")
+    people = [{"name": "Ana Lima", "attributes": {"city": "Faro"}}, {"name": "Bo", "attributes": {}}]
+    assert render_template(template, {"people": people}, label="t") == "Ana,Faro;Bo,-;ANA LIMA"
+    growing = compile_template("{% for p in people %}{{ p.name.ljust(10 ** 8) | length }}{% endfor %}",
+                               html=False, label="text template news")
+    with pytest.raises(TemplateError, match="runaway"):
+        render_template(growing, {"people": people}, label="text template news")
+    mutating = compile_template("{% for p in people %}{{ p.attributes.clear() }}{% endfor %}",
+                                html=False, label="text template news")
+    with pytest.raises(TemplateError):
+        render_template(mutating, {"people": people}, label="text template news")
+    assert people[0]["attributes"] == {"city": "Faro"}

@@ -9,7 +9,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from types import FrameType
+from types import BuiltinMethodType, FrameType
 from typing import Any
 
 import jinja2
@@ -365,6 +365,8 @@ class _BoundedCodeGenerator(CodeGenerator):
 # the types of a template's values (subscriber data is JSON, the rest is ours): exactly these, no
 # subclass, whose attributes are what the type says
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list, tuple})
+# the owners whose built-in methods the sandbox calls without Jinja's checks (see BoundedSandbox.call)
+_CALLED_DIRECTLY = frozenset({str, dict, list, tuple})
 # bounded by the attributes these types have: the sandbox asks only once getattr has found one,
 # so a name from data (`x|attr(subscriber.name)`) that is no attribute is never kept
 _SAFE_ATTRIBUTES: dict[tuple[type, str], bool] = {}
@@ -434,6 +436,17 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return check_size(super().call_binop(context, operator, left, right))
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if (type(__obj) is BuiltinMethodType and type(__obj.__self__) in _CALLED_DIRECTLY
+                and __obj.__name__ not in _GROWING_METHODS):
+            # `subscriber.name.split()`, `attributes.get("city")`: a method of a plain value that
+            # cannot grow one. Jinja would look on it for marks a built-in method cannot carry
+            # (unsafe, alters_data, pass_context) and find none; getattr has already refused
+            # what it must (a mutating method never gets here). A call in a loop or a block
+            # carries the names set there, for a function that takes the context: not for these.
+            if kwargs:
+                kwargs.pop("_loop_vars", None)
+                kwargs.pop("_block_vars", None)
+            return check_size(__obj(*args, **kwargs), f"the result of {__obj.__name__}")
         target = getattr(__obj, "__wrapped__", __obj)
         owner = getattr(target, "__self__", None)
         name = getattr(target, "__name__", "")
