@@ -114,6 +114,7 @@ def contain_html(html: str) -> ContainedHtml:
     if body is None:
         return ContainedHtml(body="", css=kept_css, left_out=tuple(left_out))
     _clean_children(body, left_out)
+    _keep_leading_newlines(body)
     inner = "".join(child.html or "" for child in body.iter(include_text=True))
     wrapper = _wrapper_attributes(body, left_out)
     if wrapper:
@@ -254,6 +255,16 @@ def _clean_children(root: LexborNode, left_out: dict[str, None]) -> None:
         stack.extend(_children(node))
     for node in reversed(unwrap):  # innermost first, each one's children already clean
         node.unwrap(delete_empty=True)
+
+
+def _keep_leading_newlines(root: LexborNode) -> None:
+    """A parser drops a newline right after <pre> or <listing>; one that is the text's own (it came
+    after something the parser skipped, or the template wrote two) is doubled, so that the HTML
+    written out parses back to the tree that was checked."""
+    for node in root.css("pre, listing"):
+        first = node.child
+        if first is not None and first.tag == "-text" and (first.text_content or "").startswith("\n"):
+            first.insert_before("\n")
 
 
 def _children(node: LexborNode) -> Iterable[LexborNode]:
