@@ -1,16 +1,30 @@
-"""A message's bytes: its parts encoded line by line and its wire form, byte for byte what encoding it whole gives."""
+"""A message's bytes: its parts as written or encoded line by line, and its wire form, byte for byte what encoding it whole gives."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from compose_helpers import dkim_key, make_campaign, make_config, make_recipient, render
+from compose_helpers import (
+    dkim_key,
+    make_campaign,
+    make_config,
+    make_recipient,
+    parse,
+    parts,
+    render,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.content.compose import RenderedMessage
-from mailer.content.wire import QuotedPrintableLines, quoted_printable, smtp_wire
+from mailer.content.wire import (
+    MAX_LINE,
+    QuotedPrintableLines,
+    quoted_printable,
+    seven_bit,
+    smtp_wire,
+)
 
 # what makes quoted-printable depend on where a line ends: blanks before the break, a lone dot,
 # '=', long lines, CR in every position, text that is not ASCII
@@ -50,3 +64,26 @@ def test_any_message_has_its_wire_form(data: bytes) -> None:
     message = RenderedMessage("b-1-x@bounces.example.com", "ana@example.com", "<m@example.com>", data)
     assert message.wire == smtp_wire(data)
     assert message.outgoing.wire == smtp_wire(data)
+
+
+def test_plain_ascii_in_short_lines_goes_as_written() -> None:
+    assert seven_bit("<p style=\"a:b\">x</p>\n  two", "=_hm_0") == b"<p style=\"a:b\">x</p>\r\n  two\r\n"
+    assert seven_bit("y" * MAX_LINE + "\n" + "z" * MAX_LINE, "=_hm_0") is not None
+    # each of these would change on the way or break the message: quoted-printable then
+    for text in ["Zo\u00eb", "a\rb", "a\r\nb", "nul\x00", "y" * (MAX_LINE + 1), "x\n" + "y" * (MAX_LINE + 1),
+                 "as --=_hm_0 said"]:
+        assert seven_bit(text, "=_hm_0") is None, text
+
+
+def test_each_part_goes_as_written_when_it_can_and_reads_the_same_either_way() -> None:
+    ascii_only = render(recipient=make_recipient(name="Ana Lima"))
+    accented = render(recipient=make_recipient(name="Zo\u00eb Lima"))
+    plain = parse(ascii_only.data)
+    assert [part["Content-Transfer-Encoding"] for part in plain.iter_parts()] == ["7bit", "7bit"]
+    assert [part["Content-Transfer-Encoding"] for part in parse(accented.data).iter_parts()] == [
+        "quoted-printable", "quoted-printable"]
+    assert all(byte < 128 for byte in ascii_only.data + accented.data)
+    assert max(len(line) for line in ascii_only.data.split(b"\r\n")) <= MAX_LINE
+    text, html = parts(plain)
+    other_text, other_html = parts(parse(accented.data))
+    assert text.replace("Ana", "Zo\u00eb") == other_text and html.replace("Ana", "Zo\u00eb") == other_html

@@ -38,6 +38,7 @@ from mailer.content.wire import (
     QuotedPrintableLines,
     dot_stuffed,
     is_clean_head,
+    seven_bit,
     smtp_wire,
 )
 from mailer.errors import InvalidInputError, TemplateError
@@ -469,7 +470,8 @@ class Composer:
 
     def _build_headers(self, campaign: CampaignContent, list_title: str) -> None:
         config = self._config
-        self._boundary = f"=_hm_{uuid.uuid4().hex}"  # '=_' never occurs in quoted-printable text
+        # '=_' never occurs in quoted-printable text; a 7bit part holding the boundary goes quoted-printable
+        self._boundary = f"=_hm_{uuid.uuid4().hex}"
         self._from_line = mailbox_line("From", campaign.from_address or config.sender.from_address)
         self._subject_line = subject_header(self.subject)
         middle = [b"MIME-Version: 1.0\r\n"]
@@ -487,19 +489,28 @@ class Composer:
             tail.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         tail.append(f'Content-Type: multipart/alternative;\r\n boundary="{self._boundary}"\r\n'.encode("ascii"))
         tail.append(b"\r\n")
-        tail.append(self._part_header("plain"))
         self._tail_lines = b"".join(tail)
-        self._html_separator = b"\r\n" + self._part_header("html")
+        self._part_headers = {(subtype, encoding): self._part_header(subtype, encoding)
+                              for subtype in ("plain", "html") for encoding in ("7bit", "quoted-printable")}
         self._closing = f"\r\n--{self._boundary}--\r\n".encode("ascii")
         self._date_cache: tuple[int, bytes] = (0, b"")
         self._qp = QuotedPrintableLines()
 
-    def _part_header(self, subtype: str) -> bytes:
+    def _part_header(self, subtype: str, encoding: str) -> bytes:
+        charset = "us-ascii" if encoding == "7bit" else "utf-8"
         return (
             f"--{self._boundary}\r\n"
-            f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+            f'Content-Type: text/{subtype}; charset="{charset}"\r\n'
+            f"Content-Transfer-Encoding: {encoding}\r\n\r\n"
         ).encode("ascii")
+
+    def _part(self, subtype: str, text: str) -> bytes:
+        """A part with its header: as written when it is plain ASCII in short lines (most of a
+        campaign's are, and encoding them cost more than rendering), else quoted-printable."""
+        content = seven_bit(text, self._boundary)
+        if content is not None:
+            return self._part_headers[subtype, "7bit"] + content
+        return self._part_headers[subtype, "quoted-printable"] + self._qp.encode(text)
 
     def _render_html(self, context: Mapping[str, Any]) -> str:
         return render_template(self._html_template, context, label="HTML template")
@@ -587,19 +598,19 @@ class Composer:
             lines.append(unsubscribe.encode("ascii") + b"\r\n")
         lines.append(self._tail_lines)
         return self._finished(envelope_from, address, message_id, b"".join(lines),
-                              (self._qp.encode(text), self._qp.encode(html)))
+                              (self._part("plain", text), self._part("html", html)))
 
     def _finished(self, envelope_from: str, address: str, message_id: str, head: bytes,
                   parts: tuple[bytes, bytes]) -> RenderedMessage:
-        """The message from its head and its two encoded parts, signed when DKIM is set, and its wire form."""
+        """The message from its head and its two parts, signed when DKIM is set, and its wire form."""
         text, html = parts
-        data = b"".join((head, text, self._html_separator, html, self._closing))
+        data = b"".join((head, text, b"\r\n", html, self._closing))
         if self._signer is not None:
             signature = self._signer.sign(data)
             data, head = signature + data, signature + head
         # only a line of a part can start with a dot; the rest is ours and needs no pass over it
         if is_clean_head(head):
-            wire = b"".join((head, dot_stuffed(text), self._html_separator, dot_stuffed(html), self._closing,
+            wire = b"".join((head, dot_stuffed(text), b"\r\n", dot_stuffed(html), self._closing,
                              b".\r\n"))
         else:
             wire = smtp_wire(data)

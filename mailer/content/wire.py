@@ -1,4 +1,4 @@
-"""A message's bytes: quoted-printable parts, and the form SMTP carries after DATA, each made once."""
+"""A message's bytes: 7bit or quoted-printable parts, and the form SMTP carries after DATA, each made once."""
 
 from __future__ import annotations
 
@@ -48,6 +48,23 @@ class QuotedPrintableLines:
                     line = lines[index]
                     encoded[index] = cached[line] = quoted_printable(line)
         return b"".join(encoded)  # type: ignore[arg-type]  # no None is left
+
+
+# RFC 5322 2.1.1: a line of a message is at most 998 characters, its CRLF aside
+MAX_LINE = 998
+
+
+def seven_bit(text: str, forbidden: str) -> bytes | None:
+    """The text as 7bit MIME content (RFC 2045 2.7), CRLF line endings and a final one; None when it
+    cannot go so: a character past ASCII, a NUL or CR, a line past MAX_LINE, or `forbidden` (the
+    message's multipart boundary) in it. Such text needs no encoding: each byte is the character."""
+    if not text.isascii() or "\r" in text or "\x00" in text or forbidden in text:
+        return None
+    if len(text) > MAX_LINE and max(map(len, text.split("\n"))) > MAX_LINE:
+        return None
+    if not text.endswith("\n"):
+        text += "\n"
+    return text.replace("\n", "\r\n").encode("ascii")
 
 
 def smtp_wire(data: bytes) -> bytes:
