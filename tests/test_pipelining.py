@@ -14,6 +14,7 @@ from sending_helpers import add_audience, configure, delivery_states, emails, ma
 from mailer.config import SmtpConfig, StartTLS
 from mailer.db import Database
 from mailer.delivery.pipeline import send_campaign_now
+from mailer.delivery.smtp_session import Reply, ReplyReader
 from mailer.delivery.transport import SendResult, SendStatus, SmtpTransport
 from mailer.lifecycle import start_send
 from mailer.models import DeliveryState
@@ -222,3 +223,22 @@ def test_a_campaign_through_a_pipelining_relay_records_each_message_by_its_own_r
     counts = pipelining_relay.handler.rcpt_counts
     assert set(counts) == set(addresses) - {gone, dropped, later} and set(counts.values()) == {1}
     assert all(rows[a].state is DeliveryState.SENT for a in counts)
+
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000], ids=lambda n: f"reads of {n} bytes")
+def test_replies_are_matched_the_same_however_the_reads_cut_them(size: int) -> None:
+    # a pipelined group's replies usually come in one read; TCP may cut them anywhere
+    replies = b"250 2.1.0 Ok\r\n250-first line\r\n250 2.1.5 Ok\r\n354 End data\n550 5.1.1 No\r\n"
+
+    async def read() -> list[Reply | None]:
+        reader = ReplyReader()
+        loop = asyncio.get_running_loop()
+        waiting = [reader.expect(loop) for _ in range(5)]
+        for start in range(0, len(replies), size):
+            reader.data_received(replies[start:start + size])
+        reader.connection_lost(None)  # the fifth command's reply never comes
+        return [await reply for reply in waiting]
+
+    assert asyncio.run(read()) == [Reply(250, "2.1.0 Ok"), Reply(250, "first line 2.1.5 Ok"),
+                                   Reply(354, "End data"), Reply(550, "5.1.1 No"), None]

@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosmtplib
 
@@ -18,9 +17,8 @@ from mailer.config import SmtpConfig, StartTLS
 MAX_REPLY_LINE = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One complete (possibly multi-line) SMTP reply."""
+class Reply(NamedTuple):
+    """One complete (possibly multi-line) SMTP reply; four a message, so a tuple, quick to make."""
 
     code: int
     text: str
@@ -51,6 +49,11 @@ class ReplyReader(asyncio.Protocol):
             self._waiting.append(None)
 
     def data_received(self, data: bytes) -> None:
+        if not self._buffer and data.endswith(b"\n"):
+            # the usual case: whole lines, a pipelined group's replies in one read
+            for line in data[:-1].split(b"\n"):
+                self._line(line.rstrip(b"\r"))
+            return
         self._buffer += data
         while (end := self._buffer.find(b"\n")) >= 0:
             line = bytes(self._buffer[:end]).rstrip(b"\r")
