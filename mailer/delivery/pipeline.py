@@ -209,6 +209,7 @@ class Pipeline:
         self._claimed: set[int] = set()
         self._nothing_to_claim = False
         self._pace = Pace(transport.concurrency, settings.batch_size)
+        self._low_water = self._pace.low_water  # the pace's, as of its last measure (each write)
 
     def stop(self) -> None:
         """Finish the messages in flight, record them, send no more (SIGTERM, Ctrl-C, deadline)."""
@@ -282,12 +283,14 @@ class Pipeline:
             asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._wake.set)
         self._finished.append(outcome)
         self._outstanding -= 1
-        self._wake.set()
+        # the window's loop is woken when there is work for it, not once a message
+        if (not self._nothing_to_claim and self._outstanding <= self._low_water) or self._relay_down:
+            self._wake.set()
 
     def _write_due(self) -> bool:
         """Time to write outcomes and claim: half the messages claimed ahead of the connections are
         gone, or an outcome waited FLUSH_SECONDS."""
-        if not self._nothing_to_claim and self._outstanding <= self._pace.low_water:
+        if not self._nothing_to_claim and self._outstanding <= self._low_water:
             return True
         since = self._finished_since
         return since is not None and time.monotonic() - since >= FLUSH_SECONDS
@@ -328,6 +331,7 @@ class Pipeline:
             raise
         finished = time.monotonic()
         self._pace.wrote(finished - started, len(done), finished)
+        self._low_water = self._pace.low_water
         self._claimed.difference_update(o.delivery_id for o in done)
         if self.calls.failures != failures:
             # the connection dropped during a claim that may have committed all the same

@@ -232,7 +232,9 @@ class SmtpConnection:
 def _is_envelope_address(address: str) -> bool:
     # addresses come validated from the database and from VERP, but nothing that could break
     # the command line ever reaches the relay
-    return "@" in address and not any(ch in address for ch in "<> \t\r\n\x00") and address.isprintable()
+    # (a tab, CR, LF or NUL is not printable)
+    return "@" in address and "<" not in address and ">" not in address and " " not in address \
+        and address.isprintable()
 
 
 def _commands(sender: str, recipient: str, utf8: bool) -> list[bytes]:
