@@ -77,6 +77,26 @@ def test_a_claimed_recipient_carries_when_they_subscribed_for_the_footer(databas
     assert {r.email: r.subscribed_at for r in batch.recipients} == {emails(2)[0]: confirmed, emails(2)[1]: consented}
 
 
+def test_claims_of_any_size_carry_each_persons_data_and_leave_out_the_opted_out(database: Database) -> None:
+    # the claimed rows are read in lists of 1, 2, 3 and 5 ids, none a power of two but the first two
+    addresses = emails(12)
+    campaign_id = _started_campaign(database, addresses)
+    with database.session() as session:
+        for n, address in enumerate(addresses):
+            session.execute(sa.update(Subscriber).where(Subscriber.email == address).values(
+                name=f"P\u00e9rson {n}", attributes={"n": n, "tags": ["a", "b"], "city": None}))
+        suppress_address(session, addresses[4], SuppressionReason.UNSUBSCRIBED, source="test")
+    store = SqlDeliveryStore(database)
+    claimed = [store.claim_batch(campaign_id, size, T0) for size in (1, 2, 3, 5, 1)]
+    people = [r for batch in claimed for r in batch.recipients]
+    assert [(r.email, r.name, r.attributes) for r in people] == [
+        (address, f"P\u00e9rson {n}", {"n": n, "tags": ["a", "b"], "city": None})
+        for n, address in enumerate(addresses) if n != 4]
+    assert sum(batch.suppressed for batch in claimed) == 1
+    assert all(r.subscribed_at is not None and r.subscribed_at.tzinfo is dt.UTC for r in people)
+    assert {claimed[2].attempts[r.delivery_id] for r in claimed[2].recipients} == {0}
+
+
 def test_outcome_times_are_stored_as_every_other_write_stores_them(database: Database) -> None:
     # a query for "sent at or after T0" must find a message sent at T0 exactly, whatever wrote it
     campaign_id = _started_campaign(database, emails(2))

@@ -7,7 +7,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -273,33 +273,79 @@ def _load_recipients(
 ) -> Batch:
     # select_claimed_recipients: one row per claimed delivery with its person and subscription
     connection = session.connection()
-    rows = connection.execute(_CLAIMED_RECIPIENTS, {"ids": ids, "list_id": list_id}).all()
-    hashes = {row.id: address_hash(row.email_normalized) for row in rows if row.email_normalized}
+    rows = _selected(connection, _CLAIMED_RECIPIENTS, "ids", ids, list_id=list_id)
+    hashes = {row[0]: address_hash(row[4]) for row in rows if row[4]}
     # select_suppressions_by_hash: the authority on opt-outs, erased addresses included
-    reasons = dict(
-        connection.execute(_SUPPRESSIONS_BY_HASH, {"hashes": list(set(hashes.values()))}).all()
-    ) if hashes else {}
+    reasons = dict(_selected(connection, _SUPPRESSIONS_BY_HASH, "hashes", list(set(hashes.values())))
+                   ) if hashes else {}
     batch = Batch()
     blocked: list[int] = []
-    for row in rows:
-        reason = reasons.get(hashes.get(row.id, ""))
+    for delivery_id, attempts, subscriber_id, email, _, name, attributes, status, subscribed_at in rows:
+        reason = reasons.get(hashes.get(delivery_id, ""))
         if kind is CampaignKind.NOTICE:
-            refused = row.subscriber_id is None or reason in NOTICE_BLOCKING_REASONS
+            refused = subscriber_id is None or reason in NOTICE_BLOCKING_REASONS
         else:
-            refused = row.subscriber_id is None or reason is not None or row.status is not SubscriptionStatus.ACTIVE
+            refused = subscriber_id is None or reason is not None or status is not SubscriptionStatus.ACTIVE
         if refused:
-            blocked.append(row.id)
+            blocked.append(delivery_id)
             continue
         batch.recipients.append(Recipient(
-            delivery_id=row.id, subscriber_id=row.subscriber_id, email=row.email, name=row.name,
-            attributes=dict(row.attributes or {}), subscribed_at=row.subscribed_at,
+            delivery_id=delivery_id, subscriber_id=subscriber_id, email=email, name=name,
+            attributes=dict(attributes or {}), subscribed_at=subscribed_at,
         ))
-        batch.attempts[row.id] = row.attempts
+        batch.attempts[delivery_id] = attempts
     if blocked:
         # mark_suppressed_deliveries: opted out after the snapshot; recorded, never sent
         connection.execute(_MARK_SUPPRESSED, {"ids": blocked, "now": now})
         batch.suppressed = len(blocked)
     return batch
+
+
+class _Select(NamedTuple):
+    sql: str
+    names: tuple[str, ...] | None  # the parameters in order, or None when the driver takes them by name
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column, how its type reads it here)
+
+
+# per kind of database and driver, statement and padded length of its list (see _selected)
+_SELECTS: dict[tuple[str, str, str, sa.Select[Any], int], _Select] = {}
+
+
+def _selected(connection: sa.Connection, statement: sa.Select[Any], listed: str, values: Sequence[Any],
+              **params: Any) -> list[list[Any]]:
+    """The rows of `statement` with these values in its expanding parameter `listed`, through the
+    driver, each column converted as its type reads it on this database.
+
+    A claim cycle runs two such reads for a few tens of rows; SQLAlchemy rendered the list's
+    placeholders and processed each row every time, several times SQLite's own work. The list
+    is padded with NULLs (never equal to anything) to a power of two, so that a few compiled
+    forms serve every length."""
+    dialect = connection.dialect
+    size = 1 << max(0, len(values) - 1).bit_length()
+    key = (dialect.name, dialect.driver, dialect.paramstyle, statement, size)
+    select = _SELECTS.get(key)
+    if select is None:
+        select = _SELECTS[key] = _compile_select(dialect, statement, listed, size, params)
+    bound = dict(params)
+    bound.update((f"{listed}_{place}", value) for place, value in enumerate(values, 1))
+    bound.update((f"{listed}_{place}", None) for place in range(len(values) + 1, size + 1))
+    arguments = tuple(bound[name] for name in select.names) if select.names is not None else bound
+    rows = [list(row) for row in connection.exec_driver_sql(select.sql, arguments)]
+    for place, convert in select.converters:
+        for row in rows:
+            row[place] = convert(row[place])
+    return rows
+
+
+def _compile_select(dialect: sa.Dialect, statement: sa.Select[Any], listed: str, size: int,
+                    params: dict[str, Any]) -> _Select:
+    compiled = statement.params({**params, listed: [None] * size}).compile(
+        dialect=dialect, compile_kwargs={"render_postcompile": True})
+    positional = compiled.positiontup
+    converters = ((place, column.type.dialect_impl(dialect).result_processor(dialect, None))
+                  for place, column in enumerate(statement.selected_columns))
+    return _Select(compiled.string, tuple(positional) if positional else None,
+                   tuple((place, convert) for place, convert in converters if convert is not None))
 
 
 _SUBSCRIBERS: sa.Table = Subscriber.__table__  # type: ignore[assignment]
