@@ -52,14 +52,12 @@ class Shape:
     def fill_escaped(self, values: list[str]) -> ContainedHtml | None:
         """The shape with these values as the template wrote them (escaped); None when one is not plain
         text, or starts with a blank: before <body> and in a <colgroup> the parser drops or parts those."""
-        if any(value.startswith(" ") or not _PLAIN.fullmatch(value) for value in values):
-            return None
-        return self.fill([_unescaped(value) for value in values])
-
-    def fill(self, values: list[str]) -> ContainedHtml:
         out = [self.pieces[0]]
         for (index, in_attribute), piece in zip(self.slots, self.pieces[1:], strict=True):
-            out.append(serialized(values[index], attribute=in_attribute))
+            text = _filled(values[index], in_attribute)
+            if text is None:
+                return None
+            out.append(text)
             out.append(piece)
         return ContainedHtml(body="".join(out), css=self.css, left_out=self.left_out)
 
@@ -68,6 +66,28 @@ def serialized(text: str, *, attribute: bool) -> str:
     """Text as the HTML serializer writes it in a text node or a double-quoted attribute value."""
     text = text.replace("&", "&amp;").replace("\xa0", "&nbsp;").replace("<", "&lt;").replace(">", "&gt;")
     return text.replace('"', "&quot;") if attribute else text
+
+
+def _filled(value: str, in_attribute: bool) -> str | None:
+    """An escaped value as it goes into a slot of a shape, or None when it may not (see fill_escaped).
+
+    Most values recur from message to message (the list's title, a first name, a city): each is
+    checked and written once per process, in a table that starts again when full."""
+    key = (value, in_attribute)
+    try:
+        return _FILLED[key]
+    except KeyError:
+        pass
+    plain = not value.startswith(" ") and _PLAIN.fullmatch(value) is not None
+    text = serialized(_unescaped(value), attribute=in_attribute) if plain else None
+    if len(_FILLED) >= MAX_FILLED:
+        _FILLED.clear()
+    _FILLED[key] = text
+    return text
+
+
+MAX_FILLED = 4096
+_FILLED: dict[tuple[str, bool], str | None] = {}
 
 
 def _unescaped(value: str) -> str:
