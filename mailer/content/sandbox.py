@@ -399,7 +399,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def written_text(self, value: Any) -> Any:
         """What `{{ value }}` writes: the bounded value, between OUTPUT_OPEN and OUTPUT_CLOSE while marking."""
-        self.bounded_text(value)
+        if type(value) is not str:  # a string is written as itself: its size was bounded where it was made
+            self.bounded_text(value)
         if getattr(_local, "marking", False):
             return Markup(OUTPUT_OPEN) + escape(value) + Markup(OUTPUT_CLOSE)
         return value
@@ -455,6 +456,14 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return check_size(super().call(__context, __obj, *args, **kwargs), f"the result of {name or 'a call'}")
 
 
+# signal.getsignal turns its answer into an enum member where it can, and for a function that
+# costs a raised and caught ValueError, half the clock's cost; the function it wraps answers as is
+try:
+    from _signal import getsignal as _current_handler  # type: ignore[import-not-found]
+except ImportError:  # an interpreter without CPython's module
+    _current_handler = signal.getsignal
+
+
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     if getattr(_local, "armed", False):
         raise RenderTimeout
@@ -475,7 +484,7 @@ def render_clock(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or getattr(_local, "armed", False):
         yield
         return
-    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+    if _current_handler(signal.SIGALRM) is not _on_alarm:
         signal.signal(signal.SIGALRM, _on_alarm)
     _local.armed = True
     try:
@@ -491,16 +500,22 @@ def render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> str
 
     Raises RenderTimeout, SecurityError for output past the limit, and what rendering raises.
     """
+    if getattr(_local, "armed", False):
+        return _render_within_size(template, context)  # within the clock the caller set (Composer.render)
+    with render_clock():
+        return _render_within_size(template, context)
+
+
+def _render_within_size(template: jinja2.Template, context: Mapping[str, Any]) -> str:
     chunks: list[str] = []
     size = 0
     _local.built = 0
-    with render_clock():
-        for chunk in _generate(template, context):
-            size += len(chunk)
-            if size > MAX_OUTPUT_CHARS:
-                raise SecurityError(f"the rendered text would be longer than {MAX_OUTPUT_CHARS:,} "
-                                    "characters; the template writes runaway output")
-            chunks.append(chunk)
+    for chunk in _generate(template, context):
+        size += len(chunk)
+        if size > MAX_OUTPUT_CHARS:
+            raise SecurityError(f"the rendered text would be longer than {MAX_OUTPUT_CHARS:,} "
+                                "characters; the template writes runaway output")
+        chunks.append(chunk)
     return "".join(chunks)
 
 
