@@ -10,12 +10,14 @@ import sys
 import sqlalchemy as sa
 from sending_helpers import add_audience, campaign_row, delivery_states, emails, make_campaign
 
+from mailer.campaigns import check_recipients
 from mailer.db import Database
 from mailer.delivery.claims import Outcome, SqlDeliveryStore, mark_abandoned_claims
 from mailer.delivery.senders import make_worker_id
 from mailer.lifecycle import cancel_campaign, pause_campaign, start_campaign
 from mailer.models import (
     AuditEvent,
+    Campaign,
     CampaignStatus,
     Delivery,
     DeliveryState,
@@ -95,6 +97,26 @@ def test_claims_of_any_size_carry_each_persons_data_and_leave_out_the_opted_out(
     assert sum(batch.suppressed for batch in claimed) == 1
     assert all(r.subscribed_at is not None and r.subscribed_at.tzinfo is dt.UTC for r in people)
     assert {claimed[2].attempts[r.delivery_id] for r in claimed[2].recipients} == {0}
+
+
+def test_the_gate_picks_one_subscriber_of_each_kind_however_their_attributes_are_stored(
+        database: Database) -> None:
+    # a kind is the set of attribute names, with or without a name; values and key order do not count
+    stored: list[tuple[str, dict[str, object] | None]] = [
+        ("Ana", {"city": "Faro"}), ("Bo", {"city": "Porto"}), ("", {"city": "Faro"}), ("Cy", {}),
+        ("Di", None), ("Ed", {"tier": "gold", "city": "Faro"}), ("Fa", {"city": "Faro", "tier": "x"}),
+    ]
+    addresses = emails(len(stored))
+    list_id = add_audience(database, "news", addresses)
+    with database.session() as session:
+        for address, (name, attributes) in zip(addresses, stored, strict=True):
+            session.execute(sa.update(Subscriber).where(Subscriber.email == address).values(
+                name=name, attributes=attributes))  # None: the JSON text "null"
+    campaign_id = make_campaign(database, list_id)
+    with database.session() as session:
+        chosen = check_recipients(session, session.get_one(Campaign, campaign_id))
+    assert [r.email for r in chosen] == [addresses[i] for i in (0, 2, 3, 5)]
+    assert [r.attributes for r in chosen] == [{"city": "Faro"}, {"city": "Faro"}, {}, {"tier": "gold", "city": "Faro"}]
 
 
 def test_outcome_times_are_stored_as_every_other_write_stores_them(database: Database) -> None:
