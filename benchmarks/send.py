@@ -410,7 +410,7 @@ def main() -> None:
     print(f"full pipeline:   {pipeline_rate:8.0f} msg/s  ({sent:,} sent and recorded)")
     print(f"pipeline / raw:  {pipeline_rate / raw:8.2f}  (target at RTT 0: >= 1.5)")
     print(f"CPU per message: {run.sender_cpu / n * 1e6:8.0f} us sending process, "
-          f"{run.helper_cpu / n * 1e6:.0f} us render helpers (start-up included: about 2 s of CPU, which "
+          f"{run.helper_cpu / n * 1e6:.0f} us render helpers (start-up and snapshot included, which "
           f"small runs spread thin); audience snapshot {run.snapshot_seconds:.2f} s, in the pipeline's time")
     print(f"sink CPU:        {sink_pipeline / n * 1e6:8.0f} us per message in the pipeline, "
           f"{sink_raw / n * 1e6:.0f} us in the first raw run")
