@@ -8,6 +8,7 @@ from compose_helpers import HTML, TEXT, make_campaign, make_config, make_list, m
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from mailer.content import shapes
 from mailer.content.compose import Composer, Recipient
 from mailer.content.containment import contain_html
 from mailer.content.sandbox import marking_outputs
@@ -167,3 +168,15 @@ def test_renderings_of_a_known_shape_need_no_marked_rendering() -> None:
     assert known_and_contained(TEMPLATES[0], "Ana", "")[0] is None
     assert known_and_contained(TEMPLATES[1], "\nAna", "Faro")[0] is None
     assert known_and_contained(TEMPLATES[4], "Ana", "Lisbon")[0] is None
+
+
+def test_a_long_value_written_for_each_recipient_is_not_kept_after_their_message() -> None:
+    # what a shape keeps between messages is the short values that recur (a title, a first
+    # name); a template that writes 100,000 characters per recipient must not pile them up
+    html = "<p>{{ (subscriber.email | upper ~ ' ') * 6000 }}</p><p>{{ campaign.list_title }}</p>"
+    composer = Composer(make_config(), make_campaign(html, None), make_list())
+    for n in range(40):
+        recipient = make_recipient(email=f"reader{n}@example.com")
+        built, contained = built_and_contained(composer, recipient)
+        assert built == contained and f"READER{n}@EXAMPLE.COM " * 3 in built
+    assert sum(len(value) for value, _ in shapes._FILLED) < 10 * shapes.MAX_FILLED_CHARS

@@ -87,3 +87,13 @@ def test_each_part_goes_as_written_when_it_can_and_reads_the_same_either_way() -
     text, html = parts(plain)
     other_text, other_html = parts(parse(accented.data))
     assert text.replace("Ana", "Zo\u00eb") == other_text and html.replace("Ana", "Zo\u00eb") == other_html
+
+
+def test_a_long_line_is_encoded_each_time_and_never_kept() -> None:
+    # a template can write a line of a million characters per recipient; the campaign's table
+    # of encoded lines keeps only lines that can recur, so it stays small
+    lines = QuotedPrintableLines()
+    for n in range(20):
+        text = f"caf\u00e9 {n}\n" + f"x{n}=" * 50_000 + "\nthe same last line\n"
+        assert lines.encode(text) == quoted_printable(text)
+    assert max(len(line) for line in lines._lines) <= MAX_LINE

@@ -71,8 +71,9 @@ def serialized(text: str, *, attribute: bool) -> str:
 def _filled(value: str, in_attribute: bool) -> str | None:
     """An escaped value as it goes into a slot of a shape, or None when it may not (see fill_escaped).
 
-    Most values recur from message to message (the list's title, a first name, a city): each is
-    checked and written once per process, in a table that starts again when full."""
+    Most values recur from message to message (the list's title, a first name, a city): each
+    short one is checked and written once per process, in a table that starts again when full.
+    A long value (a template may build one of a million characters per recipient) is never kept."""
     key = (value, in_attribute)
     try:
         return _FILLED[key]
@@ -80,13 +81,15 @@ def _filled(value: str, in_attribute: bool) -> str | None:
         pass
     plain = not value.startswith(" ") and _PLAIN.fullmatch(value) is not None
     text = serialized(_unescaped(value), attribute=in_attribute) if plain else None
-    if len(_FILLED) >= MAX_FILLED:
-        _FILLED.clear()
-    _FILLED[key] = text
+    if len(value) <= MAX_FILLED_CHARS:
+        if len(_FILLED) >= MAX_FILLED:
+            _FILLED.clear()
+        _FILLED[key] = text
     return text
 
 
 MAX_FILLED = 4096
+MAX_FILLED_CHARS = 200  # so the table holds at most about 4096 x 200 x 2 characters
 _FILLED: dict[tuple[str, bool], str | None] = {}
 
 

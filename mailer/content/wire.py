@@ -6,8 +6,10 @@ import binascii
 
 # encoded lines a campaign keeps; past this the cache starts again. The lines every message
 # shares (layout, footer, the template's own) number in the hundreds; the rest, lines that hold
-# someone's name or link, are each used once.
+# someone's name or link, are each used once. A line longer than a line of mail may be is
+# encoded each time and never kept: a template can write one of a million characters per recipient.
 MAX_CACHED_LINES = 4096
+MAX_CACHED_LINE = 998
 
 
 def quoted_printable(text: str) -> bytes:
@@ -46,7 +48,9 @@ class QuotedPrintableLines:
             for index, found in enumerate(encoded):
                 if found is None:
                     line = lines[index]
-                    encoded[index] = cached[line] = quoted_printable(line)
+                    encoded[index] = made = quoted_printable(line)
+                    if len(line) <= MAX_CACHED_LINE:
+                        cached[line] = made
         return b"".join(encoded)  # type: ignore[arg-type]  # no None is left
 
 
