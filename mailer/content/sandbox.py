@@ -491,8 +491,10 @@ def render_clock(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        # disarmed first: an alarm that lands in between is then ignored, where raising it here
+        # would leave the clock armed for good and every later render without a time limit
         _local.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> str:
