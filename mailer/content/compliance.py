@@ -25,6 +25,7 @@ from mailer.content.compose import (
 )
 from mailer.content.notice_rules import notice_problems
 from mailer.content.visible import FooterHtml, VisibleHtml, message_parts, parse_message
+from mailer.content.wire import MAX_LINE
 from mailer.errors import ComplianceError, InvalidInputError, MailerError, TemplateError
 from mailer.models import Campaign, CampaignKind, MailingList
 from mailer.tokens import read_preferences_token, read_unsubscribe_token
@@ -41,7 +42,7 @@ FAKE_REPLY = re.compile(
     re.IGNORECASE,
 )
 ONCE_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version")
-MAX_LINE_OCTETS = 998
+MAX_LINE_OCTETS = MAX_LINE
 # share of distinct words the text and HTML parts must have in common to count as one content
 MIN_SHARED_WORDS = 0.5
 _WORD = re.compile(r"[^\W_]{3,}")

@@ -9,7 +9,8 @@ import binascii
 # someone's name or link, are each used once. A line longer than a line of mail may be is
 # encoded each time and never kept: a template can write one of a million characters per recipient.
 MAX_CACHED_LINES = 4096
-MAX_CACHED_LINE = 998
+# RFC 5322 2.1.1: a line of a message is at most 998 characters, its CRLF aside
+MAX_LINE = 998
 
 
 def quoted_printable(text: str) -> bytes:
@@ -49,13 +50,9 @@ class QuotedPrintableLines:
                 if found is None:
                     line = lines[index]
                     encoded[index] = made = quoted_printable(line)
-                    if len(line) <= MAX_CACHED_LINE:
+                    if len(line) <= MAX_LINE:
                         cached[line] = made
         return b"".join(encoded)  # type: ignore[arg-type]  # no None is left
-
-
-# RFC 5322 2.1.1: a line of a message is at most 998 characters, its CRLF aside
-MAX_LINE = 998
 
 
 def seven_bit(text: str, forbidden: str) -> bytes | None:
